@@ -1,0 +1,31 @@
+# Two commands for a new user: `make demo` (set up .venv, run the main job on the bundled
+# defaults) and `make test` (the test suite CI runs). Torch is pinned to the CPU wheel.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/sci-diffusion
+OUT ?= out/demo
+
+.PHONY: setup demo test test-slow benchmarks clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(CLI) demo --out $(OUT)/samplers
+	$(CLI) sample molecules --num 100 --sampler dpmpp2m --steps 50 --out $(OUT)/molecules.sdf --png $(OUT)/molecules.png
+	$(CLI) evaluate molecules --samples $(OUT)/molecules.sdf --out $(OUT)/molecules_metrics.json
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(OUT) runs

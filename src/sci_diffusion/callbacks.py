@@ -1,0 +1,49 @@
+"""Lightning callbacks of the core."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+
+from .atomic import atomic_path
+
+
+class LossCurvePlot(L.Callback):
+    """At the end of ``fit``, draw the logged train/val losses to ``<log_dir>/loss_curve.png``.
+
+    It reads the ``metrics.csv`` of Lightning's ``CSVLogger``; without one it does nothing.
+    """
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_rank != 0 or trainer.logger is None or trainer.logger.log_dir is None:
+            return
+        metrics = Path(trainer.logger.log_dir) / "metrics.csv"
+        if metrics.exists():
+            plot_loss_curve(metrics, Path(trainer.logger.log_dir) / "loss_curve.png")
+
+
+def plot_loss_curve(metrics_csv: Path, out_png: Path) -> None:
+    """Plot every ``*loss*`` column of a CSVLogger file against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_csv) as fh:
+        rows = list(csv.DictReader(fh))
+    columns = [c for c in (rows[0].keys() if rows else []) if "loss" in c and not c.endswith("_epoch")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for col in columns:
+        pts = [(int(r["step"]), float(r[col])) for r in rows if r.get(col) not in (None, "")]
+        if pts:
+            ax.plot(*zip(*pts), label=col, marker="." if len(pts) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("training curve")
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,69 @@
+"""Loading trained modules from checkpoints, with a clear error for the wrong file or domain."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+def file_sha256(path: str | Path, length: int = 16) -> str:
+    """The first ``length`` hex digits of the file's SHA-256 (recorded in every output)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a sci-diffusion checkpoint file; UserError if it is missing or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Checkpoint {path} does not exist.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}).") from None
+    if not isinstance(ckpt, dict) or "sci_diffusion" not in ckpt:
+        raise UserError(f"{path} is not a sci-diffusion checkpoint (it has no 'sci_diffusion' record).")
+    return ckpt
+
+
+def load_module(path: str | Path, domain: str | None = None) -> torch.nn.Module:
+    """Rebuild the trained module of a checkpoint (EMA weights when EMA was on), in eval mode.
+
+    Args:
+        path: the ``.ckpt`` file.
+        domain: if given, the checkpoint must belong to this domain (else UserError).
+    """
+    ckpt = read_checkpoint(path)
+    meta = ckpt["sci_diffusion"]
+    if domain is not None and meta["domain"] != domain:
+        raise UserError(f"Checkpoint {path} belongs to the {meta['domain']!r} domain, not {domain!r}.")
+    module_name, _, cls_name = meta["module_class"].partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    module = cls(**{k: v for k, v in meta["config"].items() if not k.startswith("_")})
+    module.load_state_dict(ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    module.eval()
+    module.checkpoint_path = str(path)
+    module.checkpoint_hash = file_sha256(path)
+    return module
+
+
+def export_for_inference(src: str | Path, dst: str | Path) -> Path:
+    """Write a slim copy of a training checkpoint: the (EMA) weights and the sci-diffusion record,
+    without optimizer state or the raw weights. This is what ships inside the package."""
+    from .atomic import atomic_path
+
+    ckpt = read_checkpoint(src)
+    slim = {"state_dict": {k: v.clone() for k, v in ckpt["state_dict"].items()},
+            "sci_diffusion": {**ckpt["sci_diffusion"], "global_step": ckpt.get("global_step"),
+                              "epoch": ckpt.get("epoch"), "exported_from": Path(src).name}}
+    with atomic_path(dst, suffix=".ckpt") as tmp:
+        torch.save(slim, tmp)
+    return Path(dst)

@@ -1,0 +1,95 @@
+"""The ``sci-diffusion`` command line.
+
+- ``fit | validate | test --config CFG.yaml [--trainer.max_epochs 3 ...]``: LightningCLI.
+- ``demo``: the samplers on the analytic Gaussian mixture (no network, no checkpoint).
+- every domain verb found through the ``sci_diffusion.domains`` entry points.
+
+Bad input (``UserError``, a missing file) prints one sentence and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .domains import Command, available_domains
+from .errors import UserError
+
+LIGHTNING_VERBS = ("fit", "validate", "test")
+
+
+def run_lightning(argv: Sequence[str]) -> int:
+    """Run LightningCLI on ``argv`` (``fit --config ...``), the way ``lightning`` itself would."""
+    import lightning as L
+    from jsonargparse import lazy_instance
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import CSVLogger
+
+    from .module import DiffusionModule
+
+    LightningCLI(
+        DiffusionModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(argv),
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": lazy_instance(CSVLogger, save_dir="runs"),
+        },
+    )
+    return 0
+
+
+def _core_commands() -> list[Command]:
+    from .demo import add_demo_arguments, run_demo
+
+    return [Command("demo", None, "Run every sampler on an analytic 2-D Gaussian mixture and plot the result.",
+                    add_demo_arguments, run_demo)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sci-diffusion",
+        description="Diffusion models for scientific data. Training verbs (fit, validate, test) take "
+                    "LightningCLI arguments, e.g. `sci-diffusion fit --config configs/molecules/qm9_edm_small.yaml`.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in LIGHTNING_VERBS:
+        verbs.add_parser(verb, help=f"LightningCLI {verb} (see `sci-diffusion {verb} --help`)", add_help=False)
+    commands = _core_commands() + [c for d in available_domains().values() for c in d.commands]
+    grouped: dict[str, argparse._SubParsersAction] = {}
+    for cmd in commands:
+        if cmd.target is None:
+            sub = verbs.add_parser(cmd.verb, help=cmd.help, description=cmd.help)
+        else:
+            if cmd.verb not in grouped:
+                verb_parser = verbs.add_parser(cmd.verb, help=f"{cmd.verb} (by domain)")
+                grouped[cmd.verb] = verb_parser.add_subparsers(dest="target", metavar="DOMAIN", required=True)
+            sub = grouped[cmd.verb].add_parser(cmd.target, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(sub)
+        sub.set_defaults(_command=cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in LIGHTNING_VERBS:
+            return run_lightning(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "_command", None) is None:
+            parser.print_help()
+            return 0 if not argv else 2
+        return args._command.run(args) or 0
+    except (UserError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"sci-diffusion: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sci-diffusion: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

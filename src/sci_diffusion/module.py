@@ -1,0 +1,187 @@
+"""The generic Lightning training plumbing: :class:`DiffusionModule`.
+
+A domain subclasses it and supplies three things:
+
+- ``build_network()`` (called once in ``__init__``), the network ``net(x_t, t, cond, context)``;
+- ``prepare_batch(batch) -> DiffusionBatch``: the clean data ``x0``, its state space, the
+  condition and whatever the network needs to see besides ``x_t`` (``context``: a graph's batch
+  vector, an image's MR slices, ...);
+- optionally ``validation_metrics()``: periodic sampling at validation, returning scalars to log.
+
+Everything else is shared: time sampling, the forward process, the loss with optional SNR
+weighting, condition dropout for classifier-free guidance, EMA (Lightning's
+``EMAWeightAveraging``), the loss-curve PNG, and checkpoints that record the config, the
+domain and the package version.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from . import __version__
+from .denoiser import PredictionDenoiser
+from .parameterisation import diffusion_loss, target_for
+from .schedules import NoiseSchedule
+from .state_spaces import StateSpace
+
+
+@dataclass
+class DiffusionBatch:
+    """What the core needs from a domain's batch.
+
+    Attributes:
+        x0: clean data; images ``(B, C, H, W)``, graphs ``(N, 3 + F)``.
+        space: the batch's state space (it knows the samples' grouping).
+        cond: the condition (None if unconditional), dropped per sample for CFG training.
+        context: passed to the network untouched (e.g. a PyG batch vector).
+        mask: optional 0/1 mask broadcastable to ``x0``; the loss averages inside it.
+    """
+
+    x0: Tensor
+    space: StateSpace
+    cond: Any = None
+    context: Any = None
+    mask: Tensor | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.space.num_samples or self.x0.shape[0]
+
+
+class DiffusionModule(L.LightningModule):
+    """Generic diffusion training (LightningModule). See the module docstring for the contract.
+
+    Args:
+        schedule: noise schedule name (``linear``, ``cosine``, ``polynomial_2``, ``sigmoid``).
+        timesteps: the training T; time is drawn from ``{1..T} / T``.
+        prediction: the network's parameterisation, ``eps``, ``x0`` or ``v``.
+        loss_type: ``l2`` or ``l1``.
+        loss_weighting: ``none``, ``min_snr`` or ``snr`` (see ``NoiseSchedule.loss_weight``).
+        lr, weight_decay: AdamW settings.
+        ema_decay: EMA decay of ``EMAWeightAveraging``; 0 disables EMA.
+        cond_dropout: probability of dropping the condition per sample (classifier-free guidance).
+        val_sampler, val_steps: sampler used by ``validation_metrics``.
+        sample_every_n_epochs: run ``validation_metrics`` every n validation epochs (0: never).
+        lr_warmup_steps: linear learning-rate warm-up.
+    """
+
+    domain = "core"
+
+    def __init__(
+        self,
+        schedule: str = "polynomial_2",
+        timesteps: int = 1000,
+        prediction: str = "eps",
+        loss_type: str = "l2",
+        loss_weighting: str = "none",
+        lr: float = 1e-4,
+        weight_decay: float = 1e-12,
+        ema_decay: float = 0.999,
+        cond_dropout: float = 0.0,
+        val_sampler: str = "dpmpp2m",
+        val_steps: int = 20,
+        sample_every_n_epochs: int = 1,
+        lr_warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.schedule = NoiseSchedule.from_name(schedule, timesteps)
+        self.net = self.build_network()
+
+    # ----- what a domain supplies -------------------------------------------------------------
+    def build_network(self) -> torch.nn.Module:
+        raise NotImplementedError("A DiffusionModule subclass must build its network.")
+
+    def prepare_batch(self, batch: Any) -> DiffusionBatch:
+        raise NotImplementedError("A DiffusionModule subclass must turn its batches into a DiffusionBatch.")
+
+    def drop_condition(self, cond: Any, drop: Tensor, batch: DiffusionBatch) -> Any:
+        """Replace the condition of samples where ``drop`` is True by the null condition.
+
+        The default handles a ``(num_samples, ...)`` tensor condition, the null condition being
+        zeros (the network sees ``cond=None`` as zeros too).
+        """
+        return cond * (~drop).to(cond.dtype).reshape(-1, *([1] * (cond.dim() - 1)))
+
+    def validation_metrics(self) -> dict[str, float]:
+        """Sample and score; called every ``sample_every_n_epochs`` validation epochs."""
+        return {}
+
+    # ----- the network as the sampler sees it ------------------------------------------------
+    def forward(self, x_t: Tensor, t: Tensor, cond: Any = None, context: Any = None) -> Tensor:
+        return self.net(x_t, t, cond, context)
+
+    def denoiser(self, context: Any = None, clip: tuple[float, float] | None = None) -> PredictionDenoiser:
+        """An x0-denoiser ``D(x_t, t, cond)`` over this module's network, with ``context`` bound."""
+        return PredictionDenoiser(lambda x, t, c: self(x, t, c, context), self.schedule, self.hparams.prediction, clip)
+
+    # ----- training --------------------------------------------------------------------------
+    def diffusion_loss(self, b: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
+        """The training loss on one prepared batch (eps/x0/v regression at a random time)."""
+        n, T = b.num_samples, self.schedule.T
+        step = torch.randint(1, T + 1, (n,), generator=generator, device="cpu").to(b.x0.device)
+        t = step.double() / T
+        alpha = b.space.expand(self.schedule.alpha(t).to(b.x0.device), b.x0)
+        sigma = b.space.expand(self.schedule.sigma(t).to(b.x0.device), b.x0)
+        eps = b.space.noise(b.x0, generator)
+        x_t = alpha * b.x0 + sigma * eps
+        cond = b.cond
+        if cond is not None and self.hparams.cond_dropout > 0 and self.training:
+            drop = torch.rand(n, generator=generator, device="cpu").to(b.x0.device) < self.hparams.cond_dropout
+            cond = self.drop_condition(cond, drop, b)
+        pred = self(x_t, t.float(), cond, b.context)
+        target = target_for(self.hparams.prediction, b.x0, eps, alpha, sigma)
+        weight = b.space.expand(self.schedule.loss_weight(t, self.hparams.loss_weighting).to(b.x0.device), b.x0)
+        return diffusion_loss(pred, target, weight=weight, mask=b.mask, kind=self.hparams.loss_type)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        b = self.prepare_batch(batch)
+        loss = self.diffusion_loss(b)
+        self.log("train/loss", loss, prog_bar=True, batch_size=b.num_samples)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        b = self.prepare_batch(batch)
+        # A fixed generator per batch keeps the validation loss comparable across epochs.
+        loss = self.diffusion_loss(b, generator=torch.Generator().manual_seed(batch_idx))
+        self.log("val/loss", loss, prog_bar=True, batch_size=b.num_samples)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        every = self.hparams.sample_every_n_epochs
+        if every and not self.trainer.sanity_checking and (self.current_epoch + 1) % every == 0:
+            for name, value in self.validation_metrics().items():
+                self.log(f"val/{name}", value)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        warmup = self.hparams.lr_warmup_steps
+        if not warmup:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self):
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        from .callbacks import LossCurvePlot
+
+        callbacks = [LossCurvePlot()]
+        if self.hparams.ema_decay > 0:
+            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
+        return callbacks
+
+    # ----- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint["sci_diffusion"] = {
+            "version": __version__,
+            "domain": self.domain,
+            "module_class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "config": {k: v for k, v in self.hparams.items() if not k.startswith("_")},  # no LightningCLI _class_path
+            "data_config": dict(getattr(datamodule, "hparams", {}) or {}),
+        }

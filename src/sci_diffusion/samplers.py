@@ -1,0 +1,209 @@
+"""Samplers: pure functions with one signature.
+
+``sampler(denoiser, x_T, schedule, steps, space, *, cond=None, generator=None, progress=False,
+callback=None, **options) -> x_0``
+
+- ``denoiser(x_t, t, cond) -> x0_hat``: ``t`` is a 0-d float32 tensor in [0, 1]; the result has
+  ``x_t``'s shape. Wrap an eps/x0/v network with :class:`sci_diffusion.denoiser.PredictionDenoiser`;
+  guidance wrappers (``sci_diffusion.guidance``) return denoisers too, so no sampler knows
+  whether it is guided.
+- ``steps``: the number of steps (independent of the training T), or an explicit decreasing
+  time grid (1-D tensor from ~1 to 0).
+- ``space``: the :class:`~sci_diffusion.state_spaces.StateSpace`; all noise comes from it.
+- ``generator``: a ``torch.Generator``; with it, sampling is deterministic.
+- ``callback(i, t, x_t, x0_hat)``: called after each step with the intermediate state.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .schedules import NoiseSchedule
+from .state_spaces import StateSpace
+
+Denoiser = Callable[[Tensor, Tensor, Any], Tensor]
+Callback = Callable[[int, float, Tensor, Tensor], None]
+
+
+def _grid(schedule: NoiseSchedule, steps: int | Tensor, spacing: str = "uniform") -> Tensor:
+    if isinstance(steps, Tensor):
+        return steps.to(torch.float64)
+    return schedule.time_grid(int(steps), spacing)
+
+
+def _coefficients(schedule: NoiseSchedule, t: Tensor) -> tuple[float, float, float]:
+    """``(alpha, sigma, lambda)`` at a scalar time, as Python floats (float64 math)."""
+    return float(schedule.alpha(t)), float(schedule.sigma(t)), float(schedule.log_snr(t))
+
+
+def _steps(times: Tensor, progress: bool, name: str):
+    pairs = list(zip(times[:-1], times[1:]))
+    return tqdm(list(enumerate(pairs)), desc=name, disable=not progress, leave=False)
+
+
+def _denoise(denoiser: Denoiser, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+    return denoiser(x, t.to(torch.float32), cond)
+
+
+def ddpm_step(x: Tensor, x0: Tensor, a_t: float, s_t: float, a_s: float, s_s: float, noise: Tensor | None) -> Tensor:
+    """One ancestral step from ``t`` to ``s < t``: a draw from ``q(x_s | x_t, x_0 = x0)``."""
+    a_ts = a_t / a_s
+    var_ts = s_t**2 - a_ts**2 * s_s**2
+    mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
+    if noise is None:
+        return mean
+    return mean + (var_ts * s_s**2 / s_t**2) ** 0.5 * noise
+
+
+def ddim_step(x: Tensor, x0: Tensor, a_t: float, s_t: float, a_s: float, s_s: float, eta: float, noise: Tensor | None) -> Tensor:
+    """One DDIM step (Song et al. 2021, Eq. 12) from ``t`` to ``s < t``."""
+    eps = (x - a_t * x0) / s_t
+    std = eta * ((s_s**2 / s_t**2) * (1 - (a_t**2) / (a_s**2))) ** 0.5 if s_t > 0 else 0.0
+    out = a_s * x0 + max(s_s**2 - std**2, 0.0) ** 0.5 * eps
+    return out if (noise is None or std == 0) else out + std * noise
+
+
+def ddpm(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+         cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
+         callback: Callback | None = None) -> Tensor:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) on any time grid; no noise on the last step."""
+    x = x_T
+    times = _grid(schedule, steps)
+    for i, (t, s) in _steps(times, progress, "ddpm"):
+        a_t, s_t, _ = _coefficients(schedule, t)
+        a_s, s_s, _ = _coefficients(schedule, s)
+        x0 = _denoise(denoiser, x, t, cond)
+        last = i == len(times) - 2
+        noise = None if last else space.noise(x, generator)
+        x = space.project(ddpm_step(x, x0, a_t, s_t, a_s, s_s, noise))
+        if callback:
+            callback(i, float(s), x, x0)
+    return x
+
+
+def ddim(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+         cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
+         callback: Callback | None = None, eta: float = 0.0) -> Tensor:
+    """DDIM (Song, Meng & Ermon 2021); ``eta = 0`` is deterministic, ``eta = 1`` is DDPM-like."""
+    x = x_T
+    for i, (t, s) in _steps(_grid(schedule, steps), progress, "ddim"):
+        a_t, s_t, _ = _coefficients(schedule, t)
+        a_s, s_s, _ = _coefficients(schedule, s)
+        x0 = _denoise(denoiser, x, t, cond)
+        noise = space.noise(x, generator) if eta > 0 else None
+        x = space.project(ddim_step(x, x0, a_t, s_t, a_s, s_s, eta, noise))
+        if callback:
+            callback(i, float(s), x, x0)
+    return x
+
+
+def dpmpp_2m_step(x: Tensor, d0: Tensor, d_prev: Tensor | None, s_t: float, a_s: float, s_s: float,
+                  h: float, h_prev: float | None) -> Tensor:
+    """One DPM-Solver++(2M) update (Lu et al. 2022, Algorithm 2), first order if ``d_prev`` is None.
+
+    ``h = lambda_s - lambda_t``; ``d0``/``d_prev`` are x0 estimates at this and the previous time.
+    """
+    coef = -a_s * torch.expm1(torch.tensor(-h, dtype=torch.float64)).item()
+    if d_prev is None:
+        d = d0
+    else:
+        r = h_prev / h
+        d = (1 + 1 / (2 * r)) * d0 - (1 / (2 * r)) * d_prev
+    return (s_s / s_t) * x + coef * d
+
+
+def dpmpp2m(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+            cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
+            callback: Callback | None = None, spacing: str = "logsnr") -> Tensor:
+    """DPM-Solver++(2M), multistep in x0-prediction; first order on the first and last step."""
+    x = x_T
+    times = _grid(schedule, steps, spacing)
+    d_prev, h_prev = None, None
+    for i, (t, s) in _steps(times, progress, "dpmpp2m"):
+        _, s_t, lam_t = _coefficients(schedule, t)
+        a_s, s_s, lam_s = _coefficients(schedule, s)
+        h = lam_s - lam_t
+        d0 = _denoise(denoiser, x, t, cond)
+        last = i == len(times) - 2
+        x = space.project(dpmpp_2m_step(x, d0, None if last else d_prev, s_t, a_s, s_s, h, h_prev))
+        d_prev, h_prev = d0, h
+        if callback:
+            callback(i, float(s), x, d0)
+    return x
+
+
+def heun(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+         cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
+         callback: Callback | None = None, spacing: str = "logsnr") -> Tensor:
+    """Heun's 2nd-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1).
+
+    Integrates ``dy/dsigma = (y - D(y; sigma)) / sigma`` in the variance-exploding variables
+    ``y = x / alpha``, ``sigma = sigma_t / alpha_t``; Euler on the last step. NFE = 2 steps - 1.
+    """
+    times = _grid(schedule, steps, spacing)
+    y = x_T / float(schedule.alpha(times[0]))
+    for i, (t, s) in _steps(times, progress, "heun"):
+        a_t, sig_t = float(schedule.alpha(t)), float(schedule.sigma_ve(t))
+        a_s, sig_s = float(schedule.alpha(s)), float(schedule.sigma_ve(s))
+        x0 = _denoise(denoiser, y * a_t, t, cond)
+        d = (y - x0) / sig_t
+        y_next = y + (sig_s - sig_t) * d
+        if i < len(times) - 2 and sig_s > 0:
+            x0_next = _denoise(denoiser, y_next * a_s, s, cond)
+            d_next = (y_next - x0_next) / sig_s
+            y_next = y + (sig_s - sig_t) * 0.5 * (d + d_next)
+        y = space.project(y_next)
+        if callback:
+            callback(i, float(s), y * a_s, x0)
+    return y * float(schedule.alpha(times[-1]))
+
+
+def pc(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+       cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
+       callback: Callback | None = None, corrector_steps: int = 1, snr: float = 0.16) -> Tensor:
+    """Predictor-corrector sampling (Song et al. 2021, Algorithm 5 for VP SDEs).
+
+    Predictor: an ancestral step. Corrector: ``corrector_steps`` Langevin steps at the new time
+    with step size ``2 a (snr ||z|| / ||score||)^2`` (norms averaged over the batch, as in Song et al.'s
+    code) and ``a = alpha_bar_t / alpha_bar_s``, the coarse-step analogue of their ``1 - beta_i``.
+    """
+    x = x_T
+    times = _grid(schedule, steps)
+    for i, (t, s) in _steps(times, progress, "pc"):
+        a_t, s_t, _ = _coefficients(schedule, t)
+        a_s, s_s, _ = _coefficients(schedule, s)
+        x0 = _denoise(denoiser, x, t, cond)
+        last = i == len(times) - 2
+        x = space.project(ddpm_step(x, x0, a_t, s_t, a_s, s_s, None if last else space.noise(x, generator)))
+        if not last and s_s > 1e-3:
+            for _ in range(corrector_steps):
+                x0_s = _denoise(denoiser, x, s, cond)
+                score = -(x - a_s * x0_s) / s_s**2
+                z = space.noise(x, generator)
+                # Song et al. average the norms over the batch: a per-sample ratio is too noisy in low dimension.
+                g_norm = space.sample_sum(score.pow(2)).sqrt().mean()
+                z_norm = space.sample_sum(z.pow(2)).sqrt().mean()
+                step = 2 * (a_t**2 / a_s**2) * (snr * z_norm / g_norm.clamp(min=1e-12)) ** 2
+                x = space.project(x + step * score + (2 * step).sqrt() * z)
+        if callback:
+            callback(i, float(s), x, x0)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp2m": dpmpp2m, "heun": heun, "pc": pc}
+
+
+def get_sampler(name: str) -> Callable[..., Tensor]:
+    """Look a sampler up by its CLI name (``ddpm``, ``ddim``, ``dpmpp2m``, ``heun``, ``pc``)."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"Unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}.") from None
+
+
+def function_evaluations(name: str, steps: int, corrector_steps: int = 1) -> int:
+    """Network evaluations a sampler spends for ``steps`` steps."""
+    return {"heun": 2 * steps - 1, "pc": steps + corrector_steps * max(steps - 1, 0)}.get(name, steps)

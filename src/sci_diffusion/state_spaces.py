@@ -1,0 +1,139 @@
+"""State spaces: the one place where noise is drawn and projected.
+
+Samplers and the training loss never call ``torch.randn`` themselves; they ask the space.
+That is how one DPM-Solver serves images (Euclidean, optionally masked) and molecules
+(coordinates with zero centre of mass per graph, joined with atom features).
+
+A space also knows how the rows of ``x`` group into *samples* (images in a batch, or
+graphs in a PyG-style batch vector), so per-sample quantities such as the diffusion time
+can be broadcast onto ``x`` with :meth:`StateSpace.expand`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+class StateSpace:
+    """Interface; see the concrete spaces below."""
+
+    num_samples: int
+
+    def project(self, x: Tensor) -> Tensor:
+        """Project ``x`` onto the space (identity for plain Euclidean space)."""
+        raise NotImplementedError
+
+    def noise(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Standard Gaussian noise in the space, shaped and typed like ``like``."""
+        z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+        return self.project(z)
+
+    def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
+        """Broadcast a ``(num_samples,)`` tensor so that it multiplies ``like`` row-wise."""
+        raise NotImplementedError
+
+    def sample_sum(self, values: Tensor) -> Tensor:
+        """Sum ``values`` (shaped like x) within each sample: ``(num_samples,)``."""
+        raise NotImplementedError
+
+
+@dataclass
+class EuclideanSpace(StateSpace):
+    """R^n, with an optional 0/1 ``mask`` (broadcastable to x) outside of which x is held at 0.
+
+    Rows group into samples along dim 0 (images: ``x`` is ``(B, C, H, W)``), or through
+    ``batch`` (a ``(N,)`` long tensor of sample ids, for per-node features of graphs).
+    """
+
+    mask: Tensor | None = None
+    batch: Tensor | None = None
+    num_samples: int = 0
+
+    def project(self, x: Tensor) -> Tensor:
+        return x if self.mask is None else x * self.mask.to(x.dtype)
+
+    def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
+        per_sample = per_sample.to(like.dtype)
+        if per_sample.dim() == 0:
+            return per_sample
+        if self.batch is not None:
+            per_sample = per_sample[self.batch]
+        return per_sample.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def sample_sum(self, values: Tensor) -> Tensor:
+        if self.batch is None:
+            return values.reshape(values.shape[0], -1).sum(1)
+        out = values.new_zeros(self.num_samples)
+        return out.index_add_(0, self.batch, values.reshape(values.shape[0], -1).sum(1))
+
+
+@dataclass
+class ZeroCoMSpace(StateSpace):
+    """The zero-centre-of-mass subspace of per-node coordinates ``(N, D)``, one CoM per graph.
+
+    ``batch`` is a PyG-style ``(N,)`` long tensor assigning each node to a graph
+    ``0..num_samples-1``; graphs may differ in size. Noise is drawn in R^{N x D} and
+    projected (EDM's ``sample_center_gravity_zero_gaussian_with_mask``).
+    """
+
+    batch: Tensor
+    num_samples: int
+
+    def __post_init__(self) -> None:
+        ones = torch.ones_like(self.batch, dtype=torch.float64)
+        self._counts = torch.zeros(self.num_samples, dtype=torch.float64, device=self.batch.device).index_add_(
+            0, self.batch, ones
+        )
+
+    def centre_of_mass(self, x: Tensor) -> Tensor:
+        """Unweighted mean position of each graph: ``(num_samples, D)``."""
+        sums = torch.zeros(self.num_samples, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, self.batch, x)
+        return sums / self._counts.to(x.dtype).clamp(min=1)[:, None]
+
+    def project(self, x: Tensor) -> Tensor:
+        return x - self.centre_of_mass(x)[self.batch]
+
+    def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
+        per_sample = per_sample.to(like.dtype)
+        return per_sample if per_sample.dim() == 0 else per_sample[self.batch][:, None]
+
+    def sample_sum(self, values: Tensor) -> Tensor:
+        out = values.new_zeros(self.num_samples)
+        return out.index_add_(0, self.batch, values.reshape(values.shape[0], -1).sum(1))
+
+
+@dataclass
+class ProductSpace(StateSpace):
+    """A product of spaces over column blocks of ``x``: ``x = cat([x_1, x_2, ...], dim=-1)``.
+
+    ``parts`` is a sequence of ``(space, width)``; the first part defines how rows group into
+    samples. Molecules use ``[(ZeroCoMSpace(batch, G), 3), (EuclideanSpace(batch=batch), F)]``.
+    """
+
+    parts: Sequence[tuple[StateSpace, int]]
+
+    def __post_init__(self) -> None:
+        self.num_samples = self.parts[0][0].num_samples
+        self._widths = [w for _, w in self.parts]
+
+    def _split(self, x: Tensor) -> list[Tensor]:
+        if x.shape[-1] != sum(self._widths):
+            raise ValueError(f"x has {x.shape[-1]} columns but the product space has {sum(self._widths)}.")
+        return list(torch.split(x, self._widths, dim=-1))
+
+    def project(self, x: Tensor) -> Tensor:
+        return torch.cat([s.project(xi) for (s, _), xi in zip(self.parts, self._split(x))], dim=-1)
+
+    def noise(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return torch.cat(
+            [s.noise(xi, generator) for (s, _), xi in zip(self.parts, self._split(like))], dim=-1
+        )
+
+    def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
+        return self.parts[0][0].expand(per_sample, like)
+
+    def sample_sum(self, values: Tensor) -> Tensor:
+        return self.parts[0][0].sample_sum(values)

@@ -1,0 +1,65 @@
+"""The command line: help, domain discovery through entry points, LightningCLI fit, bad input."""
+import subprocess
+import sys
+import warnings
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from sci_diffusion import cli, domains
+
+
+def test_help_lists_core_and_domain_verbs(capsys):
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    for verb in ("fit", "demo", "sample", "evaluate"):
+        assert verb in out
+
+
+def test_both_domains_are_discovered_through_entry_points():
+    found = domains.available_domains()
+    assert {"molecules", "medical"} <= set(found)
+
+
+def test_a_broken_domain_plugin_warns_instead_of_crashing(monkeypatch):
+    broken = EntryPoint(name="broken", value="no_such_module_xyz:DOMAIN", group=domains.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(domains, "entry_points", lambda group: [broken])
+    domains.available_domains.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="broken"):
+            assert domains.available_domains() == {}
+    finally:
+        domains.available_domains.cache_clear()
+
+
+def test_demo_writes_json_and_png_and_bad_sampler_exits_2(tmp_path, capsys):
+    assert cli.main(["demo", "--num", "500", "--steps", "5", "--samplers", "ddim,dpmpp2m", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "demo.json").exists() and (tmp_path / "demo.png").stat().st_size > 1000
+    assert cli.main(["demo", "--samplers", "euler_maruyama", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Unknown sampler 'euler_maruyama'" in err
+
+
+def test_fit_from_yaml_config_accepts_dotted_overrides(tmp_path):
+    """`sci-diffusion fit --config X --trainer.max_epochs 1` runs in a fresh process, as a user would."""
+    cmd = [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config", "configs/gmm/gmm_mlp.yaml",
+           "--trainer.max_epochs", "1", "--data.init_args.num_train", "1024",
+           "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          cwd=__import__("pathlib").Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "gmm_mlp" / "version_0"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "loss_curve.png").exists()
+    assert "max_epochs: 1" in (run_dir / "config.yaml").read_text()
+
+
+def test_console_script_reports_a_missing_checkpoint_in_one_line(tmp_path):
+    from sci_diffusion.checkpoints import load_module
+    from sci_diffusion.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist"):
+        load_module(tmp_path / "nope.ckpt")
+    not_a_ckpt = tmp_path / "x.ckpt"
+    not_a_ckpt.write_text("hello")
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        load_module(not_a_ckpt)

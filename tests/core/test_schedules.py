@@ -1,0 +1,61 @@
+"""Noise schedules: monotone, right endpoints, EDM's polynomial_2 value, exact inverses."""
+import numpy as np
+import pytest
+import torch
+
+from sci_diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
+
+
+@pytest.mark.parametrize("name", SCHEDULE_NAMES)
+def test_schedule_is_monotone_with_clean_and_noisy_endpoints(name):
+    s = NoiseSchedule.from_name(name, 1000)
+    t = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    ab = s.alpha_bar(t)
+    assert torch.all(ab[1:] < ab[:-1])
+    assert ab[0] > 0.999 and ab[-1] < 0.01
+    assert torch.allclose(s.alpha(t) ** 2 + s.sigma(t) ** 2, torch.ones_like(t))
+    lam = s.log_snr(t[1:])
+    assert torch.all(lam[1:] < lam[:-1])
+
+
+def test_polynomial_2_matches_edm_at_t_500():
+    s = NoiseSchedule.from_name("polynomial_2", 1000)
+    assert float(s.discrete_alpha_bar(500)) == pytest.approx(0.5625, abs=1e-4)
+    # the precision step keeps the ends away from 0 and 1 by s = 1e-5
+    assert float(s.discrete_alpha_bar(0)) == pytest.approx(1 - 1e-5, abs=1e-9)
+    assert float(s.discrete_alpha_bar(1000)) >= 1e-5
+
+
+@pytest.mark.parametrize("name", SCHEDULE_NAMES)
+def test_continuous_time_agrees_with_discrete_grid(name):
+    s = NoiseSchedule.from_name(name, 1000)
+    i = torch.arange(0, 1001, 37)
+    assert torch.allclose(s.alpha_bar(i.double() / 1000), s.discrete_alpha_bar(i), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", SCHEDULE_NAMES)
+def test_t_of_lambda_inverts_lambda_of_t(name):
+    s = NoiseSchedule.from_name(name, 1000)
+    t = torch.rand(500, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.998 + 0.001
+    assert torch.allclose(s.t_from_log_snr(s.log_snr(t)), t, atol=1e-7)
+
+
+def test_linear_schedule_matches_diffusers_alphas_cumprod():
+    from diffusers import DDPMScheduler
+
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").alphas_cumprod.double().numpy()
+    ours = NoiseSchedule.from_name("linear", 1000).alpha_bar_table[1:]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+
+
+def test_logsnr_grid_is_uniform_in_lambda_and_ends_at_zero():
+    s = NoiseSchedule.from_name("cosine", 1000)
+    grid = s.time_grid(10, "logsnr")
+    assert grid[0] == pytest.approx(1.0) and grid[-1] == 0.0 and len(grid) == 11
+    lam = s.log_snr(grid[:-1])
+    assert torch.allclose(lam.diff(), lam.diff()[0].expand(9), atol=1e-6)
+
+
+def test_bad_schedule_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="Unknown noise schedule"):
+        NoiseSchedule.from_name("quadratic")
