@@ -1,0 +1,109 @@
+"""``QM9DataModule``: QM9 (the exact EDM split) or a custom SDF/XYZ set, as batches of PyG graphs."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+from torch.utils.data import Dataset
+from torch_geometric.loader import DataLoader
+
+from .custom_data import load_custom_molecules
+from .graphs import QM9Dataset
+from .qm9 import atom_count_histogram, conditional_halves, edm_split, load_qm9
+
+SUBSETS = ("Da", "Db")
+CUSTOM_SPLIT_SEED = 0
+CUSTOM_SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
+
+
+class QM9DataModule(L.LightningDataModule):
+    """Batches of ``Data`` graphs (fields in ``graphs.py``) for training, validation and test.
+
+    QM9 uses the exact EDM split; ``subset`` swaps the train split for one of the
+    conditional halves. A custom ``source`` is split 90/5/5 at random with a fixed seed.
+
+    Args:
+        batch_size: molecules per batch.
+        num_workers: DataLoader worker processes.
+        cache_dir: QM9 cache folder (default ``qm9.default_cache_dir()``).
+        subset: ``"Da"`` or ``"Db"`` to train on that half of the train split, or None.
+        limit: keep only the first ``limit`` molecules of every split (smoke tests).
+        source: an SDF/XYZ file or folder to use instead of QM9.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        subset: str | None = None,
+        limit: int | None = None,
+        source: str | None = None,
+    ):
+        super().__init__()
+        if subset is not None and subset not in SUBSETS:
+            raise ValueError(f"subset must be one of {SUBSETS} or None, not {subset!r}.")
+        if subset is not None and source is not None:
+            raise ValueError("subset (Da/Db) applies to QM9 only, not to a custom source.")
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache_dir = cache_dir
+        self.subset = subset
+        self.limit = limit
+        self.source = source
+        self.datasets: dict[str, Dataset] | None = None
+
+    def prepare_data(self) -> None:
+        """Build the QM9 cache once (Lightning calls this on one process only)."""
+        if self.source is None:
+            load_qm9(self.cache_dir, verbose=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets is None:
+            self.datasets = self._custom_splits() if self.source else self._qm9_splits()
+
+    def _qm9_splits(self) -> dict[str, Dataset]:
+        arrays = load_qm9(self.cache_dir)
+        rows = edm_split(arrays)
+        if self.subset is not None:
+            rows["train"] = conditional_halves(rows["train"])[self.subset]
+        return {name: QM9Dataset(arrays, r[: self.limit]) for name, r in rows.items()}
+
+    def _custom_splits(self) -> dict[str, Dataset]:
+        graphs = load_custom_molecules(self.source)
+        perm = np.random.RandomState(CUSTOM_SPLIT_SEED).permutation(len(graphs))
+        n_valid = n_test = int(CUSTOM_SPLIT_FRACTIONS[1] * len(graphs))
+        if len(graphs) >= 3:  # a tiny set still gets one validation and one test molecule
+            n_valid, n_test = max(n_valid, 1), max(n_test, 1)
+        cut = len(graphs) - n_valid - n_test
+        parts = {"train": perm[:cut], "valid": perm[cut : cut + n_valid], "test": perm[cut + n_valid :]}
+        return {name: [graphs[i] for i in p[: self.limit]] for name, p in parts.items()}
+
+    @property
+    def atom_count_histogram(self) -> dict[int, int]:
+        """``{n_atoms: n_molecules}`` of the training set, from which samplers draw molecule sizes."""
+        self.setup()
+        train = self.datasets["train"]
+        if isinstance(train, QM9Dataset):
+            return atom_count_histogram(train.num_atoms)
+        return atom_count_histogram([g.num_nodes for g in train])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

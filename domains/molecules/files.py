@@ -1,0 +1,279 @@
+"""Molecule files: read SDF/XYZ, stream samples to SDF/XYZ, draw a PNG grid, write atomically.
+
+A molecule read from a file is ``(z, pos, properties)``: [N] int64 atomic numbers,
+[N, 3] float64 positions in Angstrom, and a ``dict[str, str]`` of SD properties
+(SDF) or ``key=value`` pairs of the comment line (XYZ). Bonds stored in an SDF
+are ignored: the metrics decide bonds from coordinates.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem
+from rdkit.rdBase import BlockLogs
+
+from .bonds import to_rdkit_mol
+from .elements import SYMBOLS, atomic_number, type_index
+
+MOLECULE_SUFFIXES = (".sdf", ".xyz")
+
+
+class MoleculeFileError(ValueError):
+    """A molecule file that is missing, of an unknown kind, or malformed; the message names it."""
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> None:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    A crash leaves either the old file or the new one, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with io.open(fd, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; this is a normal one
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_molecules(path: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]:
+    """Read every molecule of a multi-molecule ``.sdf`` or multi-frame ``.xyz`` file.
+
+    Returns:
+        ``[(z [N] int64, pos [N, 3] float64 Angstrom, properties), ...]`` in file order.
+
+    Raises:
+        MoleculeFileError: the file is missing, not ``.sdf``/``.xyz``, malformed, or has
+            non-finite coordinates.
+        UnknownElementError: an element outside H, C, N, O, F.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MOLECULE_SUFFIXES:
+        raise MoleculeFileError(f"{path} is not an SDF or XYZ file (expected a .sdf or .xyz name).")
+    if not path.is_file():
+        raise MoleculeFileError(f"{path} does not exist.")
+    molecules = _read_sdf(path) if suffix == ".sdf" else _read_xyz(path)
+    for k, (_, pos, _) in enumerate(molecules, start=1):
+        if not np.isfinite(pos).all():
+            raise MoleculeFileError(f"{path}: molecule {k} has coordinates that are not finite numbers.")
+    return molecules
+
+
+def _read_sdf(path: Path) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]:
+    molecules = []
+    with BlockLogs():  # a bad record gets our one-sentence error instead of RDKit's log
+        supplier = Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False, strictParsing=False)
+        for record, mol in enumerate(supplier, start=1):
+            if mol is None:
+                raise MoleculeFileError(f"{path}: record {record} is not a readable SDF molecule.")
+            if mol.GetNumConformers() == 0:
+                raise MoleculeFileError(f"{path}: record {record} has no coordinates.")
+            z = np.array([atom.GetAtomicNum() for atom in mol.GetAtoms()], dtype=np.int64)
+            type_index(z, path)
+            pos = mol.GetConformer().GetPositions()
+            props = {name: mol.GetProp(name) for name in mol.GetPropNames()}
+            molecules.append((z, pos, props))
+    return molecules
+
+
+def _read_xyz(path: Path) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]:
+    lines = path.read_text(errors="replace").splitlines()
+    molecules, i = [], 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        try:
+            n = int(lines[i].strip())
+        except ValueError:
+            raise MoleculeFileError(
+                f"{path}: line {i + 1} should hold an atom count but reads {lines[i].strip()[:40]!r}."
+            ) from None
+        if n < 0 or i + 2 + n > len(lines):
+            raise MoleculeFileError(f"{path}: the molecule at line {i + 1} is cut short.")
+        z, pos = np.zeros(n, dtype=np.int64), np.zeros((n, 3))
+        for k, line in enumerate(lines[i + 2 : i + 2 + n]):
+            fields = line.split()
+            try:
+                if len(fields) < 4:
+                    raise ValueError
+                pos[k] = [float(v) for v in fields[1:4]]
+            except ValueError:
+                raise MoleculeFileError(
+                    f"{path}: line {i + 3 + k} is not 'element x y z' but {line.strip()[:40]!r}."
+                ) from None
+            element = fields[0]
+            z[k] = int(element) if element.isdigit() else atomic_number(element, path)
+        type_index(z, path)
+        molecules.append((z, pos, _parse_comment(lines[i + 1])))
+        i += 2 + n
+    return molecules
+
+
+def _parse_comment(comment: str) -> dict[str, str]:
+    """``key=value`` pairs of an XYZ comment line (values may be shell-quoted); other words are ignored."""
+    try:
+        words = shlex.split(comment)
+    except ValueError:  # unbalanced quotes: not written by us, keep what splits plainly
+        words = comment.split()
+    return dict(word.split("=", 1) for word in words if "=" in word)
+
+
+class MoleculeWriter:
+    """Streams molecules to one ``.sdf`` or ``.xyz`` file, chunk by chunk.
+
+    Records go to ``path + ".partial"``, flushed every ``chunk_size`` molecules;
+    ``close()`` renames that file to ``path``. If the writing is interrupted, the
+    ``.partial`` file keeps the chunks already flushed and ``path`` is never half
+    written. SDF records carry a 3D conformer, EDM bonds and the properties as SD
+    fields; XYZ records carry the properties as ``key=value`` in the comment line. ``bonds``
+    (``"edm"`` or ``"rdkit"``) picks the rule for the SDF bond block (see ``bonds.to_rdkit_mol``).
+
+    Example::
+
+        with MoleculeWriter("samples.sdf") as writer:
+            writer.write(z, pos, {"sampler": "dpmpp2m", "SYNTHETIC": 1})
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk_size: int = 100, bonds: str = "edm"):
+        self.path = Path(path)
+        self.bonds = bonds
+        self.format = self.path.suffix.lower()
+        if self.format not in MOLECULE_SUFFIXES:
+            raise MoleculeFileError(f"{self.path} must end in .sdf or .xyz to be written.")
+        self.partial_path = Path(f"{self.path}.partial")
+        self.chunk_size = chunk_size
+        self.count = 0
+        self._pending: list[str] = []
+        self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.partial_path, "w")
+
+    def write(self, z, pos, properties: Mapping[str, object] | None = None) -> None:
+        """Append one molecule: [N] atomic numbers, [N, 3] Angstrom, and its properties."""
+        if self.format == ".sdf":
+            self._pending.append(_sdf_record(z, pos, properties or {}, self.bonds))
+        else:
+            self._pending.append(_xyz_record(z, pos, properties or {}))
+        self.count += 1
+        if len(self._pending) >= self.chunk_size:
+            self.flush()
+
+    def write_many(self, molecules: Iterable[tuple]) -> None:
+        """Append ``(z, pos)`` or ``(z, pos, properties)`` tuples."""
+        for molecule in molecules:
+            self.write(*molecule)
+
+    def flush(self) -> None:
+        """Write the pending records to the ``.partial`` file and flush it to the OS."""
+        self._file.write("".join(self._pending))
+        self._file.flush()
+        self._pending.clear()
+
+    def close(self) -> Path:
+        """Flush, then rename ``.partial`` to the final name. Returns the final path."""
+        if not self._file.closed:
+            self.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.partial_path, self.path)
+        return self.path
+
+    def __enter__(self) -> MoleculeWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # keep what was flushed in .partial; never publish a half file under the final name
+            self.flush()
+            self._file.close()
+
+
+def _sdf_record(z, pos, properties: Mapping[str, object], bonds: str = "edm") -> str:
+    mol = to_rdkit_mol(z, pos, bonds)
+    for key, value in properties.items():
+        mol.SetProp(str(key), str(value))
+    return Chem.SDWriter.GetText(mol, kekulize=False)
+
+
+def _xyz_record(z, pos, properties: Mapping[str, object]) -> str:
+    z = np.asarray(z).reshape(-1)
+    pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
+    type_index(z)
+    for key in properties:
+        if not str(key) or any(c.isspace() or c == "=" for c in str(key)):
+            raise ValueError(f"XYZ property names need no spaces or '=': {key!r}.")
+    comment = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in properties.items())
+    atoms = "".join(
+        f"{SYMBOLS[int(n)]:<2s} {x:14.8f} {y:14.8f} {w:14.8f}\n" for n, (x, y, w) in zip(z, pos)
+    )
+    return f"{len(z)}\n{comment}\n{atoms}"
+
+
+class DrawingError(RuntimeError):
+    """RDKit could not render molecules to PNG (e.g. it was built without Cairo)."""
+
+
+def draw_grid_png(
+    mols: Iterable,
+    path: str | os.PathLike,
+    n: int = 16,
+    mols_per_row: int = 4,
+    size: int = 250,
+    legends: list[str] | None = None,
+) -> Path:
+    """Draw the first ``n`` molecules as a grid of 2D depictions into a PNG file.
+
+    Args:
+        mols: ``Chem.Mol`` objects, or ``(z, pos[, properties])`` tuples (bonds by the EDM rule).
+        path: the PNG to write (atomically).
+        n: how many molecules to draw.
+        mols_per_row: grid width.
+        size: pixels per molecule (square).
+        legends: a caption per drawn molecule.
+
+    Raises:
+        DrawingError: RDKit's PNG drawing failed.
+    """
+    from rdkit.Chem import Draw, rdDepictor
+
+    depictions = []
+    for mol in list(mols)[:n]:
+        mol = Chem.Mol(mol) if isinstance(mol, Chem.Mol) else to_rdkit_mol(*mol[:2])
+        try:  # a sane molecule is drawn without its hydrogens, an invalid one as it is
+            Chem.SanitizeMol(mol)
+            mol = Chem.RemoveHs(mol)
+        except (ValueError, RuntimeError):
+            mol.UpdatePropertyCache(strict=False)
+            Chem.FastFindRings(mol)
+        mol.RemoveAllConformers()
+        rdDepictor.Compute2DCoords(mol)
+        depictions.append(mol)
+    if not depictions:
+        raise ValueError(f"No molecules to draw into {path}.")
+    try:
+        image = Draw.MolsToGridImage(
+            depictions,
+            molsPerRow=mols_per_row,
+            subImgSize=(size, size),
+            legends=legends[: len(depictions)] if legends else None,
+            returnPNG=False,
+        )
+        write_atomically(path, lambda f: image.save(f, format="PNG"))
+    except (ImportError, RuntimeError, ValueError, OSError) as error:
+        raise DrawingError(f"Could not draw molecules into {path}: {error}") from error
+    return Path(path)

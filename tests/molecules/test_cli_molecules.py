@@ -1,0 +1,76 @@
+"""`sci-diffusion sample molecules` and `evaluate molecules` as a user runs them."""
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from sci_diffusion.cli import main
+from sci_diffusion_molecules.datamodule import QM9DataModule
+from sci_diffusion_molecules.files import read_molecules
+from sci_diffusion_molecules.module import MoleculeDiffusion
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    L.seed_everything(0)
+    trainer = L.Trainer(max_steps=3, default_root_dir=root, enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, logger=False)
+    trainer.fit(MoleculeDiffusion(hidden=16, layers=2, ema_decay=0.9), QM9DataModule(batch_size=16, limit=64))
+    return next(root.rglob("*.ckpt"))
+
+
+def test_sample_writes_a_tagged_sdf_that_reads_back(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "mols.sdf"
+    rc = main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "7", "--steps", "3", "--seed", "5",
+               "--batch-size", "3", "--out", str(out), "--png", str(tmp_path / "grid.png"), "--no-progress"])
+    assert rc == 0
+    mols = read_molecules(out)
+    assert len(mols) == 7 and not (tmp_path / "mols.sdf.partial").exists()
+    props = mols[0][2]
+    assert props["SYNTHETIC"] == "1" and props["sampler"] == "dpmpp2m" and props["steps"] == "3" and props["seed"] == "5"
+    assert len(props["checkpoint_sha256"]) == 16
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "mols.sdf.json").read_text())
+    assert summary["written"] == 7 and summary["molecules_per_second"] > 0
+
+
+def test_same_seed_gives_the_same_molecules(tiny_checkpoint, tmp_path):
+    for name in ("a.xyz", "b.xyz"):
+        assert main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "3", "--steps", "2",
+                     "--atoms", "6", "--out", str(tmp_path / name), "--no-progress"]) == 0
+    a, b = read_molecules(tmp_path / "a.xyz"), read_molecules(tmp_path / "b.xyz")
+    assert all(len(z) == 6 for z, _, _ in a)
+    for (za, pa, _), (zb, pb, _) in zip(a, b):
+        assert (za == zb).all() and abs(pa - pb).max() < 1e-6
+
+
+def test_evaluate_reports_the_edm_metrics(tiny_checkpoint, tmp_path, capsys):
+    samples = tmp_path / "s.sdf"
+    main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "4", "--steps", "2", "--out", str(samples),
+          "--no-progress"])
+    assert main(["evaluate", "molecules", "--samples", str(samples), "--out", str(tmp_path / "m.json"),
+                 "--no-novelty"]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n_molecules"] == 4 and 0 <= metrics["molecule_stability"] <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "molecules", "--ckpt", "missing.ckpt", "--out", "x.sdf"], "does not exist"),
+    (["sample", "molecules", "--out", "x.pdb"], "must end in .sdf or .xyz"),
+    (["evaluate", "molecules", "--samples", "nothing.sdf", "--out", "m.json"], "does not exist"),
+])
+def test_bad_input_gets_one_sentence_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_medical_checkpoint_is_refused_by_the_molecules_verb(tmp_path, capsys):
+    ckpt = tmp_path / "medical.ckpt"
+    torch.save({"state_dict": {}, "sci_diffusion": {"domain": "medical", "module_class": "x:y", "config": {}}}, ckpt)
+    assert main(["sample", "molecules", "--ckpt", str(ckpt), "--out", str(tmp_path / "x.sdf")]) == 2
+    assert "belongs to the 'medical' domain" in capsys.readouterr().err
+    assert not (tmp_path / "x.sdf").exists()
