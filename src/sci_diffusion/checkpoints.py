@@ -55,15 +55,17 @@ def load_module(path: str | Path, domain: str | None = None) -> torch.nn.Module:
     return module
 
 
-def export_for_inference(src: str | Path, dst: str | Path) -> Path:
+def export_for_inference(src: str | Path, dst: str | Path, extra: dict | None = None) -> Path:
     """Write a slim copy of a training checkpoint: the (EMA) weights and the sci-diffusion record,
-    without optimizer state or the raw weights. This is what ships inside the package."""
+    without optimizer state or the raw weights. This is what ships inside the package.
+
+    ``extra`` is merged into the record (e.g. ``training_budget``)."""
     from .atomic import atomic_path
 
     ckpt = read_checkpoint(src)
     slim = {"state_dict": {k: v.clone() for k, v in ckpt["state_dict"].items()},
             "sci_diffusion": {**ckpt["sci_diffusion"], "global_step": ckpt.get("global_step"),
-                              "epoch": ckpt.get("epoch"), "exported_from": Path(src).name}}
+                              "epoch": ckpt.get("epoch"), "exported_from": Path(src).name, **(extra or {})}}
     with atomic_path(dst, suffix=".ckpt") as tmp:
         torch.save(slim, tmp)
     return Path(dst)

@@ -1,0 +1,126 @@
+"""The bundled QM9 model under the EDM protocol, for several samplers, beside the published rows.
+
+    python benchmarks/molecules_qm9.py [--num 1000] [--budget-minutes 60] [--ckpt C]
+
+For each sampler setting it draws ``--num`` molecules (sizes from the training histogram), scores
+them with the EDM metric (novelty against the QM9 training SMILES), and records molecules per second
+and peak memory (the process's peak resident set so far, from getrusage). It also measures
+training throughput (steps per second with and without data loading). Rows run in order, cheapest first; a row that would overrun ``--budget-minutes`` is cut
+short at a multiple of the batch size and marked ``complete: false``. Writes
+benchmarks/results/molecules_qm9.json and the README table.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+from reporting import write_result
+
+from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion_molecules.commands import bundled_checkpoint
+from sci_diffusion_molecules.datamodule import QM9DataModule
+from sci_diffusion_molecules.metrics import evaluate_molecules
+from sci_diffusion_molecules.qm9 import train_smiles
+from sci_diffusion_molecules.sampling import draw_atom_counts, sample_molecules
+
+SETTINGS = [("dpmpp2m", 20), ("dpmpp2m", 50), ("ddim", 100), ("ddpm", 1000)]
+PUBLISHED = [  # REFERENCE.md section 1; budgets as published (GPU-days are secondary figures)
+    ("Data (QM9 itself)", "-", "-", 99.0, 95.2, 97.7, 97.7, None),
+    ("EDM (2022)", "~7 GPU-days (1,100 epochs)", "ancestral 1000", 98.7, 82.0, 91.9, 90.7, 58.0),
+    ("GeoLDM (2023)", "GPU-days (published)", "ancestral 1000", 98.9, 89.4, 93.8, 92.7, 57.0),
+    ("EDM code, 1 epoch on this CPU", "43 min, 2 cores", "ancestral 1000", 14.0, 0.0, 51.5, None, None),
+]
+
+
+def measure_training(module, steps: int = 20) -> dict:
+    """Training steps per second on real QM9 batches of 64, with and without the data loader."""
+    loader = iter(QM9DataModule(batch_size=64).train_dataloader())
+    batches = [next(loader) for _ in range(steps)]
+    start = time.perf_counter()
+    loader = iter(QM9DataModule(batch_size=64).train_dataloader())
+    for _ in range(200):
+        next(loader)
+    load_rate = 200 / (time.perf_counter() - start)
+    module.train()
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-5)
+    start = time.perf_counter()
+    for b in batches:
+        loss = module.diffusion_loss(module.prepare_batch(b))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    step_rate = steps / (time.perf_counter() - start)
+    module.eval()
+    return {"train_steps_per_second": round(step_rate, 3), "loader_batches_per_second": round(load_rate, 1),
+            "loader_share_of_step": round(step_rate / load_rate, 4), "batch_size": 64}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", help="default: the bundled checkpoint")
+    p.add_argument("--num", type=int, default=1000, help="molecules per sampler setting")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock budget for all sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-readme", action="store_true")
+    args = p.parse_args()
+
+    ckpt = args.ckpt or bundled_checkpoint()
+    module = load_module(ckpt, domain="molecules")
+    meta = read_checkpoint(ckpt)["sci_diffusion"]
+    budget = meta.get("training_budget", "unknown")
+    smiles = train_smiles()
+    deadline = time.perf_counter() + 60 * args.budget_minutes
+    rows = []
+    torch.set_grad_enabled(False)
+    for sampler, steps in SETTINGS:
+        gen = torch.Generator().manual_seed(args.seed)
+        counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
+        mols, start = [], time.perf_counter()
+        for i in range(0, args.num, args.batch_size):
+            mols += list(sample_molecules(module, counts[i:i + args.batch_size], sampler, steps, gen, args.batch_size))
+            per_batch = (time.perf_counter() - start) / len(mols) * args.batch_size
+            if time.perf_counter() + per_batch > deadline:
+                break
+        seconds = time.perf_counter() - start
+        m = evaluate_molecules(mols, smiles)
+        rows.append({"sampler": sampler, "steps": steps, "molecules": len(mols), "complete": len(mols) >= args.num,
+                     "atom_stability": m["atom_stability"], "molecule_stability": m["molecule_stability"],
+                     "validity": m["validity"], "uniqueness": m["uniqueness"],
+                     "validity_x_uniqueness": m["validity_x_uniqueness"], "novelty": m["novelty"],
+                     "seconds": round(seconds, 1), "molecules_per_second": round(len(mols) / seconds, 2),
+                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+        print(rows[-1], flush=True)
+    with torch.enable_grad():
+        training = measure_training(module)
+    print(training)
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["| model | training budget | sampler | atom % | mol % | valid % | V x U % | novelty % | mol/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, bud, samp, a, mo, v, vu, nov in PUBLISHED:
+        f = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
+        lines.append(f"| {name} | {bud} | {samp} | {f(a)} | {f(mo)} | {f(v)} | {f(vu)} | {f(nov)} | |")
+    for r in rows:
+        n = f" ({r['molecules']} mols{'' if r['complete'] else ', cut by budget'})"
+        lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']}{n} | {pct(r['atom_stability'])} | "
+                     f"{pct(r['molecule_stability'])} | {pct(r['validity'])} | {pct(r['validity_x_uniqueness'])} | "
+                     f"{pct(r['novelty'])} | {r['molecules_per_second']:.1f} |")
+    lines.append("")
+    lines.append(f"Training throughput of the bundled model: {training['train_steps_per_second']:.2f} steps/s at "
+                 f"batch 64; the QM9 loader alone gives {training['loader_batches_per_second']:.0f} batches/s, so "
+                 f"loading is {100 * training['loader_share_of_step']:.1f}% of a step.")
+    markdown = "\n".join(lines)
+    print(markdown)
+    write_result("molecules_qm9", {"checkpoint": str(ckpt), "checkpoint_sha256": module.checkpoint_hash,
+                                   "training_budget": budget, "num_per_setting": args.num,
+                                   "budget_minutes": args.budget_minutes, "rows": rows, "training": training,
+                                   "published": [dict(zip(("model", "budget", "sampler", "atom", "mol", "valid", "vxu",
+                                                           "novelty"), r)) for r in PUBLISHED]},
+                 markdown, update_readme=not args.no_readme)
+
+
+if __name__ == "__main__":
+    main()
