@@ -5,9 +5,10 @@
 For each sampler setting it draws ``--num`` molecules (sizes from the training histogram), scores
 them with the EDM metric (novelty against the QM9 training SMILES), and records molecules per second
 and peak memory (the process's peak resident set so far, from getrusage). It also measures
-training throughput (steps per second with and without data loading). Rows run in order, cheapest first; a row that would overrun ``--budget-minutes`` is cut
-short at a multiple of the batch size and marked ``complete: false``. Writes
-benchmarks/results/molecules_qm9.json and the README table.
+training throughput (steps per second with and without data loading). Rows run in order,
+cheapest first; a row that would overrun ``--budget-minutes`` is cut short at a multiple of the
+batch size and marked ``complete: false``. Writes benchmarks/results/molecules_qm9.json and the
+README table.
 """
 from __future__ import annotations
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .files import MoleculeFileError, read_molecules, write_atomically
+from sci_diffusion.atomic import write_json
+
+from .files import MoleculeFileError, read_molecules
 from .metrics import evaluate_molecules
 
 
@@ -43,6 +44,5 @@ def evaluate_file(
     for _, _, props in molecules[1:]:
         shared = {k: v for k, v in shared.items() if props.get(k) == v}
     results = {"samples": str(Path(samples_path)), **results, "sample_properties": shared}
-    text = json.dumps(results, indent=2) + "\n"
-    write_atomically(out_json, lambda f: f.write(text.encode()))
+    write_json(out_json, results)
     return results

@@ -8,16 +8,16 @@ are ignored: the metrics decide bonds from coordinates.
 
 from __future__ import annotations
 
-import io
 import os
 import shlex
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
 from rdkit.rdBase import BlockLogs
+
+from sci_diffusion.atomic import atomic_path
 
 from .bonds import to_rdkit_mol
 from .elements import SYMBOLS, atomic_number, type_index
@@ -27,26 +27,6 @@ MOLECULE_SUFFIXES = (".sdf", ".xyz")
 
 class MoleculeFileError(ValueError):
     """A molecule file that is missing, of an unknown kind, or malformed; the message names it."""
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> None:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it onto ``path``.
-
-    A crash leaves either the old file or the new one, never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with io.open(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; this is a normal one
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def read_molecules(path: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]:
@@ -273,7 +253,8 @@ def draw_grid_png(
             legends=legends[: len(depictions)] if legends else None,
             returnPNG=False,
         )
-        write_atomically(path, lambda f: image.save(f, format="PNG"))
+        with atomic_path(path, suffix=".png") as tmp:
+            image.save(tmp, format="PNG")
     except (ImportError, RuntimeError, ValueError, OSError) as error:
         raise DrawingError(f"Could not draw molecules into {path}: {error}") from error
     return Path(path)

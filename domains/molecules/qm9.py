@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sci_diffusion.atomic import atomic_path
+
 from .elements import ATOMIC_NUMBERS
-from .files import write_atomically
 
 NUM_MOLECULES = 130_831
 SPLIT_SIZES = {"train": 100_000, "valid": 17_748, "test": 13_083}
@@ -128,7 +129,8 @@ def load_qm9(cache_dir: str | os.PathLike | None = None, verbose: bool = False) 
         print(f"Parsing QM9 from {qm9pack_data_dir()} (once) ...", flush=True)
     arrays = _parse_qm9pack()
     fields = {k: getattr(arrays, k) for k in QM9Arrays.__dataclass_fields__}
-    write_atomically(cache_file, lambda f: np.savez(f, source_sizes=sizes, **fields))
+    with atomic_path(cache_file, suffix=".npz") as tmp:
+        np.savez(tmp, source_sizes=sizes, **fields)
     if verbose:
         print(f"QM9 cached in {cache_file} ({time.perf_counter() - start:.0f} s).", flush=True)
     return arrays
@@ -210,7 +212,8 @@ def train_smiles(cache_dir: str | os.PathLike | None = None, verbose: bool = Fal
         if verbose:
             print("Rebuilding the SMILES of the QM9 train split (once) ...", flush=True)
         smiles = rebuilt_smiles(arrays, edm_split(arrays)["train"])
-        write_atomically(cache_file, lambda f: f.write(("\n".join(smiles) + "\n").encode()))
+        with atomic_path(cache_file) as tmp:
+            tmp.write_text("\n".join(smiles) + "\n")
     return frozenset(cache_file.read_text().split())
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 Prediction = Literal["eps", "x0", "v"]

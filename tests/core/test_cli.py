@@ -1,7 +1,6 @@
 """The command line: help, domain discovery through entry points, LightningCLI fit, bad input."""
 import subprocess
 import sys
-import warnings
 from importlib.metadata import EntryPoint
 
 import pytest

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from sci_diffusion.gaussian_mixture import GaussianMixture
 from sci_diffusion.samplers import SAMPLERS
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace, ProductSpace, ZeroCoMSpace

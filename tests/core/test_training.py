@@ -1,6 +1,5 @@
 """The Lightning plumbing: a tiny fit lowers the loss, writes its records, and resumes."""
 import csv
-from pathlib import Path
 
 import lightning as L
 import torch
