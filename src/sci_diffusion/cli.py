@@ -45,7 +45,23 @@ def _core_commands() -> list[Command]:
     from .demo import add_demo_arguments, run_demo
 
     return [Command("demo", None, "Run every sampler on an analytic 2-D Gaussian mixture and plot the result.",
-                    add_demo_arguments, run_demo)]
+                    add_demo_arguments, run_demo),
+            Command("export", None, "Slim a training checkpoint to its (EMA) weights and record, for shipping.",
+                    _add_export_arguments, _run_export)]
+
+
+def _add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="a training checkpoint (.ckpt)")
+    p.add_argument("--out", required=True, help="the slim checkpoint to write")
+    p.add_argument("--budget", help="the training budget, recorded as training_budget (e.g. '2 h on 2 CPU cores')")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .checkpoints import export_for_inference, file_sha256
+
+    out = export_for_inference(args.ckpt, args.out, {"training_budget": args.budget} if args.budget else None)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, sha256 {file_sha256(out)})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ A domain subclasses it and supplies three things:
 
 Everything else is shared: time sampling, the forward process, the loss with optional SNR
 weighting, condition dropout for classifier-free guidance, EMA (Lightning's
-``EMAWeightAveraging``), the loss-curve PNG, and checkpoints that record the config, the
+``WeightAveraging`` with a warm-up decay), the loss-curve PNG, and checkpoints that record the config, the
 domain and the package version.
 """
 from __future__ import annotations
@@ -62,7 +62,8 @@ class DiffusionModule(L.LightningModule):
         loss_type: ``l2`` or ``l1``.
         loss_weighting: ``none``, ``min_snr`` or ``snr`` (see ``NoiseSchedule.loss_weight``).
         lr, weight_decay: AdamW settings.
-        ema_decay: EMA decay of ``EMAWeightAveraging``; 0 disables EMA.
+        ema_decay: the EMA's final decay (it ramps up from 0, see ``callbacks.ema_with_warmup``);
+            0 disables EMA.
         cond_dropout: probability of dropping the condition per sample (classifier-free guidance).
         val_sampler, val_steps: sampler used by ``validation_metrics``.
         sample_every_n_epochs: run ``validation_metrics`` every n validation epochs (0: never).
@@ -166,13 +167,13 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self):
-        from lightning.pytorch.callbacks import EMAWeightAveraging
+        from lightning.pytorch.callbacks import WeightAveraging
 
-        from .callbacks import LossCurvePlot
+        from .callbacks import LossCurvePlot, ema_with_warmup
 
         callbacks = [LossCurvePlot()]
         if self.hparams.ema_decay > 0:
-            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
+            callbacks.append(WeightAveraging(avg_fn=ema_with_warmup(self.hparams.ema_decay)))
         return callbacks
 
     # ----- checkpoints -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 import csv
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -58,3 +59,16 @@ def test_trained_model_samples_close_to_the_mixture(tmp_path):
     model.eval()
     # an untrained network scores ~2e4 on this metric (its eps blows up at t = 1); exact samples ~0.03
     assert model.validation_metrics()["sliced_w2"] < 0.3
+
+
+def test_ema_decay_ramps_up_so_early_weights_fade_quickly():
+    from sci_diffusion.callbacks import ema_with_warmup
+
+    avg = ema_with_warmup(0.999)
+    ema = torch.zeros(1)
+    for n in range(200):  # the parameter jumps to 1 after the first step and stays there
+        ema = avg(ema, torch.ones(1), torch.tensor(n))
+    # a fixed 0.999 decay would still hold 0.999**200 = 82 % of the initial 0; the ramp holds < 6 %
+    assert float(ema) > 0.94
+    late = avg(torch.zeros(1), torch.ones(1), torch.tensor(10**7))
+    assert float(late) == pytest.approx(0.001, rel=1e-4)

@@ -1,0 +1,77 @@
+"""The medical CLI verbs: ``phantom``, ``translate`` and ``evaluate mri2ct``.
+
+``add_*_arguments`` only declare flags (no MONAI, nibabel or torch import at CLI start);
+``run_*`` import what they need and do the work.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subjects", type=int, required=True, help="number of paired head phantoms to write")
+    p.add_argument("--out", required=True, help="output folder (SynthRAD layout <out>/<id>/{mr,ct,mask,labels}.nii.gz)")
+    p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2: 96 x 112 x 96)")
+    p.add_argument("--seed", type=int, default=0, help="subject i is drawn from the seed (seed, i)")
+
+
+def run_phantom(args: argparse.Namespace) -> int:
+    from .nifti import MedicalInputError
+    from .phantom import write_phantom_dataset
+
+    if args.subjects < 1:
+        raise MedicalInputError(f"--subjects must be at least 1, got {args.subjects}.")
+    if args.spacing <= 0:
+        raise MedicalInputError(f"--spacing must be positive, got {args.spacing}.")
+    print(f"Writing {args.subjects} SYNTHETIC head phantoms at {args.spacing:g} mm to {args.out} ...", file=sys.stderr)
+    pairs = write_phantom_dataset(args.out, args.subjects, args.spacing, args.seed)
+    print(f"Wrote {len(pairs)} subjects ({pairs[0]['id']} .. {pairs[-1]['id']}) and {args.out}/dataset.json.")
+    return 0
+
+
+def add_translate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mr", required=True, help="input T1 MR volume (.nii.gz)")
+    p.add_argument("--out", required=True, help="output synthetic CT in HU (.nii.gz); a .json sidecar is written beside it")
+    p.add_argument("--mask", help="body mask (.nii.gz) on the MR grid; derived from the MR (SynthRAD recipe) when absent")
+    p.add_argument("--ckpt", help="model checkpoint (diffusion or regression); default: the bundled phantom model")
+    p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
+    p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz; needs --samples >= 2)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--sampler", default="ddim", help="core sampler: ddim, dpmpp2m, ddpm, heun or pc (default ddim)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per network call (default 16)")
+    p.add_argument("--png", help="write an MR / sCT / CT / |error| / std panel here (.png)")
+    p.add_argument("--ct", help="reference CT (.nii.gz) on the MR grid, for the panel's CT and error images")
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    from .translate import translate_file
+
+    if args.batch_size < 1:
+        from sci_diffusion.errors import UserError
+
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    info = translate_file(args.mr, args.out, mask=args.mask, ckpt=args.ckpt, samples=args.samples,
+                          uncertainty=args.uncertainty, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                          batch_size=args.batch_size, png=args.png, ct=args.ct)
+    written = [args.out] + [p for p in (args.uncertainty, args.png) if p]
+    print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")
+    return 0
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="folder of synthetic CTs: <id>.nii.gz or <id>/sct.nii.gz (HU)")
+    p.add_argument("--ref", required=True, help="SynthRAD-layout reference folder: <id>/{ct,mask}.nii.gz")
+    p.add_argument("--out", required=True, help="metrics report (.json)")
+    p.add_argument("--allow-missing", action="store_true", help="score the patients that have a prediction, list the rest")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import evaluate_directory
+
+    report = evaluate_directory(args.pred, args.ref, args.out, allow_missing=args.allow_missing)
+    mean = report["mean"]
+    print(f"{report['n_patients']} patients: MAE {mean['mae']:.1f} HU, PSNR {mean['psnr']:.2f} dB, "
+          f"SSIM {mean['ssim']:.4f}, bone MAE {mean.get('tissue_mae.bone', float('nan')):.1f} HU -> {args.out}")
+    return 0

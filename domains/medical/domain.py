@@ -1,0 +1,24 @@
+"""The medical domain's plug-in object (entry point ``sci_diffusion.domains: medical``)."""
+from sci_diffusion.domains import Command, Domain
+
+from .commands import (
+    add_evaluate_arguments,
+    add_phantom_arguments,
+    add_translate_arguments,
+    run_evaluate,
+    run_phantom,
+    run_translate,
+)
+
+DOMAIN = Domain(
+    "medical",
+    "Medical images: MRI-to-CT translation with a MONAI diffusion U-Net, NIfTI in and out.",
+    [
+        Command("phantom", None, "Write paired SYNTHETIC head phantoms (MR, CT, mask, labels) in the SynthRAD2023 layout.",
+                add_phantom_arguments, run_phantom),
+        Command("translate", None, "Translate an MR volume into a SYNTHETIC CT (HU), with optional uncertainty and panel.",
+                add_translate_arguments, run_translate),
+        Command("evaluate", "mri2ct", "Score synthetic CTs against reference CTs with the SynthRAD2023 metrics.",
+                add_evaluate_arguments, run_evaluate),
+    ],
+)

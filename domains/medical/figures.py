@@ -1,0 +1,53 @@
+"""The MR / sCT / CT / |error| / uncertainty panel that ``translate --png`` draws."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from sci_diffusion.atomic import atomic_path
+
+CT_WINDOW_HU = (-1000.0, 1600.0)
+ERROR_MAX_HU = 500.0
+
+
+def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png: str | os.PathLike,
+                      ct: np.ndarray | None = None, std: np.ndarray | None = None, title: str = "") -> None:
+    """One axial slice (through the body's centre) of each image, side by side, as a PNG.
+
+    Args:
+        mr, sct, mask: (X, Y, Z) RAS volumes; sct in HU.
+        ct: the reference CT (HU), adds the CT and |sCT - CT| panels.
+        std: per-voxel standard deviation (HU) over samples, adds the uncertainty panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    body = np.asarray(mask) > 0
+    z = int(round(np.nonzero(body)[2].mean())) if body.any() else mr.shape[2] // 2
+
+    def cut(volume: np.ndarray) -> np.ndarray:  # anterior up, patient right on the right (neurological)
+        return np.asarray(volume)[:, :, z].T
+
+    panels = [("MR", cut(mr), "gray", None), ("synthetic CT (HU)", cut(sct), "gray", CT_WINDOW_HU)]
+    if ct is not None:
+        panels.append(("CT (HU)", cut(ct), "gray", CT_WINDOW_HU))
+        panels.append(("|sCT - CT| (HU)", cut(np.abs(sct - ct) * body), "magma", (0.0, ERROR_MAX_HU)))
+    if std is not None:
+        s = cut(std)
+        panels.append(("std over samples (HU)", s, "viridis", (0.0, max(float(np.percentile(s[s > 0], 99)) if (s > 0).any() else 1.0, 1.0))))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    for ax, (name, image, cmap, limits) in zip(np.atleast_1d(axes), panels):
+        shown = ax.imshow(image, cmap=cmap, origin="lower", vmin=None if limits is None else limits[0],
+                          vmax=None if limits is None else limits[1])
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+        if limits is not None:
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(f"SYNTHETIC  {title}  (axial slice {z})", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

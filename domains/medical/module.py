@@ -1,0 +1,151 @@
+"""``MRItoCTDiffusion``: conditional diffusion of a CT slice given k neighbouring MR slices.
+
+The state is one CT slice ``(B, 1, H, W)`` in [-1, 1] (``transforms.ct_to_unit``); the
+condition is the stack of k MR slices ``(B, k, H, W)`` centred on it (2.5-D, ``slices.SliceDataset``),
+concatenated to ``x_t`` on the channel axis before MONAI's ``DiffusionModelUNet`` ("concat"
+conditioning, ``in_channels = 1 + k``). Training, EMA, schedules and samplers are the core's.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from sci_diffusion.module import DiffusionBatch, DiffusionModule
+from sci_diffusion.samplers import get_sampler
+from sci_diffusion.state_spaces import EuclideanSpace
+
+
+def slice_batch(batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ct (B, 1, H, W), mr (B, k, H, W), mask (B, 1, H, W))`` from a collated SliceDataset batch."""
+    return batch["ct"].float(), batch["mr"].float(), batch["mask"].float()
+
+
+def check_data_matches(module: torch.nn.Module) -> None:
+    """Fail early when the datamodule's k differs from the model's (the U-Net's input width)."""
+    trainer = getattr(module, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    k_data = dict(getattr(datamodule, "hparams", None) or {}).get("k")
+    if k_data is not None and int(k_data) != int(module.hparams.k):
+        raise ValueError(f"The data gives k={k_data} MR slices but the model was built for k={module.hparams.k}; "
+                         "set model and data k to the same value.")
+
+
+def record_training_data(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Add the training data's voxel size (mm, RAS) to the checkpoint's sci_diffusion record."""
+    trainer = getattr(module, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    voxel_mm = getattr(datamodule, "voxel_mm", None)
+    if voxel_mm is not None:
+        checkpoint["sci_diffusion"]["voxel_mm"] = list(voxel_mm)
+
+
+class MRItoCTDiffusion(DiffusionModule):
+    """MRI-to-CT translation by conditional diffusion (2.5-D, slice by slice).
+
+    Args:
+        k: odd number of MR slices in the condition (the data module's ``k``).
+        channels, attention_levels, num_res_blocks, num_head_channels, norm_num_groups: the
+            ``monai.networks.nets.DiffusionModelUNet`` size; every channel count must be divisible
+            by ``norm_num_groups``. The default (about 1.1 M parameters) is sized so that a 2 mm
+            head (96 x 112 x 96) translates in under a minute with 20 DDIM steps on one CPU thread.
+        val_slices: slices sampled at validation for an HU error (0: none).
+        **kwargs: the core DiffusionModule's arguments; here the defaults are v-prediction,
+            the cosine schedule and T = 1000.
+    """
+
+    domain = "medical"
+    deterministic = False
+
+    def __init__(
+        self,
+        k: int = 3,
+        channels: Sequence[int] = (16, 32, 64, 64),
+        attention_levels: Sequence[bool] = (False, False, False, True),
+        num_res_blocks: int = 1,
+        num_head_channels: int = 32,
+        norm_num_groups: int = 8,
+        val_slices: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"k must be a positive odd number, got {k}.")
+        if len(channels) != len(attention_levels):
+            raise ValueError("channels and attention_levels must have the same length.")
+        kwargs.setdefault("schedule", "cosine")
+        kwargs.setdefault("prediction", "v")
+        kwargs.setdefault("timesteps", 1000)
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        self._val_example: tuple[Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def size_multiple(self) -> int:
+        """Slice sides must be multiples of this (one halving per U-Net level)."""
+        return 2 ** (len(self.hparams.channels) - 1)
+
+    def build_network(self) -> torch.nn.Module:
+        from monai.networks.nets import DiffusionModelUNet
+
+        h = self.hparams
+        return DiffusionModelUNet(
+            spatial_dims=2, in_channels=1 + h.k, out_channels=1, channels=tuple(h.channels),
+            attention_levels=tuple(h.attention_levels), num_res_blocks=h.num_res_blocks,
+            num_head_channels=h.num_head_channels, norm_num_groups=h.norm_num_groups,
+        )
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Any = None, context: Tensor | None = None) -> Tensor:
+        """Network output (v or eps) for ``x_t (B, 1, H, W)``, ``t`` in [0, 1] (0-d or ``(B,)``), MR ``context (B, k, H, W)``."""
+        t = t.to(x_t.device, torch.float32)
+        timesteps = (t.expand(x_t.shape[0]) if t.dim() == 0 else t) * self.schedule.T
+        return self.net(torch.cat([x_t, context.to(x_t.dtype)], dim=1), timesteps=timesteps)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> DiffusionBatch:
+        ct, mr, mask = slice_batch(batch)
+        return DiffusionBatch(x0=ct, space=EuclideanSpace(), cond=None, context=mr, mask=mask)
+
+    def setup(self, stage: str) -> None:
+        check_data_matches(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        record_training_data(self, checkpoint)
+
+    # ----- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """One sample of CT slices ``(B, 1, H, W)`` in [-1, 1] given MR slices ``(B, k, H, W)``.
+
+        Args:
+            mr: normalised MR stacks; H and W multiples of ``size_multiple``.
+            noise: the starting noise ``x_T (B, 1, H, W)``; drawn from ``generator`` when None.
+            sampler, steps: a core sampler name and its step count.
+            generator: for the starting noise and any noise the sampler draws.
+        """
+        space = EuclideanSpace()
+        if noise is None:
+            noise = space.noise(mr[:, :1], generator)
+        denoiser = self.denoiser(context=mr, clip=(-1.0, 1.0))
+        return get_sampler(sampler)(denoiser, noise.to(mr), self.schedule, steps, space, generator=generator)
+
+    # ----- periodic sampling at validation -------------------------------------------------------
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if batch_idx == 0 and self.hparams.val_slices:
+            ct, mr, mask = slice_batch(batch)
+            n = self.hparams.val_slices
+            self._val_example = (ct[:n], mr[:n], mask[:n])
+        return super().validation_step(batch, batch_idx)
+
+    def validation_metrics(self) -> dict[str, float]:
+        """MAE in HU inside the body mask of a few validation slices, sampled with ``val_sampler``."""
+        if self._val_example is None:
+            return {}
+        from .transforms import unit_to_ct
+
+        ct, mr, mask = self._val_example
+        pred = self.synthesise(mr, sampler=self.hparams.val_sampler, steps=self.hparams.val_steps,
+                               generator=torch.Generator().manual_seed(0))
+        err = (unit_to_ct(pred) - unit_to_ct(ct)).abs() * mask
+        return {"mae_hu": float(err.sum() / mask.sum().clamp(min=1))}

@@ -1,0 +1,123 @@
+"""Finding and checking paired MR/CT/mask volumes (SynthRAD2023 Task 1 layout).
+
+A pair is a dict {"id": str, "mr": path, "ct": path, "mask": path} (plus "labels" for
+phantoms). `validate_pair` turns every way a pair can be unusable into one
+MedicalInputError sentence that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .nifti import NIFTI_SUFFIXES, MedicalInputError, load_nifti, load_volume, nifti_stem
+
+SYNTHRAD_KEYS = ("mr", "ct", "mask")
+OPTIONAL_KEYS = ("labels",)
+AFFINE_ATOL_MM = 1e-3
+
+
+def _nifti_in(folder: Path, name: str) -> Path | None:
+    return next((folder / f"{name}{s}" for s in NIFTI_SUFFIXES if (folder / f"{name}{s}").is_file()), None)
+
+
+def find_synthrad_pairs(root: str | os.PathLike, require: Sequence[str] = SYNTHRAD_KEYS) -> list[dict[str, str]]:
+    """Patients under `root`, SynthRAD2023 Task 1 layout: `<patient>/{mr,ct,mask}.nii.gz`.
+
+    Any folder at any depth that holds one of mr/ct/mask (`.nii.gz` or `.nii`) is a patient,
+    named by the folder, so `root` may be `Task1/brain`, `Task1`, or one patient's folder.
+    Other files and folders are ignored. A `labels` volume is listed when present.
+
+    Args:
+        root: folder to search.
+        require: files every patient must have; ("ct", "mask") for evaluation,
+            ("mr", "mask") for inference.
+
+    Returns:
+        Dicts {"id", "mr", "ct", "mask"[, "labels"]} (paths as str, the keys in `require` and
+        any other present), sorted by path.
+
+    Raises:
+        MedicalInputError: root is not a folder, holds no patient, a patient lacks a required
+            file, or two patient folders share an id.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MedicalInputError(f"{root} is not a folder of SynthRAD patients.")
+    pairs: list[dict[str, str]] = []
+    seen: dict[str, Path] = {}
+    for folder, dirs, _ in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        folder = Path(folder)
+        found = {k: _nifti_in(folder, k) for k in (*SYNTHRAD_KEYS, *OPTIONAL_KEYS)}
+        if not any(found[k] for k in SYNTHRAD_KEYS):
+            continue
+        for key in require:
+            if found[key] is None:
+                raise MedicalInputError(f"Patient folder {folder} has no {key}.nii.gz.")
+        pid = folder.name
+        if pid in seen:
+            raise MedicalInputError(f"Patient id {pid} appears twice, in {seen[pid]} and {folder}.")
+        seen[pid] = folder
+        pairs.append({"id": pid, **{k: str(p) for k, p in found.items() if p is not None}})
+    if not pairs:
+        raise MedicalInputError(f"{root} holds no SynthRAD patient folder (<id>/mr.nii.gz, ct.nii.gz, mask.nii.gz).")
+    return pairs
+
+
+def pairs_from_triplets(triplets: Iterable[Sequence[str | os.PathLike]]) -> list[dict[str, str]]:
+    """Pairs from explicit (mr, ct, mask) or (mr, ct, mask, id) paths, for any folder layout.
+
+    Without an id, a file named `mr.nii.gz` is named by its folder, any other by its stem.
+    """
+    pairs = []
+    for item in triplets:
+        if len(item) not in (3, 4):
+            raise ValueError(f"Expected (mr, ct, mask) or (mr, ct, mask, id), got {item!r}.")
+        mr, ct, mask = (str(p) for p in item[:3])
+        pid = str(item[3]) if len(item) == 4 else (Path(mr).parent.name if nifti_stem(mr) == "mr" else nifti_stem(mr))
+        pairs.append({"id": pid, "mr": mr, "ct": ct, "mask": mask})
+    return pairs
+
+
+def validate_pair(pair: dict[str, str]) -> dict[str, object]:
+    """Check that a pair's volumes can be used together.
+
+    Checks, in order: each file is a NIfTI, is 3-D, and has the shape and affine
+    (np.allclose, atol 1e-3 mm) of the first volume; no voxel is NaN or infinite; the mask
+    has a voxel > 0. Volumes in the pair among mr, ct, mask, labels are checked; "mr" and
+    "mask" are required, "ct" is optional (inference).
+
+    Returns:
+        {"id", "shape": (X, Y, Z), "spacing_mm": (sx, sy, sz)} of the pair.
+
+    Raises:
+        MedicalInputError: one sentence naming the offending file and the problem.
+    """
+    for key in ("mr", "mask"):
+        if key not in pair:
+            raise MedicalInputError(f"Pair {pair.get('id', '?')} has no {key} volume.")
+    keys = [k for k in (*SYNTHRAD_KEYS, *OPTIONAL_KEYS) if k in pair]
+    images = {k: load_nifti(pair[k]) for k in keys}
+    first = keys[0]
+    ref_img, ref_path = images[first], pair[first]
+    for key in keys:
+        img, path = images[key], pair[key]
+        if len(img.shape) != 3:
+            raise MedicalInputError(f"{path} is not a 3-D volume (shape {img.shape}).")
+        if img.shape != ref_img.shape:
+            raise MedicalInputError(f"{path} has shape {img.shape} but {ref_path} has shape {ref_img.shape}.")
+        if not np.allclose(img.affine, ref_img.affine, atol=AFFINE_ATOL_MM):
+            worst = float(np.abs(img.affine - ref_img.affine).max())
+            raise MedicalInputError(f"{path} and {ref_path} have different affines (largest difference {worst:.3g}).")
+    for key in keys:
+        array, _, _ = load_volume(pair[key])
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise MedicalInputError(f"{pair[key]} contains {bad} NaN or infinite voxels.")
+        if key == "mask" and not np.any(array > 0):
+            raise MedicalInputError(f"{pair[key]} is an empty mask (no voxel > 0).")
+    return {"id": pair.get("id", Path(pair["mr"]).parent.name), "shape": tuple(ref_img.shape), "spacing_mm": tuple(float(z) for z in ref_img.header.get_zooms()[:3])}

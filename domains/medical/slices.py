@@ -1,0 +1,161 @@
+"""A 2.5-D slice dataset over MR/CT pairs: k MR slices in, one CT slice out.
+
+Each volume is loaded once through `transforms.mri2ct_transforms` (RAS, CT and MR in
+[-1, 1]) and kept in memory; items are cut from those tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from monai.transforms import DivisiblePad, SpatialPad
+from torch.utils.data import Dataset
+
+from .pairs import validate_pair
+from .transforms import mri2ct_transforms
+
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # spatial axis of a RAS (X, Y, Z) volume
+PAD_VALUES = {"mr": -1.0, "ct": -1.0, "mask": 0.0}  # background of each normalised volume
+
+
+def axis_index(axis: str | int) -> int:
+    """"axial" / "coronal" / "sagittal" or 0..2 -> the RAS spatial axis the slices are taken along."""
+    if isinstance(axis, str):
+        if axis not in AXES:
+            raise ValueError(f"axis must be one of {sorted(AXES)} or 0..2, got {axis!r}.")
+        return AXES[axis]
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be one of {sorted(AXES)} or 0..2, got {axis!r}.")
+    return int(axis)
+
+
+def neighbour_slices(volume: torch.Tensor, index: int, k: int, axis: str | int = "axial") -> torch.Tensor:
+    """The k slices centred on `index` along `axis`, edges replicate-padded.
+
+    Args:
+        volume: (X, Y, Z) or (1, X, Y, Z).
+        index: centre slice.
+        k: odd number of slices.
+        axis: slicing axis.
+
+    Returns:
+        (k, H, W): the two remaining spatial axes in RAS order (axial: H = X, W = Y).
+    """
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"k must be a positive odd number, got {k}.")
+    a = axis_index(axis)
+    vol = volume[0] if volume.ndim == 4 else volume
+    n = vol.shape[a]
+    idx = (torch.arange(k) - k // 2 + index).clamp(0, n - 1)
+    return vol.movedim(a, 0)[idx]
+
+
+def unpad_slice(x: torch.Tensor, pad: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+    """Undo the in-plane padding of a whole-slice item: x (..., H, W), pad ((top, bottom), (left, right))."""
+    (t, b), (l, r) = [[int(v) for v in row] for row in pad]
+    h, w = x.shape[-2:]
+    return x[..., t : h - b, l : w - r]
+
+
+class SliceDataset(Dataset):
+    """2.5-D MR->CT slices from validated pairs.
+
+    Items are dicts:
+        "ct": (1, H, W) float32 in [-1, 1] (HU via `transforms.unit_to_ct`),
+        "mr": (k, H, W) float32 in [-1, 1], slices index-k//2 .. index+k//2, edges replicated,
+        "mask": (1, H, W) float32 in {0, 1},
+        "id": patient id, "slice": slice index in the RAS volume,
+        "pad": (2, 2) int64 in-plane padding ((top, bottom), (left, right)); undo with `unpad_slice`,
+        "origin": (2,) int64 top-left corner of the item in the padded slice (crops; 0 otherwise).
+
+    Args:
+        pairs: dicts with mr, ct and mask paths (`pairs.find_synthrad_pairs`).
+        k: odd number of MR slices in the condition.
+        axis: "axial" (default), "coronal", "sagittal" or 0..2.
+        crop_size: None for whole slices padded to a multiple of `divisible`; (h, w) for random
+            crops of that size centred on a random mask voxel (slices smaller than the crop are
+            padded first), for anatomy too large for whole slices.
+        divisible: whole-slice padding multiple (16 suits a 4-level U-Net).
+        spacing_mm: resample every volume to this spacing (mm) when given.
+        validate: run `validate_pair` on each pair first.
+
+    Slices whose mask is empty are skipped.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[dict[str, str]],
+        k: int = 3,
+        axis: str | int = "axial",
+        crop_size: Sequence[int] | None = None,
+        divisible: int = 16,
+        spacing_mm: Sequence[float] | float | None = None,
+        validate: bool = True,
+    ):
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"k must be a positive odd number, got {k}.")
+        self.k, self.axis = k, axis_index(axis)
+        self.crop_size = None if crop_size is None else tuple(int(c) for c in crop_size)
+        in_plane = [a for a in range(3) if a != self.axis]
+        if self.crop_size is None:
+            sizes = [1, 1, 1]
+            for a in in_plane:
+                sizes[a] = divisible
+            pad_for = lambda value: DivisiblePad(k=sizes, mode="constant", value=value)  # noqa: E731
+        else:
+            sizes = [-1, -1, -1]
+            for a, c in zip(in_plane, self.crop_size):
+                sizes[a] = c
+            pad_for = lambda value: SpatialPad(spatial_size=sizes, mode="constant", value=value)  # noqa: E731
+        load = mri2ct_transforms(("mr", "ct", "mask"), spacing_mm=spacing_mm)
+        self.volumes: list[dict[str, torch.Tensor]] = []
+        self.ids: list[str] = []
+        self.pads: list[torch.Tensor] = []
+        self.affines: list[torch.Tensor] = []  # RAS affine of each loaded (unpadded) volume
+        self.index: list[tuple[int, int]] = []
+        for pair in pairs:
+            if validate:
+                validate_pair(pair)
+            data = load({key: pair[key] for key in ("mr", "ct", "mask")})
+            self.affines.append(torch.as_tensor(data["mr"].affine, dtype=torch.float64))
+            width = pad_for(0.0).compute_pad_width(data["mr"].shape[1:])[1:]  # drop the channel
+            volume = {}
+            for key in ("mr", "ct", "mask"):
+                padded = pad_for(PAD_VALUES[key])(data[key])
+                volume[key] = padded.as_tensor().contiguous() if hasattr(padded, "as_tensor") else padded.contiguous()
+            volume["mask"] = volume["mask"] > 0
+            self.pads.append(torch.tensor([width[a] for a in in_plane], dtype=torch.int64))
+            v = len(self.volumes)
+            self.volumes.append(volume)
+            self.ids.append(pair.get("id", str(v)))
+            occupied = volume["mask"][0].movedim(self.axis, 0).flatten(1).any(dim=1)
+            self.index.extend((v, int(s)) for s in torch.nonzero(occupied).flatten())
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        v, s = self.index[i]
+        volume = self.volumes[v]
+        ct = neighbour_slices(volume["ct"], s, 1, self.axis)
+        mr = neighbour_slices(volume["mr"], s, self.k, self.axis)
+        mask = neighbour_slices(volume["mask"], s, 1, self.axis).float()
+        origin = torch.zeros(2, dtype=torch.int64)
+        if self.crop_size is not None:
+            h, w = self.crop_size
+            inside = torch.nonzero(mask[0])
+            centre = inside[torch.randint(len(inside), ()).item()]
+            top = int((centre[0] - h // 2).clamp(0, mask.shape[1] - h))
+            left = int((centre[1] - w // 2).clamp(0, mask.shape[2] - w))
+            origin = torch.tensor([top, left])
+            ct, mr, mask = (x[:, top : top + h, left : left + w] for x in (ct, mr, mask))
+        return {
+            "ct": ct.contiguous(),
+            "mr": mr.contiguous(),
+            "mask": mask.contiguous(),
+            "id": self.ids[v],
+            "slice": s,
+            "pad": self.pads[v].clone(),
+            "origin": origin,
+        }

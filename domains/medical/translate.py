@@ -1,0 +1,299 @@
+"""Whole-volume MRI-to-CT translation with a trained model: NIfTI in, synthetic CT (HU) out.
+
+The volume is reoriented to RAS, the MR normalised inside the body mask, cut into 2.5-D stacks of
+k slices along the model's axis (only slices that hold body), padded in-plane exactly as the
+training slices were, and translated in batches. A diffusion model draws K samples (their mean is the
+synthetic CT, their per-voxel standard deviation the uncertainty); a regression model gives one
+deterministic answer. Everything outside the body mask is -1000 HU, as in SynthRAD.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sci_diffusion import __version__
+from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.errors import UserError
+
+from .nifti import NIFTI_SUFFIXES, MedicalInputError, load_nifti, load_volume, save_like
+from .phantom import CT_BACKGROUND_HU, body_mask_from_mr
+from .slices import axis_index
+from .transforms import normalise_mr, unit_to_ct
+
+BUNDLED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "mri2ct_phantom.ckpt"
+SPACING_TOLERANCE = 0.25  # relative voxel-size difference from the training data that earns a warning
+
+
+# ----- models ---------------------------------------------------------------------------------------
+def load_translation_model(ckpt: str | os.PathLike | None = None, device: str | None = None) -> torch.nn.Module:
+    """The medical model of ``ckpt`` (the bundled phantom model when None), in eval mode.
+
+    Raises:
+        UserError: no checkpoint, not a checkpoint, or one from another domain.
+    """
+    path = Path(ckpt) if ckpt is not None else BUNDLED_CHECKPOINT
+    if ckpt is None and not path.is_file():
+        raise UserError(f"No --ckpt was given and the bundled checkpoint {path} does not exist yet; "
+                        "train one (benchmarks/mri2ct_phantom.py --save-diffusion-ckpt) or pass --ckpt.")
+    module = load_module(path, domain="medical")
+    if not hasattr(module, "synthesise"):
+        raise UserError(f"Checkpoint {path} holds a {type(module).__name__}, which cannot translate MR to CT.")
+    meta = read_checkpoint(path)["sci_diffusion"]
+    module.data_config = dict(meta.get("data_config") or {})
+    module.voxel_mm = meta.get("voxel_mm")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return module.to(device)
+
+
+def model_name(module: torch.nn.Module) -> str:
+    return f"{type(module).__module__}:{type(module).__qualname__}"
+
+
+# ----- geometry -------------------------------------------------------------------------------------
+def ras_orientation(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(to_ras, from_ras)``: nibabel orientation transforms between a volume's voxel axes and RAS."""
+    start = nib.orientations.io_orientation(affine)
+    ras = nib.orientations.axcodes2ornt("RAS")
+    return nib.orientations.ornt_transform(start, ras), nib.orientations.ornt_transform(ras, start)
+
+
+def ras_zooms(affine: np.ndarray, to_ras: np.ndarray) -> np.ndarray:
+    """Voxel size (mm) along the R, A, S axes of the reoriented volume."""
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    out = np.zeros(3)
+    for axis, (new_axis, _) in enumerate(to_ras):
+        out[int(new_axis)] = zooms[axis]
+    return out
+
+
+# ----- the translation itself -----------------------------------------------------------------------
+@torch.no_grad()
+def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, samples: int = 1,
+                     sampler: str = "ddim", steps: int = 20, seed: int = 0, batch_size: int = 16,
+                     axis: str | int = "axial", divisible: int = 16, min_size: Sequence[int] | None = None,
+                     progress: bool = False) -> np.ndarray:
+    """K synthetic CTs of one RAS volume.
+
+    Args:
+        module: an ``MRItoCTDiffusion`` or ``MRItoCTRegression`` in eval mode.
+        mr: (X, Y, Z) MR in the scanner's units, RAS voxel order.
+        mask: (X, Y, Z) body mask; voxels > 0 are body. Must not be empty.
+        samples: K; must be 1 for a deterministic model.
+        sampler, steps: a core sampler name (``ddim``, ``dpmpp2m``, ...) and its step count.
+        seed: the starting noise of all K samples comes from one generator with this seed, drawn
+            for the whole volume at once, so ``batch_size`` does not change the result
+            (for the deterministic samplers ddim and dpmpp2m).
+        batch_size: slices per network call.
+        axis, divisible, min_size: slicing axis, padding multiple and training crop size of the model's
+            data (``slice_geometry``); slices are padded to what the network saw in training.
+
+    Returns:
+        (K, X, Y, Z) float32 CT in HU; -1000 outside the mask.
+    """
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}.")
+    if getattr(module, "deterministic", False) and samples > 1:
+        raise UserError(f"{type(module).__name__} is deterministic: use --samples 1 (and no --uncertainty) with it.")
+    device = next(module.parameters()).device
+    a = axis_index(axis)
+    body = torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0))
+    mr_unit = normalise_mr(torch.from_numpy(np.ascontiguousarray(mr, dtype=np.float32)), body)
+    vol, body_s = mr_unit.movedim(a, 0), body.movedim(a, 0)  # (S, H, W)
+    occupied = torch.nonzero(body_s.flatten(1).any(1)).flatten()
+    # Whole slices, padded symmetrically as in training (slices.SliceDataset): the U-Nets' group and
+    # instance norms take statistics over the whole slice, so its extent must match training's.
+    h, w = vol.shape[1:]
+    m = math.lcm(int(divisible), int(getattr(module, "size_multiple", 1)))
+    min_h, min_w = (0, 0) if min_size is None else (int(min_size[0]), int(min_size[1]))
+    pad_h, pad_w = max(-(-h // m) * m, min_h) - h, max(-(-w // m) * m, min_w) - w
+    top, left = pad_h // 2, pad_w // 2
+    padded = F.pad(vol, (left, pad_w - left, top, pad_h - top), value=-1.0)  # MR background is -1
+    k = int(module.hparams.k)
+    index = (occupied[:, None] + torch.arange(k)[None] - k // 2).clamp(0, vol.shape[0] - 1)
+    stacks = padded[index]  # (N, k, H', W')
+    gen = torch.Generator().manual_seed(int(seed))
+    out = np.full((samples, *vol.shape), CT_BACKGROUND_HU, dtype=np.float32)
+    bar = tqdm(total=samples * -(-len(occupied) // batch_size), desc="translate", unit="batch", disable=not progress,
+               leave=False)
+    for j in range(samples):
+        noise = torch.randn((len(occupied), 1, *stacks.shape[2:]), generator=gen)
+        for b in range(0, len(occupied), batch_size):
+            mr_b = stacks[b:b + batch_size].to(device)
+            pred = module.synthesise(mr_b, noise=noise[b:b + batch_size].to(device), sampler=sampler, steps=steps,
+                                     generator=gen)
+            hu = unit_to_ct(pred[:, 0, top:top + h, left:left + w].float().cpu()).numpy()
+            out[j, occupied[b:b + batch_size].numpy()] = hu
+            bar.update(1)
+    bar.close()
+    out = np.moveaxis(out, 1, a + 1)
+    out[:, ~np.asarray(body)] = CT_BACKGROUND_HU
+    return out
+
+
+def mean_and_std(samples_hu: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean (HU) and per-voxel sample standard deviation (HU, ddof 1; 0 outside the mask) of (K, X, Y, Z)."""
+    mean = samples_hu.mean(axis=0)
+    if samples_hu.shape[0] < 2:
+        return mean, None
+    std = samples_hu.std(axis=0, ddof=1)
+    std[~(np.asarray(mask) > 0)] = 0.0
+    return mean, std
+
+
+# ----- files ----------------------------------------------------------------------------------------
+def _check_output(path: str | os.PathLike | None, flag: str) -> None:
+    if path is not None and not str(path).endswith(NIFTI_SUFFIXES):
+        raise UserError(f"{flag} {path} must end in .nii.gz or .nii.")
+
+
+def load_inputs(mr_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
+                ct_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read and check the MR (and mask, CT); derive the body mask from the MR when none is given.
+
+    Returns:
+        {"mr", "mask", "ct" (or None): RAS arrays (X, Y, Z); "zooms": RAS voxel size (mm);
+        "to_ras", "from_ras": orientation transforms; "mr_image": the nibabel MR image;
+        "mask_source": the mask's path or how it was derived}.
+    """
+    mr_img = load_nifti(mr_path)
+    if len(mr_img.shape) != 3:
+        raise MedicalInputError(f"{mr_path} is not a 3-D volume (shape {mr_img.shape}).")
+    mr, affine, _ = load_volume(mr_path)
+    if not np.all(np.isfinite(mr)):
+        raise MedicalInputError(f"{mr_path} contains {int(np.size(mr) - np.isfinite(mr).sum())} NaN or infinite voxels.")
+    others = {}
+    for name, path in (("mask", mask_path), ("ct", ct_path)):
+        if path is None:
+            continue
+        array, other_affine, _ = load_volume(path)
+        if array.shape != mr.shape:
+            raise MedicalInputError(f"{path} has shape {array.shape} but the MR {mr_path} has shape {mr.shape}.")
+        if not np.allclose(other_affine, affine, atol=1e-3):
+            raise MedicalInputError(f"{path} and the MR {mr_path} have different affines.")
+        if not np.all(np.isfinite(array)):
+            raise MedicalInputError(f"{path} contains NaN or infinite voxels.")
+        others[name] = array
+    to_ras, from_ras = ras_orientation(affine)
+    zooms = ras_zooms(affine, to_ras)
+    def reorient(array: np.ndarray) -> np.ndarray:  # a contiguous copy: torch takes no negative strides
+        return np.ascontiguousarray(nib.orientations.apply_orientation(array, to_ras))
+
+    mr_ras = reorient(mr)
+    if "mask" in others:
+        mask = reorient(others["mask"]) > 0
+        if not mask.any():
+            raise MedicalInputError(f"{mask_path} is an empty mask (no voxel > 0).")
+        source = str(mask_path)
+    else:
+        try:
+            mask = body_mask_from_mr(mr_ras, zooms)
+        except ValueError as err:  # Otsu on a constant image
+            raise MedicalInputError(f"No body mask could be derived from {mr_path} ({err}); pass --mask.") from None
+        if not mask.any():
+            raise MedicalInputError(f"No body mask could be derived from {mr_path}; pass --mask.")
+        source = "derived from the MR (Otsu threshold, closing, dilation, hole filling; SynthRAD2023)"
+    ct = reorient(others["ct"]) if "ct" in others else None
+    return {"mr": mr_ras, "mask": mask, "ct": ct, "zooms": zooms, "to_ras": to_ras, "from_ras": from_ras,
+            "mr_image": mr_img, "mask_source": source}
+
+
+def training_spacing(module: torch.nn.Module) -> np.ndarray | None:
+    """Voxel size (mm, RAS) of the model's training data, as its checkpoint records it, or None."""
+    cfg = getattr(module, "data_config", {}) or {}
+    value = cfg.get("spacing_mm") or getattr(module, "voxel_mm", None)
+    return None if value is None else np.broadcast_to(np.asarray(value, dtype=np.float64), (3,))
+
+
+def slice_geometry(module: torch.nn.Module) -> dict[str, Any]:
+    """``{"axis", "divisible", "min_size"}`` of the model's training slices, from the checkpoint's data config."""
+    cfg = getattr(module, "data_config", {}) or {}
+    crop = cfg.get("crop_size")
+    return {"axis": cfg.get("axis", "axial"), "divisible": int(cfg.get("divisible") or 16),
+            "min_size": None if crop is None else tuple(int(c) for c in crop)}
+
+
+def translate_file(
+    mr: str | os.PathLike,
+    out: str | os.PathLike,
+    mask: str | os.PathLike | None = None,
+    ckpt: str | os.PathLike | None = None,
+    samples: int = 1,
+    uncertainty: str | os.PathLike | None = None,
+    steps: int = 20,
+    sampler: str = "ddim",
+    seed: int = 0,
+    batch_size: int = 16,
+    png: str | os.PathLike | None = None,
+    ct: str | os.PathLike | None = None,
+    module: torch.nn.Module | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Translate one MR file into a synthetic CT file (the ``translate`` verb).
+
+    Writes ``out`` (mean sCT in HU, the MR's geometry and header, SYNTHETIC in its description)
+    with a JSON sidecar, optionally the per-voxel std (``uncertainty``, needs ``samples >= 2``)
+    and a PNG panel (MR / sCT / CT / |error| / std). Returns the sidecar's content.
+    """
+    _check_output(out, "--out")
+    _check_output(uncertainty, "--uncertainty")
+    if uncertainty is not None and samples < 2:
+        raise UserError(f"--uncertainty {uncertainty} needs --samples 2 or more (a standard deviation over samples).")
+    from sci_diffusion.samplers import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise UserError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}.")
+    module = module if module is not None else load_translation_model(ckpt)
+    if getattr(module, "deterministic", False) and (samples > 1 or uncertainty is not None):
+        raise UserError(f"Checkpoint {getattr(module, 'checkpoint_path', ckpt)} is a deterministic regression model: "
+                        "it gives one answer, so use --samples 1 and no --uncertainty.")
+    inputs = load_inputs(mr, mask, ct)
+    trained = training_spacing(module)
+    if trained is not None and np.any(np.abs(inputs["zooms"] / trained - 1) > SPACING_TOLERANCE):
+        print(f"sci-diffusion: warning: {mr} has voxels of {np.round(inputs['zooms'], 2).tolist()} mm but the model was "
+              f"trained on {np.round(trained, 2).tolist()} mm voxels; resample the MR for best results.", file=sys.stderr)
+    start = time.perf_counter()
+    volumes = translate_volume(module, inputs["mr"], inputs["mask"], samples, sampler, steps, seed, batch_size,
+                               progress=progress, **slice_geometry(module))
+    seconds = time.perf_counter() - start
+    mean, std = mean_and_std(volumes, inputs["mask"])
+    deterministic = bool(getattr(module, "deterministic", False))
+    sidecar = {
+        "description": "Synthetic CT (HU) translated from MR by sci-diffusion; not for clinical use.",
+        "mr": str(mr),
+        "mask": inputs["mask_source"],
+        "model": model_name(module),
+        "checkpoint": getattr(module, "checkpoint_path", None),
+        "checkpoint_sha256": getattr(module, "checkpoint_hash", None),
+        "sampler": None if deterministic else sampler,
+        "steps": None if deterministic else steps,
+        "seed": seed,
+        "samples": samples,
+        "uncertainty": None if uncertainty is None else str(uncertainty),
+        "seconds": round(seconds, 3),
+        "sci_diffusion_version": __version__,
+    }
+    back = inputs["from_ras"]
+    save_like(nib.orientations.apply_orientation(mean, back).astype(np.float32), inputs["mr_image"], out,
+              description="SYNTHETIC CT (HU) sci-diffusion MRI-to-CT", sidecar=sidecar)
+    if uncertainty is not None:
+        save_like(nib.orientations.apply_orientation(std, back).astype(np.float32), inputs["mr_image"], uncertainty,
+                  description="SYNTHETIC CT std (HU) over samples, sci-diffusion",
+                  sidecar={**sidecar, "description": "Per-voxel standard deviation (HU, ddof 1) of the synthetic CT samples."})
+    if png is not None:
+        from .figures import translation_panel
+
+        translation_panel(inputs["mr"], mean, inputs["mask"], png, ct=inputs["ct"], std=std,
+                          title=f"{Path(mr).name}: {'regression' if deterministic else f'{sampler} {steps} steps, K={samples}'}")
+    return sidecar

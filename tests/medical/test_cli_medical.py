@@ -1,0 +1,98 @@
+"""The medical verbs through `sci_diffusion.cli.main`: phantom, evaluate mri2ct, and bad input (exit 2, one line)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sci_diffusion.cli import main
+
+
+def run_expecting_error(argv, capsys) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and err.startswith("sci-diffusion: error: ")
+    return err
+
+
+def test_phantom_verb_writes_the_synthrad_layout(tmp_path):
+    assert main(["phantom", "--subjects", "2", "--out", str(tmp_path / "p"), "--spacing", "8", "--seed", "1"]) == 0
+    for pid in ("1BA001", "1BA002"):
+        for name in ("mr", "ct", "mask", "labels"):
+            assert (tmp_path / "p" / pid / f"{name}.nii.gz").is_file()
+    assert json.loads((tmp_path / "p" / "dataset.json").read_text())["seed"] == 1
+
+
+def test_evaluate_mri2ct_scores_a_perfect_prediction(phantom_dir, tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for pid in ("1BA001", "1BA002"):
+        shutil.copy(phantom_dir / pid / "ct.nii.gz", pred / f"{pid}.nii.gz")
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "mri2ct", "--pred", str(pred), "--ref", str(phantom_dir), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_patients"] == 2 and report["mean"]["mae"] == 0.0
+
+
+def test_translate_rejects_a_file_that_is_not_nifti(diffusion_ckpt, tmp_path, capsys):
+    bad = tmp_path / "mr.nii.gz"
+    bad.write_text("not an image")
+    err = run_expecting_error(["translate", "--mr", str(bad), "--ckpt", str(diffusion_ckpt),
+                               "--out", str(tmp_path / "o.nii.gz")], capsys)
+    assert str(bad) in err
+
+
+def test_translate_rejects_a_mask_of_another_shape(phantom_dir, diffusion_ckpt, tmp_path, capsys):
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), mask)
+    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--mask", str(mask),
+                               "--ckpt", str(diffusion_ckpt), "--out", str(tmp_path / "o.nii.gz")], capsys)
+    assert str(mask) in err and "shape" in err
+
+
+def test_translate_rejects_a_checkpoint_of_another_domain(phantom_dir, tmp_path, capsys):
+    ckpt = tmp_path / "molecules.ckpt"
+    torch.save({"state_dict": {}, "sci_diffusion": {"domain": "molecules", "config": {},
+                                                     "module_class": "sci_diffusion_molecules.module:MoleculeDiffusion"}}, ckpt)
+    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt", str(ckpt),
+                               "--out", str(tmp_path / "o.nii.gz")], capsys)
+    assert str(ckpt) in err and "molecules" in err
+
+
+def test_translate_reports_a_missing_input_file(diffusion_ckpt, tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "mr.nii.gz"
+    err = run_expecting_error(["translate", "--mr", str(missing), "--ckpt", str(diffusion_ckpt),
+                               "--out", str(tmp_path / "o.nii.gz")], capsys)
+    assert str(missing) in err
+
+
+def test_translate_without_ckpt_explains_the_missing_bundled_model(phantom_dir, tmp_path, capsys, monkeypatch):
+    from sci_diffusion_medical import translate
+
+    absent = tmp_path / "checkpoints" / "mri2ct_phantom.ckpt"
+    monkeypatch.setattr(translate, "BUNDLED_CHECKPOINT", absent)
+    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"),
+                               "--out", str(tmp_path / "o.nii.gz")], capsys)
+    assert str(absent) in err and "--ckpt" in err
+
+
+@pytest.mark.parametrize("extra, words", [(["--uncertainty", "u.nii.gz"], "--samples 2"),
+                                           (["--sampler", "euler"], "Unknown sampler")])
+def test_translate_rejects_inconsistent_flags_before_any_work(phantom_dir, diffusion_ckpt, tmp_path, capsys, extra, words):
+    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt",
+                               str(diffusion_ckpt), "--out", str(tmp_path / "o.nii.gz"), *extra], capsys)
+    assert words in err
+
+
+def test_translate_without_ckpt_uses_the_bundled_model(phantom_dir, diffusion_ckpt, tmp_path, monkeypatch):
+    from sci_diffusion_medical import translate
+
+    monkeypatch.setattr(translate, "BUNDLED_CHECKPOINT", diffusion_ckpt)
+    out = tmp_path / "sct.nii.gz"
+    assert main(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--steps", "1", "--out", str(out)]) == 0
+    assert json.loads((tmp_path / "sct.json").read_text())["checkpoint"] == str(diffusion_ckpt)
