@@ -134,21 +134,6 @@ def training_summary(ckpt: Path, metrics_csv: Path) -> dict[str, Any]:
     return out
 
 
-def save_slim_checkpoint(src: str, dst: str, extra: dict[str, Any]) -> int:
-    """Keep what ``load_module`` needs (EMA weights and the sci_diffusion record); returns bytes written."""
-    import torch
-
-    from sci_diffusion.atomic import atomic_path
-
-    c = torch.load(src, map_location="cpu", weights_only=False)
-    slim = {k: c[k] for k in ("state_dict", "sci_diffusion", "hyper_parameters", "pytorch-lightning_version",
-                              "epoch", "global_step") if k in c}
-    slim["sci_diffusion"] = {**slim["sci_diffusion"], **extra}
-    with atomic_path(dst, suffix=".ckpt") as tmp:
-        torch.save(slim, tmp)
-    return Path(dst).stat().st_size
-
-
 # ----- evaluation -----------------------------------------------------------------------------------
 def reset_peak_rss() -> str:
     try:
@@ -270,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from reporting import write_result
 
+    from sci_diffusion.checkpoints import export_for_inference
+
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -284,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     saved = {}
     for name, dst in (("diffusion", args.save_diffusion_ckpt), ("regression", args.save_regression_ckpt)):
         if dst:
-            size = save_slim_checkpoint(facts[name]["checkpoint"], dst,
-                                        {"benchmark": {"script": "benchmarks/mri2ct_phantom.py", "started": started,
-                                                       "rows": [r for r in rows if r["model"] == name]}})
+            budget = (f"{args.budget_minutes:g} min on 1 CPU thread ({facts[name]['global_step']} steps, "
+                      f"{args.subjects_train} phantoms)")
+            extra = {"training_budget": budget, "benchmark": {"script": "benchmarks/mri2ct_phantom.py",
+                     "started": started, "rows": [r for r in rows if r["model"] == name]}}
+            size = export_for_inference(facts[name]["checkpoint"], dst, extra).stat().st_size
             saved[name] = {"path": dst, "bytes": size}
     import monai
 

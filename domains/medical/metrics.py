@@ -27,7 +27,9 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import crop
 
-from .nifti import MedicalInputError, load_volume, write_json_atomic
+from sci_diffusion.atomic import write_json
+
+from .nifti import MedicalInputError, load_volume
 
 SYNTHRAD_HU_RANGE: tuple[float, float] = (-1024.0, 3000.0)
 SYNTHRAD_DATA_RANGE = SYNTHRAD_HU_RANGE[1] - SYNTHRAD_HU_RANGE[0]  # 4024 HU
@@ -273,5 +275,5 @@ def evaluate_directory(
         "std": summary(np.nanstd),
         "missing_predictions": missing,
     }
-    write_json_atomic(report, out_json)
+    write_json(out_json, report)
     return report

@@ -8,16 +8,14 @@ from, and appears on disk only once complete (temporary file in the same folder,
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from sci_diffusion.atomic import atomic_path, write_json
 from sci_diffusion.errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -83,45 +81,6 @@ def _synthetic_description(description: str) -> bytes:
     return data[:DESCRIP_BYTES]
 
 
-def _atomic_write(out_path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary file beside out_path, then rename it over out_path."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(out_path.suffixes[-2:]) if out_path.name.endswith(".nii.gz") else out_path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=f".tmp{suffix}", dir=out_path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats become null: JSON has no NaN or Infinity."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, os.PathLike):
-        return str(value)
-    return value
-
-
-def write_json_atomic(obj: Any, out_path: str | os.PathLike) -> Path:
-    """Write obj as indented JSON atomically; NaN/inf become null. Returns the path."""
-    out_path = Path(out_path)
-    text = json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n"
-    _atomic_write(out_path, lambda tmp: tmp.write_text(text))
-    return out_path
-
-
 def sidecar_path(nifti_path: str | os.PathLike) -> Path:
     """`out.nii.gz` -> `out.json` in the same folder."""
     path = Path(nifti_path)
@@ -131,9 +90,11 @@ def sidecar_path(nifti_path: str | os.PathLike) -> Path:
 def _write_image(img: nib.Nifti1Image, out_path: Path, sidecar: dict | None) -> Path:
     if not out_path.name.endswith(NIFTI_SUFFIXES):
         raise MedicalInputError(f"{out_path} must end in .nii.gz or .nii to be written as NIfTI.")
-    _atomic_write(out_path, lambda tmp: nib.save(img, str(tmp)))
+    suffix = ".nii.gz" if out_path.name.endswith(".nii.gz") else out_path.suffix
+    with atomic_path(out_path, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
     if sidecar is not None:
-        write_json_atomic({"synthetic": True, **sidecar}, sidecar_path(out_path))
+        write_json(sidecar_path(out_path), {"synthetic": True, **sidecar})
     return out_path
 
 

@@ -28,7 +28,9 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from skimage.filters import threshold_otsu
 
-from .nifti import save_volume, write_json_atomic
+from sci_diffusion.atomic import write_json
+
+from .nifti import save_volume
 
 TISSUE_LABELS: dict[int, str] = {
     0: "air",            # outside the body
@@ -361,7 +363,8 @@ def write_phantom_dataset(
             save_volume(array, affine, path, description=f"SYNTHETIC sci-diffusion head phantom {pid} {name}")
             pair[name] = str(path)
         pairs.append(pair)
-    write_json_atomic(
+    write_json(
+        out / "dataset.json",
         {
             "synthetic": True,
             "generator": "sci_diffusion_medical.phantom.make_head_phantom",
@@ -371,6 +374,5 @@ def write_phantom_dataset(
             "tissue_labels": {str(k): v for k, v in TISSUE_LABELS.items()},
             "layout": "SynthRAD2023 Task 1: <id>/{mr,ct,mask,labels}.nii.gz",
         },
-        out / "dataset.json",
     )
     return pairs
