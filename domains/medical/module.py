@@ -41,7 +41,50 @@ def record_training_data(module: torch.nn.Module, checkpoint: dict[str, Any]) ->
         checkpoint["sci_diffusion"]["voxel_mm"] = list(voxel_mm)
 
 
-class MRItoCTDiffusion(DiffusionModule):
+class SliceTranslation:
+    """What the diffusion model and the regression baseline share (a mixin before DiffusionModule):
+    2.5-D slice batches, the check that data and model agree on k, the training voxel size in the
+    checkpoint, and a validation MAE in HU on the first validation batch."""
+
+    _val_example: tuple[Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def size_multiple(self) -> int:
+        """Slice sides must be multiples of this (one halving per U-Net level)."""
+        return 2 ** (len(self.hparams.channels) - 1)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> DiffusionBatch:
+        ct, mr, mask = slice_batch(batch)
+        return DiffusionBatch(x0=ct, space=EuclideanSpace(), cond=None, context=mr, mask=mask)
+
+    def setup(self, stage: str) -> None:
+        check_data_matches(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        record_training_data(self, checkpoint)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        n = self.hparams.get("val_slices")  # None: the whole batch; 0: no sampling at validation
+        if batch_idx == 0 and n != 0:
+            ct, mr, mask = slice_batch(batch)
+            self._val_example = (ct[:n], mr[:n], mask[:n])
+        return super().validation_step(batch, batch_idx)
+
+    def validation_metrics(self) -> dict[str, float]:
+        """MAE in HU inside the body mask of the kept validation slices (sampled with ``val_sampler``)."""
+        if self._val_example is None:
+            return {}
+        from .transforms import unit_to_ct
+
+        ct, mr, mask = self._val_example
+        pred = self.synthesise(mr, sampler=self.hparams.val_sampler, steps=self.hparams.val_steps,
+                               generator=torch.Generator().manual_seed(0))
+        err = (unit_to_ct(pred) - unit_to_ct(ct)).abs() * mask
+        return {"mae_hu": float(err.sum() / mask.sum().clamp(min=1))}
+
+
+class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
     """MRI-to-CT translation by conditional diffusion (2.5-D, slice by slice).
 
     Args:
@@ -78,12 +121,6 @@ class MRItoCTDiffusion(DiffusionModule):
         kwargs.setdefault("timesteps", 1000)
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        self._val_example: tuple[Tensor, Tensor, Tensor] | None = None
-
-    @property
-    def size_multiple(self) -> int:
-        """Slice sides must be multiples of this (one halving per U-Net level)."""
-        return 2 ** (len(self.hparams.channels) - 1)
 
     def build_network(self) -> torch.nn.Module:
         from monai.networks.nets import DiffusionModelUNet
@@ -100,17 +137,6 @@ class MRItoCTDiffusion(DiffusionModule):
         t = t.to(x_t.device, torch.float32)
         timesteps = (t.expand(x_t.shape[0]) if t.dim() == 0 else t) * self.schedule.T
         return self.net(torch.cat([x_t, context.to(x_t.dtype)], dim=1), timesteps=timesteps)
-
-    def prepare_batch(self, batch: dict[str, Any]) -> DiffusionBatch:
-        ct, mr, mask = slice_batch(batch)
-        return DiffusionBatch(x0=ct, space=EuclideanSpace(), cond=None, context=mr, mask=mask)
-
-    def setup(self, stage: str) -> None:
-        check_data_matches(self)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        record_training_data(self, checkpoint)
 
     # ----- inference -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -129,23 +155,3 @@ class MRItoCTDiffusion(DiffusionModule):
             noise = space.noise(mr[:, :1], generator)
         denoiser = self.denoiser(context=mr, clip=(-1.0, 1.0))
         return get_sampler(sampler)(denoiser, noise.to(mr), self.schedule, steps, space, generator=generator)
-
-    # ----- periodic sampling at validation -------------------------------------------------------
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        if batch_idx == 0 and self.hparams.val_slices:
-            ct, mr, mask = slice_batch(batch)
-            n = self.hparams.val_slices
-            self._val_example = (ct[:n], mr[:n], mask[:n])
-        return super().validation_step(batch, batch_idx)
-
-    def validation_metrics(self) -> dict[str, float]:
-        """MAE in HU inside the body mask of a few validation slices, sampled with ``val_sampler``."""
-        if self._val_example is None:
-            return {}
-        from .transforms import unit_to_ct
-
-        ct, mr, mask = self._val_example
-        pred = self.synthesise(mr, sampler=self.hparams.val_sampler, steps=self.hparams.val_steps,
-                               generator=torch.Generator().manual_seed(0))
-        err = (unit_to_ct(pred) - unit_to_ct(ct)).abs() * mask
-        return {"mae_hu": float(err.sum() / mask.sum().clamp(min=1))}

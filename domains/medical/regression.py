@@ -18,12 +18,11 @@ from torch import Tensor
 
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
 from sci_diffusion.parameterisation import diffusion_loss
-from sci_diffusion.state_spaces import EuclideanSpace
 
-from .module import check_data_matches, record_training_data, slice_batch
+from .module import SliceTranslation
 
 
-class MRItoCTRegression(DiffusionModule):
+class MRItoCTRegression(SliceTranslation, DiffusionModule):
     """Deterministic MRI-to-CT U-Net (2.5-D): ``(B, k, H, W)`` MR -> ``(B, 1, H, W)`` CT in [-1, 1].
 
     Args:
@@ -46,11 +45,6 @@ class MRItoCTRegression(DiffusionModule):
         kwargs.setdefault("sample_every_n_epochs", 1)
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        self._val_example: tuple[Tensor, Tensor, Tensor] | None = None
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 ** (len(self.hparams.channels) - 1)
 
     def build_network(self) -> torch.nn.Module:
         from monai.networks.nets import UNet
@@ -66,39 +60,12 @@ class MRItoCTRegression(DiffusionModule):
     def denoiser(self, context: Any = None, clip: tuple[float, float] | None = None):
         raise TypeError("MRItoCTRegression is deterministic and has no denoiser; use synthesise().")
 
-    def prepare_batch(self, batch: dict[str, Any]) -> DiffusionBatch:
-        ct, mr, mask = slice_batch(batch)
-        return DiffusionBatch(x0=ct, space=EuclideanSpace(), cond=None, context=mr, mask=mask)
-
     def diffusion_loss(self, b: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
         """The regression loss (L1 by default) between ``net(mr)`` and the CT, inside the body mask."""
         return diffusion_loss(self(b.context), b.x0, mask=b.mask, kind=self.hparams.loss_type)
-
-    def setup(self, stage: str) -> None:
-        check_data_matches(self)
-
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        record_training_data(self, checkpoint)
 
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
                    generator: torch.Generator | None = None) -> Tensor:
         """CT slices ``(B, 1, H, W)`` in [-1, 1]; the sampling arguments are accepted and ignored."""
         return self(mr).clamp(-1.0, 1.0)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        if batch_idx == 0:
-            self._val_example = slice_batch(batch)
-        return super().validation_step(batch, batch_idx)
-
-    def validation_metrics(self) -> dict[str, float]:
-        """MAE in HU inside the body mask of the first validation batch."""
-        if self._val_example is None:
-            return {}
-        from .transforms import unit_to_ct
-
-        ct, mr, mask = self._val_example
-        err = (unit_to_ct(self.synthesise(mr)) - unit_to_ct(ct)).abs() * mask
-        return {"mae_hu": float(err.sum() / mask.sum().clamp(min=1))}
