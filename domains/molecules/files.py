@@ -235,8 +235,9 @@ def draw_grid_png(
     for mol in list(mols)[:n]:
         mol = Chem.Mol(mol) if isinstance(mol, Chem.Mol) else to_rdkit_mol(*mol[:2])
         try:  # a sane molecule is drawn without its hydrogens, an invalid one as it is
-            Chem.SanitizeMol(mol)
-            mol = Chem.RemoveHs(mol)
+            with BlockLogs():  # lone hydrogens of generated fragments are expected, not news
+                Chem.SanitizeMol(mol)
+                mol = Chem.RemoveHs(mol)
         except (ValueError, RuntimeError):
             mol.UpdatePropertyCache(strict=False)
             Chem.FastFindRings(mol)
