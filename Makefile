@@ -20,6 +20,11 @@ demo: setup
 	$(CLI) demo --out $(OUT)/samplers
 	$(CLI) sample molecules --num 100 --sampler dpmpp2m --steps 50 --out $(OUT)/molecules.sdf --png $(OUT)/molecules.png
 	$(CLI) evaluate molecules --samples $(OUT)/molecules.sdf --out $(OUT)/molecules_metrics.json
+	$(CLI) phantom --subjects 1 --spacing 2 --seed 99 --out $(OUT)/phantom
+	$(CLI) translate --mr $(OUT)/phantom/1BA001/mr.nii.gz --mask $(OUT)/phantom/1BA001/mask.nii.gz \
+		--ct $(OUT)/phantom/1BA001/ct.nii.gz --samples 2 --steps 20 --out $(OUT)/sct/1BA001/sct.nii.gz \
+		--uncertainty $(OUT)/sct/1BA001/sct_std.nii.gz --png $(OUT)/sct_panel.png
+	$(CLI) evaluate mri2ct --pred $(OUT)/sct --ref $(OUT)/phantom --out $(OUT)/mri2ct_metrics.json
 
 test: setup
 	$(PY) -m pytest -q
