@@ -74,3 +74,10 @@ def test_a_medical_checkpoint_is_refused_by_the_molecules_verb(tmp_path, capsys)
     assert main(["sample", "molecules", "--ckpt", str(ckpt), "--out", str(tmp_path / "x.sdf")]) == 2
     assert "belongs to the 'medical' domain" in capsys.readouterr().err
     assert not (tmp_path / "x.sdf").exists()
+
+
+def test_rdkit_bond_perception_is_available_for_the_sdf(tiny_checkpoint, tmp_path):
+    out = tmp_path / "rd.sdf"
+    assert main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "2", "--steps", "2",
+                 "--bonds", "rdkit", "--out", str(out), "--no-progress"]) == 0
+    assert len(read_molecules(out)) == 2
