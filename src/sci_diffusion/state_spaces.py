@@ -10,6 +10,7 @@ can be broadcast onto ``x`` with :meth:`StateSpace.expand`.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,27 +18,27 @@ import torch
 from torch import Tensor
 
 
-class StateSpace:
+class StateSpace(ABC):
     """Interface; see the concrete spaces below."""
 
     num_samples: int
 
+    @abstractmethod
     def project(self, x: Tensor) -> Tensor:
         """Project ``x`` onto the space (identity for plain Euclidean space)."""
-        raise NotImplementedError
 
     def noise(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Standard Gaussian noise in the space, shaped and typed like ``like``."""
         z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
         return self.project(z)
 
+    @abstractmethod
     def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
         """Broadcast a ``(num_samples,)`` tensor so that it multiplies ``like`` row-wise."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample_sum(self, values: Tensor) -> Tensor:
         """Sum ``values`` (shaped like x) within each sample: ``(num_samples,)``."""
-        raise NotImplementedError
 
 
 @dataclass
