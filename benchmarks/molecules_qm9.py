@@ -6,8 +6,8 @@ For each sampler setting it draws ``--num`` molecules (sizes from the training h
 them with the EDM metric (novelty against the QM9 training SMILES), and records molecules per second
 and peak memory (the process's peak resident set so far, from getrusage). It also measures
 training throughput (steps per second with and without data loading). Rows run in order,
-cheapest first; a row that would overrun ``--budget-minutes`` is cut short at a multiple of the
-batch size and marked ``complete: false``. Writes benchmarks/results/molecules_qm9.json and the
+cheapest first; once the rows before have measured the cost of one network evaluation, a row
+that would overrun ``--budget-minutes`` draws fewer molecules and is marked ``complete: false``. Writes benchmarks/results/molecules_qm9.json and the
 README table.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from reporting import write_result
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.samplers import function_evaluations
 from sci_diffusion_molecules.commands import bundled_checkpoint
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.metrics import evaluate_molecules
@@ -76,16 +77,24 @@ def main() -> None:
     deadline = time.perf_counter() + 60 * args.budget_minutes
     rows = []
     torch.set_grad_enabled(False)
+    cost = None  # seconds per molecule per network evaluation, measured on the rows before
     for sampler, steps in SETTINGS:
         gen = torch.Generator().manual_seed(args.seed)
         counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
+        target = args.num
+        if cost is not None:  # shrink a row that cannot finish inside the budget
+            target = min(args.num, int((deadline - time.perf_counter()) / (cost * function_evaluations(sampler, steps))))
+        if target < 10:
+            print(f"skipping {sampler} {steps}: the budget is spent", flush=True)
+            rows.append({"sampler": sampler, "steps": steps, "molecules": 0, "complete": False,
+                         "skipped": "the --budget-minutes budget was spent"})
+            continue
         mols, start = [], time.perf_counter()
-        for i in range(0, args.num, args.batch_size):
-            mols += list(sample_molecules(module, counts[i:i + args.batch_size], sampler, steps, gen, args.batch_size))
-            per_batch = (time.perf_counter() - start) / len(mols) * args.batch_size
-            if time.perf_counter() + per_batch > deadline:
-                break
+        for i in range(0, target, args.batch_size):
+            chunk = counts[i:min(i + args.batch_size, target)]
+            mols += list(sample_molecules(module, chunk, sampler, steps, gen, args.batch_size))
         seconds = time.perf_counter() - start
+        cost = seconds / (len(mols) * function_evaluations(sampler, steps))
         m = evaluate_molecules(mols, smiles)
         rows.append({"sampler": sampler, "steps": steps, "molecules": len(mols), "complete": len(mols) >= args.num,
                      "atom_stability": m["atom_stability"], "molecule_stability": m["molecule_stability"],
@@ -105,6 +114,9 @@ def main() -> None:
         f = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
         lines.append(f"| {name} | {bud} | {samp} | {f(a)} | {f(mo)} | {f(v)} | {f(vu)} | {f(nov)} | |")
     for r in rows:
+        if r["molecules"] == 0:
+            lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']} | not run: budget spent | | | | | |")
+            continue
         n = f" ({r['molecules']} mols{'' if r['complete'] else ', cut by budget'})"
         lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']}{n} | {pct(r['atom_stability'])} | "
                      f"{pct(r['molecule_stability'])} | {pct(r['validity'])} | {pct(r['validity_x_uniqueness'])} | "
