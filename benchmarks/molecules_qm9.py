@@ -4,8 +4,9 @@
 
 For each sampler setting it draws ``--num`` molecules (sizes from the training histogram), scores
 them with the EDM metric (novelty against the QM9 training SMILES), and records molecules per second
-and peak memory (the process's peak resident set so far, from getrusage). It also measures
-training throughput (steps per second with and without data loading). Rows run in order,
+and peak memory (the process's peak resident set so far, from getrusage). Sampling runs the network
+under bf16 autocast, as the CLI does by default; a last float32 row is the control. It also measures
+training throughput (steps per second in bf16 and float32, and the data loader's own rate). Rows run in order,
 cheapest first; once the rows before have measured the cost of one network evaluation, a row
 that would overrun ``--budget-minutes`` draws fewer molecules and is marked ``complete: false``. Writes benchmarks/results/molecules_qm9.json and the
 README table.
@@ -27,7 +28,11 @@ from sci_diffusion_molecules.metrics import evaluate_molecules
 from sci_diffusion_molecules.qm9 import train_smiles
 from sci_diffusion_molecules.sampling import draw_atom_counts, sample_molecules
 
-SETTINGS = [("dpmpp2m", 20), ("dpmpp2m", 50), ("ddim", 100), ("ddpm", 1000)]
+# (sampler, steps, network precision). The last row repeats DPM-Solver++ 50 in float32 as a control
+# for the bf16 default; it runs only if the budget allows.
+SETTINGS = [("dpmpp2m", 20, "bf16"), ("dpmpp2m", 50, "bf16"), ("ddim", 100, "bf16"), ("ddpm", 1000, "bf16"),
+            ("dpmpp2m", 50, "fp32")]
+FP32_COST_FACTOR = 4.0  # a guess at float32's cost over bf16, used only until a float32 row is measured
 PUBLISHED = [  # REFERENCE.md section 1; budgets as published (GPU-days are secondary figures)
     ("Data (QM9 itself)", "-", "-", 99.0, 95.2, 97.7, 97.7, None),
     ("EDM (2022)", "~7 GPU-days (1,100 epochs)", "ancestral 1000", 98.7, 82.0, 91.9, 90.7, 58.0),
@@ -36,8 +41,9 @@ PUBLISHED = [  # REFERENCE.md section 1; budgets as published (GPU-days are seco
 ]
 
 
-def measure_training(module, steps: int = 20) -> dict:
-    """Training steps per second on real QM9 batches of 64, with and without the data loader."""
+def measure_training(module, steps: int = 20, precision: str = "bf16") -> dict:
+    """Training steps per second on real QM9 batches of 64 (bf16 autocast as in the training config,
+    or fp32), and the data loader's own rate."""
     loader = iter(QM9DataModule(batch_size=64).train_dataloader())
     batches = [next(loader) for _ in range(steps)]
     start = time.perf_counter()
@@ -49,21 +55,22 @@ def measure_training(module, steps: int = 20) -> dict:
     opt = torch.optim.AdamW(module.parameters(), lr=1e-5)
     start = time.perf_counter()
     for b in batches:
-        loss = module.diffusion_loss(module.prepare_batch(b))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = module.diffusion_loss(module.prepare_batch(b))
         opt.zero_grad()
         loss.backward()
         opt.step()
     step_rate = steps / (time.perf_counter() - start)
     module.eval()
     return {"train_steps_per_second": round(step_rate, 3), "loader_batches_per_second": round(load_rate, 1),
-            "loader_share_of_step": round(step_rate / load_rate, 4), "batch_size": 64}
+            "loader_share_of_step": round(step_rate / load_rate, 4), "batch_size": 64, "precision": precision}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", help="default: the bundled checkpoint")
     p.add_argument("--num", type=int, default=1000, help="molecules per sampler setting")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock budget for all sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-readme", action="store_true")
@@ -77,26 +84,28 @@ def main() -> None:
     deadline = time.perf_counter() + 60 * args.budget_minutes
     rows = []
     torch.set_grad_enabled(False)
-    cost = None  # seconds per molecule per network evaluation, measured on the rows before
-    for sampler, steps in SETTINGS:
+    cost = {}  # seconds per molecule per network evaluation, by precision, measured on the rows before
+    for sampler, steps, precision in SETTINGS:
         gen = torch.Generator().manual_seed(args.seed)
         counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
         target = args.num
-        if cost is not None:  # shrink a row that cannot finish inside the budget
-            target = min(args.num, int((deadline - time.perf_counter()) / (cost * function_evaluations(sampler, steps))))
+        known = cost.get(precision, cost.get("bf16", 0) * FP32_COST_FACTOR)
+        if known:  # shrink a row that cannot finish inside the budget
+            target = min(args.num, int((deadline - time.perf_counter()) / (known * function_evaluations(sampler, steps))))
         if target < 10:
             print(f"skipping {sampler} {steps}: the budget is spent", flush=True)
-            rows.append({"sampler": sampler, "steps": steps, "molecules": 0, "complete": False,
+            rows.append({"sampler": sampler, "steps": steps, "precision": precision, "molecules": 0, "complete": False,
                          "skipped": "the --budget-minutes budget was spent"})
             continue
         mols, start = [], time.perf_counter()
         for i in range(0, target, args.batch_size):
             chunk = counts[i:min(i + args.batch_size, target)]
-            mols += list(sample_molecules(module, chunk, sampler, steps, gen, args.batch_size))
+            mols += list(sample_molecules(module, chunk, sampler, steps, gen, args.batch_size, precision=precision))
         seconds = time.perf_counter() - start
-        cost = seconds / (len(mols) * function_evaluations(sampler, steps))
+        cost[precision] = seconds / (len(mols) * function_evaluations(sampler, steps))
         m = evaluate_molecules(mols, smiles)
-        rows.append({"sampler": sampler, "steps": steps, "molecules": len(mols), "complete": len(mols) >= args.num,
+        rows.append({"sampler": sampler, "steps": steps, "precision": precision, "molecules": len(mols),
+                     "complete": len(mols) >= args.num,
                      "atom_stability": m["atom_stability"], "molecule_stability": m["molecule_stability"],
                      "validity": m["validity"], "uniqueness": m["uniqueness"],
                      "validity_x_uniqueness": m["validity_x_uniqueness"], "novelty": m["novelty"],
@@ -104,8 +113,9 @@ def main() -> None:
                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
         print(rows[-1], flush=True)
     with torch.enable_grad():
-        training = measure_training(module)
-    print(training)
+        training = measure_training(module, precision="bf16")
+        training_fp32 = measure_training(module, precision="fp32")
+    print(training, training_fp32)
 
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = ["| model | training budget | sampler | atom % | mol % | valid % | V x U % | novelty % | mol/s |",
@@ -115,21 +125,25 @@ def main() -> None:
         lines.append(f"| {name} | {bud} | {samp} | {f(a)} | {f(mo)} | {f(v)} | {f(vu)} | {f(nov)} | |")
     for r in rows:
         if r["molecules"] == 0:
-            lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']} | not run: budget spent | | | | | |")
+            lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']} {r['precision']} | "
+                         "not run: budget spent | | | | | |")
             continue
         n = f" ({r['molecules']} mols{'' if r['complete'] else ', cut by budget'})"
-        lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']}{n} | {pct(r['atom_stability'])} | "
+        lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']} {r['precision']}{n} | {pct(r['atom_stability'])} | "
                      f"{pct(r['molecule_stability'])} | {pct(r['validity'])} | {pct(r['validity_x_uniqueness'])} | "
                      f"{pct(r['novelty'])} | {r['molecules_per_second']:.1f} |")
     lines.append("")
     lines.append(f"Training throughput of the bundled model: {training['train_steps_per_second']:.2f} steps/s at "
-                 f"batch 64; the QM9 loader alone gives {training['loader_batches_per_second']:.0f} batches/s, so "
-                 f"loading is {100 * training['loader_share_of_step']:.1f}% of a step.")
+                 f"batch 64 with bf16 autocast ({training_fp32['train_steps_per_second']:.2f} in float32); the QM9 "
+                 f"loader alone gives {training['loader_batches_per_second']:.0f} batches/s, so loading is "
+                 f"{100 * training['loader_share_of_step']:.1f}% of a bf16 step. Peak memory per row is in the JSON "
+                 "(`peak_rss_mb`).")
     markdown = "\n".join(lines)
     print(markdown)
     write_result("molecules_qm9", {"checkpoint": str(ckpt), "checkpoint_sha256": module.checkpoint_hash,
                                    "training_budget": budget, "num_per_setting": args.num,
                                    "budget_minutes": args.budget_minutes, "rows": rows, "training": training,
+                                   "training_fp32": training_fp32,
                                    "published": [dict(zip(("model", "budget", "sampler", "atom", "mol", "valid", "vxu",
                                                            "novelty"), r)) for r in PUBLISHED]},
                  markdown, update_readme=not args.no_readme)

@@ -97,3 +97,28 @@ def test_tiny_fit_on_real_qm9_runs_lowers_the_loss_and_saves_a_usable_checkpoint
     assert loaded.atom_count_histogram == data.atom_count_histogram
     with pytest.raises(Exception, match="molecules"):
         load_module(ckpt, domain="medical")
+
+
+def test_bf16_autocast_changes_the_network_only_at_bfloat16_precision(qm9_batch):
+    torch.manual_seed(0)
+    m = MoleculeDiffusion(hidden=32, layers=3, ema_decay=0).eval()
+    with torch.no_grad():
+        for block in m.net.blocks:
+            block.update.mlp[-1].weight.normal_(0, 0.3)
+    x = centred_state(qm9_batch).float()
+    with torch.no_grad():
+        exact = predict(m, qm9_batch, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = predict(m, qm9_batch, x)
+    assert fast.dtype == torch.float32  # the sampler's state never drops to bfloat16
+    error = (fast - exact).abs().max() / exact.abs().max()
+    assert 0 < error < 3e-2  # engaged (not bit-identical) and within bfloat16's 8-bit mantissa
+
+
+def test_bf16_sampling_keeps_zero_centre_of_mass_and_refuses_an_unknown_precision():
+    torch.manual_seed(0)
+    fresh = MoleculeDiffusion(hidden=32, layers=3, ema_decay=0).eval()
+    for z, pos in sample_molecules(fresh, [5, 11], "dpmpp2m", 4, torch.Generator().manual_seed(0), precision="bf16"):
+        assert pos.dtype.name == "float64" and abs(pos.mean(0)).max() < 1e-6 * max(1.0, abs(pos).max())
+    with pytest.raises(ValueError, match="precision"):
+        next(sample_molecules(fresh, [5], precision="fp16"))
