@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(CLI) demo --out $(OUT)/samplers
-	$(CLI) sample molecules --num 100 --sampler dpmpp2m --steps 50 --out $(OUT)/molecules.sdf --png $(OUT)/molecules.png
+	$(CLI) sample molecules --num 100 --sampler dpmpp2m_sde --steps 50 --out $(OUT)/molecules.sdf --png $(OUT)/molecules.png
 	$(CLI) evaluate molecules --samples $(OUT)/molecules.sdf --out $(OUT)/molecules_metrics.json
 	$(CLI) phantom --subjects 1 --spacing 2 --seed 99 --out $(OUT)/phantom
 	$(CLI) translate --mr $(OUT)/phantom/1BA001/mr.nii.gz --mask $(OUT)/phantom/1BA001/mask.nii.gz \

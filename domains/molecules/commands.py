@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sci_diffusion.errors import UserError
 
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp2m", "heun", "pc")
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp2m", "dpmpp2m_sde", "heun", "pc")
 BUNDLED_CHECKPOINT = "checkpoints/qm9_edm_small.ckpt"
 
 
@@ -28,7 +28,9 @@ def bundled_checkpoint() -> Path:
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", help="a molecules checkpoint (default: the bundled QM9 model)")
     p.add_argument("--num", type=int, default=100, help="molecules to draw")
-    p.add_argument("--sampler", default="dpmpp2m", choices=SAMPLER_CHOICES)
+    p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_CHOICES,
+                   help="dpmpp2m_sde (default): stochastic DPM-Solver++, far more stable molecules at 50 steps "
+                        "than the ODE form dpmpp2m (see the benchmark)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (independent of the training T)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--atoms", type=int, help="atoms per molecule (default: drawn from the training histogram)")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sci_diffusion.denoiser import PredictionDenoiser
-from sci_diffusion.samplers import ddim, ddim_step, ddpm_step, dpmpp2m
+from sci_diffusion.samplers import ddim, ddim_step, ddpm_step, dpmpp2m, dpmpp2m_sde
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace
 
@@ -73,6 +73,40 @@ def test_dpm_solver_pp_2m_trajectory_matches_diffusers(steps):
     ours = dpmpp2m(PredictionDenoiser(as_our_net, schedule, "eps"), x_T, schedule, our_grid(ref.timesteps),
                    EuclideanSpace())
     torch.testing.assert_close(ours, x, atol=1e-5, rtol=1e-5)
+
+
+class ScriptedNoiseSpace(EuclideanSpace):
+    """Euclidean space whose noise comes from a fixed list, so a stochastic sampler can be compared
+    step by step with a reference fed the same noise."""
+
+    def __init__(self, draws):
+        super().__init__()
+        self.draws = list(draws)
+
+    def noise(self, like, generator=None):
+        return self.draws.pop(0)
+
+
+@pytest.mark.parametrize("steps", [8, 20])
+def test_sde_dpm_solver_pp_2m_trajectory_matches_diffusers_with_the_same_noise(steps):
+    from diffusers import DPMSolverMultistepScheduler
+
+    ref = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="linear", algorithm_type="sde-dpmsolver++",
+                                      solver_order=2, solver_type="midpoint", prediction_type="epsilon",
+                                      final_sigmas_type="zero", timestep_spacing="linspace")
+    ref.set_timesteps(steps)
+    schedule = NoiseSchedule.from_alphas_cumprod(ref.alphas_cumprod)
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    draws = [torch.randn(64, 3, generator=g, dtype=torch.float64) for _ in ref.timesteps]
+    x = x_T.clone()
+    for k, z in zip(ref.timesteps, draws):
+        x = ref.step(fake_eps_network(x, int(k)), int(k), x, variance_noise=z).prev_sample
+    ours = dpmpp2m_sde(PredictionDenoiser(as_our_net, schedule, "eps"), x_T, schedule, our_grid(ref.timesteps),
+                       ScriptedNoiseSpace(draws))
+    torch.testing.assert_close(ours, x, atol=1e-5, rtol=1e-5)
+    assert (ours - dpmpp2m(PredictionDenoiser(as_our_net, schedule, "eps"), x_T, schedule, our_grid(ref.timesteps),
+                           EuclideanSpace())).abs().max() > 1e-2  # the noise really enters
 
 
 @pytest.mark.parametrize("k", [999, 500, 17, 1])

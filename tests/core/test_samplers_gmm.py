@@ -25,7 +25,7 @@ def run(name, steps, seed=0, **kw):
 
 
 # 50 steps for the ODE solvers, 200 for the stochastic ones (DDPM's coarse steps shrink variance).
-STEPS = {"ddpm": 200, "ddim": 50, "dpmpp2m": 50, "heun": 50, "pc": 100}
+STEPS = {"ddpm": 200, "ddim": 50, "dpmpp2m": 50, "dpmpp2m_sde": 50, "heun": 50, "pc": 100}
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

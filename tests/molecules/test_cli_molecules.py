@@ -29,7 +29,7 @@ def test_sample_writes_a_tagged_sdf_that_reads_back(tiny_checkpoint, tmp_path, c
     mols = read_molecules(out)
     assert len(mols) == 7 and not (tmp_path / "mols.sdf.partial").exists()
     props = mols[0][2]
-    assert props["SYNTHETIC"] == "1" and props["sampler"] == "dpmpp2m" and props["steps"] == "3" and props["seed"] == "5"
+    assert props["SYNTHETIC"] == "1" and props["sampler"] == "dpmpp2m_sde" and props["steps"] == "3" and props["seed"] == "5"
     assert props["precision"] == "bf16"
     assert len(props["checkpoint_sha256"]) == 16
     assert (tmp_path / "grid.png").stat().st_size > 1000
