@@ -119,20 +119,7 @@ def dpmpp2m(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int
             cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
             callback: Callback | None = None, spacing: str = "logsnr") -> Tensor:
     """DPM-Solver++(2M), multistep in x0-prediction; first order on the first and last step."""
-    x = x_T
-    times = _grid(schedule, steps, spacing)
-    d_prev, h_prev = None, None
-    for i, (t, s) in _steps(times, progress, "dpmpp2m"):
-        _, s_t, lam_t = _coefficients(schedule, t)
-        a_s, s_s, lam_s = _coefficients(schedule, s)
-        h = lam_s - lam_t
-        d0 = _denoise(denoiser, x, t, cond)
-        last = i == len(times) - 2
-        x = space.project(dpmpp_2m_step(x, d0, None if last else d_prev, s_t, a_s, s_s, h, h_prev))
-        d_prev, h_prev = d0, h
-        if callback:
-            callback(i, float(s), x, d0)
-    return x
+    return _dpmpp2m_loop(denoiser, x_T, schedule, steps, space, cond, generator, progress, callback, spacing, False)
 
 
 def dpmpp_2m_sde_step(x: Tensor, d0: Tensor, d_prev: Tensor | None, s_t: float, a_s: float, s_s: float,
@@ -158,17 +145,28 @@ def dpmpp2m_sde(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps:
     """SDE-DPM-Solver++(2M): the stochastic DPM-Solver++, one evaluation per step. Fresh noise at
     every step corrects the errors of an imperfect denoiser as ancestral sampling does, which the
     ODE solver (:func:`dpmpp2m`) cannot; first order and noise-free on the last step."""
+    return _dpmpp2m_loop(denoiser, x_T, schedule, steps, space, cond, generator, progress, callback, spacing, True)
+
+
+def _dpmpp2m_loop(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace,
+                  cond: Any, generator: torch.Generator | None, progress: bool, callback: Callback | None,
+                  spacing: str, stochastic: bool) -> Tensor:
+    """The multistep loop shared by the ODE and SDE forms of DPM-Solver++(2M)."""
     x = x_T
     times = _grid(schedule, steps, spacing)
     d_prev, h_prev = None, None
-    for i, (t, s) in _steps(times, progress, "dpmpp2m_sde"):
+    for i, (t, s) in _steps(times, progress, "dpmpp2m_sde" if stochastic else "dpmpp2m"):
         _, s_t, lam_t = _coefficients(schedule, t)
         a_s, s_s, lam_s = _coefficients(schedule, s)
         h = lam_s - lam_t
         d0 = _denoise(denoiser, x, t, cond)
         last = i == len(times) - 2
-        noise = None if last else space.noise(x, generator)
-        x = space.project(dpmpp_2m_sde_step(x, d0, None if last else d_prev, s_t, a_s, s_s, h, h_prev, noise))
+        d_used = None if last else d_prev
+        if stochastic:
+            noise = None if last else space.noise(x, generator)
+            x = space.project(dpmpp_2m_sde_step(x, d0, d_used, s_t, a_s, s_s, h, h_prev, noise))
+        else:
+            x = space.project(dpmpp_2m_step(x, d0, d_used, s_t, a_s, s_s, h, h_prev))
         d_prev, h_prev = d0, h
         if callback:
             callback(i, float(s), x, d0)
