@@ -37,9 +37,9 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         generator: makes the draw deterministic.
         cond: ``(len(atom_counts), P + 1)`` condition rows, or None.
         denoiser_wrapper: optional ``f(denoiser, space) -> denoiser`` (guidance).
-        precision: ``"bf16"`` runs the network's matrix products under bfloat16 autocast (3.5x
-            faster on CPUs with AVX512-BF16; the sampler's state and updates stay float32), or
-            ``"fp32"``. The benchmark compares the two on the bundled model.
+        precision: ``"bf16"`` runs the network's matrix products under bfloat16 autocast (faster
+            on CPUs with AVX512-BF16; the sampler's state and updates stay float32), or ``"fp32"``.
+            ``benchmarks/molecules_qm9.py`` measures both on the bundled model.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")

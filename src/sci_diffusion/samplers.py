@@ -131,12 +131,12 @@ def dpmpp_2m_sde_step(x: Tensor, d0: Tensor, d_prev: Tensor | None, s_t: float, 
     with ``D1 = (d0 - d_prev) / r``, ``r = h_prev / h`` and ``h = lambda_s - lambda_t``.
     """
     decay = torch.exp(torch.tensor(-h, dtype=torch.float64)).item()
-    coef = -a_s * torch.expm1(torch.tensor(-2 * h, dtype=torch.float64)).item()
+    one_minus_decay2 = -torch.expm1(torch.tensor(-2 * h, dtype=torch.float64)).item()  # 1 - e^-2h
     d = d0 if d_prev is None else d0 + 0.5 * (d0 - d_prev) * (h / h_prev)
-    out = (s_s / s_t) * decay * x + coef * d
+    out = (s_s / s_t) * decay * x + a_s * one_minus_decay2 * d
     if noise is None:
         return out
-    return out + s_s * (-torch.expm1(torch.tensor(-2 * h, dtype=torch.float64)).item()) ** 0.5 * noise
+    return out + s_s * one_minus_decay2 ** 0.5 * noise
 
 
 def dpmpp2m_sde(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
