@@ -7,7 +7,6 @@ import numpy as np
 from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
-from .custom_data import load_custom_molecules
 from .graphs import QM9Dataset
 from .qm9 import atom_count_histogram, conditional_halves, edm_split, load_qm9
 
@@ -71,6 +70,8 @@ class QM9DataModule(L.LightningDataModule):
         return {name: QM9Dataset(arrays, r[: self.limit]) for name, r in rows.items()}
 
     def _custom_splits(self) -> dict[str, Dataset]:
+        from .custom_data import load_custom_molecules  # RDKit reads the files; QM9 training needs none
+
         graphs = load_custom_molecules(self.source)
         perm = np.random.RandomState(CUSTOM_SPLIT_SEED).permutation(len(graphs))
         n_valid = n_test = int(CUSTOM_SPLIT_FRACTIONS[1] * len(graphs))

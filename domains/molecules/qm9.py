@@ -106,6 +106,8 @@ def load_qm9(cache_dir: str | os.PathLike | None = None, verbose: bool = False) 
 
     The first call parses the CSVs (a few seconds) and writes ``qm9_v1.npz``
     (50 MB) atomically into the cache folder; later calls read that file (well under a second).
+    The cache is rebuilt when the qm9pack CSVs change size. Where qm9pack is not installed
+    (a training machine sent only the cache), an existing cache is used as it is.
 
     Args:
         cache_dir: folder for the cache; default ``default_cache_dir()``.
@@ -116,11 +118,14 @@ def load_qm9(cache_dir: str | os.PathLike | None = None, verbose: bool = False) 
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_file = cache_dir / _ARRAYS_FILE
-    sizes = _source_sizes()
+    try:
+        sizes = _source_sizes()
+    except FileNotFoundError:
+        sizes = None  # no qm9pack here: a cache built elsewhere is used as it is
     if cache_file.exists():
         try:
             with np.load(cache_file, allow_pickle=False) as f:
-                if np.array_equal(f["source_sizes"], sizes):
+                if sizes is None or np.array_equal(f["source_sizes"], sizes):
                     return QM9Arrays(**{k: f[k] for k in QM9Arrays.__dataclass_fields__})
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # a damaged or foreign cache file: rebuild it below

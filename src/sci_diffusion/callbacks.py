@@ -25,6 +25,21 @@ class LossCurvePlot(L.Callback):
             plot_loss_curve(metrics, Path(trainer.logger.log_dir) / "loss_curve.png")
 
 
+class CheckpointAtTrainEnd(L.Callback):
+    """Save ``last.ckpt`` in the ``ModelCheckpoint`` folder when training ends, however it ends.
+
+    Lightning's ``ModelCheckpoint`` saves only at validation or every N steps, so a run stopped by
+    ``max_time`` or ``max_steps`` between two saves loses the steps since the last one. This runs
+    before ``WeightAveraging.on_train_end`` (it comes first in ``configure_callbacks``), so the
+    checkpoint keeps the raw weights for resuming and the EMA average for sampling, as every other.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if folder is not None and trainer.global_step > 0:
+            trainer.save_checkpoint(Path(folder) / "last.ckpt")
+
+
 def plot_loss_curve(metrics_csv: Path, out_png: Path) -> None:
     """Plot every ``*loss*`` column of a CSVLogger file against the step."""
     import matplotlib

@@ -169,9 +169,9 @@ class DiffusionModule(L.LightningModule):
     def configure_callbacks(self):
         from lightning.pytorch.callbacks import WeightAveraging
 
-        from .callbacks import LossCurvePlot, ema_with_warmup
+        from .callbacks import CheckpointAtTrainEnd, LossCurvePlot, ema_with_warmup
 
-        callbacks = [LossCurvePlot()]
+        callbacks = [CheckpointAtTrainEnd(), LossCurvePlot()]  # before WeightAveraging: see its docstring
         if self.hparams.ema_decay > 0:
             callbacks.append(WeightAveraging(avg_fn=ema_with_warmup(self.hparams.ema_decay)))
         return callbacks

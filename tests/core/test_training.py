@@ -52,6 +52,21 @@ def test_tiny_fit_lowers_the_loss_writes_records_and_resumes(tmp_path):
                                torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]["net.mlp.0.weight"])
 
 
+def test_a_run_stopped_between_saves_still_leaves_its_last_step(tmp_path):
+    """max_steps (or max_time) between two ModelCheckpoint saves: last.ckpt holds the final step."""
+    L.seed_everything(0)
+    model = MixtureDiffusion(hidden=32, lr=3e-3, ema_decay=0.9, val_steps=5, val_num=100)
+    trainer = L.Trainer(max_steps=20, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=16)])
+    trainer.fit(model, MixtureDataModule(num_train=4096, batch_size=128))  # saves at step 16 only
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 20
+    # saved before the average replaced the raw weights: both kinds are in it, and they differ
+    averaged, raw = ckpt["state_dict"]["net.mlp.0.weight"], ckpt["current_model_state"]["net.mlp.0.weight"]
+    torch.testing.assert_close(averaged, model.state_dict()["net.mlp.0.weight"])
+    assert not torch.allclose(averaged, raw)
+
+
 def test_trained_model_samples_close_to_the_mixture(tmp_path):
     L.seed_everything(0)
     model = MixtureDiffusion(hidden=128, lr=2e-3, ema_decay=0.95, val_steps=20, val_num=2000)

@@ -52,6 +52,32 @@ def test_cache_is_written_atomically_and_reused(tmp_path):
     assert np.array_equal(first.smiles, second.smiles)
 
 
+def _without_qm9pack(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "qm9pack" else real_find_spec(name, *a))
+
+
+def test_cache_built_elsewhere_is_used_where_qm9pack_is_missing(tmp_path, monkeypatch):
+    """A training machine sent only the (compressed) cache reads it as it is."""
+    _without_qm9pack(monkeypatch)
+    fields = dict(positions=np.zeros((5, 3), np.float32), z=np.array([6, 1, 1, 1, 1], np.uint8),
+                  offsets=np.array([0, 5]), properties=np.zeros((1, 6), np.float32),
+                  index=np.array([1]), smiles=np.array(["C"]))
+    np.savez_compressed(tmp_path / "qm9_v1.npz", source_sizes=np.array([-1, -1, -1]), **fields)
+    arrays = load_qm9(tmp_path)
+    assert len(arrays) == 1 and arrays.z.tolist() == [6, 1, 1, 1, 1]
+
+
+def test_missing_qm9pack_without_cache_says_how_to_install(tmp_path, monkeypatch):
+    _without_qm9pack(monkeypatch)
+    with pytest.raises(FileNotFoundError, match="qm9pack package is not installed"):
+        load_qm9(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cache_folder_follows_the_environment_variable(tmp_path, monkeypatch):
     from sci_diffusion_molecules.qm9 import default_cache_dir
 
