@@ -107,7 +107,8 @@ class NoiseSchedule:
 
     def discrete_alpha_bar(self, i: torch.Tensor | np.ndarray | int) -> torch.Tensor:
         """``alpha_bar`` at integer step(s) ``i in 0..T``; float64 tensor of ``i``'s shape."""
-        return torch.as_tensor(self.alpha_bar_table)[torch.as_tensor(i, dtype=torch.long)]
+        i = torch.as_tensor(i, dtype=torch.long)
+        return torch.as_tensor(self.alpha_bar_table, device=i.device)[i]
 
     # ----- continuous time ------------------------------------------------------------------
     def log_alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
@@ -116,7 +117,7 @@ class NoiseSchedule:
         pos = (t.clamp(0.0, 1.0) * self.T)
         lo = pos.floor().clamp(max=self.T - 1).long()
         frac = pos - lo
-        table = torch.as_tensor(self._log_ab)
+        table = torch.as_tensor(self._log_ab, device=t.device)  # results live on t's device
         return table[lo] * (1 - frac) + table[lo + 1] * frac
 
     def alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
@@ -143,8 +144,8 @@ class NoiseSchedule:
         """Inverse of :meth:`log_snr`: the ``t in [0, 1]`` with ``lambda_t = lam`` (clamped)."""
         lam = torch.as_tensor(lam, dtype=torch.float64)
         target = -torch.nn.functional.softplus(-2 * lam)  # log sigmoid(2 lam) = log alpha_bar
-        xs = torch.as_tensor(self._log_ab[::-1].copy())  # increasing
-        ts = torch.linspace(1.0, 0.0, self.T + 1, dtype=torch.float64)
+        xs = torch.as_tensor(self._log_ab[::-1].copy(), device=lam.device)  # increasing
+        ts = torch.linspace(1.0, 0.0, self.T + 1, dtype=torch.float64, device=lam.device)
         target = target.clamp(float(xs[0]), float(xs[-1]))
         idx = torch.searchsorted(xs, target.reshape(-1)).clamp(1, self.T).reshape(target.shape)
         x0, x1 = xs[idx - 1], xs[idx]

@@ -59,3 +59,14 @@ def test_logsnr_grid_is_uniform_in_lambda_and_ends_at_zero():
 def test_bad_schedule_name_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown noise schedule"):
         NoiseSchedule.from_name("quadratic")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+def test_schedule_answers_on_the_device_of_its_argument():
+    s = NoiseSchedule.from_name("polynomial_2", 1000)
+    t = torch.rand(7, dtype=torch.float64, device="cuda")
+    for f in (s.alpha, s.sigma, s.log_snr):
+        assert f(t).device == t.device
+        torch.testing.assert_close(f(t).cpu(), f(t.cpu()))
+    assert s.t_from_log_snr(s.log_snr(t)).device == t.device
+    assert s.discrete_alpha_bar(torch.arange(3, device="cuda")).device == t.device
