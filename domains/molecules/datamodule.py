@@ -70,7 +70,8 @@ class QM9DataModule(L.LightningDataModule):
         return {name: QM9Dataset(arrays, r[: self.limit]) for name, r in rows.items()}
 
     def _custom_splits(self) -> dict[str, Dataset]:
-        from .custom_data import load_custom_molecules  # RDKit reads the files; QM9 training needs none
+        # imported here: it needs RDKit to read the files, which QM9 training does not
+        from .custom_data import load_custom_molecules
 
         graphs = load_custom_molecules(self.source)
         perm = np.random.RandomState(CUSTOM_SPLIT_SEED).permutation(len(graphs))

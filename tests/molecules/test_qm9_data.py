@@ -63,9 +63,9 @@ def _without_qm9pack(monkeypatch):
 def test_cache_built_elsewhere_is_used_where_qm9pack_is_missing(tmp_path, monkeypatch):
     """A training machine sent only the (compressed) cache reads it as it is."""
     _without_qm9pack(monkeypatch)
-    fields = dict(positions=np.zeros((5, 3), np.float32), z=np.array([6, 1, 1, 1, 1], np.uint8),
-                  offsets=np.array([0, 5]), properties=np.zeros((1, 6), np.float32),
-                  index=np.array([1]), smiles=np.array(["C"]))
+    fields = {"positions": np.zeros((5, 3), np.float32), "z": np.array([6, 1, 1, 1, 1], np.uint8),
+              "offsets": np.array([0, 5]), "properties": np.zeros((1, 6), np.float32),
+              "index": np.array([1]), "smiles": np.array(["C"])}
     np.savez_compressed(tmp_path / "qm9_v1.npz", source_sizes=np.array([-1, -1, -1]), **fields)
     arrays = load_qm9(tmp_path)
     assert len(arrays) == 1 and arrays.z.tolist() == [6, 1, 1, 1, 1]
