@@ -44,11 +44,16 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [shown, *sys.argv[1:]])
 
 
-def write_result(name: str, payload: dict, markdown: str, out: Path | None = None, update_readme: bool = True) -> Path:
-    """Write ``results/<name>.json`` (adding command, machine, date) and refresh the README table."""
+def write_result(name: str, payload: dict, markdown: str, out: Path | None = None, update_readme: bool = True,
+                 provenance: dict | None = None) -> Path:
+    """Write ``results/<name>.json`` (adding command, machine, date) and refresh the README table.
+
+    ``provenance`` (``{"command", "machine", "date"}`` of an earlier run) replaces this process's
+    own when a saved run is only re-rendered, so the record still names the run that measured it.
+    """
     out = out or RESULTS / f"{name}.json"
     record = {"benchmark": name, "command": "python " + command_line(), "machine": machine(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **payload}
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **(provenance or {}), **payload}
     write_json(out, record)
     if update_readme:
         replace_readme_block(name, markdown + f"\n\n<sub>`{record['command']}` on {record['machine']['cpu']}, "
