@@ -29,8 +29,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", help="a molecules checkpoint (default: the bundled QM9 model)")
     p.add_argument("--num", type=int, default=100, help="molecules to draw")
     p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_CHOICES,
-                   help="dpmpp2m_sde (default): stochastic DPM-Solver++, far more stable molecules at 50 steps "
-                        "than the ODE form dpmpp2m (see the benchmark)")
+                   help="dpmpp2m_sde (default): stochastic DPM-Solver++ on a quadratic time grid; at 50 steps "
+                        "as many stable molecules as ancestral ddpm at 1000, far more than the ODE form dpmpp2m "
+                        "(see the benchmark)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (independent of the training T)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--atoms", type=int, help="atoms per molecule (default: drawn from the training histogram)")
