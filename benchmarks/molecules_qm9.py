@@ -109,7 +109,7 @@ def render(rows: list[dict], training: dict, training_fp32: dict, budget: str) -
         lines.append("")
         lines.append("Target (issue 3): DPM-Solver++ at 50 steps loses at most 2 points of molecule stability "
                      "against ancestral 1000 on the same checkpoint. Measured here: " + "; ".join(
-                         f"{g['sampler']} 50 {g['gap_points']:+.1f} points (standard error {g['standard_error_points']:.1f})"
+                         f"{g['sampler']} {g['steps']} {g['gap_points']:+.1f} points (standard error {g['standard_error_points']:.1f})"
                          for g in gaps) + ".")
     return "\n".join(lines)
 

@@ -22,14 +22,15 @@ export PYTHONPATH="$root/src:/tmp/pkgs:/tmp/site" SCI_DIFFUSION_CACHE="$root/.gp
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__,
   torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$OUT/fit.log"
 echo "start $(date -u +%FT%TZ)" | tee -a "$OUT/fit.log"
-# LightningCLI lets a checkpoint's model hyperparameters override the command line, so the copy
-# resumed from has val_molecules = 0: periodic sampling scores molecules with RDKit, absent here.
-python3 -c "import torch; c = torch.load('.gpu/resume.ckpt', weights_only=False, map_location='cpu')
-c['hyper_parameters']['val_molecules'] = 0; torch.save(c, '/tmp/resume.ckpt')" || exit 1
-MAX_TIME=$(python3 -c "import torch; c = torch.load('.gpu/resume.ckpt', weights_only=False, map_location='cpu')
+# One read of the checkpoint: LightningCLI lets a checkpoint's model hyperparameters override the
+# command line, so the copy resumed from has val_molecules = 0 (periodic sampling scores molecules
+# with RDKit, absent here); and the Timer's elapsed training time gives max_time.
+read -r STEP MAX_TIME < <(python3 -c "import torch; c = torch.load('.gpu/resume.ckpt', weights_only=False, map_location='cpu')
+c['hyper_parameters']['val_molecules'] = 0; torch.save(c, '/tmp/resume.ckpt')
 s = int(c['callbacks'].get('Timer', {}).get('time_elapsed', {}).get('train', 0)) + $SECONDS_MORE
-print(f'00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}')")
-echo "resuming at step $(python3 -c "import torch; print(torch.load('.gpu/resume.ckpt', weights_only=False, map_location='cpu')['global_step'])"), max_time $MAX_TIME" | tee -a "$OUT/fit.log"
+print(c['global_step'], f'00:{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}')")
+[ -n "${MAX_TIME:-}" ] || exit 1
+echo "resuming at step $STEP, max_time $MAX_TIME" | tee -a "$OUT/fit.log"
 python3 -m sci_diffusion.cli fit --config configs/molecules/qm9_edm_small.yaml \
   --data.batch_size "$BATCH" --data.num_workers "$WORKERS" \
   --trainer.max_time "$MAX_TIME" --trainer.enable_progress_bar false --trainer.log_every_n_steps 200 \
