@@ -165,15 +165,21 @@ def edm_split(arrays: QM9Arrays) -> dict[str, np.ndarray]:
 def conditional_halves(train_rows: np.ndarray) -> dict[str, np.ndarray]:
     """EDM's conditional halves of the train split: Da (property classifier) and Db (generator).
 
+    EDM's train file lists its molecules in archive order, which is ascending GDB9 index, and
+    ``qm9/data/utils.py`` permutes *that* list (REFERENCE.md §1 step 4). The rows of
+    ``QM9Arrays`` are sorted by GDB9 index too, so sorting the rows gives EDM's file order.
+
     Args:
-        train_rows: [100000] rows of the train split, in ``edm_split`` order.
+        train_rows: [100000] rows of the train split, in any order.
 
     Returns:
-        ``{"Da": [50000], "Db": [50000]}`` rows.
+        ``{"Da": [50000], "Db": [50000]}`` rows: ``sort(train)[p[:50000]]`` and
+        ``sort(train)[p[50000:]]`` with ``p = RandomState(42).permutation(100000)``.
     """
-    p = np.random.RandomState(42).permutation(len(train_rows))
-    half = len(train_rows) // 2
-    return {"Da": train_rows[p[:half]], "Db": train_rows[p[half:]]}
+    train_sorted = np.sort(np.asarray(train_rows))
+    p = np.random.RandomState(42).permutation(len(train_sorted))
+    half = len(train_sorted) // 2
+    return {"Da": train_sorted[p[:half]], "Db": train_sorted[p[half:]]}
 
 
 def atom_count_histogram(num_atoms: np.ndarray) -> dict[int, int]:

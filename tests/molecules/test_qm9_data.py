@@ -115,7 +115,23 @@ def test_conditional_halves_split_train_into_two_disjoint_50000(qm9):
     halves = conditional_halves(train)
     assert len(halves["Da"]) == len(halves["Db"]) == 50_000
     assert len(np.intersect1d(halves["Da"], halves["Db"])) == 0
-    assert set(np.concatenate([halves["Da"], halves["Db"]])) == set(train)
+    assert np.array_equal(np.sort(np.concatenate([halves["Da"], halves["Db"]])), np.sort(train))
+
+
+def test_conditional_halves_follow_edms_recipe_on_its_gdb_sorted_train_file(qm9):
+    """REFERENCE.md §1 step 4, written out in GDB9 indices: EDM's train file is in ascending GDB
+    order, and Da/Db are that list permuted by RandomState(42)."""
+    included = np.sort(qm9.index - 1)  # 0-based GDB9 indices of the 130,831 kept molecules
+    perm = np.random.RandomState(0).permutation(130_831)
+    edm_train_file = np.sort(included[perm[:100_000]])
+    p = np.random.RandomState(42).permutation(100_000)
+    expected_da, expected_db = edm_train_file[p[:50_000]], edm_train_file[p[50_000:]]
+    halves = conditional_halves(edm_split(qm9)["train"])
+    assert np.array_equal(qm9.index[halves["Da"]] - 1, expected_da)
+    assert np.array_equal(qm9.index[halves["Db"]] - 1, expected_db)
+    # the halves do not depend on the order in which the train rows are handed over
+    shuffled = np.random.RandomState(7).permutation(edm_split(qm9)["train"])
+    assert np.array_equal(conditional_halves(shuffled)["Db"], halves["Db"])
 
 
 def test_train_atom_count_histogram_sums_to_100000_with_mode_19(qm9):
