@@ -14,19 +14,29 @@ from pathlib import Path
 from sci_diffusion.errors import UserError
 
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp2m", "dpmpp2m_sde", "heun", "pc")
-BUNDLED_CHECKPOINT = "checkpoints/qm9_edm_small.ckpt"
+BUNDLED = {
+    "unconditional": "checkpoints/qm9_edm_small.ckpt",
+    "gap": "checkpoints/qm9_edm_small_cond_gap.ckpt",
+    "classifier": "checkpoints/qm9_gap_classifier.ckpt",
+    "regressor": "checkpoints/qm9_gap_regressor.ckpt",
+}
+BUNDLED_CHECKPOINT = BUNDLED["unconditional"]
+CONDITION_SOURCES = ("db",)
 
 
-def bundled_checkpoint() -> Path:
-    """The QM9 model that ships with the package (see ``checkpoints/README.md`` beside it)."""
-    path = Path(str(files("sci_diffusion_molecules").joinpath(BUNDLED_CHECKPOINT)))
+def bundled_checkpoint(kind: str = "unconditional", flag: str = "--ckpt") -> Path:
+    """A model that ships with the package (see ``checkpoints/README.md`` beside them): the QM9
+    model (``unconditional``), the gap-conditioned one (``gap``), the gap ``classifier`` of the
+    conditional protocol, or the noise-aware gap ``regressor`` of gradient guidance."""
+    path = Path(str(files("sci_diffusion_molecules").joinpath(BUNDLED[kind])))
     if not path.is_file():
-        raise UserError(f"The bundled molecules checkpoint {path} is missing; pass --ckpt.")
+        raise UserError(f"The bundled molecules checkpoint {path} is missing; pass {flag}.")
     return path
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", help="a molecules checkpoint (default: the bundled QM9 model)")
+    p.add_argument("--ckpt", help="a molecules checkpoint (default: the bundled QM9 model; with a condition on the "
+                                  "gap, the bundled gap-conditioned model)")
     p.add_argument("--num", type=int, default=100, help="molecules to draw")
     p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_CHOICES,
                    help="dpmpp2m_sde (default): stochastic DPM-Solver++ on a quadratic time grid; at 50 steps "
@@ -35,27 +45,38 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="sampler steps (independent of the training T)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--atoms", type=int, help="atoms per molecule (default: drawn from the training histogram)")
+    p.add_argument("--condition", nargs="+", action="extend", metavar="NAME=VALUE",
+                   help="target properties, e.g. gap=6.5 (eV for gap, homo and lumo; Bohr^3 alpha; D mu; cal/mol K Cv)")
+    p.add_argument("--condition-from", choices=CONDITION_SOURCES,
+                   help="db: draw each molecule's size and targets jointly from the model's training set "
+                        "(Db in the conditional QM9 protocol)")
+    p.add_argument("--guidance", type=float, default=1.0, metavar="W",
+                   help="classifier-free guidance weight: 1 (default) the plain conditional model, 0 the "
+                        "unconditional one, above 1 pushed towards the target")
+    p.add_argument("--gradient-guidance", type=float, default=0.0, metavar="S",
+                   help="gradient guidance strength from a noise-aware property regressor (EEGSDE); needs --regressor")
+    p.add_argument("--regressor", help="a noise-aware property regressor checkpoint, e.g. the bundled "
+                                       "checkpoints/qm9_gap_regressor.ckpt")
+    p.add_argument("--classifier", help="property classifier whose predictions go into the SDF and candidates.csv "
+                                        "(default, for a conditional run: the bundled gap classifier)")
     p.add_argument("--batch-size", type=int, default=100,
                    help="molecules sampled together (about 100 keeps a batch's edge tensors in cache)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
                    help="network arithmetic: bfloat16 autocast (fast on AVX512-BF16 CPUs) or float32")
     p.add_argument("--bonds", default="edm", choices=("edm", "rdkit"), help="bond rule for the SDF bond block")
-    p.add_argument("--out", required=True, help="output .sdf or .xyz (written in chunks, renamed when complete)")
+    p.add_argument("--novelty", action=argparse.BooleanOptionalAction, default=True,
+                   help="flag each candidate as novel or not against the QM9 training SMILES")
+    p.add_argument("--out", required=True, help="output .sdf or .xyz (written in chunks, renamed when complete); "
+                                                "the candidates table goes beside it as .csv")
     p.add_argument("--png", help="optional PNG grid of 2-D depictions of the first 16 molecules")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress")
 
 
-def run_sample(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
+def _check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
+    """Everything that can be said about the flags before a checkpoint is read; returns the targets."""
+    import math
 
-    import sci_diffusion
-    from sci_diffusion.atomic import write_json
-    from sci_diffusion.checkpoints import load_module
-
-    from .files import MoleculeWriter, draw_grid_png
-    from .sampling import draw_atom_counts, sample_molecules
+    from .conditioning import parse_targets
 
     out = Path(args.out)
     if out.suffix.lower() not in (".sdf", ".xyz"):
@@ -64,41 +85,179 @@ def run_sample(args: argparse.Namespace) -> int:
         raise UserError("--num, --steps and --batch-size must be positive.")
     if args.atoms is not None and not 1 <= args.atoms <= 100:
         raise UserError(f"--atoms {args.atoms} is out of range; use 1 to 100 atoms.")
-    ckpt = Path(args.ckpt) if args.ckpt else bundled_checkpoint()
-    module = load_module(ckpt, domain="molecules")
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.atoms is not None:
-        counts = [args.atoms] * args.num
-    elif module.atom_count_histogram:
-        counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
+    for flag, value in (("--guidance", args.guidance), ("--gradient-guidance", args.gradient_guidance)):
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number.")
+    targets = parse_targets(args.condition) if args.condition else None
+    if targets is not None and args.condition_from:
+        raise UserError("Give either --condition or --condition-from, not both.")
+    if args.condition_from and args.atoms is not None:
+        raise UserError("--condition-from draws each molecule's size with its targets; drop --atoms.")
+    conditional = targets is not None or args.condition_from is not None
+    if args.gradient_guidance and not args.regressor:
+        raise UserError("--gradient-guidance needs --regressor CKPT, a noise-aware property regressor "
+                        "(e.g. the bundled checkpoints/qm9_gap_regressor.ckpt).")
+    if args.gradient_guidance < 0:
+        raise UserError("--gradient-guidance must not be negative.")
+    if not conditional and (args.guidance != 1.0 or args.gradient_guidance):
+        raise UserError("Guidance needs a target: add --condition NAME=VALUE or --condition-from db.")
+    return targets
+
+
+def _property_model(path: str, role: str):
+    """Load a property classifier or regressor checkpoint; UserError if it is another kind of model."""
+    from sci_diffusion.checkpoints import load_module, read_checkpoint
+
+    found = read_checkpoint(path)["sci_diffusion"].get("role")
+    if found != role:
+        raise UserError(f"{path} is not a {role.replace('_', ' ')} checkpoint.")
+    return load_module(path, domain="molecules")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import sys
+    import warnings
+
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    import sci_diffusion
+    from sci_diffusion.atomic import write_json
+    from sci_diffusion.checkpoints import load_module
+
+    from .candidates import CandidateTable
+    from .files import MoleculeWriter, draw_grid_png
+    from .property_model import predict_properties
+    from .qm9 import PROPERTY_UNITS
+    from .sampling import Guidance, draw_atom_counts, sample_molecules
+
+    targets = _check_sample_arguments(args)
+    conditional = targets is not None or args.condition_from is not None
+    out = Path(args.out)
+    if args.ckpt:
+        ckpt = Path(args.ckpt)
+    elif conditional:
+        if targets is not None and set(targets) != {"gap"}:
+            raise UserError(f"The bundled conditional model is conditioned on gap only, not on "
+                            f"{', '.join(sorted(set(targets) - {'gap'}))}; pass --ckpt.")
+        ckpt = bundled_checkpoint("gap")
     else:
-        raise UserError(f"Checkpoint {ckpt} has no atom-count histogram; pass --atoms.")
+        ckpt = bundled_checkpoint()
+    module = load_module(ckpt, domain="molecules")
+    conditioning = module.property_conditioning
+    if conditional and conditioning is None:
+        raise UserError(f"Checkpoint {ckpt} is not conditioned on any property; it samples without --condition.")
+    gen = torch.Generator().manual_seed(args.seed)
+    cond = values = None
+    if args.condition_from:
+        counts, values = conditioning.draw_joint(args.num, gen)
+        values = values.numpy()
+    else:
+        if args.atoms is not None:
+            counts = [args.atoms] * args.num
+        elif module.atom_count_histogram:
+            counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
+        else:
+            raise UserError(f"Checkpoint {ckpt} has no atom-count histogram; pass --atoms.")
+        if targets is not None:
+            target = conditioning.targets_from_mapping(targets)
+            for problem in conditioning.outside_training_range(target):
+                warnings.warn(f"{problem}: the model has seen no such molecule, expect a poor match.", stacklevel=1)
+            values = np.repeat(target[None], args.num, axis=0)
+    if values is not None:
+        cond = conditioning.condition(torch.from_numpy(values))
+    guidance = None
+    if conditional and (args.guidance != 1.0 or args.gradient_guidance):
+        regressor = _property_model(args.regressor, "property_regressor") if args.gradient_guidance else None
+        if regressor is not None and not set(conditioning.names) <= set(regressor.properties):
+            raise UserError(f"Regressor {args.regressor} predicts {', '.join(regressor.properties)}, not all of "
+                            f"{', '.join(conditioning.names)}.")
+        guidance = Guidance(args.guidance, regressor, args.gradient_guidance)
+    classifier = None
+    if args.classifier or (conditional and conditioning.names == ["gap"]):
+        classifier = _property_model(args.classifier or bundled_checkpoint("classifier", "--classifier"), "property_classifier")
+    predicted = classifier.properties if classifier is not None else []
+    names = list(conditioning.names) if conditional else []
+    names += [n for n in predicted if n not in names]
+    reference = None
+    if args.novelty:
+        from .qm9 import train_smiles
+
+        reference = train_smiles()
+    table = CandidateTable(names, reference)
+
     tags = {"sampler": args.sampler, "steps": args.steps, "seed": args.seed, "precision": args.precision,
             "checkpoint_sha256": module.checkpoint_hash,
             "generator": f"sci-diffusion {sci_diffusion.__version__}", "SYNTHETIC": 1}
+    if conditional:
+        tags.update({"guidance": args.guidance, "gradient_guidance": args.gradient_guidance})
     start, dropped, drawn = time.perf_counter(), 0, []
     torch.set_grad_enabled(False)
     with MoleculeWriter(out, chunk_size=args.batch_size, bonds=args.bonds) as writer:
-        stream = sample_molecules(module, counts, args.sampler, args.steps, gen, args.batch_size,
-                                  precision=args.precision)
-        for i, (z, pos) in enumerate(tqdm(stream, total=args.num, desc="molecules", disable=not args.progress)):
-            if not np.isfinite(pos).all():
-                dropped += 1  # a diverged sample cannot be written as a molecule
-                continue
-            writer.write(z, pos, {**tags, "index": i})
-            if len(drawn) < 16:
-                drawn.append((z, pos))
+        stream = sample_molecules(module, counts, args.sampler, args.steps, gen, args.batch_size, cond=cond,
+                                  guidance=guidance, precision=args.precision)
+        progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
+        for first in range(0, args.num, args.batch_size):
+            chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]
+            predictions = predict_properties(classifier, chunk) if classifier is not None else None
+            for k, (z, pos) in enumerate(chunk):
+                i = first + k
+                progress.update()
+                if not np.isfinite(pos).all():
+                    dropped += 1  # a diverged sample cannot be written as a molecule
+                    continue
+                target = None if values is None else _aligned(list(values[i]), conditioning.names, names)
+                prediction = None if predictions is None else _aligned(list(predictions[k]), classifier.properties, names)
+                record = {**tags, "index": i}
+                for j, name in enumerate(names):
+                    if target is not None and np.isfinite(target[j]):
+                        record[f"target_{name}"] = f"{target[j]:.6g}"
+                    if prediction is not None and np.isfinite(prediction[j]):
+                        record[f"predicted_{name}"] = f"{prediction[j]:.6g}"
+                    record[f"unit_{name}"] = PROPERTY_UNITS[name]
+                writer.write(z, pos, record)
+                table.add(i, z, pos, target, prediction)
+                if len(drawn) < 16:
+                    drawn.append((z, pos))
+        progress.close()
     seconds = time.perf_counter() - start
-    summary = {"samples": str(out), "written": args.num - dropped, "dropped_non_finite": dropped,
-               "seconds": round(seconds, 3), "molecules_per_second": round(args.num / seconds, 3),
+    csv_path = out.with_suffix(".csv")
+    table.write_csv(csv_path)
+    mae = table.mean_absolute_error()
+    rows = table.rows
+    summary = {"samples": str(out), "candidates": str(csv_path), "written": args.num - dropped,
+               "dropped_non_finite": dropped, "seconds": round(seconds, 3),
+               "molecules_per_second": round(args.num / seconds, 3),
+               "stable_fraction": sum(r["stable"] for r in rows) / max(len(rows), 1),
+               "valid_fraction": sum(r["valid"] for r in rows) / max(len(rows), 1),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "checkpoint": str(ckpt), **tags}
+    if conditional:
+        summary.update({"condition": targets if targets is not None else f"drawn from {args.condition_from}",
+                        "classifier": None if classifier is None else classifier.checkpoint_path,
+                        "regressor": args.regressor if args.gradient_guidance else None,
+                        "mae_against_target": mae, "units": {n: PROPERTY_UNITS[n] for n in names}})
     write_json(out.with_suffix(out.suffix + ".json"), summary)
     if args.png:
         draw_grid_png(drawn, args.png, legends=[f"#{i}" for i in range(len(drawn))])
     print(f"wrote {summary['written']} molecules to {out} in {seconds:.1f} s "
           f"({summary['molecules_per_second']:.1f} molecules/s)" + (f", dropped {dropped} non-finite" if dropped else ""))
+    if conditional:
+        print(table.preview(10))
+        for name, value in mae.items():
+            unit = PROPERTY_UNITS[name]
+            extra = f" ({1000 * value:.0f} meV)" if unit == "eV" else ""
+            print(f"MAE of the classifier's {name} against the target: {value:.3f} {unit}{extra} over {len(rows)} molecules; "
+                  f"{100 * summary['stable_fraction']:.0f} % stable")
+        print(f"candidates table: {csv_path}")
+    sys.stdout.flush()
     return 0
+
+
+def _aligned(row: list[float], row_names: list[str], names: list[str]) -> list[float]:
+    """Values of ``row`` (ordered as ``row_names``) laid out in ``names`` order, NaN where missing."""
+    return [float(row[row_names.index(n)]) if n in row_names else float("nan") for n in names]
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:

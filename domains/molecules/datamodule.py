@@ -91,6 +91,22 @@ class QM9DataModule(L.LightningDataModule):
             return atom_count_histogram(train.num_atoms)
         return atom_count_histogram([g.num_nodes for g in train])
 
+    def train_properties(self) -> tuple[np.ndarray, np.ndarray]:
+        """Atom counts ``(M,)`` and all six properties ``(M, 6)`` (``qm9.PROPERTY_NAMES`` order and
+        units) of the training set: what a conditional model normalises with and draws targets from.
+
+        Raises:
+            ValueError: a custom data set whose molecules carry no properties.
+        """
+        self.setup()
+        train = self.datasets["train"]
+        if isinstance(train, QM9Dataset):
+            return train.num_atoms, train.arrays.properties[train.rows]
+        if any(getattr(g, "y", None) is None for g in train):
+            raise ValueError(f"{self.source} has no properties to condition on: every molecule needs all of "
+                             "alpha, gap, homo, lumo, mu and Cv (see custom_data.py).")
+        return (np.array([g.num_nodes for g in train]), np.concatenate([g.y.numpy() for g in train]))
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         return DataLoader(

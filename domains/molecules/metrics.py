@@ -72,6 +72,13 @@ def _smiles_from_orders(z, orders: np.ndarray, largest_fragment: bool) -> str | 
     return Chem.MolToSmiles(mol)
 
 
+def molecule_report(z, pos) -> tuple[np.ndarray, str | None]:
+    """One molecule under the EDM metric: which atoms are stable ([N] bool) and the canonical SMILES
+    of its largest fragment (None if it fails sanitizing, i.e. it is invalid)."""
+    orders = bond_orders(z, pos)
+    return _stable_from_orders(z, orders), _smiles_from_orders(z, orders, largest_fragment=True)
+
+
 def evaluate_molecules(
     molecules: Iterable[tuple], train_smiles: Iterable[str] | None = None
 ) -> dict[str, float | int | str | None]:
@@ -94,13 +101,11 @@ def evaluate_molecules(
     n_molecules = n_atoms = n_stable_atoms = n_stable_molecules = 0
     valid: list[str] = []
     for z, pos in molecules:
-        orders = bond_orders(z, pos)
-        stable = _stable_from_orders(z, orders)
+        stable, smiles = molecule_report(z, pos)
         n_molecules += 1
         n_atoms += len(stable)
         n_stable_atoms += int(stable.sum())
         n_stable_molecules += int(stable.all())
-        smiles = _smiles_from_orders(z, orders, largest_fragment=True)
         if smiles is not None:
             valid.append(smiles)
     if n_molecules == 0:

@@ -15,6 +15,7 @@ from torch import Tensor
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
 from sci_diffusion.state_spaces import EuclideanSpace, ProductSpace, ZeroCoMSpace
 
+from .conditioning import PropertyConditioning, check_property_names
 from .egnn import EGNN
 from .elements import ATOM_TYPES
 from .qm9 import PROPERTY_NAMES
@@ -36,11 +37,18 @@ class MoleculeDiffusion(DiffusionModule):
     Args:
         hidden, layers, attention: EGNN size (EDM QM9: 256, 9, True).
         conditioning: property names (from ``qm9.PROPERTY_NAMES``) the model is conditioned on;
-            empty for an unconditional model.
-        property_mean, property_mad: normalisation of the conditioning properties (Db's
-            mean and mean absolute deviation), one value per name.
-        val_molecules: molecules sampled at validation for stability metrics (0: none).
+            empty for an unconditional model. The normalised targets and a presence flag are
+            appended to every atom's input features, as EDM does (``conditioning.py``).
+        property_mean, property_mad: override the normalisation of the conditioning properties,
+            one value per name; by default the training set's mean and mean absolute deviation
+            (Db's in the conditional protocol), computed when training starts and stored in the
+            checkpoint.
+        val_molecules: molecules sampled at validation for stability metrics (0: none); a
+            conditional model samples them with targets drawn jointly with their sizes from the
+            training set.
         **kwargs: the core's DiffusionModule arguments (schedule, prediction, lr, ema_decay, ...).
+            ``cond_dropout`` defaults to 0.1 for a conditional model, so that the one network also
+            learns the unconditional prediction that classifier-free guidance needs.
     """
 
     domain = "molecules"
@@ -48,14 +56,16 @@ class MoleculeDiffusion(DiffusionModule):
     def __init__(self, hidden: int = 256, layers: int = 9, attention: bool = True,
                  conditioning: list[str] | None = None, property_mean: list[float] | None = None,
                  property_mad: list[float] | None = None, val_molecules: int = 100, **kwargs: Any) -> None:
-        self._conditioning = list(conditioning or [])
-        unknown = [p for p in self._conditioning if p not in PROPERTY_NAMES]
-        if unknown:
-            raise ValueError(f"Unknown property {unknown[0]!r}; the QM9 properties are {', '.join(PROPERTY_NAMES)}.")
+        self._conditioning = check_property_names(conditioning or [])
+        for name, override in (("property_mean", property_mean), ("property_mad", property_mad)):
+            if override is not None and len(override) != len(self._conditioning):
+                raise ValueError(f"{name} needs one value per conditioning property ({len(self._conditioning)}).")
         kwargs.setdefault("schedule", "polynomial_2")
+        kwargs.setdefault("cond_dropout", 0.1 if self._conditioning else 0.0)
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.atom_count_histogram: dict[int, int] = {}
+        self.property_conditioning: PropertyConditioning | None = None
 
     def build_network(self) -> torch.nn.Module:
         cond_dim = len(self._conditioning) + 1 if self._conditioning else 0
@@ -65,14 +75,19 @@ class MoleculeDiffusion(DiffusionModule):
         batch, num_graphs = context
         return self.net(x_t, t, cond, batch, num_graphs)
 
+    @property
+    def conditioning(self) -> list[str]:
+        """The properties this model is conditioned on (empty: unconditional)."""
+        return list(self._conditioning)
+
     # ----- data -------------------------------------------------------------------------------
     def condition_from_properties(self, y: Tensor) -> Tensor:
-        """Normalise the conditioning properties ``(G, 6)`` -> ``(G, P + 1)`` (last: presence flag)."""
+        """The network's condition ``(G, P + 1)`` from all QM9 properties ``(G, 6)`` of a batch."""
+        if self.property_conditioning is None:
+            raise RuntimeError("The property normalisation is unknown: train with a datamodule that has "
+                               "properties, or load a checkpoint that stores it.")
         cols = [PROPERTY_NAMES.index(p) for p in self._conditioning]
-        mean = torch.tensor(self.hparams.property_mean, dtype=y.dtype, device=y.device)
-        mad = torch.tensor(self.hparams.property_mad, dtype=y.dtype, device=y.device)
-        c = (y[:, cols] - mean) / mad
-        return torch.cat([c, torch.ones_like(c[:, :1])], dim=1)
+        return self.property_conditioning.condition(y[:, cols])
 
     def prepare_batch(self, batch: Any) -> DiffusionBatch:
         x0 = encode_atoms(batch.pos, batch.one_hot, batch.charges)
@@ -82,16 +97,27 @@ class MoleculeDiffusion(DiffusionModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "atom_count_histogram"):
+        if datamodule is None:
+            return
+        if hasattr(datamodule, "atom_count_histogram"):
             self.atom_count_histogram = dict(datamodule.atom_count_histogram)
+        if self._conditioning and self.property_conditioning is None:
+            num_atoms, properties = datamodule.train_properties()
+            self.property_conditioning = PropertyConditioning.from_training_set(
+                self._conditioning, num_atoms, properties, self.hparams.property_mean, self.hparams.property_mad)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["sci_diffusion"]["atom_count_histogram"] = {int(k): int(v) for k, v in self.atom_count_histogram.items()}
+        record = checkpoint["sci_diffusion"]
+        record["atom_count_histogram"] = {int(k): int(v) for k, v in self.atom_count_histogram.items()}
+        if self.property_conditioning is not None:
+            record["conditioning"] = self.property_conditioning.to_record()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hist = checkpoint.get("sci_diffusion", {}).get("atom_count_histogram", {})
-        self.atom_count_histogram = {int(k): int(v) for k, v in hist.items()}
+        record = checkpoint.get("sci_diffusion", {})
+        self.atom_count_histogram = {int(k): int(v) for k, v in record.get("atom_count_histogram", {}).items()}
+        if record.get("conditioning") is not None:
+            self.property_conditioning = PropertyConditioning.from_record(record["conditioning"])
 
     # ----- periodic sampling at validation -----------------------------------------------------
     def validation_metrics(self) -> dict[str, float]:
@@ -102,8 +128,13 @@ class MoleculeDiffusion(DiffusionModule):
         from .sampling import draw_atom_counts, sample_molecules
 
         gen = torch.Generator().manual_seed(0)
-        counts = draw_atom_counts(self.atom_count_histogram, n, gen)
-        mols = list(sample_molecules(self, counts, self.hparams.val_sampler, self.hparams.val_steps, gen))
+        cond = None
+        if self._conditioning:  # sample as the protocol does: sizes and targets drawn jointly
+            counts, values = self.property_conditioning.draw_joint(n, gen)
+            cond = self.property_conditioning.condition(values.float())
+        else:
+            counts = draw_atom_counts(self.atom_count_histogram, n, gen)
+        mols = list(sample_molecules(self, counts, self.hparams.val_sampler, self.hparams.val_steps, gen, cond=cond))
         m = evaluate_molecules([(z, pos) for z, pos in mols])
         return {"atom_stability": m["atom_stability"], "mol_stability": m["molecule_stability"],
                 "validity": m["validity"]}

@@ -1,11 +1,14 @@
 """Drawing molecules from a trained :class:`~.module.MoleculeDiffusion` with any core sampler."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance
 from sci_diffusion.samplers import get_sampler
 
 from .module import FEATURE_DIM, MoleculeDiffusion, decode_atoms, molecule_space
@@ -20,10 +23,63 @@ def draw_atom_counts(histogram: dict[int, int], num: int, generator: torch.Gener
     return sizes[torch.multinomial(weights, num, replacement=True, generator=generator)].tolist()
 
 
+@dataclass
+class Guidance:
+    """How to steer a conditional model while sampling.
+
+    Attributes:
+        scale: classifier-free guidance weight ``w`` (1: the plain conditional model, 0: the
+            unconditional one, above 1: pushed further towards the condition).
+        regressor: a noise-aware :class:`~.property_model.PropertyPredictor` for gradient guidance,
+            predicting (at least) the properties the model is conditioned on.
+        gradient_scale: strength of the gradient guidance (0: none).
+    """
+
+    scale: float = 1.0
+    regressor: Any = None
+    gradient_scale: float = 0.0
+
+
+def paired_condition_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int):
+    """``f(x_t, t, cond, null) -> (D(x_t, t, cond), D(x_t, t, null))`` in one network call: the
+    molecules are stacked twice into one graph batch, once with each condition (``null`` None
+    is the all-zero, dropped condition)."""
+    stacked = torch.cat([batch, batch + num_graphs])
+    denoiser = module.denoiser(context=(stacked, 2 * num_graphs))
+
+    def paired(x_t: Tensor, t: Tensor, cond: Tensor, null: Tensor | None) -> tuple[Tensor, Tensor]:
+        null = torch.zeros_like(cond) if null is None else null
+        both = denoiser(torch.cat([x_t, x_t]), t, torch.cat([cond, null]))
+        return both[: len(x_t)], both[len(x_t):]
+
+    return paired
+
+
+def guided_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int, space, guidance: Guidance | None):
+    """The module's denoiser for one batch, wrapped in the requested guidance (CFG, then gradient)."""
+    denoiser = module.denoiser(context=(batch, num_graphs))
+    if guidance is None:
+        return denoiser
+    if guidance.scale != 1.0:
+        denoiser = ClassifierFreeGuidance(denoiser, guidance.scale,
+                                          paired=paired_condition_denoiser(module, batch, num_graphs))
+    if guidance.gradient_scale:
+        regressor, conditioning = guidance.regressor, module.property_conditioning
+        cols = [regressor.properties.index(n) for n in conditioning.names]
+
+        def property_fn(x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+            predicted = regressor.to_units(regressor.predict_noisy(x_t, t, batch, num_graphs).double())
+            return conditioning.normalise(predicted[:, cols])  # in the generator's normalisation, as cond
+
+        denoiser = PropertyGradientGuidance(denoiser, property_fn, lambda cond: cond[:, :-1].double(),
+                                            guidance.gradient_scale, module.schedule, space.project)
+    return denoiser
+
+
 @torch.no_grad()
 def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], sampler: str = "dpmpp2m",
                      steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
-                     cond: torch.Tensor | None = None, denoiser_wrapper=None,
+                     cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                      progress: bool = False, precision: str = "bf16") -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size.
 
@@ -35,14 +91,17 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         atom_counts: the size of every molecule to draw.
         sampler, steps: a core sampler name and its step count.
         generator: makes the draw deterministic.
-        cond: ``(len(atom_counts), P + 1)`` condition rows, or None.
-        denoiser_wrapper: optional ``f(denoiser, space) -> denoiser`` (guidance).
+        cond: ``(len(atom_counts), P + 1)`` condition rows (``PropertyConditioning.condition``), or None.
+        guidance: classifier-free and/or gradient guidance (needs ``cond``); None samples the
+            model as it is.
         precision: ``"bf16"`` runs the network's matrix products under bfloat16 autocast (faster
             on CPUs with AVX512-BF16; the sampler's state and updates stay float32), or ``"fp32"``.
             ``benchmarks/molecules_qm9.py`` measures both on the bundled model.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+    if guidance is not None and cond is None:
+        raise ValueError("Guidance needs a condition to guide towards.")
     sample = get_sampler(sampler)
     device = next(module.parameters()).device
     for start in range(0, len(atom_counts), batch_size):
@@ -51,10 +110,8 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         batch = torch.repeat_interleave(torch.arange(num_graphs), counts).to(device)
         space = molecule_space(batch, num_graphs)
         x_T = space.noise(torch.zeros(int(counts.sum()), 3 + FEATURE_DIM, device=device), generator)
-        denoiser = module.denoiser(context=(batch, num_graphs))
-        if denoiser_wrapper is not None:
-            denoiser = denoiser_wrapper(denoiser, space)
-        c = None if cond is None else cond[start:start + num_graphs].to(device)
+        denoiser = guided_denoiser(module, batch, num_graphs, space, guidance)
+        c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generator, progress=progress)
         for part in torch.split(x, counts.tolist()):

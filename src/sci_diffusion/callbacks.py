@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -38,6 +40,47 @@ class CheckpointAtTrainEnd(L.Callback):
         folder = getattr(trainer.checkpoint_callback, "dirpath", None)
         if folder is not None and trainer.global_step > 0:
             trainer.save_checkpoint(Path(folder) / "last.ckpt")
+
+
+class CpuTimeBudget(L.Callback):
+    """Stop training once the process has spent ``hours`` of CPU time in it (user + system, all threads).
+
+    Lightning's ``max_time`` counts wall-clock time, which stretches when other work shares the
+    cores; CPU time does not, so a budget given in CPU time means the same training wherever and
+    beside whatever it runs. Two threads for one hour spend two CPU-hours. The time spent is kept
+    in the checkpoint, so a resumed run counts what the earlier legs spent, and logged as
+    ``train/cpu_hours``.
+
+    Args:
+        hours: the budget in CPU-hours (core-hours).
+    """
+
+    def __init__(self, hours: float) -> None:
+        if hours <= 0:
+            raise ValueError(f"The CPU-time budget must be positive, not {hours} hours.")
+        self.hours = hours
+        self._spent_before = 0.0  # CPU seconds of earlier legs (from the checkpoint)
+        self._start: float | None = None
+
+    def spent_seconds(self) -> float:
+        """CPU seconds spent in training so far, earlier legs included."""
+        return self._spent_before + (0.0 if self._start is None else time.process_time() - self._start)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.process_time()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        spent = self.spent_seconds()
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            pl_module.log("train/cpu_hours", spent / 3600.0)
+        if spent >= 3600.0 * self.hours:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, float]:
+        return {"cpu_seconds": self.spent_seconds(), "hours": self.hours}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._spent_before = float(state_dict.get("cpu_seconds", 0.0))
 
 
 def plot_loss_curve(metrics_csv: Path, out_png: Path) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 def file_sha256(path: str | Path, length: int = 16) -> str:
@@ -17,6 +21,26 @@ def file_sha256(path: str | Path, length: int = 16) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:length]
+
+
+def training_record(module: "L.LightningModule", domain: str) -> dict:
+    """The ``sci_diffusion`` record that every checkpoint of this package carries.
+
+    It names the package version, the domain, the module class and the config that rebuild the
+    module (:func:`load_module`), and the datamodule's config. Any LightningModule of the package
+    (a diffusion model, a property classifier) writes it from ``on_save_checkpoint``.
+    """
+    from . import __version__
+
+    trainer = module._trainer
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    return {
+        "version": __version__,
+        "domain": domain,
+        "module_class": f"{type(module).__module__}:{type(module).__qualname__}",
+        "config": {k: v for k, v in module.hparams.items() if not k.startswith("_")},  # no LightningCLI _class_path
+        "data_config": dict(getattr(datamodule, "hparams", {}) or {}),
+    }
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -25,10 +25,8 @@ def run_lightning(argv: Sequence[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger
 
-    from .module import DiffusionModule
-
     LightningCLI(
-        DiffusionModule,
+        L.LightningModule,  # a DiffusionModule, or another model of a domain (e.g. a property classifier)
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -10,24 +10,40 @@ from .samplers import Denoiser
 from .schedules import NoiseSchedule
 
 
+PairedDenoiser = Callable[[Tensor, Tensor, Any, Any], "tuple[Tensor, Tensor]"]
+
+
 class ClassifierFreeGuidance:
     """Classifier-free guidance (Ho & Salimans 2022), diffusers' convention:
     ``D = D(x, t, null) + w (D(x, t, cond) - D(x, t, null))``.
 
     ``w = 1`` is the plain conditional model, ``w = 0`` the unconditional one. Mixing x0 estimates
     equals mixing eps estimates, since both are affine in each other at fixed ``x_t``.
+
+    Args:
+        denoiser: the conditional denoiser.
+        scale: the guidance weight ``w``.
+        null_cond: the condition that means "none" (None: the denoiser's own default).
+        paired: optional ``f(x_t, t, cond, null_cond) -> (D_cond, D_null)`` that evaluates both
+            predictions in one network call (the samples stacked into one batch), which a domain
+            supplies because only it knows how its samples stack (images along dim 0, graphs
+            through their batch vector). Without it, the denoiser is called twice.
     """
 
-    def __init__(self, denoiser: Denoiser, scale: float, null_cond: Any = None) -> None:
-        self.denoiser, self.scale, self.null_cond = denoiser, scale, null_cond
+    def __init__(self, denoiser: Denoiser, scale: float, null_cond: Any = None,
+                 paired: PairedDenoiser | None = None) -> None:
+        self.denoiser, self.scale, self.null_cond, self.paired = denoiser, scale, null_cond, paired
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if self.scale == 1.0:
             return self.denoiser(x_t, t, cond)
-        uncond = self.denoiser(x_t, t, self.null_cond)
         if self.scale == 0.0:
-            return uncond
-        return uncond + self.scale * (self.denoiser(x_t, t, cond) - uncond)
+            return self.denoiser(x_t, t, self.null_cond)
+        if self.paired is not None:
+            conditional, uncond = self.paired(x_t, t, cond, self.null_cond)
+        else:
+            conditional, uncond = self.denoiser(x_t, t, cond), self.denoiser(x_t, t, self.null_cond)
+        return uncond + self.scale * (conditional - uncond)
 
 
 class PropertyGradientGuidance:
@@ -40,13 +56,15 @@ class PropertyGradientGuidance:
     Args:
         denoiser: the denoiser to guide.
         property_fn: ``f(x_t, t, cond) -> (num_samples,)`` or ``(num_samples, P)`` predictions.
-        target: broadcastable to ``property_fn``'s output.
+        target: broadcastable to ``property_fn``'s output, or a function ``target(cond)`` that
+            reads it from the condition (per-sample targets that travel with the condition).
         scale: guidance strength (0 = none).
         schedule: gives ``alpha_t`` and ``sigma_t``.
         project: the state space's projection, or None.
     """
 
-    def __init__(self, denoiser: Denoiser, property_fn: Callable[[Tensor, Tensor, Any], Tensor], target: Tensor,
+    def __init__(self, denoiser: Denoiser, property_fn: Callable[[Tensor, Tensor, Any], Tensor],
+                 target: Tensor | Callable[[Any], Tensor],
                  scale: float, schedule: NoiseSchedule, project: Callable[[Tensor], Tensor] | None = None) -> None:
         self.denoiser, self.property_fn, self.target = denoiser, property_fn, target
         self.scale, self.schedule, self.project = scale, schedule, project
@@ -57,7 +75,8 @@ class PropertyGradientGuidance:
             return x0
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            energy = (self.property_fn(x, t, cond) - self.target).pow(2).sum()
+            target = self.target(cond) if callable(self.target) else self.target
+            energy = (self.property_fn(x, t, cond) - target).pow(2).sum()
             (grad,) = torch.autograd.grad(energy, x)
         if self.project is not None:
             grad = self.project(grad)

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from . import __version__
+from .checkpoints import training_record
 from .denoiser import PredictionDenoiser
 from .parameterisation import diffusion_loss, target_for
 from .schedules import NoiseSchedule
@@ -178,11 +178,4 @@ class DiffusionModule(L.LightningModule):
 
     # ----- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        checkpoint["sci_diffusion"] = {
-            "version": __version__,
-            "domain": self.domain,
-            "module_class": f"{type(self).__module__}:{type(self).__qualname__}",
-            "config": {k: v for k, v in self.hparams.items() if not k.startswith("_")},  # no LightningCLI _class_path
-            "data_config": dict(getattr(datamodule, "hparams", {}) or {}),
-        }
+        checkpoint["sci_diffusion"] = training_record(self, self.domain)

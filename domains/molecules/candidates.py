@@ -1,0 +1,83 @@
+"""The candidates table of a sampling run: one row per molecule, with its EDM verdicts, its target
+and the evaluation classifier's prediction, written as ``candidates.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sci_diffusion.atomic import atomic_path
+
+from .metrics import molecule_report
+from .qm9 import PROPERTY_UNITS
+
+
+@dataclass
+class CandidateTable:
+    """Rows of ``index, smiles, stable, valid, novel, target_<p> [unit], predicted_<p> [unit]``.
+
+    Args:
+        properties: the conditioned (or predicted) properties; empty for a plain run.
+        train_smiles: the novelty reference (None: the novel column is left empty).
+    """
+
+    properties: Sequence[str] = ()
+    train_smiles: frozenset[str] | None = None
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, index: int, z: np.ndarray, pos: np.ndarray, target: Sequence[float] | None = None,
+            prediction: Sequence[float] | None = None) -> dict:
+        """Score one molecule and append its row; returns the row."""
+        stable, smiles = molecule_report(z, pos)
+        row = {"index": index, "smiles": smiles or "", "stable": int(stable.all()), "valid": int(smiles is not None),
+               "novel": "" if self.train_smiles is None or smiles is None else int(smiles not in self.train_smiles)}
+        for k, name in enumerate(self.properties):
+            row[self._column("target", name)] = _number(None if target is None else target[k])
+            row[self._column("predicted", name)] = _number(None if prediction is None else prediction[k])
+        self.rows.append(row)
+        return row
+
+    @staticmethod
+    def _column(kind: str, name: str) -> str:
+        return f"{kind}_{name} [{PROPERTY_UNITS[name]}]"
+
+    @property
+    def columns(self) -> list[str]:
+        return ["index", "smiles", "stable", "valid", "novel"] + [
+            self._column(kind, n) for n in self.properties for kind in ("target", "predicted")]
+
+    def mean_absolute_error(self) -> dict[str, float]:
+        """``{property: MAE}`` between prediction and target over the rows that have both (property units)."""
+        out = {}
+        for name in self.properties:
+            pairs = [(float(r[self._column("target", name)]), float(r[self._column("predicted", name)]))
+                     for r in self.rows if r[self._column("target", name)] != "" and r[self._column("predicted", name)] != ""]
+            if pairs:
+                out[name] = float(np.mean([abs(p - t) for t, p in pairs]))
+        return out
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """All rows as CSV, written atomically."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_path(path, suffix=".csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+
+    def preview(self, rows: int = 10) -> str:
+        """The first ``rows`` rows as an aligned text table (what the CLI prints)."""
+        shown: Iterable[dict] = self.rows[:rows]
+        cells = [self.columns] + [[str(r[c]) for c in self.columns] for r in shown]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _number(value: float | None) -> str:
+    """A table cell: the value to 6 significant digits, or empty when unknown."""
+    return "" if value is None or not np.isfinite(value) else f"{value:.6g}"

@@ -1,0 +1,173 @@
+"""Property conditioning: the properties a model is conditioned on, their normalisation, and targets.
+
+A conditional model sees its targets normalised with the mean and the mean absolute deviation
+(MAD) of its training set (Db in the conditional QM9 protocol, REFERENCE.md §1), appended to
+every atom's features with a presence flag: ``cond = [(y - mean) / mad, 1]``. A dropped condition
+(classifier-free guidance) is all zeros, flag included.
+
+:class:`PropertyConditioning` holds what a checkpoint needs to sample with a condition: the
+names, the normalisation, and the training set's joint table of atom counts and property values,
+from which the protocol draws its targets (``--condition-from db``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sci_diffusion.errors import UserError
+
+from .qm9 import PROPERTY_NAMES, PROPERTY_UNITS
+
+
+def check_property_names(names: Sequence[str]) -> list[str]:
+    """The names as a list; UserError for a name that is not a QM9 property or appears twice."""
+    names = list(names)
+    for name in names:
+        if name not in PROPERTY_NAMES:
+            raise UserError(f"Unknown property {name!r}; the QM9 properties are {', '.join(PROPERTY_NAMES)}.")
+    if len(set(names)) != len(names):
+        raise UserError(f"A property is named twice in {', '.join(names)}.")
+    return names
+
+
+@dataclass
+class PropertyConditioning:
+    """Normalisation and target table of a conditional model.
+
+    Attributes:
+        names: conditioned properties, in the order the network sees them (P of them).
+        mean, mad: ``(P,)`` float64 mean and mean absolute deviation of the training set, in
+            ``PROPERTY_UNITS`` (eV for energies).
+        num_atoms: ``(M,)`` int64 atom counts of the training molecules.
+        values: ``(M, P)`` float64 their property values, row-aligned with ``num_atoms``.
+    """
+
+    names: list[str]
+    mean: np.ndarray
+    mad: np.ndarray
+    num_atoms: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def from_training_set(cls, names: Sequence[str], num_atoms: np.ndarray, properties: np.ndarray,
+                          mean: Sequence[float] | None = None, mad: Sequence[float] | None = None) -> PropertyConditioning:
+        """Build it from the training set.
+
+        Args:
+            names: properties to condition on.
+            num_atoms: ``(M,)`` atom counts.
+            properties: ``(M, 6)`` all QM9 properties in ``PROPERTY_NAMES`` order.
+            mean, mad: override the training set's statistics (one value per name).
+        """
+        names = check_property_names(names)
+        cols = [PROPERTY_NAMES.index(n) for n in names]
+        values = np.asarray(properties, dtype=np.float64)[:, cols]
+        if not np.isfinite(values).all():
+            raise ValueError("The training set has a property value that is not finite.")
+        data_mean = values.mean(0)
+        data_mad = np.abs(values - data_mean).mean(0)
+        return cls(names, np.asarray(mean if mean is not None else data_mean, dtype=np.float64),
+                   np.asarray(mad if mad is not None else data_mad, dtype=np.float64),
+                   np.asarray(num_atoms, dtype=np.int64), values)
+
+    @property
+    def units(self) -> list[str]:
+        return [PROPERTY_UNITS[n] for n in self.names]
+
+    @property
+    def low(self) -> np.ndarray:
+        """``(P,)`` smallest training value of each property."""
+        return self.values.min(0)
+
+    @property
+    def high(self) -> np.ndarray:
+        """``(P,)`` largest training value of each property."""
+        return self.values.max(0)
+
+    def normalise(self, values: Tensor) -> Tensor:
+        """``(G, P)`` values in property units -> ``(G, P)`` normalised targets."""
+        mean = torch.as_tensor(self.mean, dtype=values.dtype, device=values.device)
+        mad = torch.as_tensor(self.mad, dtype=values.dtype, device=values.device)
+        return (values - mean) / mad
+
+    def denormalise(self, normalised: Tensor) -> Tensor:
+        """Inverse of :meth:`normalise`."""
+        mean = torch.as_tensor(self.mean, dtype=normalised.dtype, device=normalised.device)
+        mad = torch.as_tensor(self.mad, dtype=normalised.dtype, device=normalised.device)
+        return normalised * mad + mean
+
+    def condition(self, values: Tensor) -> Tensor:
+        """The network's condition ``(G, P + 1)`` for ``(G, P)`` targets: normalised, then a presence flag of 1."""
+        c = self.normalise(values)
+        return torch.cat([c, torch.ones_like(c[:, :1])], dim=1)
+
+    def draw_joint(self, num: int, generator: torch.Generator) -> tuple[list[int], Tensor]:
+        """The protocol's draw: ``num`` training molecules at random (with replacement), their atom
+        counts and their property values, so that size and target come jointly from the training set.
+
+        EDM draws the atom count from its histogram and the value from a 1,000-bin histogram per
+        atom count; drawing whole rows samples the same joint distribution without the binning.
+
+        Returns:
+            ``(counts, values)``: ``num`` atom counts and ``(num, P)`` float64 values.
+        """
+        rows = torch.randint(len(self.num_atoms), (num,), generator=generator).numpy()
+        return self.num_atoms[rows].tolist(), torch.from_numpy(self.values[rows])
+
+    def targets_from_mapping(self, targets: dict[str, float]) -> np.ndarray:
+        """``(P,)`` values in this model's order from ``{name: value}``; UserError if one is missing
+        or is not a property this model was trained on."""
+        for name in targets:
+            if name not in self.names:
+                raise UserError(f"This model is conditioned on {', '.join(self.names)}, not on {name!r}.")
+        missing = [n for n in self.names if n not in targets]
+        if missing:
+            raise UserError(f"This model is conditioned on {', '.join(self.names)}: give a target for "
+                            f"{', '.join(missing)} too (e.g. --condition {missing[0]}=...), or use --condition-from db.")
+        return np.array([targets[n] for n in self.names], dtype=np.float64)
+
+    def outside_training_range(self, values: np.ndarray) -> list[str]:
+        """Descriptions of the targets in ``(P,)`` that lie outside the training set's range."""
+        low, high = self.low, self.high
+        return [f"{n}={v:g} {u} lies outside the training range [{lo:.3g}, {hi:.3g}] {u}"
+                for n, u, v, lo, hi in zip(self.names, self.units, values, low, high) if not lo <= v <= hi]
+
+    def to_record(self) -> dict:
+        """A checkpoint-friendly dict (compact arrays as tensors)."""
+        return {"names": list(self.names), "units": self.units, "mean": self.mean.tolist(), "mad": self.mad.tolist(),
+                "num_atoms": torch.from_numpy(self.num_atoms.astype(np.int16)),
+                "values": torch.from_numpy(self.values.astype(np.float32))}
+
+    @classmethod
+    def from_record(cls, record: dict) -> PropertyConditioning:
+        return cls(list(record["names"]), np.asarray(record["mean"], dtype=np.float64),
+                   np.asarray(record["mad"], dtype=np.float64), record["num_atoms"].numpy().astype(np.int64),
+                   record["values"].numpy().astype(np.float64))
+
+
+def parse_targets(items: Sequence[str]) -> dict[str, float]:
+    """``["gap=6.5", "homo=-6.1"]`` -> ``{"gap": 6.5, "homo": -6.1}``; one item may hold several,
+    separated by commas. UserError for an unknown property, a repeated one, or a value that is not
+    a finite number."""
+    targets: dict[str, float] = {}
+    for item in (part for entry in items for part in entry.split(",") if part.strip()):
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise UserError(f"--condition {item!r} should read NAME=VALUE, e.g. gap=6.5.")
+        check_property_names([name])
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"--condition {name}={text!r}: the target is not a number.") from None
+        if not math.isfinite(value):
+            raise UserError(f"--condition {name}={text}: the target must be a finite number.")
+        if name in targets:
+            raise UserError(f"--condition names {name!r} twice.")
+        targets[name] = value
+    return targets

@@ -1,0 +1,38 @@
+"""Tiny checkpoints of the conditional protocol's three models, trained once per test session on
+small slices of the real QM9 halves: a gap-conditioned generator (Db), a gap classifier (Da) and a
+noise-aware gap regressor (Db). They are a few steps old: they test plumbing, not quality."""
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from sci_diffusion_molecules.datamodule import QM9DataModule
+from sci_diffusion_molecules.module import MoleculeDiffusion
+from sci_diffusion_molecules.property_model import PropertyPredictor
+
+
+def fit_tiny(model: L.LightningModule, data: L.LightningDataModule, root: Path, steps: int = 3) -> Path:
+    """Train ``steps`` steps and return the run's last checkpoint."""
+    L.seed_everything(0)
+    trainer = L.Trainer(max_steps=steps, default_root_dir=root, enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, logger=False)
+    trainer.fit(model, data)
+    return Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def conditional_checkpoint(tmp_path_factory) -> Path:
+    model = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0.9, conditioning=["gap"], val_molecules=0)
+    return fit_tiny(model, QM9DataModule(batch_size=16, limit=64, subset="Db"), tmp_path_factory.mktemp("generator"))
+
+
+@pytest.fixture(scope="session")
+def classifier_checkpoint(tmp_path_factory) -> Path:
+    model = PropertyPredictor(["gap"], hidden=16, layers=2)
+    return fit_tiny(model, QM9DataModule(batch_size=16, limit=64, subset="Da"), tmp_path_factory.mktemp("classifier"))
+
+
+@pytest.fixture(scope="session")
+def regressor_checkpoint(tmp_path_factory) -> Path:
+    model = PropertyPredictor(["gap"], hidden=16, layers=2, noise_aware=True, loss_type="l2")
+    return fit_tiny(model, QM9DataModule(batch_size=16, limit=64, subset="Db"), tmp_path_factory.mktemp("regressor"))

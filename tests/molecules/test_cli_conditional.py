@@ -1,0 +1,97 @@
+"""`sci-diffusion sample molecules` with a condition, guidance and the candidates table, as a user runs it."""
+import csv
+import json
+
+import pytest
+
+from sci_diffusion.cli import main
+from sci_diffusion_molecules.files import read_molecules
+
+
+def sample(argv, conditional_checkpoint, classifier_checkpoint, out):
+    return main(["sample", "molecules", "--ckpt", str(conditional_checkpoint), "--classifier", str(classifier_checkpoint),
+                 "--num", "6", "--steps", "3", "--batch-size", "4", "--no-progress", "--no-novelty",
+                 "--out", str(out), *argv])
+
+
+def test_a_gap_target_reaches_every_record_the_candidates_table_and_the_summary(
+        conditional_checkpoint, classifier_checkpoint, tmp_path, capsys):
+    out = tmp_path / "cands.sdf"
+    assert sample(["--condition", "gap=6.5", "--guidance", "2"], conditional_checkpoint, classifier_checkpoint, out) == 0
+    mols = read_molecules(out)
+    assert len(mols) == 6
+    props = mols[0][2]
+    assert props["target_gap"] == "6.5" and props["unit_gap"] == "eV" and props["guidance"] == "2.0"
+    assert float(props["predicted_gap"]) == float(props["predicted_gap"])  # a number, not NaN
+    with open(tmp_path / "cands.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["index"] for r in rows] == [str(i) for i in range(6)]
+    assert set(rows[0]) == {"index", "smiles", "stable", "valid", "novel", "target_gap [eV]", "predicted_gap [eV]"}
+    summary = json.loads((tmp_path / "cands.sdf.json").read_text())
+    expected = sum(abs(float(r["predicted_gap [eV]"]) - 6.5) for r in rows) / 6
+    assert summary["mae_against_target"]["gap"] == pytest.approx(expected, rel=1e-4)
+    printed = capsys.readouterr().out
+    assert "MAE of the classifier's gap against the target" in printed and "target_gap [eV]" in printed
+
+
+def test_condition_from_db_draws_sizes_and_targets_jointly_and_reproducibly(
+        conditional_checkpoint, classifier_checkpoint, tmp_path):
+    for name in ("a.sdf", "b.sdf"):
+        assert sample(["--condition-from", "db", "--seed", "3"], conditional_checkpoint, classifier_checkpoint,
+                      tmp_path / name) == 0
+    a, b = read_molecules(tmp_path / "a.sdf"), read_molecules(tmp_path / "b.sdf")
+    targets = {m[2]["target_gap"] for m in a}
+    assert len(targets) > 1  # one target per molecule, not one for all
+    for (za, pa, qa), (zb, pb, qb) in zip(a, b):
+        assert qa["target_gap"] == qb["target_gap"] and len(za) == len(zb) and abs(pa - pb).max() < 1e-6
+
+
+def test_gradient_guidance_runs_with_a_regressor(conditional_checkpoint, classifier_checkpoint, regressor_checkpoint,
+                                                 tmp_path):
+    out = tmp_path / "g.sdf"
+    assert sample(["--condition", "gap=6.5", "--gradient-guidance", "0.001", "--regressor", str(regressor_checkpoint)],
+                  conditional_checkpoint, classifier_checkpoint, out) == 0
+    summary = json.loads((tmp_path / "g.sdf.json").read_text())
+    assert summary["gradient_guidance"] == 0.001 and summary["regressor"] == str(regressor_checkpoint)
+    assert summary["written"] + summary["dropped_non_finite"] == 6
+
+
+def test_a_target_outside_the_training_range_warns_but_samples(conditional_checkpoint, classifier_checkpoint, tmp_path):
+    with pytest.warns(UserWarning, match="outside the training range"):
+        assert sample(["--condition", "gap=40"], conditional_checkpoint, classifier_checkpoint, tmp_path / "w.sdf") == 0
+    assert len(read_molecules(tmp_path / "w.sdf")) == 6
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--condition", "colour=3"], "Unknown property 'colour'"),
+    (["--condition", "homo=-6"], "conditioned on gap, not on 'homo'"),
+    (["--condition", "gap=nan"], "finite number"),
+    (["--condition", "gap=wide"], "not a number"),
+    (["--condition", "gap=6.5", "--gradient-guidance", "2"], "needs --regressor"),
+    (["--guidance", "2"], "Guidance needs a target"),
+    (["--condition", "gap=6", "--condition-from", "db"], "not both"),
+])
+def test_bad_conditions_get_one_sentence_and_exit_2_and_write_nothing(
+        argv, message, conditional_checkpoint, classifier_checkpoint, tmp_path, capsys):
+    out = tmp_path / "x.sdf"
+    assert sample(argv, conditional_checkpoint, classifier_checkpoint, out) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_condition_for_an_unconditional_checkpoint_is_refused(tmp_path, capsys, classifier_checkpoint):
+    from tests.molecules.conftest import fit_tiny
+    from sci_diffusion_molecules.datamodule import QM9DataModule
+    from sci_diffusion_molecules.module import MoleculeDiffusion
+
+    plain = fit_tiny(MoleculeDiffusion(hidden=16, layers=2, ema_decay=0, val_molecules=0),
+                     QM9DataModule(batch_size=16, limit=32), tmp_path / "plain", steps=1)
+    out = tmp_path / "x.sdf"
+    assert sample(["--condition", "gap=6.5"], plain, classifier_checkpoint, out) == 2
+    assert "is not conditioned on any property" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_regressor_where_a_classifier_belongs_is_refused(conditional_checkpoint, regressor_checkpoint, tmp_path, capsys):
+    assert sample(["--condition", "gap=6.5"], conditional_checkpoint, regressor_checkpoint, tmp_path / "x.sdf") == 2
+    assert "is not a property classifier checkpoint" in capsys.readouterr().err
