@@ -87,3 +87,41 @@ def test_ema_decay_ramps_up_so_early_weights_fade_quickly():
     assert float(ema) > 0.94
     late = avg(torch.zeros(1), torch.ones(1), torch.tensor(10**7))
     assert float(late) == pytest.approx(0.001, rel=1e-4)
+
+
+def test_a_cpu_time_budget_stops_training_and_counts_earlier_legs_on_resume(tmp_path, monkeypatch):
+    """The budget reads the process's CPU clock; a fake clock that advances 60 s per call makes
+    the run stop after a known number of steps, and a resumed run starts from what was spent."""
+    import itertools
+
+    import sci_diffusion.callbacks as callbacks_module
+    from sci_diffusion.callbacks import CpuTimeBudget
+
+    clock = itertools.count(0.0, 60.0)
+    monkeypatch.setattr(callbacks_module.time, "process_time", lambda: next(clock))
+    L.seed_everything(0)
+    budget = CpuTimeBudget(hours=0.1)  # 360 s of fake CPU time
+    trainer = L.Trainer(max_steps=1000, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[budget, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(MixtureDiffusion(hidden=16, ema_decay=0, val_num=10), MixtureDataModule(num_train=4096, batch_size=128))
+    first_leg = trainer.global_step
+    assert 3 <= first_leg <= 8  # stopped after about 360 s / 60 s per batch, far before max_steps
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]["CpuTimeBudget"]
+    assert saved["cpu_seconds"] >= 360
+
+    resumed_budget = CpuTimeBudget(hours=0.2)
+    trainer = L.Trainer(max_steps=1000, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[resumed_budget], limit_val_batches=0, default_root_dir=tmp_path / "leg2")
+    trainer.fit(MixtureDiffusion(hidden=16, ema_decay=0, val_num=10), MixtureDataModule(num_train=4096, batch_size=128),
+                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    # the second leg has only the remaining ~360 s: about as many steps again, not twice as many
+    assert trainer.global_step - first_leg <= first_leg + 2
+    assert resumed_budget.spent_seconds() >= 720
+
+
+def test_a_cpu_time_budget_must_be_positive():
+    from sci_diffusion.callbacks import CpuTimeBudget
+
+    with pytest.raises(ValueError, match="positive"):
+        CpuTimeBudget(hours=0)
