@@ -43,6 +43,11 @@ class MoleculeDiffusion(DiffusionModule):
             one value per name; by default the training set's mean and mean absolute deviation
             (Db's in the conditional protocol), computed when training starts and stored in the
             checkpoint.
+        init_from: a molecules checkpoint whose network starts this one when training begins
+            (fine-tuning, e.g. a conditional model from the unconditional bundled one). Every layer
+            keeps its shape but the input layer, which gains the condition's columns: they start at
+            zero, so the fine-tuned model starts as exactly the model it came from. Resuming a run
+            restores its own weights over these.
         val_molecules: molecules sampled at validation for stability metrics (0: none); a
             conditional model samples them with targets drawn jointly with their sizes from the
             training set.
@@ -55,7 +60,8 @@ class MoleculeDiffusion(DiffusionModule):
 
     def __init__(self, hidden: int = 256, layers: int = 9, attention: bool = True,
                  conditioning: list[str] | None = None, property_mean: list[float] | None = None,
-                 property_mad: list[float] | None = None, val_molecules: int = 100, **kwargs: Any) -> None:
+                 property_mad: list[float] | None = None, init_from: str | None = None, val_molecules: int = 100,
+                 **kwargs: Any) -> None:
         self._conditioning = check_property_names(conditioning or [])
         for name, override in (("property_mean", property_mean), ("property_mad", property_mad)):
             if override is not None and len(override) != len(self._conditioning):
@@ -96,6 +102,11 @@ class MoleculeDiffusion(DiffusionModule):
                               (batch.batch, batch.num_graphs))
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_from and not getattr(self, "_initialised_from", None):
+            from sci_diffusion.checkpoints import read_checkpoint
+
+            load_widened_weights(self.net, read_checkpoint(self.hparams.init_from)["state_dict"], prefix="net.")
+            self._initialised_from = self.hparams.init_from
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return
@@ -138,6 +149,28 @@ class MoleculeDiffusion(DiffusionModule):
         m = evaluate_molecules([(z, pos) for z, pos in mols])
         return {"atom_stability": m["atom_stability"], "mol_stability": m["molecule_stability"],
                 "validity": m["validity"]}
+
+
+def load_widened_weights(net: torch.nn.Module, state_dict: dict[str, Tensor], prefix: str = "") -> None:
+    """Copy ``state_dict`` (keys under ``prefix``) into ``net``; a 2-D weight that is wider in
+    ``net`` (more input columns) gets the source in its leading columns and zeros in the rest.
+
+    Raises:
+        ValueError: a tensor is missing or its shape differs in any other way.
+    """
+    target = net.state_dict()
+    for key, value in target.items():
+        source = state_dict.get(prefix + key)
+        if source is None:
+            raise ValueError(f"The initial checkpoint has no {prefix + key}.")
+        if source.shape == value.shape:
+            value.copy_(source)
+        elif source.dim() == 2 and source.shape[0] == value.shape[0] and source.shape[1] < value.shape[1]:
+            value.zero_()
+            value[:, : source.shape[1]] = source
+        else:
+            raise ValueError(f"{prefix + key} is {tuple(source.shape)} in the initial checkpoint, "
+                             f"{tuple(value.shape)} here.")
 
 
 def encode_atoms(pos: Tensor, one_hot: Tensor, charges: Tensor) -> Tensor:

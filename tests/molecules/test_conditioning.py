@@ -153,3 +153,20 @@ def test_targets_that_are_not_a_known_property_and_a_finite_number_are_refused(t
 
 def test_targets_parse_from_several_words_or_one_comma_list():
     assert parse_targets(["gap=6.5", "homo=-6.1"]) == parse_targets(["gap=6.5,homo=-6.1"]) == {"gap": 6.5, "homo": -6.1}
+
+
+def test_a_conditional_model_fine_tuned_from_an_unconditional_one_starts_as_it():
+    from sci_diffusion_molecules.module import load_widened_weights
+
+    torch.manual_seed(0)
+    plain = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0).eval()
+    conditional = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0, conditioning=["gap"]).eval()
+    load_widened_weights(conditional.net, plain.state_dict(), prefix="net.")
+    batch = torch.tensor([0, 0, 0, 1, 1])
+    x = molecule_space(batch, 2).noise(torch.zeros(5, 9), torch.Generator().manual_seed(0))
+    cond = torch.tensor([[1.2, 1.0], [-0.7, 1.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(conditional(x, torch.tensor(0.4), cond, (batch, 2)),
+                                   plain(x, torch.tensor(0.4), None, (batch, 2)))
+    with pytest.raises(ValueError, match="net.embed.weight"):
+        load_widened_weights(MoleculeDiffusion(hidden=32, layers=2).net, plain.state_dict(), prefix="net.")
