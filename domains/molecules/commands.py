@@ -116,7 +116,6 @@ def _property_model(path: str, role: str):
 
 def run_sample(args: argparse.Namespace) -> int:
     import sys
-    import warnings
 
     import numpy as np
     import torch
@@ -163,7 +162,8 @@ def run_sample(args: argparse.Namespace) -> int:
         if targets is not None:
             target = conditioning.targets_from_mapping(targets)
             for problem in conditioning.outside_training_range(target):
-                warnings.warn(f"{problem}: the model has seen no such molecule, expect a poor match.", stacklevel=1)
+                print(f"sci-diffusion: warning: {problem}; the model has seen no such molecule, so expect a poor match.",
+                      file=sys.stderr)
             values = np.repeat(target[None], args.num, axis=0)
     if values is not None:
         cond = conditioning.condition(torch.from_numpy(values))
@@ -265,18 +265,33 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="metrics JSON")
     p.add_argument("--novelty", action=argparse.BooleanOptionalAction, default=True,
                    help="compare with the QM9 training SMILES (cached after the first run)")
+    p.add_argument("--classifier", help="property classifier for the MAE against the targets that sample molecules "
+                                        "writes into each record (target_<property>); default for gap targets: the "
+                                        "bundled gap classifier")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file
+    from .files import read_molecules
     from .qm9 import train_smiles
 
     if not Path(args.samples).is_file():
         raise UserError(f"Samples file {args.samples} does not exist.")
+    classifier = None
+    if args.classifier:
+        classifier = _property_model(args.classifier, "property_classifier")
+    else:
+        try:
+            first = read_molecules(args.samples)[:1]
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if first and "target_gap" in first[0][2]:
+            classifier = _property_model(bundled_checkpoint("classifier", "--classifier"), "property_classifier")
     try:
-        metrics = evaluate_file(args.samples, args.out, train_smiles() if args.novelty else None)
+        metrics = evaluate_file(args.samples, args.out, train_smiles() if args.novelty else None, classifier)
     except ValueError as exc:  # MoleculeFileError, UnknownElementError: already one clear sentence
         raise UserError(str(exc)) from None
-    keys = ("atom_stability", "molecule_stability", "validity", "uniqueness", "validity_x_uniqueness", "novelty")
-    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+    keys = ("atom_stability", "molecule_stability", "validity", "uniqueness", "validity_x_uniqueness", "novelty",
+            "property_mae")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
     return 0

@@ -16,6 +16,7 @@ def evaluate_file(
     samples_path: str | os.PathLike,
     out_json: str | os.PathLike,
     train_smiles: Iterable[str] | None = None,
+    classifier=None,
 ) -> dict:
     """Evaluate every molecule of an SDF/XYZ file with the EDM metrics and write them as JSON.
 
@@ -26,6 +27,10 @@ def evaluate_file(
         out_json: where to write the metrics (atomically).
         train_smiles: the novelty reference, e.g. ``qm9.train_smiles()``; None reports
             novelty as null.
+        classifier: a property classifier (``property_model.PropertyPredictor``); with it, the
+            molecules whose records carry ``target_<property>`` (as ``sample molecules --condition``
+            writes them) are scored: ``property_mae`` ``{property: MAE}`` in property units, over
+            ``property_scored`` molecules.
 
     Returns:
         The metrics of ``metrics.evaluate_molecules`` plus ``samples`` (the path) and
@@ -44,5 +49,29 @@ def evaluate_file(
     for _, _, props in molecules[1:]:
         shared = {k: v for k, v in shared.items() if props.get(k) == v}
     results = {"samples": str(Path(samples_path)), **results, "sample_properties": shared}
+    if classifier is not None:
+        results.update(_property_errors(molecules, classifier))
     write_json(out_json, results)
     return results
+
+
+def _property_errors(molecules: list, classifier) -> dict:
+    """MAE of the classifier's predictions against the records' ``target_<property>`` fields."""
+    import numpy as np
+
+    from .conditional_protocol import mean_absolute_error
+    from .property_model import predict_properties
+
+    predictions = predict_properties(classifier, ((z, pos) for z, pos, _ in molecules))
+    out: dict = {"property_mae": {}, "property_scored": {}, "classifier_sha256": classifier.checkpoint_hash}
+    for k, name in enumerate(classifier.properties):
+        rows = [i for i, (_, _, props) in enumerate(molecules) if f"target_{name}" in props]
+        if not rows:
+            continue
+        try:
+            targets = np.array([[float(molecules[i][2][f"target_{name}"])] for i in rows])
+        except ValueError:
+            raise MoleculeFileError(f"A target_{name} field is not a number.") from None
+        mae, scored = mean_absolute_error(predictions[rows][:, [k]], targets)
+        out["property_mae"][name], out["property_scored"][name] = float(mae[0]), scored
+    return out

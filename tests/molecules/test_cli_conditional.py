@@ -56,9 +56,11 @@ def test_gradient_guidance_runs_with_a_regressor(conditional_checkpoint, classif
     assert summary["written"] + summary["dropped_non_finite"] == 6
 
 
-def test_a_target_outside_the_training_range_warns_but_samples(conditional_checkpoint, classifier_checkpoint, tmp_path):
-    with pytest.warns(UserWarning, match="outside the training range"):
-        assert sample(["--condition", "gap=40"], conditional_checkpoint, classifier_checkpoint, tmp_path / "w.sdf") == 0
+def test_a_target_outside_the_training_range_warns_but_samples(conditional_checkpoint, classifier_checkpoint, tmp_path,
+                                                                capsys):
+    assert sample(["--condition", "gap=40"], conditional_checkpoint, classifier_checkpoint, tmp_path / "w.sdf") == 0
+    err = capsys.readouterr().err
+    assert "sci-diffusion: warning: gap=40 eV lies outside the training range" in err and "Traceback" not in err
     assert len(read_molecules(tmp_path / "w.sdf")) == 6
 
 
@@ -95,3 +97,14 @@ def test_a_condition_for_an_unconditional_checkpoint_is_refused(tmp_path, capsys
 def test_a_regressor_where_a_classifier_belongs_is_refused(conditional_checkpoint, regressor_checkpoint, tmp_path, capsys):
     assert sample(["--condition", "gap=6.5"], conditional_checkpoint, regressor_checkpoint, tmp_path / "x.sdf") == 2
     assert "is not a property classifier checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_targets_written_by_a_conditional_run(conditional_checkpoint, classifier_checkpoint, tmp_path):
+    out = tmp_path / "c.sdf"
+    assert sample(["--condition", "gap=6.5"], conditional_checkpoint, classifier_checkpoint, out) == 0
+    assert main(["evaluate", "molecules", "--samples", str(out), "--out", str(tmp_path / "m.json"), "--no-novelty",
+                 "--classifier", str(classifier_checkpoint)]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    summary = json.loads((tmp_path / "c.sdf.json").read_text())
+    assert metrics["property_mae"]["gap"] == pytest.approx(summary["mae_against_target"]["gap"], rel=1e-4)
+    assert metrics["property_scored"]["gap"] == 6
