@@ -18,6 +18,7 @@ import argparse
 import math
 import resource
 import time
+from pathlib import Path
 
 import torch
 from reporting import write_result
@@ -166,6 +167,7 @@ def main() -> None:
     p.add_argument("--budget-minutes", type=float, default=120.0, help="wall-clock budget for all sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--json", type=Path, help="write the results here instead of benchmarks/results/ (pilot runs)")
     args = p.parse_args()
 
     ckpt = args.ckpt or bundled_checkpoint("gap")
@@ -217,7 +219,7 @@ def main() -> None:
                                            "baselines": base, "rows": rows, "targets": goals,
                                            "published_gap_mev": [dict(zip(("method", "budget", "mae_mev"), r))
                                                                  for r in PUBLISHED]},
-                 markdown, update_readme=not args.no_readme)
+                 markdown, out=args.json, update_readme=not args.no_readme)
 
 
 if __name__ == "__main__":
