@@ -6,7 +6,8 @@ A domain subclasses it and supplies three things:
 - ``prepare_batch(batch) -> DiffusionBatch``: the clean data ``x0``, its state space, the
   condition and whatever the network needs to see besides ``x_t`` (``context``: a graph's batch
   vector, an image's MR slices, ...);
-- optionally ``validation_metrics()``: periodic sampling at validation, returning scalars to log.
+- optionally ``validation_metrics()``: periodic sampling at validation (with the EMA weights),
+  returning scalars to log.
 
 Everything else is shared: time sampling, the forward process, the loss with optional SNR
 weighting, condition dropout for classifier-free guidance, EMA (Lightning's
@@ -152,7 +153,10 @@ class DiffusionModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=b.num_samples)
         return loss
 
-    def on_validation_epoch_end(self) -> None:
+    def on_validation_epoch_start(self) -> None:
+        # At epoch *start*: Lightning's WeightAveraging swaps the EMA weights in before this hook and
+        # swaps them out again before the module's on_validation_epoch_end, so sampling there would
+        # score the raw training weights instead of the model that ships.
         every = self.hparams.sample_every_n_epochs
         if every and not self.trainer.sanity_checking and (self.current_epoch + 1) % every == 0:
             for name, value in self.validation_metrics().items():

@@ -125,3 +125,24 @@ def test_a_cpu_time_budget_must_be_positive():
 
     with pytest.raises(ValueError, match="positive"):
         CpuTimeBudget(hours=0)
+
+
+def test_periodic_sampling_at_validation_uses_the_ema_weights(tmp_path):
+    """The sampled metrics must score the averaged model that ships, not the raw training weights."""
+
+    class Probe(MixtureDiffusion):
+        seen: list = []
+
+        def validation_metrics(self):
+            Probe.seen.append(self.net.mlp[0].weight.detach().clone())
+            return {"probe": 0.0}
+
+    L.seed_everything(0)
+    model = Probe(hidden=16, lr=3e-3, ema_decay=0.9, val_num=10)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(model, MixtureDataModule(num_train=2048, batch_size=128))
+    raw = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["current_model_state"]["net.mlp.0.weight"]
+    averaged = model.net.mlp[0].weight.detach()  # WeightAveraging leaves the average in the module at the end
+    assert not torch.allclose(averaged, raw)
+    torch.testing.assert_close(Probe.seen[-1], averaged)
