@@ -68,7 +68,7 @@ def normalised_mae(mae: float, lower_bound: float, atoms: float) -> float:
 
 
 def baselines(classifier: PropertyPredictor, arrays: QM9Arrays, da_rows: np.ndarray, db_rows: np.ndarray,
-              seed: int = 0, batch_size: int = 500) -> dict:
+              seed: int = 0, batch_size: int = 50) -> dict:
     """The three baseline rows on Db, with the classifier's scoring speed.
 
     Returns:

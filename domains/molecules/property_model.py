@@ -188,13 +188,15 @@ class PropertyPredictor(L.LightningModule):
 
 @torch.no_grad()
 def predict_properties(model: PropertyPredictor, molecules: Iterable[tuple[np.ndarray, np.ndarray]],
-                       batch_size: int = 500) -> np.ndarray:
+                       batch_size: int = 50) -> np.ndarray:
     """The classifier's predictions for molecules, in property units.
 
     Args:
         model: a trained classifier (``noise_aware=False``), in eval mode.
         molecules: ``(z (n,), pos (n, 3) Angstrom)`` pairs. A molecule with non-finite
             coordinates gets NaN.
+        batch_size: molecules per forward pass; about 50 keeps the all-pairs edge tensors in
+            cache (on 1,500 QM9 molecules, one thread: 59 molecules/s at 500, 152 at 50).
 
     Returns:
         ``(M, P)`` float64 predictions in ``PROPERTY_UNITS`` (eV for energies).
