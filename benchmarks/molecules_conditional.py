@@ -108,13 +108,13 @@ def targets(rows: list[dict], base: dict) -> dict:
 def render(rows: list[dict], base: dict, meta: dict, goals: dict) -> str:
     lower, atoms, naive = (1000 * base[k][PROPERTY] for k in ("lower_bound", "atoms", "naive"))
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = [f"Conditional QM9 protocol on the HOMO-LUMO gap. Our classifier: EDM's EGNN trained on Da for "
-             f"{meta['classifier_budget']}; it scores {base['classifier_molecules_per_second']:.0f} molecules/s "
+    lines = [f"Conditional QM9 protocol on the HOMO-LUMO gap. Our classifier: EDM's EGNN trained on Da "
+             f"(budget [c] below); it scores {base['classifier_molecules_per_second']:.0f} molecules/s "
              f"({10000 / base['classifier_molecules_per_second']:.0f} s for 10,000). Sampler: {meta['sampler']} "
              f"{meta['steps']} steps, bf16. Targets and atom counts drawn jointly from Db.", "",
              "| method | training budget | molecules | gap MAE (meV) | normalised | mol stable % | atom stable % | valid % | mol/s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    cb = meta["classifier_budget"]
+    cb = "classifier [c]"
     lines += [f"| naive (Db, shuffled labels), our classifier | {cb} | {base['db_molecules']:,} | {naive:.0f} | "
               f"{normalised_mae(naive, lower, atoms):.2f} | | | | |",
               f"| #atoms (per-count median fitted on Da) | - | {base['db_molecules']:,} | {atoms:.0f} | 1.00 | | | | |",
@@ -128,6 +128,9 @@ def render(rows: list[dict], base: dict, meta: dict, goals: dict) -> str:
         stab = pct(r["molecule_stability"]) + ("" if change is None else f" ({change:+.1f})")
         lines.append(f"| {r['label']} | {r['budget']} | {n} | {r['mae_mev']:.0f} | {r['normalised_mae']:.2f} | {stab} | "
                      f"{pct(r['atom_stability'])} | {pct(r['validity'])} | {r['molecules_per_second']:.1f} |")
+    notes = {"g": meta["generator_budget"], "c": meta["classifier_budget"], "r": meta["regressor_budget"],
+             **meta.get("extra_budgets", {})}
+    lines += ["", "Training budgets: " + "; ".join(f"[{key}] {text}" for key, text in notes.items()) + "."]
     lines += ["", "Published (REFERENCE.md §1; EDM's classifier, GPU-days of training; normalised with the published "
               "#atoms 866 and lower bound 64):", "",
               "| method | training budget | gap MAE (meV) | normalised |", "|---|---|---|---|"]
@@ -194,19 +197,21 @@ def main() -> None:
 
     rows, unit_cost = [], {}
     label = "conditional EDM (Db), W = 1"
-    plan = [(label, module, args.num_protocol, 1.0, 0.0, "protocol", label, meta["generator_budget"])]
-    plan += [(f"conditional EDM (Db), CFG W = {w:g}", module, args.num, w, 0.0, "sweep", label, meta["generator_budget"])
+    plan = [(label, module, args.num_protocol, 1.0, 0.0, "protocol", label, "generator [g]")]
+    plan += [(f"conditional EDM (Db), CFG W = {w:g}", module, args.num, w, 0.0, "sweep", label, "generator [g]")
              for w in (float(x) for x in args.guidance.split(",") if x)]
     plan += [(f"conditional EDM (Db), gradient guidance S = {s:g}", module, args.num, 1.0, s, "sweep", label,
-              f"{meta['generator_budget']}; regressor: {meta['regressor_budget']}")
+              "generator [g] + regressor [r]")
              for s in (float(x) for x in args.gradient.split(",") if x)]
-    for path in args.extra_ckpt:
+    meta["extra_budgets"] = {}
+    for number, path in enumerate(args.extra_ckpt, start=1):
         extra = load_module(path, domain="molecules")
+        meta["extra_budgets"][f"e{number}"] = budget_of(path)
         first = None
         for w in (float(x) for x in args.extra_guidance.split(",") if x):
             name = f"extra: fine-tuned from the unconditional model (saw Da's molecules), W = {w:g}"
             first = first or name
-            plan.append((name, extra, args.num, w, 0.0, "extra", first, budget_of(path)))
+            plan.append((name, extra, args.num, w, 0.0, "extra", first, f"[e{number}]"))
     for name, model, num, w, s, kind, reference, budget in plan:
         row = run_row(name, model, classifier, num, args, w, s, regressor, deadline, unit_cost, smiles, kind)
         row.update(reference=reference, budget=budget)
