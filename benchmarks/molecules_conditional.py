@@ -24,6 +24,7 @@ import torch
 from reporting import write_result
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.memory import keep_freed_memory
 from sci_diffusion_molecules.commands import _property_model, bundled_checkpoint
 from sci_diffusion_molecules.conditional_protocol import baselines, evaluate_generator, normalised_mae
 from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9, train_smiles
@@ -187,6 +188,7 @@ def main() -> None:
             "sampler": args.sampler, "steps": args.steps, "num": args.num, "num_protocol": args.num_protocol,
             "budget_minutes": args.budget_minutes}
     torch.set_grad_enabled(False)
+    keep_freed_memory()  # as the CLI does
     deadline = time.perf_counter() + 60 * args.budget_minutes
 
     arrays = load_qm9()

@@ -84,7 +84,10 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size.
 
     Molecules are sampled ``batch_size`` at a time, as one sparse PyG-style batch each, so memory
-    stays bounded however many are asked for.
+    stays bounded however many are asked for. Classifier-free guidance stacks every batch twice
+    (conditional and unconditional) into one network call, so it samples ``batch_size // 2``
+    molecules at a time and the network always sees at most ``batch_size`` graphs: larger calls
+    are slower per graph on a CPU (the edge tensors leave the caches).
 
     Args:
         module: the trained model (in eval mode).
@@ -104,6 +107,8 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         raise ValueError("Guidance needs a condition to guide towards.")
     sample = get_sampler(sampler)
     device = next(module.parameters()).device
+    if guidance is not None and guidance.scale not in (0.0, 1.0):
+        batch_size = max(1, batch_size // 2)
     for start in range(0, len(atom_counts), batch_size):
         counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
         num_graphs = len(counts)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .domains import Command, available_domains
 from .errors import UserError
+from .memory import keep_freed_memory
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()
     try:
         if argv and argv[0] in LIGHTNING_VERBS:
             return run_lightning(argv)

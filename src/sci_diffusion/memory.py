@@ -1,0 +1,42 @@
+"""Keep freed tensor memory in the process instead of handing it back to the kernel.
+
+Graph networks on a CPU allocate and free tensors of tens of MB at every call (an EGNN's edge
+features: ``edges x hidden`` floats). glibc serves allocations above its mmap threshold with fresh
+``mmap`` pages and unmaps them on free, so every network call pays for millions of page faults
+that zero the same memory again: on the molecules sampler with classifier-free guidance this was a
+third of the wall time (5.0 s of system time in 16 s). PyTorch's CPU performance guide points at
+the same cost and suggests jemalloc or tcmalloc; :func:`keep_freed_memory` gets most of the gain
+from glibc itself, through ``mallopt``, without another library.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+# mallopt parameter numbers from glibc's <malloc.h>.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the ceiling of glibc's own dynamic threshold on 64-bit systems
+
+
+def keep_freed_memory(top_pad_mb: int = 256, trim_threshold_mb: int = 1024) -> bool:
+    """Tell glibc's allocator to reuse freed memory rather than return it to the kernel.
+
+    Raises the mmap threshold to 32 MiB (the ceiling glibc itself would raise it to), keeps
+    ``top_pad_mb`` of slack at the top of the heap, and trims the heap only once
+    ``trim_threshold_mb`` are free. Resident memory may stay higher after a peak; nothing else
+    changes. Affects allocations made after the call.
+
+    Returns:
+        True if glibc accepted the settings, False where there is no glibc (macOS, Windows, musl),
+        in which case nothing happens.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TOP_PAD, top_pad_mb << 20),
+                (M_TRIM_THRESHOLD, trim_threshold_mb << 20))
+    return all(mallopt(param, value) == 1 for param, value in settings)
