@@ -24,6 +24,7 @@ import torch
 from reporting import write_result
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.guidance import classifier_free_passes
 from sci_diffusion.memory import keep_freed_memory
 from sci_diffusion_molecules.commands import _property_model, bundled_checkpoint
 from sci_diffusion_molecules.conditional_protocol import baselines, evaluate_generator, normalised_mae
@@ -44,7 +45,7 @@ STABILITY_TARGET_POINTS = 5.0
 
 def network_cost(scale: float, gradient: float) -> float:
     """Network evaluations per sampler step, relative to the plain conditional model."""
-    return (1.0 if scale in (0.0, 1.0) else 2.0) + (2.0 if gradient else 0.0)
+    return classifier_free_passes(scale) + (2.0 if gradient else 0.0)
 
 
 def run_row(label: str, module, classifier, num: int, args, scale: float, gradient: float, regressor,

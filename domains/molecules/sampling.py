@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance
+from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler
 
 from .module import FEATURE_DIM, MoleculeDiffusion, decode_atoms, molecule_space
@@ -107,8 +107,8 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         raise ValueError("Guidance needs a condition to guide towards.")
     sample = get_sampler(sampler)
     device = next(module.parameters()).device
-    if guidance is not None and guidance.scale not in (0.0, 1.0):
-        batch_size = max(1, batch_size // 2)
+    if guidance is not None:
+        batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
     for start in range(0, len(atom_counts), batch_size):
         counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
         num_graphs = len(counts)

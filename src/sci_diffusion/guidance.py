@@ -13,6 +13,13 @@ from .schedules import NoiseSchedule
 PairedDenoiser = Callable[[Tensor, Tensor, Any, Any], "tuple[Tensor, Tensor]"]
 
 
+def classifier_free_passes(scale: float) -> int:
+    """Network passes per step of classifier-free guidance at weight ``scale``: one at 0 (the
+    unconditional model) and 1 (the conditional model), two (conditional and unconditional,
+    stacked into one batch where the domain can) otherwise."""
+    return 1 if scale in (0.0, 1.0) else 2
+
+
 class ClassifierFreeGuidance:
     """Classifier-free guidance (Ho & Salimans 2022), diffusers' convention:
     ``D = D(x, t, null) + w (D(x, t, cond) - D(x, t, null))``.

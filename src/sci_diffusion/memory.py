@@ -11,7 +11,6 @@ from glibc itself, through ``mallopt``, without another library.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -30,11 +29,9 @@ def keep_freed_memory(top_pad_mb: int = 256, trim_threshold_mb: int = 1024) -> b
         True if glibc accepted the settings, False where there is no glibc (macOS, Windows, musl),
         in which case nothing happens.
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: no ldconfig lookup at start-up
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TOP_PAD, top_pad_mb << 20),
