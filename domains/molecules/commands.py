@@ -16,17 +16,19 @@ from sci_diffusion.errors import UserError
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp2m", "dpmpp2m_sde", "heun", "pc")
 BUNDLED = {
     "unconditional": "checkpoints/qm9_edm_small.ckpt",
+    "latent": "checkpoints/qm9_geoldm_small.ckpt",
     "gap": "checkpoints/qm9_edm_small_cond_gap.ckpt",
     "classifier": "checkpoints/qm9_gap_classifier.ckpt",
     "regressor": "checkpoints/qm9_gap_regressor.ckpt",
 }
 BUNDLED_CHECKPOINT = BUNDLED["unconditional"]
 CONDITION_SOURCES = ("db",)
+MODEL_CHOICES = ("edm", "latent")  # the bundled unconditional models, by MoleculeDiffusion.model_kind
 
 
 def bundled_checkpoint(kind: str = "unconditional", flag: str = "--ckpt") -> Path:
     """A model that ships with the package (see ``checkpoints/README.md`` beside them): the QM9
-    model (``unconditional``), the gap-conditioned one (``gap``), the gap ``classifier`` of the
+    model (``unconditional``), the GeoLDM-style latent one (``latent``), the gap-conditioned one (``gap``), the gap ``classifier`` of the
     conditional protocol, or the noise-aware gap ``regressor`` of gradient guidance."""
     path = Path(str(files("sci_diffusion_molecules").joinpath(BUNDLED[kind])))
     if not path.is_file():
@@ -35,8 +37,12 @@ def bundled_checkpoint(kind: str = "unconditional", flag: str = "--ckpt") -> Pat
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", help="a molecules checkpoint (default: the bundled QM9 model; with a condition on the "
-                                  "gap, the bundled gap-conditioned model)")
+    p.add_argument("--ckpt", help="a molecules checkpoint of either model (default: the bundled QM9 model that "
+                                  "--model names; with a condition on the gap, the bundled gap-conditioned model)")
+    p.add_argument("--model", choices=MODEL_CHOICES,
+                   help="which bundled model samples: edm (default; EDM-style, diffuses the atoms) or latent "
+                        "(GeoLDM-style, diffuses an autoencoder's latents); with --ckpt, the kind the checkpoint "
+                        "must hold")
     p.add_argument("--num", type=int, default=100, help="molecules to draw")
     p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_CHOICES,
                    help="dpmpp2m_sde (default): stochastic DPM-Solver++ on a quadratic time grid; at 50 steps "
@@ -137,13 +143,24 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.ckpt:
         ckpt = Path(args.ckpt)
     elif conditional:
+        if args.model == "latent":
+            raise UserError("The bundled latent model is unconditional; pass --ckpt with a conditional latent model, "
+                            "or drop --model latent to use the bundled gap-conditioned EDM model.")
         if targets is not None and set(targets) != {"gap"}:
             raise UserError(f"The bundled conditional model is conditioned on gap only, not on "
                             f"{', '.join(sorted(set(targets) - {'gap'}))}; pass --ckpt.")
         ckpt = bundled_checkpoint("gap")
     else:
-        ckpt = bundled_checkpoint()
+        ckpt = bundled_checkpoint("latent" if args.model == "latent" else "unconditional")
     module = load_module(ckpt, domain="molecules")
+    kind = getattr(module, "model_kind", None)
+    if kind is None:
+        raise UserError(f"Checkpoint {ckpt} holds a {type(module).__name__}, not a molecule generator.")
+    if args.model and kind != args.model:
+        raise UserError(f"Checkpoint {ckpt} holds the {kind} model, not the {args.model} one.")
+    if args.gradient_guidance and kind != "edm":
+        raise UserError(f"Checkpoint {ckpt} holds the {kind} model: gradient guidance needs a model that diffuses "
+                        "atoms (the regressor reads positions and types); use --guidance instead.")
     conditioning = module.property_conditioning
     if conditional and conditioning is None:
         raise UserError(f"Checkpoint {ckpt} is not conditioned on any property; it samples without --condition.")
@@ -232,7 +249,7 @@ def run_sample(args: argparse.Namespace) -> int:
                "stable_fraction": sum(r["stable"] for r in rows) / max(len(rows), 1),
                "valid_fraction": sum(r["valid"] for r in rows) / max(len(rows), 1),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "checkpoint": str(ckpt), **tags}
+               "checkpoint": str(ckpt), "model": kind, **tags}
     if conditional:
         summary.update({"condition": targets if targets is not None else f"drawn from {args.condition_from}",
                         "classifier": None if classifier is None else classifier.checkpoint_path,

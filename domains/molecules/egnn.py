@@ -96,11 +96,14 @@ class CoordinateUpdate(nn.Module):
         return x + scatter(trans, edges[0], dim=0, dim_size=x.shape[0], reduce="sum") / self.normalization_factor
 
 
+DISTANCE_EPS = 1e-8  # EDM's coord2diff: sqrt(d^2 + 1e-8), so two atoms at one place keep a finite gradient
+
+
 def _pair_geometry(x: Tensor, edges: Tensor, norm_constant: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Squared distances ``(E, 1)`` and normalised differences ``(x_i - x_j)/(|x_i - x_j| + c)``."""
+    """Squared distances ``(E, 1)`` and normalised differences ``(x_i - x_j)/(sqrt(d^2 + 1e-8) + c)``."""
     diff = x.index_select(0, edges[0]) - x.index_select(0, edges[1])
     d2 = diff.pow(2).sum(1, keepdim=True)
-    return d2, diff / (d2.sqrt() + norm_constant)
+    return d2, diff / ((d2 + DISTANCE_EPS).sqrt() + norm_constant)
 
 
 class EquivariantBlock(nn.Module):
@@ -124,45 +127,59 @@ class EquivariantBlock(nn.Module):
 
 
 class EGNN(nn.Module):
-    """EDM's EGNN denoiser on a sparse batch of molecules.
+    """EDM's EGNN on a sparse batch of molecules: the denoiser, and GeoLDM's encoder and decoder.
 
     Args:
-        feature_dim: atom-feature width F (one-hot + charge: 6 for QM9).
+        feature_dim: atom-feature width F of the input (one-hot + charge: 6 for QM9; the latent
+            width k for a latent denoiser or a decoder).
         hidden: feature width of every layer (EDM QM9: 256).
         layers: number of equivariant blocks (EDM QM9: 9).
         cond_dim: width of the per-molecule condition (0: unconditional), appended to every atom's
             input; ``cond=None`` reads as zeros (the module adds a presence flag to the condition
             so that a dropped condition differs from a zero one).
+        out_features: width of the invariant output (default ``feature_dim``; GeoLDM's encoder maps
+            6 atom features to k latents, its decoder k latents to 6 atom features).
+        time_input: append the diffusion time to every atom's input (a denoiser does; GeoLDM's
+            encoder and decoder do not, and take ``t=None``).
+        edm_coords_range: give every block EDM's full ``coords_range`` (EDM's ``EGNN`` computes
+            ``coords_range / layers`` and never uses it), instead of this package's default
+            ``coords_range / layers``, which the bundled models were trained with.
         attention, tanh, coords_range, normalization_factor: as in EDM (True, True, 15, 1).
     """
 
     def __init__(self, feature_dim: int = 6, hidden: int = 256, layers: int = 9, cond_dim: int = 0,
                  attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
-                 normalization_factor: float = 1.0) -> None:
+                 normalization_factor: float = 1.0, out_features: int | None = None, time_input: bool = True,
+                 edm_coords_range: bool = False) -> None:
         super().__init__()
-        self.feature_dim, self.cond_dim = feature_dim, cond_dim
-        in_dim = feature_dim + 1 + cond_dim
+        self.feature_dim, self.cond_dim, self.time_input = feature_dim, cond_dim, time_input
+        self.out_features = feature_dim if out_features is None else out_features
+        in_dim = feature_dim + int(time_input) + cond_dim
         self.embed = nn.Linear(in_dim, hidden)
+        block_range = coords_range if edm_coords_range else coords_range / layers
         self.blocks = nn.ModuleList(
-            EquivariantBlock(hidden, 1, attention, tanh, coords_range / layers, normalization_factor)
+            EquivariantBlock(hidden, 1, attention, tanh, block_range, normalization_factor)
             for _ in range(layers)
         )
-        self.head = nn.Linear(hidden, feature_dim)
+        self.head = nn.Linear(hidden, self.out_features)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None, batch: Tensor, num_graphs: int) -> Tensor:
-        """Predict eps for ``x_t = cat[pos (3), features (F)]``.
+    def forward(self, x_t: Tensor, t: Tensor | None, cond: Tensor | None, batch: Tensor, num_graphs: int) -> Tensor:
+        """Predict eps (or, for an encoder or decoder, a displacement and new features) for
+        ``x_t = cat[pos (3), features (F)]``.
 
         Args:
-            x_t: ``(N, 3 + F)`` noisy positions (zero CoM per molecule) and features.
-            t: diffusion time in [0, 1], 0-d or ``(num_graphs,)``.
+            x_t: ``(N, 3 + F)`` noisy positions (Angstrom, zero CoM per molecule) and features.
+            t: diffusion time in [0, 1], 0-d or ``(num_graphs,)``; None without ``time_input``.
             cond: ``(num_graphs, cond_dim)`` or None (unconditional / dropped).
             batch: ``(N,)`` graph id of every atom.
         Returns:
-            ``(N, 3 + F)``; the coordinate part has zero CoM per molecule.
+            ``(N, 3 + out_features)``: the coordinate displacement (zero CoM per molecule) and the
+            invariant output.
         """
         pos, feats = x_t[:, :3], x_t[:, 3:]
-        t_node = (t.expand(num_graphs) if t.dim() == 0 else t).to(x_t.dtype)[batch][:, None]
-        inputs = [feats, t_node]
+        inputs = [feats]
+        if self.time_input:
+            inputs.append((t.expand(num_graphs) if t.dim() == 0 else t).to(x_t.dtype)[batch][:, None])
         if self.cond_dim:
             inputs.append(x_t.new_zeros(x_t.shape[0], self.cond_dim) if cond is None else cond.to(x_t.dtype)[batch])
         h = self.embed(torch.cat(inputs, dim=1))

@@ -25,10 +25,11 @@ CHARGE_SCALE = 0.1
 FEATURE_DIM = len(ATOM_TYPES) + 1
 
 
-def molecule_space(batch: Tensor, num_graphs: int) -> ProductSpace:
-    """Zero-CoM coordinates joined with Euclidean atom features, for a PyG batch vector ``(N,)``."""
+def molecule_space(batch: Tensor, num_graphs: int, features: int = FEATURE_DIM) -> ProductSpace:
+    """Zero-CoM coordinates joined with ``features`` Euclidean columns per atom (the atom features,
+    or GeoLDM's invariant latents), for a PyG batch vector ``(N,)``."""
     return ProductSpace([(ZeroCoMSpace(batch, num_graphs), 3),
-                         (EuclideanSpace(batch=batch, num_samples=num_graphs), FEATURE_DIM)])
+                         (EuclideanSpace(batch=batch, num_samples=num_graphs), features)])
 
 
 class MoleculeDiffusion(DiffusionModule):
@@ -51,6 +52,8 @@ class MoleculeDiffusion(DiffusionModule):
         val_molecules: molecules sampled at validation for stability metrics (0: none); a
             conditional model samples them with targets drawn jointly with their sizes from the
             training set.
+        edm_layer: EDM's exact EGNN layer, with the full ``coords_range`` in every block (see
+            ``egnn.EGNN``); off by default, as the bundled models were trained.
         **kwargs: the core's DiffusionModule arguments (schedule, prediction, lr, ema_decay, ...).
             ``cond_dropout`` defaults to 0.1 for a conditional model, so that the one network also
             learns the unconditional prediction that classifier-free guidance needs.
@@ -61,7 +64,7 @@ class MoleculeDiffusion(DiffusionModule):
     def __init__(self, hidden: int = 256, layers: int = 9, attention: bool = True,
                  conditioning: list[str] | None = None, property_mean: list[float] | None = None,
                  property_mad: list[float] | None = None, init_from: str | None = None, val_molecules: int = 100,
-                 **kwargs: Any) -> None:
+                 edm_layer: bool = False, **kwargs: Any) -> None:
         self._conditioning = check_property_names(conditioning or [])
         for name, override in (("property_mean", property_mean), ("property_mad", property_mad)):
             if override is not None and len(override) != len(self._conditioning):
@@ -73,9 +76,22 @@ class MoleculeDiffusion(DiffusionModule):
         self.atom_count_histogram: dict[int, int] = {}
         self.property_conditioning: PropertyConditioning | None = None
 
+    model_kind = "edm"  # what `sample molecules --model` calls it; the checkpoint's module class says it too
+    state_features = FEATURE_DIM  # invariant columns of the diffused state per atom
+
     def build_network(self) -> torch.nn.Module:
         cond_dim = len(self._conditioning) + 1 if self._conditioning else 0
-        return EGNN(FEATURE_DIM, self.hparams.hidden, self.hparams.layers, cond_dim, self.hparams.attention)
+        return EGNN(self.state_features, self.hparams.hidden, self.hparams.layers, cond_dim, self.hparams.attention,
+                    edm_coords_range=self.hparams.edm_layer)
+
+    def state_space(self, batch: Tensor, num_graphs: int) -> ProductSpace:
+        """The space the diffusion runs in, for a batch vector ``(N,)``."""
+        return molecule_space(batch, num_graphs, self.state_features)
+
+    def decode_state(self, x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        """The atom state ``(N, 3 + 6)`` (positions, type scores, charge) of a sampled state: the
+        state itself here; the latent model decodes."""
+        return x
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None, context: Any = None) -> Tensor:
         batch, num_graphs = context
@@ -96,10 +112,14 @@ class MoleculeDiffusion(DiffusionModule):
         return self.property_conditioning.condition(y[:, cols])
 
     def prepare_batch(self, batch: Any) -> DiffusionBatch:
-        x0 = encode_atoms(batch.pos, batch.one_hot, batch.charges)
+        x0 = centred_atom_state(batch)
         cond = self.condition_from_properties(batch.y) if self._conditioning else None
         return DiffusionBatch(x0, molecule_space(batch.batch, batch.num_graphs), cond,
                               (batch.batch, batch.num_graphs))
+
+    def training_loss(self, batch: Any) -> Tensor:
+        """The loss one training step minimises on a PyG batch (benchmarks time it)."""
+        return self.diffusion_loss(self.prepare_batch(batch))
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.init_from and not getattr(self, "_initialised_from", None):
@@ -176,6 +196,13 @@ def load_widened_weights(net: torch.nn.Module, state_dict: dict[str, Tensor], pr
 def encode_atoms(pos: Tensor, one_hot: Tensor, charges: Tensor) -> Tensor:
     """The diffusion state ``(N, 9)``: positions (Angstrom), one-hot x0.25, nuclear charge x0.1."""
     return torch.cat([pos, one_hot * ONE_HOT_SCALE, charges * CHARGE_SCALE], dim=1)
+
+
+def centred_atom_state(batch: Any) -> Tensor:
+    """:func:`encode_atoms` of a PyG batch with every molecule's positions moved to zero centre of
+    mass (EDM centres x0 too; the noise and the network's output live in that subspace)."""
+    pos = ZeroCoMSpace(batch.batch, batch.num_graphs).project(batch.pos)
+    return encode_atoms(pos, batch.one_hot, batch.charges)
 
 
 def decode_atoms(x: Tensor) -> tuple[np.ndarray, np.ndarray]:

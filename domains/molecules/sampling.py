@@ -11,7 +11,7 @@ from torch import Tensor
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler
 
-from .module import FEATURE_DIM, MoleculeDiffusion, decode_atoms, molecule_space
+from .module import MoleculeDiffusion, decode_atoms
 
 PRECISIONS = ("bf16", "fp32")
 
@@ -64,6 +64,9 @@ def guided_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int, s
         denoiser = ClassifierFreeGuidance(denoiser, guidance.scale,
                                           paired=paired_condition_denoiser(module, batch, num_graphs))
     if guidance.gradient_scale:
+        if module.model_kind != "edm":
+            raise ValueError("Gradient guidance needs a model that diffuses atoms, not latents: the regressor "
+                             "reads atom positions and types.")
         regressor, conditioning = guidance.regressor, module.property_conditioning
         cols = [regressor.properties.index(n) for n in conditioning.names]
 
@@ -113,12 +116,13 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
         num_graphs = len(counts)
         batch = torch.repeat_interleave(torch.arange(num_graphs), counts).to(device)
-        space = molecule_space(batch, num_graphs)
-        x_T = space.noise(torch.zeros(int(counts.sum()), 3 + FEATURE_DIM, device=device), generator)
+        space = module.state_space(batch, num_graphs)
+        x_T = space.noise(torch.zeros(int(counts.sum()), 3 + module.state_features, device=device), generator)
         denoiser = guided_denoiser(module, batch, num_graphs, space, guidance)
         c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generator, progress=progress)
+            x = module.decode_state(x, batch, num_graphs).float()
         for part in torch.split(x, counts.tolist()):
             pos, z = decode_atoms(part)
             yield z, pos

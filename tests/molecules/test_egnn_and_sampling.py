@@ -122,3 +122,85 @@ def test_bf16_sampling_keeps_zero_centre_of_mass_and_refuses_an_unknown_precisio
         assert pos.dtype.name == "float64" and abs(pos.mean(0)).max() < 1e-6 * max(1.0, abs(pos).max())
     with pytest.raises(ValueError, match="precision"):
         next(sample_molecules(fresh, [5], precision="fp16"))
+
+
+def edm_equivariant_block(h, x, edge_index, d2_input, w, coords_range):
+    """One EDM ``EquivariantBlock`` with one ``GCL`` (``egnn_new.py``), written out from EDM's
+    equations on dense weight matrices ``w`` (a dict of (W, b) pairs)."""
+    silu = torch.nn.functional.silu
+    row, col = edge_index
+    coord_diff = x[row] - x[col]
+    radial = (coord_diff ** 2).sum(1, keepdim=True)  # coord2diff
+    coord_diff = coord_diff / (torch.sqrt(radial + 1e-8) + 1.0)  # norm_constant = 1
+    edge_attr = torch.cat([radial, d2_input], dim=1)
+
+    def lin(name, v):
+        W, b = w[name]
+        return v @ W.T + (0 if b is None else b)
+
+    # GCL.edge_model: edge_mlp = Linear, SiLU, Linear, SiLU on cat[h_row, h_col, edge_attr]; attention
+    mij = silu(lin("edge2", silu(lin("edge1", torch.cat([h[row], h[col], edge_attr], 1)))))
+    mij = mij * torch.sigmoid(lin("att", mij))
+    agg = torch.zeros_like(h).index_add_(0, row, mij)  # unsorted_segment_sum, normalization_factor 1
+    h = h + lin("node2", silu(lin("node1", torch.cat([h, agg], 1))))  # GCL.node_model, residual
+    # EquivariantUpdate.coord_model: coord_mlp = Linear, SiLU, Linear, SiLU, Linear(no bias); tanh
+    phi = lin("coord3", silu(lin("coord2", silu(lin("coord1", torch.cat([h[row], h[col], edge_attr], 1))))))
+    trans = coord_diff * torch.tanh(phi) * coords_range
+    return h, x + torch.zeros_like(x).index_add_(0, row, trans)
+
+
+def dense_weights(block):
+    """EDM's dense matrices from one of our blocks (our first edge layer is split per node)."""
+    def first(split):
+        W = torch.cat([split.receiver.weight, split.sender.weight, split.edge.weight], dim=1)
+        return W, split.receiver.bias
+
+    conv, update = block.convs[0], block.update
+    return {"edge1": first(conv.edge_in), "edge2": (conv.edge_out[1].weight, conv.edge_out[1].bias),
+            "att": (conv.attention[0].weight, conv.attention[0].bias),
+            "node1": (conv.node_mlp[0].weight, conv.node_mlp[0].bias),
+            "node2": (conv.node_mlp[2].weight, conv.node_mlp[2].bias),
+            "coord1": first(update.edge_in), "coord2": (update.mlp[1].weight, update.mlp[1].bias),
+            "coord3": (update.mlp[3].weight, None)}
+
+
+@pytest.mark.parametrize("edm_coords_range", [True, False])
+def test_one_egnn_layer_follows_edm_equations(edm_coords_range, qm9_batch):
+    from sci_diffusion_molecules.egnn import EGNN
+    torch.manual_seed(0)
+    layers = 3
+    net = EGNN(feature_dim=6, hidden=16, layers=layers, edm_coords_range=edm_coords_range).double()
+    block = net.blocks[1]
+    with torch.no_grad():
+        block.update.mlp[-1].weight.normal_(0, 0.3)  # move atoms visibly (EDM's init gain is 0.001)
+    b = qm9_batch
+    x = centred_state(b)[:, :3]
+    h = torch.randn(b.num_nodes, 16, dtype=torch.float64)
+    edges = fully_connected_edges(b.batch, b.num_graphs)
+    d2_input = ((x[edges[0]] - x[edges[1]]) ** 2).sum(1, keepdim=True)
+    x_in = x + 0.1 * torch.randn_like(x)  # the block's positions differ from the network input's
+    ours_h, ours_x = block(h, x_in, edges, d2_input)
+    coords_range = 15.0 if edm_coords_range else 15.0 / layers  # EDM passes the full range to every block
+    ref_h, ref_x = edm_equivariant_block(h, x_in, edges, d2_input, dense_weights(block), coords_range)
+    assert (ref_x - x_in).abs().max() > 1e-2
+    torch.testing.assert_close(ours_h, ref_h, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(ours_x, ref_x, atol=1e-10, rtol=1e-10)
+
+
+def test_two_atoms_at_one_place_keep_a_finite_gradient():
+    torch.manual_seed(0)
+    m = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0)
+    x = torch.randn(4, 9)
+    x[1, :3] = x[0, :3]  # two atoms on top of each other
+    x.requires_grad_(True)
+    out = m(x, torch.tensor(0.5), None, (torch.zeros(4, dtype=torch.long), 1))
+    out.pow(2).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_training_positions_are_centred(qm9_batch):
+    shifted = qm9_batch.clone()
+    shifted.pos = shifted.pos + torch.tensor([5.0, -3.0, 2.0])
+    b = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0).prepare_batch(shifted)
+    com = torch.zeros(shifted.num_graphs, 3).index_add_(0, shifted.batch, b.x0[:, :3])
+    assert com.abs().max() < 1e-4
