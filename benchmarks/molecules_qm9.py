@@ -1,6 +1,13 @@
 """The bundled QM9 model under the EDM protocol, for several samplers, beside the published rows.
 
     python benchmarks/molecules_qm9.py [--num 1000] [--budget-minutes 60] [--ckpt C]
+    python benchmarks/molecules_qm9.py --models edm=C1 latent=C2 [--num 10000] [--sampler S --steps N]
+
+The second form compares models (the EDM-style and the GeoLDM-style latent one, say, trained for
+the same CPU time) with one sampler setting: the EDM metric on ``--num`` molecules each, molecules
+per second, training steps per second, and for a latent model its autoencoder's reconstruction of the
+QM9 test split (atom-type accuracy and coordinate RMSD). It writes
+benchmarks/results/molecules_qm9_models.json and its own README table.
 
 For each sampler setting it draws ``--num`` molecules (sizes from the training histogram), scores
 them with the EDM metric (novelty against the QM9 training SMILES), and records molecules per second
@@ -23,6 +30,7 @@ import torch
 from reporting import write_result
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.memory import keep_freed_memory
 from sci_diffusion.samplers import function_evaluations
 from sci_diffusion_molecules.commands import bundled_checkpoint
 from sci_diffusion_molecules.datamodule import QM9DataModule
@@ -66,6 +74,115 @@ def measure_training(module, steps: int = 20, precision: str = "bf16") -> dict:
     module.eval()
     return {"train_steps_per_second": round(step_rate, 3), "loader_batches_per_second": round(load_rate, 1),
             "loader_share_of_step": round(step_rate / load_rate, 4), "batch_size": 64, "precision": precision}
+
+
+def measure_training_loss(module, steps: int = 20) -> dict:
+    """Training steps per second of ``module.training_loss`` (for a latent model: the diffusion and
+    the decoder's reconstruction) on real QM9 batches of 64 under bf16 autocast, as the configs train."""
+    loader = iter(QM9DataModule(batch_size=64).train_dataloader())
+    batches = [next(loader) for _ in range(steps + 2)]
+    module.train()
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
+    for i, b in enumerate(batches):
+        if i == 2:  # two warm-up steps
+            start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = module.training_loss(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    module.eval()
+    return {"train_steps_per_second": round(steps / (time.perf_counter() - start), 3), "batch_size": 64}
+
+
+def test_split_reconstruction(module, batch_size: int = 256) -> dict:
+    """A latent model's autoencoder on the whole QM9 test split: each molecule encoded (a latent drawn
+    at sigma_0, as in training) and decoded; atom-type accuracy over atoms, RMSD per molecule."""
+    from sci_diffusion_molecules.latent import reconstruction_quality
+    from sci_diffusion_molecules.module import centred_atom_state
+
+    gen = torch.Generator().manual_seed(0)
+    right = atoms = molecules = 0
+    rmsd_sum = 0.0
+    for b in QM9DataModule(batch_size=batch_size).test_dataloader():
+        x0 = centred_atom_state(b)
+        z = module.encode(x0, b.batch, b.num_graphs, gen)
+        q = reconstruction_quality(module.autoencoder.decode(z, b.batch, b.num_graphs), x0, b.batch, b.num_graphs)
+        right += q["atom_type_accuracy"] * q["atoms"]
+        atoms += q["atoms"]
+        rmsd_sum += q["coordinate_rmsd"] * q["molecules"]
+        molecules += q["molecules"]
+    return {"atom_type_accuracy": right / atoms, "coordinate_rmsd": rmsd_sum / molecules, "molecules": molecules,
+            "atoms": atoms}
+
+
+def compare_models(args) -> None:
+    """The ``--models`` form: one row per model, one sampler setting, ``--num`` molecules each."""
+    smiles = train_smiles()
+    per_model_seconds = 60 * args.budget_minutes / len(args.models)
+    rows = []
+    torch.set_grad_enabled(False)
+    for spec in args.models:
+        name, _, ckpt = spec.partition("=")
+        module = load_module(ckpt, domain="molecules")
+        raw = read_checkpoint(ckpt)
+        meta = raw["sci_diffusion"]
+        step = meta.get("global_step", raw.get("global_step"))  # exported checkpoints keep it in the record
+        del raw
+        gen = torch.Generator().manual_seed(args.seed)
+        counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
+        mols, start = [], time.perf_counter()
+        for i in range(0, args.num, args.batch_size):
+            if time.perf_counter() - start > per_model_seconds:
+                break
+            mols += list(sample_molecules(module, counts[i:i + args.batch_size], args.sampler, args.steps, gen,
+                                          args.batch_size))
+        seconds = time.perf_counter() - start
+        m = evaluate_molecules(mols, smiles)
+        row = {"name": name, "model": module.model_kind, "checkpoint": ckpt, "checkpoint_sha256": module.checkpoint_hash,
+               "training_budget": meta.get("training_budget", "unknown"), "global_step": step,
+               "sampler": args.sampler, "steps": args.steps, "molecules": len(mols), "complete": len(mols) >= args.num,
+               **{k: m[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness",
+                                    "validity_x_uniqueness", "novelty")},
+               "seconds": round(seconds, 1), "molecules_per_second": round(len(mols) / seconds, 2),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        with torch.enable_grad():
+            row.update(measure_training_loss(module))
+        if module.model_kind == "latent":
+            row["test_reconstruction"] = test_split_reconstruction(module)
+        rows.append(row)
+        print(row, flush=True)
+    markdown = render_models(rows)
+    print(markdown)
+    write_result("molecules_qm9_models", {"num_per_model": args.num, "budget_minutes": args.budget_minutes,
+                                          "rows": rows}, markdown, update_readme=not args.no_readme)
+
+
+def render_models(rows: list[dict]) -> str:
+    """The README block of the ``--models`` form."""
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = ["| model | training budget | steps | sampler | molecules | atom % | mol % | valid % | V x U % | "
+             "novelty % | mol/s | train steps/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = f"{r['molecules']:,}" + ("" if r["complete"] else " (cut by budget)")
+        lines.append(f"| {r['name']} ({r['model']}) | {r['training_budget']} | {r['global_step']:,} | {r['sampler']} "
+                     f"{r['steps']} | {n} | {pct(r['atom_stability'])} | {pct(r['molecule_stability'])} | "
+                     f"{pct(r['validity'])} | {pct(r['validity_x_uniqueness'])} | {pct(r['novelty'])} | "
+                     f"{r['molecules_per_second']:.1f} | {r['train_steps_per_second']:.2f} |")
+    for r in rows:
+        if "test_reconstruction" in r:
+            q = r["test_reconstruction"]
+            lines += ["", f"{r['name']}: its autoencoder reconstructs the QM9 test split ({q['molecules']:,} molecules) "
+                          f"with {100 * q['atom_type_accuracy']:.2f} % of the atom types right and a coordinate RMSD of "
+                          f"{q['coordinate_rmsd']:.3f} A."]
+    if len(rows) == 2:
+        a, b = rows
+        pa, pb = a["molecule_stability"], b["molecule_stability"]
+        se = math.sqrt(pa * (1 - pa) / max(a["molecules"], 1) + pb * (1 - pb) / max(b["molecules"], 1))
+        better = a if pa > pb else b
+        lines += ["", f"Molecule stability, {b['name']} minus {a['name']}: {100 * (pb - pa):+.1f} points (standard error "
+                      f"{100 * se:.1f}); {'the difference is within two standard errors' if abs(pb - pa) <= 2 * se else better['name'] + ' is better'}."]
+    return "\n".join(lines)
 
 
 def stability_gap(rows: list[dict], sampler: str, steps: int, precision: str = "bf16") -> dict | None:
@@ -122,11 +239,19 @@ def main() -> None:
     p.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock budget for all sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--models", nargs="+", metavar="NAME=CKPT",
+                   help="compare these checkpoints with one sampler setting (see the module docstring)")
+    p.add_argument("--sampler", default="dpmpp2m_sde", help="with --models: the sampler")
+    p.add_argument("--steps", type=int, default=50, help="with --models: its steps")
     p.add_argument("--from-json", metavar="RESULTS_JSON",
                    help="sample nothing: re-render a saved results file (its command, machine and date kept)")
     args = p.parse_args()
+    keep_freed_memory()  # as the CLI does: the EGNN's large edge tensors reuse freed memory
     if args.from_json:
         rerender(args.from_json, update_readme=not args.no_readme)
+        return
+    if args.models:
+        compare_models(args)
         return
 
     ckpt = args.ckpt or bundled_checkpoint()

@@ -196,3 +196,44 @@ def test_a_conditional_latent_model_trains_saves_and_samples_with_guidance(tmp_p
     with pytest.raises(ValueError, match="diffuses atoms"):
         list(sample_molecules(loaded, [5], "dpmpp2m", 2, cond=cond[:1],
                               guidance=Guidance(regressor=object(), gradient_scale=1.0)))
+
+
+@pytest.fixture(scope="module")
+def latent_checkpoint(tmp_path_factory):
+    model = LatentMoleculeDiffusion(hidden=16, layers=2, decoder_layers=1, ema_decay=0.9, val_molecules=0)
+    return fit_tiny(model, QM9DataModule(batch_size=16, limit=64), tmp_path_factory.mktemp("latent"))
+
+
+def cli_sample(argv, out):
+    from sci_diffusion.cli import main
+
+    return main(["sample", "molecules", "--num", "5", "--steps", "3", "--no-progress", "--no-novelty",
+                 "--out", str(out), *argv])
+
+
+def test_sample_molecules_takes_a_latent_checkpoint_and_says_which_model_it_holds(latent_checkpoint, tmp_path):
+    import json
+
+    from sci_diffusion_molecules.files import read_molecules
+
+    out = tmp_path / "latent.sdf"
+    assert cli_sample(["--ckpt", str(latent_checkpoint)], out) == 0
+    assert len(read_molecules(out)) == 5
+    assert json.loads((tmp_path / "latent.sdf.json").read_text())["model"] == "latent"
+    assert cli_sample(["--ckpt", str(latent_checkpoint), "--model", "latent"], tmp_path / "again.sdf") == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "edm"], "holds the latent model, not the edm one"),
+    (["--model", "latent", "--condition", "gap=6.5", "--no-ckpt"], "The bundled latent model is unconditional"),
+])
+def test_a_model_that_is_not_the_one_asked_for_is_refused(argv, message, latent_checkpoint, tmp_path, capsys):
+    argv = list(argv)
+    if "--no-ckpt" in argv:
+        argv.remove("--no-ckpt")
+    else:
+        argv += ["--ckpt", str(latent_checkpoint)]
+    out = tmp_path / "x.sdf"
+    assert cli_sample(argv, out) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
