@@ -6,7 +6,7 @@ and ``k`` invariant features. A deeper EGNN decodes a latent back into positions
 logits and the charge. The diffusion itself is the core's, unchanged, on
 ``ProductSpace([ZeroCoM (3), Euclidean (k)])``: only the state width differs from EDM's.
 
-Two recipes (``REFERENCE.md`` §1, "Published recipes"):
+Two recipes, as GeoLDM's released code has them (MinkaiXu/GeoLDM, ``equivariant_diffusion/en_diffusion.py``):
 
 - **joint** (GeoLDM's released recipe, the default): the encoder keeps its random initial weights
   and is never trained; a latent is a draw from ``N(encoder mean, sigma_0^2)``, with

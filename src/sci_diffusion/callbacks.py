@@ -119,8 +119,10 @@ def ema_with_warmup(decay: float):
     """
 
     def average(ema_param: Tensor, param: Tensor, num_averaged: Tensor) -> Tensor:
-        n = num_averaged.to(ema_param.dtype)
+        # In float32 whatever the weights' dtype: in bfloat16, 0.999 rounds to 1.0 and the EMA would freeze.
+        n = num_averaged.to(torch.float32)
         d = torch.clamp((1.0 + n) / (10.0 + n), max=decay)
-        return ema_param + (param - ema_param) * (1.0 - d)
+        ema = ema_param.float()
+        return (ema + (param.float() - ema) * (1.0 - d)).to(ema_param.dtype)
 
     return average

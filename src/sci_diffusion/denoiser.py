@@ -13,6 +13,8 @@ from .parameterisation import Prediction, to_x0
 from .schedules import NoiseSchedule
 
 Network = Callable[[Tensor, Tensor, Any], Tensor]
+Denoiser = Callable[[Tensor, Tensor, Any], Tensor]
+"""What every sampler calls: ``D(x_t, t, cond) -> x0_hat`` (``t`` a 0-d tensor in [0, 1])."""
 
 
 class PredictionDenoiser:

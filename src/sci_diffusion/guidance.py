@@ -6,7 +6,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .samplers import Denoiser
+from .denoiser import Denoiser
 from .schedules import NoiseSchedule
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .checkpoints import training_record
 from .denoiser import PredictionDenoiser
-from .parameterisation import diffusion_loss, target_for
+from .parameterisation import diffusion_loss, loss_weight, target_for
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
 
@@ -61,7 +61,8 @@ class DiffusionModule(L.LightningModule):
         timesteps: the training T; time is drawn from ``{1..T} / T``.
         prediction: the network's parameterisation, ``eps``, ``x0`` or ``v``.
         loss_type: ``l2`` or ``l1``.
-        loss_weighting: ``none``, ``min_snr`` or ``snr`` (see ``NoiseSchedule.loss_weight``).
+        loss_weighting: ``none``, ``min_snr`` or ``snr``, applied for the network's prediction type
+            (see ``parameterisation.loss_weight``).
         lr, weight_decay: AdamW settings.
         ema_decay: the EMA's final decay (it ramps up from 0, see ``callbacks.ema_with_warmup``);
             0 disables EMA.
@@ -137,7 +138,9 @@ class DiffusionModule(L.LightningModule):
             cond = self.drop_condition(cond, drop, b)
         pred = self(x_t, t.float(), cond, b.context)
         target = target_for(self.hparams.prediction, b.x0, eps, alpha, sigma)
-        weight = b.space.expand(self.schedule.loss_weight(t, self.hparams.loss_weighting).to(b.x0.device), b.x0)
+        snr = torch.exp(2 * self.schedule.log_snr(t))
+        weight = b.space.expand(loss_weight(snr, self.hparams.prediction, self.hparams.loss_weighting).to(b.x0.device),
+                                b.x0)
         return diffusion_loss(pred, target, weight=weight, mask=b.mask, kind=self.hparams.loss_type)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

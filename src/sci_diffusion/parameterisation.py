@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS = ("eps", "x0", "v")
-
-
-def q_sample(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Draw from ``q(x_t | x_0)`` given standard noise ``eps`` (already in the state space)."""
-    return alpha * x0 + sigma * eps
 
 
 def to_x0(pred: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, kind: Prediction) -> Tensor:
@@ -56,9 +52,36 @@ def target_for(kind: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: 
     raise ValueError(f"Unknown prediction type {kind!r}; choose eps, x0 or v.")
 
 
-def eps_from_x0(x0: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """``eps`` implied by an ``x_0`` estimate at ``x_t``."""
-    return (x_t - alpha * x0) / sigma
+LOSS_WEIGHTINGS = ("none", "min_snr", "snr")
+
+
+def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: float = 5.0) -> Tensor:
+    """Per-sample weight on the squared error of a ``prediction``-type network, from ``snr = alpha^2/sigma^2``.
+
+    A weighting other than ``none`` is a weight ``w(SNR)`` on the x0 error, carried over to the
+    prediction's own error: the eps error is ``SNR`` times the x0 error and the v error ``SNR + 1``
+    times it, so the weight is ``w / SNR`` for eps, ``w / (SNR + 1)`` for v and ``w`` for x0.
+
+    - ``none``: 1, the prediction's own MSE;
+    - ``min_snr``: ``w = min(SNR, gamma)``, Min-SNR-gamma (Hang et al. 2023), as diffusers' training
+      scripts apply it: ``min(SNR, gamma)`` for x0, ``min(SNR, gamma) / SNR`` for eps and
+      ``min(SNR, gamma) / (SNR + 1)`` for v;
+    - ``snr``: ``w = SNR``, the x0 error weighted by SNR, which is the plain eps error.
+
+    Returns a float32 tensor of ``snr``'s shape.
+    """
+    if kind == "none":
+        return torch.ones_like(snr, dtype=torch.float32)
+    if kind == "min_snr":
+        w = snr.clamp(max=gamma)
+    elif kind == "snr":
+        w = snr
+    else:
+        raise ValueError(f"Unknown loss weighting {kind!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}.")
+    per_prediction = {"x0": 1.0, "eps": snr, "v": snr + 1.0}
+    if prediction not in per_prediction:
+        raise ValueError(f"Unknown prediction type {prediction!r}; choose eps, x0 or v.")
+    return (w / per_prediction[prediction]).float()
 
 
 def diffusion_loss(

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .denoiser import Denoiser
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
 
-Denoiser = Callable[[Tensor, Tensor, Any], Tensor]
 Callback = Callable[[int, float, Tensor, Tensor], None]
 
 

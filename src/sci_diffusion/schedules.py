@@ -67,7 +67,7 @@ _BUILDERS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on a NumPy table would raise; two schedules are equal only if identical
 class NoiseSchedule:
     """A VP noise schedule on ``t in [0, 1]`` backed by a ``(T + 1,)`` table of ``alpha_bar``.
 
@@ -152,22 +152,6 @@ class NoiseSchedule:
         x0, x1 = xs[idx - 1], xs[idx]
         w = torch.where(x1 > x0, (target - x0) / (x1 - x0), torch.zeros_like(target))
         return ts[idx - 1] + w * (ts[idx] - ts[idx - 1])
-
-    def t_from_sigma_ve(self, sigma_ve: torch.Tensor | float) -> torch.Tensor:
-        """Inverse of :meth:`sigma_ve`."""
-        return self.t_from_log_snr(-torch.log(torch.as_tensor(sigma_ve, dtype=torch.float64)))
-
-    def loss_weight(self, t: torch.Tensor, kind: str | None, gamma: float = 5.0) -> torch.Tensor:
-        """Per-sample weight of the eps-MSE loss: ``None`` (1), ``"min_snr"`` (Hang et al. 2023:
-        ``min(SNR, gamma) / SNR``) or ``"snr"`` (weight by SNR, i.e. an x0-MSE)."""
-        if kind is None or kind == "none":
-            return torch.ones_like(t, dtype=torch.float32)
-        snr = torch.exp(2 * self.log_snr(t))
-        if kind == "min_snr":
-            return (snr.clamp(max=gamma) / snr).float()
-        if kind == "snr":
-            return snr.float()
-        raise ValueError(f"Unknown loss weighting {kind!r}; choose none, min_snr or snr.")
 
     def time_grid(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
         """``steps + 1`` decreasing times from 1 to 0 for a sampler taking ``steps`` steps.

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sci_diffusion.parameterisation import PREDICTIONS, diffusion_loss, target_for, to_eps, to_x0
+from sci_diffusion.parameterisation import PREDICTIONS, diffusion_loss, loss_weight, target_for, to_eps, to_x0
 from sci_diffusion.schedules import NoiseSchedule
 
 
@@ -19,10 +19,39 @@ def test_each_parameterisation_recovers_x0_and_eps_from_its_own_target(kind):
     assert torch.allclose(to_eps(target, x_t, a, sig, kind), eps)
 
 
-def test_min_snr_weight_caps_low_noise_steps_and_keeps_high_noise_ones():
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_min_snr_is_diffusers_formula_for_each_prediction_type(prediction):
     s = NoiseSchedule.from_name("cosine")
-    w = s.loss_weight(torch.tensor([0.01, 0.99], dtype=torch.float64), "min_snr", gamma=5.0)
-    assert w[0] < 0.1 and w[1] == pytest.approx(1.0)
+    t = torch.tensor([0.01, 0.3, 0.7, 0.99], dtype=torch.float64)
+    snr = torch.exp(2 * s.log_snr(t))
+    capped = torch.minimum(snr, torch.full_like(snr, 5.0))
+    expected = {"x0": capped, "eps": capped / snr, "v": capped / (snr + 1)}[prediction]  # diffusers' train scripts
+    torch.testing.assert_close(loss_weight(snr, prediction, "min_snr", gamma=5.0), expected.float())
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("kind, x0_weight", [("min_snr", lambda snr: snr.clamp(max=5.0)), ("snr", lambda snr: snr)])
+def test_every_weighting_is_one_weight_on_the_x0_error_whatever_the_prediction(prediction, kind, x0_weight):
+    """The weighted error of a wrong prediction equals ``w(SNR)`` times the x0 error it implies."""
+    g = torch.Generator().manual_seed(0)
+    s = NoiseSchedule.from_name("cosine")
+    t = torch.rand(16, 1, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    a, sig = s.alpha(t), s.sigma(t)
+    x0, eps = torch.randn(16, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
+    x_t = a * x0 + sig * eps
+    target = target_for(prediction, x0, eps, a, sig)
+    pred = target + 0.1 * torch.randn(16, 3, generator=g, dtype=torch.float64)
+    snr = (a / sig) ** 2
+    weighted = loss_weight(snr, prediction, kind).double() * (pred - target).pow(2).sum(1, keepdim=True)
+    x0_error = (to_x0(pred, x_t, a, sig, prediction) - x0).pow(2).sum(1, keepdim=True)
+    torch.testing.assert_close(weighted, x0_weight(snr) * x0_error, rtol=1e-5, atol=1e-9)
+
+
+def test_unknown_weightings_and_predictions_are_refused():
+    with pytest.raises(ValueError, match="loss weighting"):
+        loss_weight(torch.ones(2), "eps", "snr2")
+    with pytest.raises(ValueError, match="prediction"):
+        loss_weight(torch.ones(2), "score", "min_snr")
 
 
 def test_masked_loss_ignores_elements_outside_the_mask():

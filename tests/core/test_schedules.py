@@ -83,3 +83,9 @@ def test_schedule_answers_on_the_device_of_its_argument():
         torch.testing.assert_close(f(t).cpu(), f(t.cpu()))
     assert s.t_from_log_snr(s.log_snr(t)).device == t.device
     assert s.discrete_alpha_bar(torch.arange(3, device="cuda")).device == t.device
+
+
+def test_schedules_compare_by_identity_and_hash_without_raising():
+    a, b = NoiseSchedule.from_name("cosine"), NoiseSchedule.from_name("cosine")
+    assert a == a and a != b  # a NumPy table has no truth value: eq=False compares identity
+    assert len({a, b}) == 2

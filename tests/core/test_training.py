@@ -89,6 +89,16 @@ def test_ema_decay_ramps_up_so_early_weights_fade_quickly():
     assert float(late) == pytest.approx(0.001, rel=1e-4)
 
 
+def test_ema_keeps_moving_when_the_weights_are_bfloat16():
+    """In bfloat16, 1 - 0.999 is 0: the decay must be computed in float32 or the average freezes."""
+    from sci_diffusion.callbacks import ema_with_warmup
+
+    avg = ema_with_warmup(0.999)
+    ema = avg(torch.ones(1, dtype=torch.bfloat16), torch.full((1,), 10.0, dtype=torch.bfloat16), torch.tensor(10**6))
+    assert ema.dtype == torch.bfloat16
+    assert float(ema) > 1.0  # 1 + 0.001 * 9 = 1.009, which bfloat16 holds as 1.0078
+
+
 def test_a_cpu_time_budget_stops_training_and_counts_earlier_legs_on_resume(tmp_path, monkeypatch):
     """The budget reads the process's CPU clock; a fake clock that advances 60 s per call makes
     the run stop after a known number of steps, and a resumed run starts from what was spent."""
