@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/sci-diffusion
 OUT ?= out/demo
 
-.PHONY: setup demo test test-slow benchmarks clean
+.PHONY: setup demo test lint test-slow benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

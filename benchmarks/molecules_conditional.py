@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 from reporting import write_result
-
-from sci_diffusion.checkpoints import load_module, read_checkpoint
-from sci_diffusion.guidance import classifier_free_passes
-from sci_diffusion.memory import keep_freed_memory
 from sci_diffusion_molecules.commands import _property_model, bundled_checkpoint
 from sci_diffusion_molecules.conditional_protocol import baselines, evaluate_generator, normalised_mae
 from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9, train_smiles
 from sci_diffusion_molecules.sampling import Guidance
+
+from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.guidance import classifier_free_passes
+from sci_diffusion.memory import keep_freed_memory
 
 PROPERTY = "gap"
 # REFERENCE.md §1, gap in meV; training budgets as published.
@@ -84,7 +84,8 @@ def add_scores(rows: list[dict], base: dict) -> None:
         if reference is not None and reference is not r:
             pa, pb = r["molecule_stability"], reference["molecule_stability"]
             r["stability_change_points"] = 100 * (pa - pb)
-            r["stability_change_se_points"] = 100 * math.sqrt(pa * (1 - pa) / r["molecules"] + pb * (1 - pb) / reference["molecules"])
+            variance = pa * (1 - pa) / r["molecules"] + pb * (1 - pb) / reference["molecules"]
+            r["stability_change_se_points"] = 100 * math.sqrt(variance)
 
 
 def targets(rows: list[dict], base: dict) -> dict:
@@ -114,7 +115,8 @@ def render(rows: list[dict], base: dict, meta: dict, goals: dict) -> str:
              f"(budget [c] below); it scores {base['classifier_molecules_per_second']:.0f} molecules/s "
              f"({10000 / base['classifier_molecules_per_second']:.0f} s for 10,000). Sampler: {meta['sampler']} "
              f"{meta['steps']} steps, bf16. Targets and atom counts drawn jointly from Db.", "",
-             "| method | training budget | molecules | gap MAE (meV) | normalised | mol stable % | atom stable % | valid % | mol/s |",
+             "| method | training budget | molecules | gap MAE (meV) | normalised | mol stable % | atom stable % | valid % "
+             "| mol/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     cb = "classifier [c]"
     lines += [f"| naive (Db, shuffled labels), our classifier | {cb} | {base['db_molecules']:,} | {naive:.0f} | "
@@ -163,7 +165,8 @@ def main() -> None:
                    help="another conditional generator, reported as an extra row (not the protocol row)")
     p.add_argument("--num", type=int, default=1000, help="molecules per sweep row")
     p.add_argument("--num-protocol", type=int, default=10000, help="molecules of the protocol row (W = 1)")
-    p.add_argument("--guidance", default="0,2,4", help="classifier-free guidance weights of the sweep (W = 1 is the protocol row)")
+    p.add_argument("--guidance", default="0,2,4",
+                   help="classifier-free guidance weights of the sweep (W = 1 is the protocol row)")
     p.add_argument("--gradient", default="1,4", help="gradient-guidance scales of the sweep (at W = 1)")
     p.add_argument("--extra-guidance", default="1", help="guidance weights of the extra rows")
     p.add_argument("--sampler", default="dpmpp2m_sde")

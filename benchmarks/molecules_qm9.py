@@ -15,8 +15,8 @@ and peak memory (the process's peak resident set so far, from getrusage). Sampli
 under bf16 autocast, as the CLI does by default; a last float32 row is the control. It also measures
 training throughput (steps per second in bf16 and float32, and the data loader's own rate). Rows run in order,
 cheapest first; once the rows before have measured the cost of one network evaluation, a row
-that would overrun ``--budget-minutes`` draws fewer molecules and is marked ``complete: false``. Writes benchmarks/results/molecules_qm9.json and the
-README table.
+that would overrun ``--budget-minutes`` draws fewer molecules and is marked ``complete: false``. Writes
+benchmarks/results/molecules_qm9.json and the README table.
 """
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ import time
 
 import torch
 from reporting import write_result
-
-from sci_diffusion.checkpoints import load_module, read_checkpoint
-from sci_diffusion.memory import keep_freed_memory
-from sci_diffusion.samplers import function_evaluations
 from sci_diffusion_molecules.commands import bundled_checkpoint
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.metrics import evaluate_molecules
 from sci_diffusion_molecules.qm9 import train_smiles
 from sci_diffusion_molecules.sampling import draw_atom_counts, sample_molecules
+
+from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.memory import keep_freed_memory
+from sci_diffusion.samplers import function_evaluations
 
 # (sampler, steps, network precision). DPM-Solver++ runs in both forms: the SDE one (the CLI's
 # default) and the ODE one. The last row repeats the default in float32 as a control for bf16.
@@ -179,9 +179,10 @@ def render_models(rows: list[dict]) -> str:
         a, b = rows
         pa, pb = a["molecule_stability"], b["molecule_stability"]
         se = math.sqrt(pa * (1 - pa) / max(a["molecules"], 1) + pb * (1 - pb) / max(b["molecules"], 1))
-        better = a if pa > pb else b
+        verdict = ("the difference is within two standard errors" if abs(pb - pa) <= 2 * se
+                   else f"{(a if pa > pb else b)['name']} is better")
         lines += ["", f"Molecule stability, {b['name']} minus {a['name']}: {100 * (pb - pa):+.1f} points (standard error "
-                      f"{100 * se:.1f}); {'the difference is within two standard errors' if abs(pb - pa) <= 2 * se else better['name'] + ' is better'}."]
+                      f"{100 * se:.1f}); {verdict}."]
     return "\n".join(lines)
 
 
@@ -212,7 +213,8 @@ def render(rows: list[dict], training: dict, training_fp32: dict, budget: str) -
                          "not run: budget spent | | | | | |")
             continue
         n = f" ({r['molecules']} mols{'' if r['complete'] else ', cut by budget'})"
-        lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']} {r['precision']}{n} | {pct(r['atom_stability'])} | "
+        lines.append(f"| **ours, bundled** | {budget} | {r['sampler']} {r['steps']} {r['precision']}{n} | "
+                     f"{pct(r['atom_stability'])} | "
                      f"{pct(r['molecule_stability'])} | {pct(r['validity'])} | {pct(r['validity_x_uniqueness'])} | "
                      f"{pct(r['novelty'])} | {r['molecules_per_second']:.1f} |")
     lines.append("")
@@ -226,7 +228,8 @@ def render(rows: list[dict], training: dict, training_fp32: dict, budget: str) -
         lines.append("")
         lines.append("Target (issue 3): DPM-Solver++ at 50 steps loses at most 2 points of molecule stability "
                      "against ancestral 1000 on the same checkpoint. Measured here: " + "; ".join(
-                         f"{g['sampler']} {g['steps']} {g['gap_points']:+.1f} points (standard error {g['standard_error_points']:.1f})"
+                         f"{g['sampler']} {g['steps']} {g['gap_points']:+.1f} points "
+                         f"(standard error {g['standard_error_points']:.1f})"
                          for g in gaps) + ".")
     return "\n".join(lines)
 

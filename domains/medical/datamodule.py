@@ -5,8 +5,8 @@ so ``sci-diffusion fit --config configs/medical/mri2ct_phantom.yaml`` runs on a 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import numpy as np

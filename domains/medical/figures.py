@@ -37,7 +37,8 @@ def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png
         panels.append(("|sCT - CT| (HU)", cut(np.abs(sct - ct) * body), "magma", (0.0, ERROR_MAX_HU)))
     if std is not None:
         s = cut(std)
-        panels.append(("std over samples (HU)", s, "viridis", (0.0, max(float(np.percentile(s[s > 0], 99)) if (s > 0).any() else 1.0, 1.0))))
+        top = max(float(np.percentile(s[s > 0], 99)) if (s > 0).any() else 1.0, 1.0)
+        panels.append(("std over samples (HU)", s, "viridis", (0.0, top)))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (name, image, cmap, limits) in zip(np.atleast_1d(axes), panels):
         shown = ax.imshow(image, cmap=cmap, origin="lower", vmin=None if limits is None else limits[0],

@@ -121,7 +121,8 @@ def tissue_classes(labels_or_ct: np.ndarray) -> dict[str, np.ndarray]:
     always holds negative HU in air, so the two cannot be confused on a head or pelvis.)
     """
     a = np.asarray(labels_or_ct)
-    is_labels = a.size > 0 and a.min() >= 0 and a.max() <= max(max(v) for v in _LABEL_CLASSES.values()) and np.all(a == np.round(a))
+    largest_label = max(max(v) for v in _LABEL_CLASSES.values())
+    is_labels = a.size > 0 and a.min() >= 0 and a.max() <= largest_label and np.all(a == np.round(a))
     if is_labels:
         return {name: np.isin(a, values) for name, values in _LABEL_CLASSES.items()}
     return {"air": a < AIR_BELOW_HU, "soft_tissue": (a >= AIR_BELOW_HU) & (a <= BONE_ABOVE_HU), "bone": a > BONE_ABOVE_HU}
@@ -231,7 +232,8 @@ def evaluate_directory(
         if pred_path is None:
             if not allow_missing:
                 raise MedicalInputError(
-                    f"No prediction for patient {pid}: expected {pred_dir / (pid + '.nii.gz')} or {pred_dir / pid / 'sct.nii.gz'}."
+                    f"No prediction for patient {pid}: expected {pred_dir / (pid + '.nii.gz')} "
+                    f"or {pred_dir / pid / 'sct.nii.gz'}."
                 )
             missing.append(pid)
             continue

@@ -7,7 +7,8 @@ conditioning, ``in_channels = 1 + k``). Training, EMA, schedules and samplers ar
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -71,7 +71,8 @@ def load_volume(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[np.nd
     try:
         array = img.get_fdata(dtype=dtype)
     except Exception as err:  # truncated gzip streams fail only when the data is read
-        raise MedicalInputError(f"{path} has a NIfTI header but its voxel data cannot be read ({type(err).__name__}: {err}).") from None
+        raise MedicalInputError(f"{path} has a NIfTI header but its voxel data cannot be read "
+                                f"({type(err).__name__}: {err}).") from None
     return array, np.asarray(img.affine, dtype=np.float64), img.header.copy()
 
 

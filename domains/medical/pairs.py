@@ -8,8 +8,8 @@ MedicalInputError sentence that names the file and the problem.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -120,4 +120,5 @@ def validate_pair(pair: dict[str, str]) -> dict[str, object]:
             raise MedicalInputError(f"{pair[key]} contains {bad} NaN or infinite voxels.")
         if key == "mask" and not np.any(array > 0):
             raise MedicalInputError(f"{pair[key]} is an empty mask (no voxel > 0).")
-    return {"id": pair.get("id", Path(pair["mr"]).parent.name), "shape": tuple(ref_img.shape), "spacing_mm": tuple(float(z) for z in ref_img.header.get_zooms()[:3])}
+    return {"id": pair.get("id", Path(pair["mr"]).parent.name), "shape": tuple(ref_img.shape),
+            "spacing_mm": tuple(float(z) for z in ref_img.header.get_zooms()[:3])}

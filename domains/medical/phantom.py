@@ -20,8 +20,8 @@ bias field and noise level.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -149,7 +149,8 @@ def _spacing3(spacing_mm: float | Sequence[float]) -> np.ndarray:
     return spacing
 
 
-def phantom_affine(spacing_mm: float | Sequence[float], shape: Sequence[int], origin_offset_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+def phantom_affine(spacing_mm: float | Sequence[float], shape: Sequence[int],
+                   origin_offset_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
     """RAS+ voxel-to-world affine (4, 4) in mm whose grid centre sits at `origin_offset_mm`."""
     spacing = _spacing3(spacing_mm)
     affine = np.diag([*spacing, 1.0])
@@ -323,7 +324,8 @@ def make_head_phantom(
     log_bias = sum(np.float32(c) * b for c, b in zip(rng.normal(0.0, 0.08, len(basis)), basis))
     mr *= np.exp(np.clip(log_bias, -0.3, 0.3)) * np.float32(rng.uniform(0.85, 1.15))
     sigma = np.float32(rng.uniform(0.01, 0.03) * TISSUE_T1["white_matter"])
-    mr = np.sqrt((mr + sigma * rng.standard_normal(shape, np.float32)) ** 2 + (sigma * rng.standard_normal(shape, np.float32)) ** 2)
+    real = mr + sigma * rng.standard_normal(shape, np.float32)
+    mr = np.sqrt(real ** 2 + (sigma * rng.standard_normal(shape, np.float32)) ** 2)
 
     mask = body_mask_from_mr(mr, spacing) | (labels > 0)  # the body outline always covers the body
     ct += np.float32(rng.uniform(4.0, 10.0)) * rng.standard_normal(shape, np.float32)

@@ -11,7 +11,8 @@ schedule it inherits is never used: the loss is an L1 between ``net(mr)`` and th
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -6,7 +6,7 @@ Each volume is loaded once through `transforms.mri2ct_transforms` (RAS, CT and M
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.transforms import DivisiblePad, SpatialPad
@@ -53,9 +53,9 @@ def neighbour_slices(volume: torch.Tensor, index: int, k: int, axis: str | int =
 
 def unpad_slice(x: torch.Tensor, pad: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
     """Undo the in-plane padding of a whole-slice item: x (..., H, W), pad ((top, bottom), (left, right))."""
-    (t, b), (l, r) = [[int(v) for v in row] for row in pad]
+    (t, b), (left, r) = [[int(v) for v in row] for row in pad]
     h, w = x.shape[-2:]
-    return x[..., t : h - b, l : w - r]
+    return x[..., t : h - b, left : w - r]
 
 
 class SliceDataset(Dataset):

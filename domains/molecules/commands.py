@@ -28,8 +28,9 @@ MODEL_CHOICES = ("edm", "latent")  # the bundled unconditional models, by Molecu
 
 def bundled_checkpoint(kind: str = "unconditional", flag: str = "--ckpt") -> Path:
     """A model that ships with the package (see ``checkpoints/README.md`` beside them): the QM9
-    model (``unconditional``), the GeoLDM-style latent one (``latent``), the gap-conditioned one (``gap``), the gap ``classifier`` of the
-    conditional protocol, or the noise-aware gap ``regressor`` of gradient guidance."""
+    model (``unconditional``), the GeoLDM-style latent one (``latent``), the gap-conditioned one (``gap``),
+    the gap ``classifier`` of the conditional protocol, or the noise-aware gap ``regressor`` of gradient
+    guidance."""
     path = Path(str(files("sci_diffusion_molecules").joinpath(BUNDLED[kind])))
     if not path.is_file():
         raise UserError(f"The bundled molecules checkpoint {path} is missing; pass {flag}.")

@@ -14,7 +14,7 @@ than EDM's; the normalised MAE ``(MAE - lower) / (#atoms - lower)`` removes most
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

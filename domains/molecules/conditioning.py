@@ -12,8 +12,8 @@ from which the protocol draws its targets (``--condition-from db``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -18,7 +18,8 @@ the nodes are summed per molecule, and a graph MLP gives one value per property.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np

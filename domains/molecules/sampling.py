@@ -1,8 +1,9 @@
 """Drawing molecules from a trained :class:`~.module.MoleculeDiffusion` with any core sampler."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

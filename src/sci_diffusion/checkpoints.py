@@ -23,7 +23,7 @@ def file_sha256(path: str | Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def training_record(module: "L.LightningModule", domain: str) -> dict:
+def training_record(module: L.LightningModule, domain: str) -> dict:
     """The ``sci_diffusion`` record that every checkpoint of this package carries.
 
     It names the package version, the domain, the module class and the config that rebuild the

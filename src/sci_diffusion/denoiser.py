@@ -5,7 +5,8 @@ turns an eps-, x0- or v-predicting network into one.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 

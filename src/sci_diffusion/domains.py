@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Callable
 
 ENTRY_POINT_GROUP = "sci_diffusion.domains"
 
@@ -47,7 +47,7 @@ class Domain:
     commands: list[Command] = field(default_factory=list)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available_domains() -> dict[str, Domain]:
     """All installed domains by name; broken plug-ins are skipped with a warning."""
     found: dict[str, Domain] = {}

@@ -27,7 +27,7 @@ class GaussianMixture:
     covs: Tensor
 
     @classmethod
-    def default_2d(cls) -> "GaussianMixture":
+    def default_2d(cls) -> GaussianMixture:
         """Three unequal, anisotropic components in 2-D (the test and benchmark target)."""
         weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
         means = torch.tensor([[-1.5, 0.0], [1.5, 1.0], [0.5, -1.8]], dtype=torch.float64)

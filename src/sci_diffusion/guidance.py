@@ -1,14 +1,14 @@
 """Conditional guidance as denoiser wrappers: each takes a denoiser and returns a denoiser."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
 from .schedules import NoiseSchedule
-
 
 PairedDenoiser = Callable[[Tensor, Tensor, Any, Any], "tuple[Tensor, Tensor]"]
 

@@ -81,14 +81,14 @@ class NoiseSchedule:
     name: str = "custom"
 
     @classmethod
-    def from_name(cls, name: str, T: int = 1000, **kwargs: float) -> "NoiseSchedule":
+    def from_name(cls, name: str, T: int = 1000, **kwargs: float) -> NoiseSchedule:
         """Build one of ``SCHEDULE_NAMES`` with ``T`` discrete steps."""
         if name not in _BUILDERS:
             raise ValueError(f"Unknown noise schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}.")
         return cls(np.asarray(_BUILDERS[name](T, **kwargs), dtype=np.float64), name)
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray | torch.Tensor, name: str = "custom") -> "NoiseSchedule":
+    def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray | torch.Tensor, name: str = "custom") -> NoiseSchedule:
         """Adopt a diffusers/MONAI ``alphas_cumprod`` (length T, index k = 0..T-1): ``i = k + 1``."""
         ac = np.asarray(alphas_cumprod, dtype=np.float64)
         return cls(np.concatenate([[1.0], ac]), name)

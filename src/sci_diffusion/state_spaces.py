@@ -11,8 +11,8 @@ can be broadcast onto ``x`` with :meth:`StateSpace.expand`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

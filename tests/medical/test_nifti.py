@@ -4,9 +4,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
-
 from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_like, save_volume
+from scipy.spatial.transform import Rotation
 
 from .conftest import assert_one_sentence_naming
 

@@ -4,11 +4,11 @@ import json
 import lightning as L
 import pytest
 import torch
-
-from sci_diffusion.cli import main
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.files import read_molecules
 from sci_diffusion_molecules.module import MoleculeDiffusion
+
+from sci_diffusion.cli import main
 
 
 @pytest.fixture(scope="module")

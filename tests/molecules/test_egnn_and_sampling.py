@@ -3,13 +3,13 @@ import lightning as L
 import pytest
 import torch
 from e3nn import o3
-from torch_geometric.data import Batch
-
-from sci_diffusion.checkpoints import load_module
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.egnn import fully_connected_edges
 from sci_diffusion_molecules.module import MoleculeDiffusion, encode_atoms
 from sci_diffusion_molecules.sampling import sample_molecules
+from torch_geometric.data import Batch
+
+from sci_diffusion.checkpoints import load_module
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_bf16_autocast_changes_the_network_only_at_bfloat16_precision(qm9_batch)
 def test_bf16_sampling_keeps_zero_centre_of_mass_and_refuses_an_unknown_precision():
     torch.manual_seed(0)
     fresh = MoleculeDiffusion(hidden=32, layers=3, ema_decay=0).eval()
-    for z, pos in sample_molecules(fresh, [5, 11], "dpmpp2m_sde", 4, torch.Generator().manual_seed(0), precision="bf16"):
+    for _, pos in sample_molecules(fresh, [5, 11], "dpmpp2m_sde", 4, torch.Generator().manual_seed(0), precision="bf16"):
         assert pos.dtype.name == "float64" and abs(pos.mean(0)).max() < 1e-6 * max(1.0, abs(pos).max())
     with pytest.raises(ValueError, match="precision"):
         next(sample_molecules(fresh, [5], precision="fp16"))
