@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,8 +49,11 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: tensors and plain containers only, so a checkpoint cannot run code when read
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} holds Python objects besides weights and plain data; sci-diffusion reads "
+                        "checkpoints with torch.load(weights_only=True) and will not unpickle them.") from None
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}).") from None
     if not isinstance(ckpt, dict) or "sci_diffusion" not in ckpt:

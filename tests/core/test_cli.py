@@ -62,3 +62,22 @@ def test_console_script_reports_a_missing_checkpoint_in_one_line(tmp_path):
     not_a_ckpt.write_text("hello")
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
         load_module(not_a_ckpt)
+
+
+class NotWeights:
+    """Any object a pickle can carry: weights_only loading must refuse it."""
+
+
+def test_a_checkpoint_that_carries_python_objects_is_refused_in_one_sentence(tmp_path):
+    import torch
+
+    from sci_diffusion.checkpoints import read_checkpoint
+    from sci_diffusion.errors import UserError
+
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "sci_diffusion": {"domain": "molecules", "n": 1}}, plain)
+    assert read_checkpoint(plain)["sci_diffusion"]["n"] == 1
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "sci_diffusion": {"domain": "molecules"}, "extra": NotWeights()}, hostile)
+    with pytest.raises(UserError, match="will not unpickle"):
+        read_checkpoint(hostile)
