@@ -116,49 +116,67 @@ def test_split_reconstruction(module, batch_size: int = 256) -> dict:
             "atoms": atoms}
 
 
-def compare_models(args) -> None:
-    """The ``--models`` form: one row per model, one sampler setting, ``--num`` molecules each."""
-    smiles = train_smiles()
-    per_model_seconds = 60 * args.budget_minutes / len(args.models)
-    rows = []
+def model_row(spec: str, args, seconds_budget: float, threads: int | None = None) -> dict:
+    """One ``--models`` row: sample ``args.num`` molecules from the checkpoint of ``spec`` (NAME=CKPT)
+    within ``seconds_budget``, score them, and time its training step (on ``threads`` threads)."""
+    if threads:
+        torch.set_num_threads(threads)
+    keep_freed_memory()
     torch.set_grad_enabled(False)
-    for spec in args.models:
-        name, _, ckpt = spec.partition("=")
-        module = load_module(ckpt, domain="molecules")
-        raw = read_checkpoint(ckpt)
-        meta = raw["sci_diffusion"]
-        step = meta.get("global_step", raw.get("global_step"))  # exported checkpoints keep it in the record
-        del raw
-        gen = torch.Generator().manual_seed(args.seed)
-        counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
-        mols, start = [], time.perf_counter()
-        for i in range(0, args.num, args.batch_size):
-            if time.perf_counter() - start > per_model_seconds:
-                break
-            mols += list(sample_molecules(module, counts[i:i + args.batch_size], args.sampler, args.steps, gen,
-                                          args.batch_size))
-        seconds = time.perf_counter() - start
-        m = evaluate_molecules(mols, smiles)
-        row = {"name": name, "model": module.model_kind, "checkpoint": ckpt, "checkpoint_sha256": module.checkpoint_hash,
-               "training_budget": meta.get("training_budget", "unknown"), "global_step": step,
-               "sampler": args.sampler, "steps": args.steps, "molecules": len(mols), "complete": len(mols) >= args.num,
-               **{k: m[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness",
-                                    "validity_x_uniqueness", "novelty")},
-               "seconds": round(seconds, 1), "molecules_per_second": round(len(mols) / seconds, 2),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-        with torch.enable_grad():
-            row.update(measure_training_loss(module))
-        if module.model_kind == "latent":
-            row["test_reconstruction"] = test_split_reconstruction(module)
-        rows.append(row)
-        print(row, flush=True)
-    markdown = render_models(rows)
+    name, _, ckpt = spec.partition("=")
+    module = load_module(ckpt, domain="molecules")
+    raw = read_checkpoint(ckpt)
+    meta = raw["sci_diffusion"]
+    step = meta.get("global_step", raw.get("global_step"))  # exported checkpoints keep it in the record
+    del raw
+    gen = torch.Generator().manual_seed(args.seed)
+    counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
+    mols, start = [], time.perf_counter()
+    for i in range(0, args.num, args.batch_size):
+        if time.perf_counter() - start > seconds_budget:
+            break
+        mols += list(sample_molecules(module, counts[i:i + args.batch_size], args.sampler, args.steps, gen,
+                                      args.batch_size))
+    seconds = time.perf_counter() - start
+    m = evaluate_molecules(mols, train_smiles())
+    row = {"name": name, "model": module.model_kind, "checkpoint": ckpt, "checkpoint_sha256": module.checkpoint_hash,
+           "training_budget": meta.get("training_budget", "unknown"), "global_step": step,
+           "sampler": args.sampler, "steps": args.steps, "molecules": len(mols), "complete": len(mols) >= args.num,
+           **{k: m[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness",
+                                "validity_x_uniqueness", "novelty")},
+           "seconds": round(seconds, 1), "molecules_per_second": round(len(mols) / seconds, 2),
+           "threads": torch.get_num_threads(),
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    with torch.enable_grad():
+        row.update(measure_training_loss(module))
+    if module.model_kind == "latent":
+        row["test_reconstruction"] = test_split_reconstruction(module)
+    print(row, flush=True)
+    return row
+
+
+def compare_models(args) -> None:
+    """The ``--models`` form: one row per model, one sampler setting, ``--num`` molecules each.
+    With ``--parallel`` every model samples in its own process on cores / models threads, side by
+    side, so their molecules per second compare under the same load."""
+    if args.parallel:
+        import multiprocessing
+
+        threads = max(1, torch.get_num_threads() // len(args.models))
+        budget = 60 * args.budget_minutes
+        with multiprocessing.get_context("spawn").Pool(len(args.models)) as pool:
+            rows = pool.starmap(model_row, [(spec, args, budget, threads) for spec in args.models])
+    else:
+        budget = 60 * args.budget_minutes / len(args.models)
+        rows = [model_row(spec, args, budget) for spec in args.models]
+    markdown = render_models(rows, args.parallel)
     print(markdown)
     write_result("molecules_qm9_models", {"num_per_model": args.num, "budget_minutes": args.budget_minutes,
-                                          "rows": rows}, markdown, update_readme=not args.no_readme)
+                                          "parallel": args.parallel, "rows": rows}, markdown,
+                 update_readme=not args.no_readme)
 
 
-def render_models(rows: list[dict]) -> str:
+def render_models(rows: list[dict], parallel: bool = False) -> str:
     """The README block of the ``--models`` form."""
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = ["| model | training budget | steps | sampler | molecules | atom % | mol % | valid % | V x U % | "
@@ -169,6 +187,9 @@ def render_models(rows: list[dict]) -> str:
                      f"{r['steps']} | {n} | {pct(r['atom_stability'])} | {pct(r['molecule_stability'])} | "
                      f"{pct(r['validity'])} | {pct(r['validity_x_uniqueness'])} | {pct(r['novelty'])} | "
                      f"{r['molecules_per_second']:.1f} | {r['train_steps_per_second']:.2f} |")
+    threads = ", ".join(f"{r['name']} {r['threads']}" for r in rows)
+    lines += ["", f"Threads per model: {threads}; " + ("the models ran side by side, one process each, so their speeds "
+                                                       "compare under the same load." if parallel else "one after another.")]
     for r in rows:
         if "test_reconstruction" in r:
             q = r["test_reconstruction"]
@@ -246,6 +267,8 @@ def main() -> None:
                    help="compare these checkpoints with one sampler setting (see the module docstring)")
     p.add_argument("--sampler", default="dpmpp2m_sde", help="with --models: the sampler")
     p.add_argument("--steps", type=int, default=50, help="with --models: its steps")
+    p.add_argument("--parallel", action="store_true",
+                   help="with --models: one process per model, each on cores / models threads")
     p.add_argument("--from-json", metavar="RESULTS_JSON",
                    help="sample nothing: re-render a saved results file (its command, machine and date kept)")
     args = p.parse_args()
