@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sci_diffusion import __version__
+from sci_diffusion.atomic import check_writable
 from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion.errors import UserError
 
@@ -153,8 +154,11 @@ def mean_and_std(samples_hu: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 
 # ----- files ----------------------------------------------------------------------------------------
 def _check_output(path: str | os.PathLike | None, flag: str) -> None:
-    if path is not None and not str(path).endswith(NIFTI_SUFFIXES):
+    if path is None:
+        return
+    if not str(path).endswith(NIFTI_SUFFIXES):
         raise UserError(f"{flag} {path} must end in .nii.gz or .nii.")
+    check_writable(path, flag)
 
 
 def load_inputs(mr_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
@@ -247,6 +251,8 @@ def translate_file(
     """
     _check_output(out, "--out")
     _check_output(uncertainty, "--uncertainty")
+    if png is not None:
+        check_writable(png, "--png")
     if uncertainty is not None and samples < 2:
         raise UserError(f"--uncertainty {uncertainty} needs --samples 2 or more (a standard deviation over samples).")
     from sci_diffusion.samplers import SAMPLERS

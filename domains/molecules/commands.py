@@ -83,11 +83,16 @@ def _check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None
     """Everything that can be said about the flags before a checkpoint is read; returns the targets."""
     import math
 
+    from sci_diffusion.atomic import check_writable
+
     from .conditioning import parse_targets
 
     out = Path(args.out)
     if out.suffix.lower() not in (".sdf", ".xyz"):
         raise UserError(f"--out {out} must end in .sdf or .xyz.")
+    check_writable(out)
+    if args.png:
+        check_writable(args.png, "--png")
     if args.num < 1 or args.steps < 1 or args.batch_size < 1:
         raise UserError("--num, --steps and --batch-size must be positive.")
     if args.atoms is not None and not 1 <= args.atoms <= 100:

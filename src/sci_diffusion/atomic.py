@@ -37,6 +37,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Raise ``UserError`` (one sentence) if ``path`` could not be written: a folder on its way is a
+    file, or the nearest existing folder is not writable. Called before any work starts, so that a
+    long run never ends in a failed write."""
+    from .errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path} cannot be written: {parent} is a file, not a folder.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"{flag} {path} cannot be written: {parent} is not writable.")
+            return
+
+
 def json_safe(value: Any) -> Any:
     """Plain JSON values: NumPy scalars and arrays become Python ones, paths strings, and
     non-finite floats null (JSON has no NaN or Infinity)."""

@@ -96,3 +96,11 @@ def test_translate_without_ckpt_uses_the_bundled_model(phantom_dir, diffusion_ck
     out = tmp_path / "sct.nii.gz"
     assert main(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--steps", "1", "--out", str(out)]) == 0
     assert json.loads((tmp_path / "sct.json").read_text())["checkpoint"] == str(diffusion_ckpt)
+
+
+def test_translate_refuses_an_output_under_a_file_before_any_work(phantom_dir, diffusion_ckpt, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt",
+                               str(diffusion_ckpt), "--out", str(blocker / "sct.nii.gz")], capsys)
+    assert "is a file, not a folder" in err and blocker.read_text() == "keep me"

@@ -82,3 +82,20 @@ def test_rdkit_bond_perception_is_available_for_the_sdf(tiny_checkpoint, tmp_pat
     assert main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "2", "--steps", "2",
                  "--bonds", "rdkit", "--out", str(out), "--no-progress"]) == 0
     assert len(read_molecules(out)) == 2
+
+
+def test_an_output_under_a_file_is_refused_before_any_sampling(tmp_path, capsys, monkeypatch):
+    import sci_diffusion_molecules.sampling as sampling
+
+    from sci_diffusion.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampling started before the output path was checked")
+
+    monkeypatch.setattr(sampling, "sample_molecules", never)
+    blocker = tmp_path / "some_file.nii.gz"
+    blocker.write_text("not a folder")
+    assert main(["sample", "molecules", "--num", "2", "--no-progress", "--out", str(blocker / "y.sdf")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a folder"
