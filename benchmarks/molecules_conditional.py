@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 from reporting import write_result
-from sci_diffusion_molecules.commands import _property_model, bundled_checkpoint
-from sci_diffusion_molecules.conditional_protocol import baselines, evaluate_generator, normalised_mae
-from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9, train_smiles
-from sci_diffusion_molecules.sampling import Guidance
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion.guidance import classifier_free_passes
 from sci_diffusion.memory import keep_freed_memory
+from sci_diffusion_molecules.commands import _property_model, bundled_checkpoint
+from sci_diffusion_molecules.conditional_protocol import baselines, evaluate_generator, normalised_mae
+from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9, train_smiles
+from sci_diffusion_molecules.sampling import Guidance
 
 PROPERTY = "gap"
 # REFERENCE.md §1, gap in meV; training budgets as published.

@@ -28,15 +28,15 @@ import time
 
 import torch
 from reporting import write_result
+
+from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.memory import keep_freed_memory
+from sci_diffusion.samplers import function_evaluations
 from sci_diffusion_molecules.commands import bundled_checkpoint
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.metrics import evaluate_molecules
 from sci_diffusion_molecules.qm9 import train_smiles
 from sci_diffusion_molecules.sampling import draw_atom_counts, sample_molecules
-
-from sci_diffusion.checkpoints import load_module, read_checkpoint
-from sci_diffusion.memory import keep_freed_memory
-from sci_diffusion.samplers import function_evaluations
 
 # (sampler, steps, network precision). DPM-Solver++ runs in both forms: the SDE one (the CLI's
 # default) and the ODE one. The last row repeats the default in float32 as a control for bf16.

@@ -157,6 +157,7 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dir: Path, work: Path) 
     import nibabel as nib
     import numpy as np
     import torch
+
     from sci_diffusion_medical.metrics import evaluate_directory
     from sci_diffusion_medical.nifti import save_like
     from sci_diffusion_medical.pairs import find_synthrad_pairs

@@ -19,7 +19,10 @@ from .qm9 import PROPERTY_UNITS
 
 @dataclass
 class CandidateTable:
-    """Rows of ``index, smiles, stable, valid, novel, target_<p> [unit], predicted_<p> [unit]``.
+    """Rows of ``index, smiles, stable, valid, novel, failed, target_<p> [unit], predicted_<p> [unit]``.
+
+    A sample whose coordinates are not finite (the sampler diverged) keeps its row, marked failed,
+    unstable and invalid, so that it counts in every fraction's denominator.
 
     Args:
         properties: the conditioned (or predicted) properties; empty for a plain run.
@@ -33,9 +36,11 @@ class CandidateTable:
     def add(self, index: int, z: np.ndarray, pos: np.ndarray, target: Sequence[float] | None = None,
             prediction: Sequence[float] | None = None) -> dict:
         """Score one molecule and append its row; returns the row."""
-        stable, smiles = molecule_report(z, pos)
+        failed = not np.isfinite(pos).all()
+        stable, smiles = (np.zeros(1, bool), None) if failed else molecule_report(z, pos)
         row = {"index": index, "smiles": smiles or "", "stable": int(stable.all()), "valid": int(smiles is not None),
-               "novel": "" if self.train_smiles is None or smiles is None else int(smiles not in self.train_smiles)}
+               "novel": "" if self.train_smiles is None or smiles is None else int(smiles not in self.train_smiles),
+               "failed": int(failed)}
         for k, name in enumerate(self.properties):
             row[self._column("target", name)] = _number(None if target is None else target[k])
             row[self._column("predicted", name)] = _number(None if prediction is None else prediction[k])
@@ -48,7 +53,7 @@ class CandidateTable:
 
     @property
     def columns(self) -> list[str]:
-        return ["index", "smiles", "stable", "valid", "novel"] + [
+        return ["index", "smiles", "stable", "valid", "novel", "failed"] + [
             self._column(kind, n) for n in self.properties for kind in ("target", "predicted")]
 
     def mean_absolute_error(self) -> dict[str, float]:

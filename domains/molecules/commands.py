@@ -215,7 +215,7 @@ def run_sample(args: argparse.Namespace) -> int:
             "generator": f"sci-diffusion {sci_diffusion.__version__}", "SYNTHETIC": 1}
     if conditional:
         tags.update({"guidance": args.guidance, "gradient_guidance": args.gradient_guidance})
-    start, dropped, drawn = time.perf_counter(), 0, []
+    start, failed, drawn = time.perf_counter(), 0, []
     torch.set_grad_enabled(False)
     with MoleculeWriter(out, chunk_size=args.batch_size, bonds=args.bonds) as writer:
         stream = sample_molecules(module, counts, args.sampler, args.steps, gen, args.batch_size, cond=cond,
@@ -227,11 +227,12 @@ def run_sample(args: argparse.Namespace) -> int:
             for k, (z, pos) in enumerate(chunk):
                 i = first + k
                 progress.update()
-                if not np.isfinite(pos).all():
-                    dropped += 1  # a diverged sample cannot be written as a molecule
-                    continue
                 target = None if values is None else _aligned(list(values[i]), conditioning.names, names)
                 prediction = None if predictions is None else _aligned(list(predictions[k]), classifier.properties, names)
+                if not np.isfinite(pos).all():
+                    failed += 1  # a diverged sample cannot be written as a molecule, but it counts as a failure
+                    table.add(i, z, pos, target, None)
+                    continue
                 record = {**tags, "index": i}
                 for j, name in enumerate(names):
                     if target is not None and np.isfinite(target[j]):
@@ -249,8 +250,8 @@ def run_sample(args: argparse.Namespace) -> int:
     table.write_csv(csv_path)
     mae = table.mean_absolute_error()
     rows = table.rows
-    summary = {"samples": str(out), "candidates": str(csv_path), "written": args.num - dropped,
-               "dropped_non_finite": dropped, "seconds": round(seconds, 3),
+    summary = {"samples": str(out), "candidates": str(csv_path), "written": args.num - failed,
+               "failed_non_finite": failed, "seconds": round(seconds, 3),
                "molecules_per_second": round(args.num / seconds, 3),
                "stable_fraction": sum(r["stable"] for r in rows) / max(len(rows), 1),
                "valid_fraction": sum(r["valid"] for r in rows) / max(len(rows), 1),
@@ -264,8 +265,9 @@ def run_sample(args: argparse.Namespace) -> int:
     write_json(out.with_suffix(out.suffix + ".json"), summary)
     if args.png:
         draw_grid_png(drawn, args.png, legends=[f"#{i}" for i in range(len(drawn))])
+    diverged = f"; {failed} diverged (non-finite coordinates), counted as unstable and invalid" if failed else ""
     print(f"wrote {summary['written']} molecules to {out} in {seconds:.1f} s "
-          f"({summary['molecules_per_second']:.1f} molecules/s)" + (f", dropped {dropped} non-finite" if dropped else ""))
+          f"({summary['molecules_per_second']:.1f} molecules/s){diverged}")
     if conditional:
         print(table.preview(10))
         for name, value in mae.items():

@@ -2,6 +2,8 @@ import json
 
 import numpy as np
 import pytest
+from skimage.metrics import structural_similarity
+
 from sci_diffusion_medical.metrics import (
     evaluate_directory,
     mae,
@@ -12,7 +14,6 @@ from sci_diffusion_medical.metrics import (
 )
 from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_like, save_volume
 from sci_diffusion_medical.pairs import find_synthrad_pairs
-from skimage.metrics import structural_similarity
 
 from .conftest import assert_one_sentence_naming
 

@@ -7,14 +7,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from sci_diffusion_medical.module import MRItoCTDiffusion
-from sci_diffusion_medical.regression import MRItoCTRegression
-from sci_diffusion_medical.translate import translate_volume
 
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.cli import main
 from sci_diffusion.samplers import ddim_step
 from sci_diffusion.schedules import NoiseSchedule
+from sci_diffusion_medical.module import MRItoCTDiffusion
+from sci_diffusion_medical.regression import MRItoCTRegression
+from sci_diffusion_medical.translate import translate_volume
 
 
 # ----- the core's DDIM step is MONAI's --------------------------------------------------------------

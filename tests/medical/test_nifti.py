@@ -4,8 +4,9 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_like, save_volume
 from scipy.spatial.transform import Rotation
+
+from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_like, save_volume
 
 from .conftest import assert_one_sentence_naming
 

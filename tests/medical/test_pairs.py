@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from sci_diffusion_medical.nifti import MedicalInputError, save_volume
 from sci_diffusion_medical.pairs import find_synthrad_pairs, pairs_from_triplets, validate_pair
 

@@ -3,6 +3,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+
 from sci_diffusion_medical.pairs import find_synthrad_pairs, validate_pair
 from sci_diffusion_medical.phantom import LABEL, TISSUE_LABELS, make_head_phantom
 

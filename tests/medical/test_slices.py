@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from sci_diffusion_medical.nifti import load_volume
 from sci_diffusion_medical.pairs import find_synthrad_pairs
 from sci_diffusion_medical.slices import SliceDataset, neighbour_slices, unpad_slice
 from sci_diffusion_medical.transforms import ct_to_unit
-from torch.utils.data import DataLoader
 
 
 @pytest.fixture(scope="module")

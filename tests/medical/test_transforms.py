@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+
 from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_volume
 from sci_diffusion_medical.pairs import find_synthrad_pairs
 from sci_diffusion_medical.transforms import ct_to_unit, mri2ct_transforms, normalise_mr, unit_to_ct

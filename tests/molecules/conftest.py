@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.module import MoleculeDiffusion
 from sci_diffusion_molecules.property_model import PropertyPredictor

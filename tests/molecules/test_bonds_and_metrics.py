@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from e3nn import o3
+
 from sci_diffusion_molecules.bonds import bond_orders, to_rdkit_mol
 from sci_diffusion_molecules.elements import UnknownElementError
 from sci_diffusion_molecules.metrics import (

@@ -3,9 +3,9 @@ import csv
 import json
 
 import pytest
-from sci_diffusion_molecules.files import read_molecules
 
 from sci_diffusion.cli import main
+from sci_diffusion_molecules.files import read_molecules
 
 
 def sample(argv, conditional_checkpoint, classifier_checkpoint, out):
@@ -26,7 +26,7 @@ def test_a_gap_target_reaches_every_record_the_candidates_table_and_the_summary(
     with open(tmp_path / "cands.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["index"] for r in rows] == [str(i) for i in range(6)]
-    assert set(rows[0]) == {"index", "smiles", "stable", "valid", "novel", "target_gap [eV]", "predicted_gap [eV]"}
+    assert set(rows[0]) == {"index", "smiles", "stable", "valid", "novel", "failed", "target_gap [eV]", "predicted_gap [eV]"}
     summary = json.loads((tmp_path / "cands.sdf.json").read_text())
     expected = sum(abs(float(r["predicted_gap [eV]"]) - 6.5) for r in rows) / 6
     assert summary["mae_against_target"]["gap"] == pytest.approx(expected, rel=1e-4)
@@ -53,7 +53,7 @@ def test_gradient_guidance_runs_with_a_regressor(conditional_checkpoint, classif
                   conditional_checkpoint, classifier_checkpoint, out) == 0
     summary = json.loads((tmp_path / "g.sdf.json").read_text())
     assert summary["gradient_guidance"] == 0.001 and summary["regressor"] == str(regressor_checkpoint)
-    assert summary["written"] + summary["dropped_non_finite"] == 6
+    assert summary["written"] + summary["failed_non_finite"] == 6
 
 
 def test_a_target_outside_the_training_range_warns_but_samples(conditional_checkpoint, classifier_checkpoint, tmp_path,
@@ -85,7 +85,6 @@ def test_bad_conditions_get_one_sentence_and_exit_2_and_write_nothing(
 def test_a_condition_for_an_unconditional_checkpoint_is_refused(tmp_path, capsys, classifier_checkpoint):
     from sci_diffusion_molecules.datamodule import QM9DataModule
     from sci_diffusion_molecules.module import MoleculeDiffusion
-
     from tests.molecules.conftest import fit_tiny
 
     plain = fit_tiny(MoleculeDiffusion(hidden=16, layers=2, ema_decay=0, val_molecules=0),

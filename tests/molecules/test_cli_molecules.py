@@ -4,11 +4,11 @@ import json
 import lightning as L
 import pytest
 import torch
+
+from sci_diffusion.cli import main
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.files import read_molecules
 from sci_diffusion_molecules.module import MoleculeDiffusion
-
-from sci_diffusion.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,6 @@ def test_rdkit_bond_perception_is_available_for_the_sdf(tiny_checkpoint, tmp_pat
 
 def test_an_output_under_a_file_is_refused_before_any_sampling(tmp_path, capsys, monkeypatch):
     import sci_diffusion_molecules.sampling as sampling
-
     from sci_diffusion.cli import main
 
     def never(*args, **kwargs):
@@ -99,3 +98,28 @@ def test_an_output_under_a_file_is_refused_before_any_sampling(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and "Traceback" not in err
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_diverged_sample_counts_as_a_failure_and_stays_in_the_denominator(tiny_checkpoint, tmp_path, monkeypatch):
+    import csv
+
+    import numpy as np
+
+    import sci_diffusion_molecules.sampling as sampling
+
+    real = sampling.sample_molecules
+
+    def second_diverges(*args, **kwargs):
+        for i, (z, pos) in enumerate(real(*args, **kwargs)):
+            yield z, (pos * np.nan if i == 1 else pos)
+
+    monkeypatch.setattr(sampling, "sample_molecules", second_diverges)
+    out = tmp_path / "m.sdf"
+    assert main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "4", "--steps", "2", "--no-progress",
+                 "--no-novelty", "--out", str(out)]) == 0
+    summary = json.loads((tmp_path / "m.sdf.json").read_text())
+    assert summary["written"] == 3 and summary["failed_non_finite"] == 1 and len(read_molecules(out)) == 3
+    with open(tmp_path / "m.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and rows[1]["failed"] == "1" and rows[1]["stable"] == "0" and rows[1]["valid"] == "0"
+    assert summary["valid_fraction"] == sum(int(r["valid"]) for r in rows) / 4

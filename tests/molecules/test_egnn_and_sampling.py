@@ -3,13 +3,13 @@ import lightning as L
 import pytest
 import torch
 from e3nn import o3
+from torch_geometric.data import Batch
+
+from sci_diffusion.checkpoints import load_module
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.egnn import fully_connected_edges
 from sci_diffusion_molecules.module import MoleculeDiffusion, encode_atoms
 from sci_diffusion_molecules.sampling import sample_molecules
-from torch_geometric.data import Batch
-
-from sci_diffusion.checkpoints import load_module
 
 
 @pytest.fixture(scope="module")

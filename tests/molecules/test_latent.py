@@ -2,6 +2,9 @@
 import pytest
 import torch
 from e3nn import o3
+
+from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.state_spaces import ZeroCoMSpace
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.latent import (
     EquivariantAutoencoder,
@@ -12,9 +15,6 @@ from sci_diffusion_molecules.latent import (
 )
 from sci_diffusion_molecules.module import centred_atom_state
 from sci_diffusion_molecules.sampling import Guidance, sample_molecules
-
-from sci_diffusion.checkpoints import load_module, read_checkpoint
-from sci_diffusion.state_spaces import ZeroCoMSpace
 
 from .conftest import fit_tiny
 

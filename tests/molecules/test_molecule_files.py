@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from rdkit import Chem
+
 from sci_diffusion_molecules.custom_data import load_custom_molecules
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.elements import UnknownElementError

@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import torch
 from e3nn import o3
+from torch_geometric.data import Batch
+
+from sci_diffusion.checkpoints import load_module
 from sci_diffusion_molecules.conditional_protocol import (
     atom_count_predictor,
     baselines,
@@ -17,9 +20,6 @@ from sci_diffusion_molecules.graphs import atoms_to_data
 from sci_diffusion_molecules.property_model import PropertyPredictor, predict_properties
 from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9
 from sci_diffusion_molecules.sampling import Guidance
-from torch_geometric.data import Batch
-
-from sci_diffusion.checkpoints import load_module
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch_geometric.data import Batch
+
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.elements import ATOM_TYPES
 from sci_diffusion_molecules.graphs import QM9Dataset, atoms_to_data
@@ -17,7 +19,6 @@ from sci_diffusion_molecules.qm9 import (
     edm_split,
     load_qm9,
 )
-from torch_geometric.data import Batch
 
 
 @pytest.fixture(scope="module")
