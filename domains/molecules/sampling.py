@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler
 
@@ -97,7 +98,10 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         module: the trained model (in eval mode).
         atom_counts: the size of every molecule to draw.
         sampler, steps: a core sampler name and its step count.
-        generator: makes the draw deterministic.
+        generator: makes the draw deterministic. One seed per molecule is drawn from it first, and
+            each molecule's noise comes from its own generator (``generators.PerSampleGenerator``),
+            so molecule i is the same whatever ``batch_size`` (up to float rounding, as matrix
+            kernels may round differently for another batch shape).
         cond: ``(len(atom_counts), P + 1)`` condition rows (``PropertyConditioning.condition``), or None.
         guidance: classifier-free and/or gradient guidance (needs ``cond``); None samples the
             model as it is.
@@ -113,16 +117,18 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
     device = next(module.parameters()).device
     if guidance is not None:
         batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
+    seeds = per_sample_seeds(generator, len(atom_counts))  # molecule i's own seed, whatever its batch
     for start in range(0, len(atom_counts), batch_size):
         counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
         num_graphs = len(counts)
         batch = torch.repeat_interleave(torch.arange(num_graphs), counts).to(device)
         space = module.state_space(batch, num_graphs)
-        x_T = space.noise(torch.zeros(int(counts.sum()), 3 + module.state_features, device=device), generator)
+        generators = PerSampleGenerator(seeds[start:start + num_graphs], device)
+        x_T = space.noise(torch.zeros(int(counts.sum()), 3 + module.state_features, device=device), generators)
         denoiser = guided_denoiser(module, batch, num_graphs, space, guidance)
         c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generator, progress=progress)
+            x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress)
             x = module.decode_state(x, batch, num_graphs).float()
         for part in torch.split(x, counts.tolist()):
             pos, z = decode_atoms(part)

@@ -17,6 +17,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .generators import PerSampleGenerator
+
+
+def per_sample_noise(generator: PerSampleGenerator, sample_of_rows: Tensor, like: Tensor) -> Tensor:
+    """Noise shaped like ``like``, each sample's rows (``sample_of_rows``, ``(like.shape[0],)``) from
+    that sample's generator, in row order within the sample."""
+    num_samples = len(generator)
+    counts = torch.bincount(sample_of_rows.cpu(), minlength=num_samples)[:num_samples].tolist()
+    z = generator.randn(counts, like.shape[1:], like.dtype, like.device)  # sample-sorted rows
+    order = torch.argsort(sample_of_rows, stable=True)
+    out = torch.empty_like(z)
+    out[order] = z
+    return out
+
 
 class StateSpace(ABC):
     """Interface; see the concrete spaces below."""
@@ -27,10 +41,27 @@ class StateSpace(ABC):
     def project(self, x: Tensor) -> Tensor:
         """Project ``x`` onto the space (identity for plain Euclidean space)."""
 
-    def noise(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Standard Gaussian noise in the space, shaped and typed like ``like``."""
-        z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+    def noise(self, like: Tensor, generator: torch.Generator | PerSampleGenerator | None = None) -> Tensor:
+        """Standard Gaussian noise in the space, shaped and typed like ``like``.
+
+        ``generator``: a ``torch.Generator`` (CPU or CUDA; the noise is drawn on its device, then
+        moved to ``like``'s), a :class:`~sci_diffusion.generators.PerSampleGenerator` (each sample's
+        rows from its own generator, so a sample's noise does not depend on its batch), or None (the
+        global RNG, on ``like``'s device).
+        """
+        if isinstance(generator, PerSampleGenerator):
+            z = per_sample_noise(generator, self.sample_of_rows(like), like)
+        else:
+            device = like.device if generator is None else generator.device
+            z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
         return self.project(z)
+
+    def sample_of_rows(self, like: Tensor) -> Tensor:
+        """The sample id of every row of ``like`` along dim 0: ``(like.shape[0],)`` long."""
+        batch = getattr(self, "batch", None)
+        if batch is not None:
+            return batch
+        return torch.arange(like.shape[0], device=like.device)
 
     @abstractmethod
     def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
@@ -128,7 +159,7 @@ class ProductSpace(StateSpace):
     def project(self, x: Tensor) -> Tensor:
         return torch.cat([s.project(xi) for (s, _), xi in zip(self.parts, self._split(x))], dim=-1)
 
-    def noise(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def noise(self, like: Tensor, generator: torch.Generator | PerSampleGenerator | None = None) -> Tensor:
         return torch.cat(
             [s.noise(xi, generator) for (s, _), xi in zip(self.parts, self._split(like))], dim=-1
         )

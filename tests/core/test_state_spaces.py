@@ -73,3 +73,37 @@ def test_expand_broadcasts_per_graph_values_to_nodes():
     space = ZeroCoMSpace(batch, len(SIZES))
     out = space.expand(torch.arange(len(SIZES)).double(), torch.zeros(len(batch), 3))
     assert out.shape == (len(batch), 1) and torch.equal(out[:, 0], batch.float())
+
+
+def test_per_sample_generators_give_a_sample_the_same_noise_in_any_batch():
+    from sci_diffusion.generators import PerSampleGenerator
+    from sci_diffusion.state_spaces import EuclideanSpace, ProductSpace, ZeroCoMSpace
+
+    seeds = [11, 22, 33]
+    sizes = torch.tensor([3, 5, 2])
+
+    def molecule_noise(which):
+        batch = torch.repeat_interleave(torch.arange(len(which)), sizes[which])
+        space = ProductSpace([(ZeroCoMSpace(batch, len(which)), 3), (EuclideanSpace(batch=batch, num_samples=len(which)), 2)])
+        x = space.noise(torch.zeros(int(sizes[which].sum()), 5), PerSampleGenerator([seeds[i] for i in which]))
+        return torch.split(x, sizes[which].tolist())
+
+    together = molecule_noise([0, 1, 2])
+    for i in range(3):
+        torch.testing.assert_close(molecule_noise([i])[0], together[i], rtol=0, atol=0)
+    images = EuclideanSpace().noise(torch.zeros(3, 1, 4, 4), PerSampleGenerator(seeds))
+    torch.testing.assert_close(EuclideanSpace().noise(torch.zeros(1, 1, 4, 4), PerSampleGenerator(seeds[2:]))[0],
+                               images[2], rtol=0, atol=0)
+
+
+def test_per_sample_noise_follows_the_batch_vector_when_rows_are_interleaved():
+    from sci_diffusion.generators import PerSampleGenerator
+    from sci_diffusion.state_spaces import EuclideanSpace
+
+    interleaved = EuclideanSpace(batch=torch.tensor([1, 0, 1, 0]), num_samples=2)
+    z = interleaved.noise(torch.zeros(4, 3), PerSampleGenerator([5, 6]))
+    alone = [EuclideanSpace(batch=torch.zeros(2, dtype=torch.long), num_samples=1).noise(torch.zeros(2, 3),
+                                                                                          PerSampleGenerator([s]))
+             for s in (5, 6)]
+    torch.testing.assert_close(z[[1, 3]], alone[0], rtol=0, atol=0)
+    torch.testing.assert_close(z[[0, 2]], alone[1], rtol=0, atol=0)
