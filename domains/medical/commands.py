@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,9 @@ def run_phantom(args: argparse.Namespace) -> int:
         raise MedicalInputError(f"--subjects must be at least 1, got {args.subjects}.")
     if args.spacing <= 0:
         raise MedicalInputError(f"--spacing must be positive, got {args.spacing}.")
+    from sci_diffusion.atomic import check_writable
+
+    check_writable(Path(args.out) / "dataset.json", "--out")
     print(f"Writing {args.subjects} SYNTHETIC head phantoms at {args.spacing:g} mm to {args.out} ...", file=sys.stderr)
     pairs = write_phantom_dataset(args.out, args.subjects, args.spacing, args.seed)
     print(f"Wrote {len(pairs)} subjects ({pairs[0]['id']} .. {pairs[-1]['id']}) and {args.out}/dataset.json.")

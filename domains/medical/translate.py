@@ -261,6 +261,8 @@ def translate_file(
         raise UserError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}.")
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}.")
     module = module if module is not None else load_translation_model(ckpt)
     if getattr(module, "deterministic", False) and (samples > 1 or uncertainty is not None):
         raise UserError(f"Checkpoint {getattr(module, 'checkpoint_path', ckpt)} is a deterministic regression model: "

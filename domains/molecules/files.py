@@ -46,6 +46,8 @@ def read_molecules(path: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray
         raise MoleculeFileError(f"{path} is not an SDF or XYZ file (expected a .sdf or .xyz name).")
     if not path.is_file():
         raise MoleculeFileError(f"{path} does not exist.")
+    if path.stat().st_size == 0:
+        raise MoleculeFileError(f"{path} is empty: it holds no molecule.")
     molecules = _read_sdf(path) if suffix == ".sdf" else _read_xyz(path)
     for k, (_, pos, _) in enumerate(molecules, start=1):
         if not np.isfinite(pos).all():

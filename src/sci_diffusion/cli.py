@@ -4,11 +4,13 @@
 - ``demo``: the samplers on the analytic Gaussian mixture (no network, no checkpoint).
 - every domain verb found through the ``sci_diffusion.domains`` entry points.
 
-Bad input (``UserError``, a missing file) prints one sentence and exits with status 2.
+Bad input (``UserError``, a missing file) prints one sentence and exits with status 2; ``--debug``
+shows the traceback of any failure.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -20,24 +22,45 @@ LIGHTNING_VERBS = ("fit", "validate", "test")
 
 
 def run_lightning(argv: Sequence[str]) -> int:
-    """Run LightningCLI on ``argv`` (``fit --config ...``), the way ``lightning`` itself would."""
+    """Run LightningCLI on ``argv`` (``fit --config ...``), the way ``lightning`` itself would; a config
+    that does not parse becomes one sentence (:func:`config_error_sentence`)."""
+    from argparse import ArgumentError
+
     import lightning as L
     from jsonargparse import lazy_instance
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger
 
-    LightningCLI(
-        L.LightningModule,  # a DiffusionModule, or another model of a domain (e.g. a property classifier)
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(argv),
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "logger": lazy_instance(CSVLogger, save_dir="runs"),
-        },
-    )
+    try:
+        LightningCLI(
+            L.LightningModule,  # a DiffusionModule, or another model of a domain (e.g. a property classifier)
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=None if list(argv) == sys.argv[1:] else list(argv),  # the console script: LightningCLI reads argv
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "logger": lazy_instance(CSVLogger, save_dir="runs"),
+            },
+            parser_kwargs={"exit_on_error": False},
+        )
+    except ArgumentError as exc:
+        raise UserError(config_error_sentence(str(exc), argv)) from None
     return 0
+
+
+def config_error_sentence(message: str, argv: Sequence[str]) -> str:
+    """One sentence from jsonargparse's nested report: the config file, the key and the innermost
+    problem, e.g. ``qm9.yaml: model.hidden: Expected a <class 'int'>. Got value: many``."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys = [m.group(1) for line in lines if (m := re.match(r'Parser key "([^"]+)":', line))]
+    noise = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given",
+             "- Expected a <class 'NoneType'>")
+    details = [line.lstrip("- ") for line in lines if not line.startswith(noise)]
+    argv = list(argv)
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")), "the command line")
+    where = f"{config}: {'.'.join(keys)}" if keys else config
+    return f"{where}: {details[0] if details else lines[0] if lines else 'the arguments do not parse'}."
 
 
 def _core_commands() -> list[Command]:
@@ -88,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb. Bad input: one sentence on stderr and exit status 2. Any other failure: one
+    sentence and status 1, with the traceback only under ``--debug`` (anywhere on the line)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     keep_freed_memory()
     try:
         if argv and argv[0] in LIGHTNING_VERBS:
@@ -99,12 +126,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0 if not argv else 2
         return args._command.run(args) or 0
-    except (UserError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (UserError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as exc:
+        if debug:
+            raise
         print(f"sci-diffusion: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sci-diffusion: interrupted.", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: say so in one line; --debug shows where
+        if debug:
+            raise
+        print(f"sci-diffusion: error: {type(exc).__name__}: {exc} (an internal error; run again with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
