@@ -7,7 +7,7 @@ The second form compares models (the EDM-style and the GeoLDM-style latent one, 
 the same CPU time) with one sampler setting: the EDM metric on ``--num`` molecules each, molecules
 per second, training steps per second, and for a latent model its autoencoder's reconstruction of the
 QM9 test split (atom-type accuracy and coordinate RMSD). It writes
-benchmarks/results/molecules_qm9_models.json and its own README table.
+benchmarks/results/<--result-name>.json (default molecules_qm9_models) and its own README table.
 
 For each sampler setting it draws ``--num`` molecules (sizes from the training histogram), scores
 them with the EDM metric (novelty against the QM9 training SMILES), and records molecules per second
@@ -171,9 +171,8 @@ def compare_models(args) -> None:
         rows = [model_row(spec, args, budget) for spec in args.models]
     markdown = render_models(rows, args.parallel)
     print(markdown)
-    write_result("molecules_qm9_models", {"num_per_model": args.num, "budget_minutes": args.budget_minutes,
-                                          "parallel": args.parallel, "rows": rows}, markdown,
-                 update_readme=not args.no_readme)
+    write_result(args.result_name, {"num_per_model": args.num, "budget_minutes": args.budget_minutes,
+                                    "parallel": args.parallel, "rows": rows}, markdown, update_readme=not args.no_readme)
 
 
 def render_models(rows: list[dict], parallel: bool = False) -> str:
@@ -267,6 +266,8 @@ def main() -> None:
                    help="compare these checkpoints with one sampler setting (see the module docstring)")
     p.add_argument("--sampler", default="dpmpp2m_sde", help="with --models: the sampler")
     p.add_argument("--steps", type=int, default=50, help="with --models: its steps")
+    p.add_argument("--result-name", default="molecules_qm9_models",
+                   help="with --models: results/<name>.json and the README block <!-- results:<name> -->")
     p.add_argument("--parallel", action="store_true",
                    help="with --models: one process per model, each on cores / models threads")
     p.add_argument("--from-json", metavar="RESULTS_JSON",
