@@ -37,9 +37,18 @@ class CheckpointAtTrainEnd(L.Callback):
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        checkpoint_callback = trainer.checkpoint_callback
+        folder = getattr(checkpoint_callback, "dirpath", None)
         if folder is not None and trainer.global_step > 0:
-            trainer.save_checkpoint(Path(folder) / "last.ckpt")
+            path = str(Path(folder) / "last.ckpt")
+            trainer.save_checkpoint(path)
+            if hasattr(checkpoint_callback, "_last_checkpoint_saved"):
+                # ModelCheckpoint(save_last=True) saves a "last" at train end too when it saved nothing this
+                # run; it runs after WeightAveraging has swapped the average in, and the name is taken, so it
+                # would write last-v1.ckpt with the EMA weights as the weights to resume from. Tell it this
+                # checkpoint is the last one.
+                checkpoint_callback.last_model_path = path
+                checkpoint_callback._last_checkpoint_saved = path
 
 
 class CpuTimeBudget(L.Callback):

@@ -31,8 +31,13 @@ def run_lightning(argv: Sequence[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger
 
+    class ResumingCLI(LightningCLI):
+        def before_fit(self) -> None:
+            if self.config_init["fit"].get("ckpt_path") == "last":
+                self.config_init["fit"]["ckpt_path"] = newest_last_checkpoint(self.trainer)
+
     try:
-        LightningCLI(
+        ResumingCLI(
             L.LightningModule,  # a DiffusionModule, or another model of a domain (e.g. a property classifier)
             L.LightningDataModule,
             subclass_mode_model=True,
@@ -47,6 +52,26 @@ def run_lightning(argv: Sequence[str]) -> int:
     except ArgumentError as exc:
         raise UserError(config_error_sentence(str(exc), argv)) from None
     return 0
+
+
+def newest_last_checkpoint(trainer) -> str:
+    """What ``--ckpt_path last`` resumes: the newest ``last*.ckpt`` of this run's name, across the logger's
+    versions (a killed run's ``runs/<name>/version_3/checkpoints/last.ckpt`` when the new run is
+    ``version_4``; Lightning alone looks only in the new, empty folder and starts from scratch)."""
+    from pathlib import Path
+
+    logger = trainer.logger
+    folders = []
+    if logger is not None and getattr(logger, "save_dir", None) is not None:
+        folders.append(Path(logger.save_dir) / str(logger.name))
+    checkpoint_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
+    if checkpoint_dir:
+        folders.append(Path(checkpoint_dir))
+    found = [p for folder in folders if folder.is_dir() for p in folder.rglob("last*.ckpt")]
+    if not found:
+        raise UserError(f"--ckpt_path last: no last*.ckpt under {' or '.join(map(str, folders)) or 'the run folder'} "
+                        "to resume from.")
+    return str(max(found, key=lambda p: p.stat().st_mtime))
 
 
 def config_error_sentence(message: str, argv: Sequence[str]) -> str:

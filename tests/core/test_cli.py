@@ -81,3 +81,37 @@ def test_a_checkpoint_that_carries_python_objects_is_refused_in_one_sentence(tmp
     torch.save({"state_dict": {}, "sci_diffusion": {"domain": "molecules"}, "extra": NotWeights()}, hostile)
     with pytest.raises(UserError, match="will not unpickle"):
         read_checkpoint(hostile)
+
+
+def test_fit_killed_mid_run_resumes_from_its_last_checkpoint_and_finishes_the_same_steps(tmp_path):
+    """A real process killed with SIGKILL, then `fit ... --ckpt_path last`: it resumes (from the
+    killed run's folder, not the new version's empty one) and ends at the same step as one run."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).parents[2]
+    cmd = [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config", "configs/gmm/gmm_mlp.yaml",
+           "--trainer.max_steps", "400", "--trainer.max_epochs", "100", "--data.init_args.num_train", "2048",
+           "--trainer.callbacks.init_args.every_n_train_steps", "20", "--trainer.val_check_interval", "1000",
+           "--trainer.check_val_every_n_epoch", "null", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    first = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_dir = tmp_path / "gmm_mlp" / "version_0" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed_dir / "last.ckpt").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL
+    import torch
+
+    saved_step = torch.load(killed_dir / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < saved_step < 400  # killed mid-run, after a save
+    done = subprocess.run(cmd + ["--ckpt_path", "last"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Restoring states from the checkpoint" in done.stderr + done.stdout
+    resumed = tmp_path / "gmm_mlp" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(resumed, weights_only=True)["global_step"] == 400
+    assert not list((tmp_path / "gmm_mlp").rglob("*.partial*"))

@@ -67,6 +67,21 @@ def test_a_run_stopped_between_saves_still_leaves_its_last_step(tmp_path):
     assert not torch.allclose(averaged, raw)
 
 
+def test_a_run_that_saved_nothing_before_its_end_leaves_one_last_checkpoint_with_raw_weights(tmp_path):
+    """Lightning's own end-of-training "last" would add last-v1.ckpt (the newest, so what
+    --ckpt_path last resumes) holding the EMA average as the weights to resume from."""
+    L.seed_everything(0)
+    model = MixtureDiffusion(hidden=32, lr=3e-3, ema_decay=0.9, val_steps=5, val_num=100)
+    trainer = L.Trainer(max_steps=12, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0,
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1000)])
+    trainer.fit(model, MixtureDataModule(num_train=4096, batch_size=128))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt"]
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 12
+    assert not torch.allclose(ckpt["state_dict"]["net.mlp.0.weight"], ckpt["current_model_state"]["net.mlp.0.weight"])
+
+
 def test_trained_model_samples_close_to_the_mixture(tmp_path):
     L.seed_everything(0)
     model = MixtureDiffusion(hidden=128, lr=2e-3, ema_decay=0.95, val_steps=20, val_num=2000)
