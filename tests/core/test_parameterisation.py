@@ -59,3 +59,25 @@ def test_masked_loss_ignores_elements_outside_the_mask():
     target[:, 2:] = 100.0
     mask = torch.tensor([1.0, 1.0, 0.0, 0.0])
     assert float(diffusion_loss(pred, target, mask=mask)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("prediction, diffusers_name", [("eps", "epsilon"), ("x0", "sample"), ("v", "v_prediction")])
+def test_x0_from_each_prediction_matches_diffusers(prediction, diffusers_name):
+    """Our x0 from an eps, x0 or v network output against diffusers' DDIM ``pred_original_sample``
+    (and, for v, the training target against ``get_velocity``), at the same step of the same schedule."""
+    from diffusers import DDIMScheduler
+
+    k = 700  # diffusers' step k is our t = (k + 1) / T
+    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type=diffusers_name,
+                        clip_sample=False, set_alpha_to_one=True)
+    ref.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    x_t, output = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    expected = ref.step(output, k, x_t).pred_original_sample
+    s = NoiseSchedule.from_alphas_cumprod(ref.alphas_cumprod)
+    t = torch.tensor((k + 1) / 1000, dtype=torch.float64)
+    torch.testing.assert_close(to_x0(output, x_t, s.alpha(t), s.sigma(t), prediction), expected, rtol=1e-6, atol=1e-6)
+    if prediction == "v":
+        x0, eps = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+        velocity = ref.get_velocity(x0, eps, torch.tensor([k]))
+        torch.testing.assert_close(target_for("v", x0, eps, s.alpha(t), s.sigma(t)), velocity, rtol=1e-6, atol=1e-6)

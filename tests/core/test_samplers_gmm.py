@@ -54,16 +54,46 @@ def test_few_steps_are_worse_than_many(reference):
     assert sliced_wasserstein(run("ddim", 5), reference) > 2 * sliced_wasserstein(run("ddim", 100), reference)
 
 
+STOCHASTIC = {"ddpm", "dpmpp2m_sde", "pc"}
+
+
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_sampler_is_deterministic_given_a_generator(name):
-    a, b = run(name, 5, seed=3)[:100], run(name, 5, seed=3)[:100]
+def test_a_sampler_draws_its_noise_from_its_generator_and_nowhere_else(name):
+    """Same x_T, same generator: identical. Same x_T, another generator: a stochastic sampler moves,
+    a deterministic one does not (so a sampler that ignored its generator, or drew from the global
+    RNG, fails here; different x_T would hide both)."""
+    x_T = torch.randn(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+
+    def draw(seed, global_seed):
+        torch.manual_seed(global_seed)  # the global RNG must not matter
+        return SAMPLERS[name](GMM.exact_denoiser(SCHEDULE), x_T, SCHEDULE, 6, SPACE,
+                              generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = draw(3, 100), draw(3, 200), draw(4, 100)
     assert torch.equal(a, b)
-    if name in ("ddpm", "pc"):
-        assert not torch.equal(a, run(name, 5, seed=4)[:100])
+    if name in STOCHASTIC:
+        assert (a - c).abs().mean() > 1e-2
+    else:
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("steps", [1, 2, 37])
+def test_function_evaluations_counts_the_denoiser_calls(name, steps):
+    calls = []
+
+    def spy(x, t, cond=None):
+        calls.append(float(t))
+        return GMM.exact_denoiser(SCHEDULE)(x, t)
+
+    SAMPLERS[name](spy, torch.randn(10, 2, dtype=torch.float64), SCHEDULE, steps, SPACE,
+                   generator=torch.Generator().manual_seed(0))
+    assert len(calls) == function_evaluations(name, steps)
+    assert all(0 < t <= 1 for t in calls)  # never at t = 0, where sigma = 0
 
 
 def test_step_count_is_independent_of_training_T():
-    """A 37-step run on a T = 1000 schedule calls the denoiser 37 times at decreasing times."""
+    """A 37-step DDIM run on a T = 1000 schedule calls the denoiser 37 times at decreasing times."""
     times = []
 
     def spy(x, t, cond=None):
@@ -71,8 +101,100 @@ def test_step_count_is_independent_of_training_T():
         return GMM.exact_denoiser(SCHEDULE)(x, t)
 
     SAMPLERS["ddim"](spy, torch.randn(10, 2, dtype=torch.float64), SCHEDULE, 37, SPACE)
-    assert len(times) == 37 == function_evaluations("ddim", 37)
+    assert len(times) == 37
     assert all(a > b for a, b in zip(times, times[1:]))
+
+
+def karras_heun(denoise_ve, x, sigmas):
+    """k-diffusion's ``sample_heun`` (Karras et al. 2022, Algorithm 1 with S_churn = 0), written out
+    independently: variance-exploding ``x`` and a denoiser ``D(x, sigma)``. k-diffusion's grid ends
+    with an appended sigma = 0 and takes an Euler step onto it; ours ends at t = 0, where
+    ``polynomial_2`` keeps sigma = sqrt(1e-5) / alpha, which plays that role: Euler on the last step."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise_ve(x, sigma)
+        d = (x - denoised) / sigma
+        dt = sigma_next - sigma
+        if i == len(sigmas) - 2:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = (x_2 - denoise_ve(x_2, sigma_next)) / sigma_next
+            x = x + (d + d_2) / 2 * dt
+    return x
+
+
+@pytest.mark.parametrize("steps", [5, 18])
+def test_heun_follows_karras_algorithm_on_the_same_grid(steps):
+    """Heun in our VP variables against k-diffusion's VE form, both fed the exact mixture denoiser
+    on one time grid: they must agree to float64 rounding, which a missing correction cannot."""
+    times = SCHEDULE.time_grid(steps, "logsnr")
+    x_T = torch.randn(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = SAMPLERS["heun"](GMM.exact_denoiser(SCHEDULE), x_T, SCHEDULE, times, SPACE)
+    exact = GMM.exact_denoiser(SCHEDULE)
+    sigma_of_t = {float(SCHEDULE.sigma_ve(t)): t for t in times}
+
+    def denoise_ve(x, sigma):  # D(x_ve; sigma) = the VP denoiser at x_vp = alpha x_ve
+        t = sigma_of_t[float(sigma)]
+        return exact(x * SCHEDULE.alpha(t), t.float())  # samplers hand the network t in float32
+
+    sigmas = [float(SCHEDULE.sigma_ve(t)) for t in times]
+    x_ve = x_T / float(SCHEDULE.alpha(times[0]))
+    reference = karras_heun(denoise_ve, x_ve, sigmas) * float(SCHEDULE.alpha(times[-1]))
+    torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)
+    euler_only = karras_heun(lambda x, s: denoise_ve(x, s), x_ve, [sigmas[0], sigmas[-1]])
+    assert (ours - euler_only).abs().max() > 1e-3  # the comparison can tell a sampler without correction
+
+
+class ScriptedSpace(EuclideanSpace):
+    """A Euclidean space whose noise comes from a script, so one sampler step can be computed by hand."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = list(script)
+
+    def noise(self, like, generator=None):
+        return self.script.pop(0)
+
+
+def test_one_predictor_corrector_step_is_song_et_al_langevin_update():
+    """Two steps of ``pc`` (1 -> t_1 -> 0) with scripted noise: the predictor is the ancestral step
+    and the corrector one Langevin step at t_1 with Song et al.'s step size; computed here by hand."""
+    x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    z_pred, z_corr = (torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+                      for s in (1, 2))
+    grid = torch.tensor([1.0, 0.4, 0.0], dtype=torch.float64)
+    D = GMM.exact_denoiser(SCHEDULE)
+    out = SAMPLERS["pc"](D, x_T, SCHEDULE, grid, ScriptedSpace([z_pred, z_corr]), snr=0.16)
+
+    a = lambda t: float(SCHEDULE.alpha(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+    s = lambda t: float(SCHEDULE.sigma(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+    def posterior_mean(x, x0, t, u):  # q(x_u | x_t, x0), Ho et al. (2020) eq. 7 in alpha/sigma form
+        a_tu = a(t) / a(u)
+        var_tu = s(t) ** 2 - a_tu ** 2 * s(u) ** 2
+        return (a_tu * s(u) ** 2 / s(t) ** 2) * x + (a(u) * var_tu / s(t) ** 2) * x0, var_tu * s(u) ** 2 / s(t) ** 2
+
+    f32 = lambda t: torch.tensor(t, dtype=torch.float32)  # noqa: E731  (samplers hand networks t in float32)
+    mean, var = posterior_mean(x_T, D(x_T, f32(1.0)), 1.0, 0.4)
+    x = mean + var ** 0.5 * z_pred
+    # Langevin at u = 0.4: score = -(x - alpha x0_hat) / sigma^2, step 2 (alpha_bar_t / alpha_bar_u) (snr |z| / |score|)^2
+    score = -(x - a(0.4) * D(x, f32(0.4))) / s(0.4) ** 2
+    eps = 2 * (a(1.0) ** 2 / a(0.4) ** 2) * (0.16 * z_corr.norm(dim=1).mean() / score.norm(dim=1).mean()) ** 2
+    x = x + eps * score + (2 * eps) ** 0.5 * z_corr
+    expected, _ = posterior_mean(x, D(x, f32(0.4)), 0.4, 0.0)  # the last step adds no noise
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_float32_sampling_recovers_the_mixture_too(name, reference):
+    """The networks sample in float32: the same statistics must hold there, not only in float64."""
+    g = torch.Generator().manual_seed(0)
+    x_T = SPACE.noise(torch.zeros(N, 2, dtype=torch.float32), g)
+    denoiser = GMM.exact_denoiser(SCHEDULE)
+    x = SAMPLERS[name](lambda x, t, c=None: denoiser(x.double(), t).float(), x_T, SCHEDULE, STEPS[name], SPACE,
+                       generator=g)
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert sliced_wasserstein(x.double(), reference) < 0.06
 
 
 def test_callback_reports_every_intermediate_state_and_progress_bar_runs(capsys):
