@@ -27,7 +27,7 @@ import resource
 import time
 
 import torch
-from reporting import write_result
+from reporting import RESULTS, write_result
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion.memory import keep_freed_memory
@@ -169,6 +169,16 @@ def compare_models(args) -> None:
     else:
         budget = 60 * args.budget_minutes / len(args.models)
         rows = [model_row(spec, args, budget) for spec in args.models]
+    from reporting import command_line
+
+    for row in rows:  # each row keeps the run that measured it, so rows of several runs can share a table
+        row.update({"command": "python " + command_line(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "side_by_side": bool(args.parallel)})
+    if args.append:
+        previous = RESULTS / f"{args.result_name}.json"
+        if previous.exists():
+            names = {r["name"] for r in rows}
+            rows = [r for r in json.loads(previous.read_text())["rows"] if r["name"] not in names] + rows
     markdown = render_models(rows, args.parallel)
     print(markdown)
     write_result(args.result_name, {"num_per_model": args.num, "budget_minutes": args.budget_minutes,
@@ -186,9 +196,9 @@ def render_models(rows: list[dict], parallel: bool = False) -> str:
                      f"{r['steps']} | {n} | {pct(r['atom_stability'])} | {pct(r['molecule_stability'])} | "
                      f"{pct(r['validity'])} | {pct(r['validity_x_uniqueness'])} | {pct(r['novelty'])} | "
                      f"{r['molecules_per_second']:.1f} | {r['train_steps_per_second']:.2f} |")
-    threads = ", ".join(f"{r['name']} {r['threads']}" for r in rows)
-    lines += ["", f"Threads per model: {threads}; " + ("the models ran side by side, one process each, so their speeds "
-                                                       "compare under the same load." if parallel else "one after another.")]
+    runs = "; ".join(f"{r['name']}: {r['threads']} thread(s), {r.get('date', '')}, `{r.get('command', '')}`" for r in rows)
+    lines += ["", f"Runs: {runs}." + (" The models ran side by side, one process each, so their speeds compare under the "
+                                      "same load." if parallel else "")]
     for r in rows:
         if "test_reconstruction" in r:
             q = r["test_reconstruction"]
@@ -268,6 +278,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50, help="with --models: its steps")
     p.add_argument("--result-name", default="molecules_qm9_models",
                    help="with --models: results/<name>.json and the README block <!-- results:<name> -->")
+    p.add_argument("--append", action="store_true",
+                   help="with --models: keep the other models' rows of an earlier run of the same --result-name")
     p.add_argument("--parallel", action="store_true",
                    help="with --models: one process per model, each on cores / models threads")
     p.add_argument("--from-json", metavar="RESULTS_JSON",
