@@ -193,9 +193,9 @@ class LatentMoleculeDiffusion(MoleculeDiffusion):
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         diffusion, recon = self._losses(batch, torch.Generator().manual_seed(batch_idx))
         n = batch.num_graphs
-        self.log("val/loss", self._total(diffusion, recon), prog_bar=True, batch_size=n)
-        self.log("val/diffusion", diffusion, batch_size=n)
-        self.log("val/recon", recon, batch_size=n)
+        self.log("val/loss", self._total(diffusion, recon), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/diffusion", diffusion, batch_size=n, sync_dist=True)
+        self.log("val/recon", recon, batch_size=n, sync_dist=True)
         return diffusion
 
     def setup(self, stage: str) -> None:
@@ -253,7 +253,7 @@ class MoleculeAutoencoder(L.LightningModule):
         quality = reconstruction_quality(decoded, x0, batch.batch, batch.num_graphs)
         self.log_dict({"val/loss": recon + self.hparams.kl_weight * kl, "val/recon": recon, "val/kl": kl,
                        "val/atom_type_accuracy": quality["atom_type_accuracy"],
-                       "val/coordinate_rmsd": quality["coordinate_rmsd"]}, batch_size=batch.num_graphs)
+                       "val/coordinate_rmsd": quality["coordinate_rmsd"]}, batch_size=batch.num_graphs, sync_dist=True)
         return recon
 
     def configure_optimizers(self):

@@ -160,10 +160,10 @@ class PropertyPredictor(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         pred = self._predict_batch(batch, torch.Generator().manual_seed(batch_idx))
         target = self._targets(batch)
-        self.log("val/loss", self._loss(pred, target), prog_bar=True, batch_size=batch.num_graphs)
+        self.log("val/loss", self._loss(pred, target), prog_bar=True, batch_size=batch.num_graphs, sync_dist=True)
         mae = (self.normalisation.denormalise(pred.double()) - self.normalisation.denormalise(target.double())).abs().mean(0)
         for name, value in zip(self.properties, mae):
-            self.log(f"val/mae_{name}", value.float(), batch_size=batch.num_graphs)
+            self.log(f"val/mae_{name}", value.float(), batch_size=batch.num_graphs, sync_dist=True)
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

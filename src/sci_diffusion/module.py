@@ -153,7 +153,7 @@ class DiffusionModule(L.LightningModule):
         b = self.prepare_batch(batch)
         # A fixed generator per batch keeps the validation loss comparable across epochs.
         loss = self.diffusion_loss(b, generator=torch.Generator().manual_seed(batch_idx))
-        self.log("val/loss", loss, prog_bar=True, batch_size=b.num_samples)
+        self.log("val/loss", loss, prog_bar=True, batch_size=b.num_samples, sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -163,7 +163,7 @@ class DiffusionModule(L.LightningModule):
         every = self.hparams.sample_every_n_epochs
         if every and not self.trainer.sanity_checking and (self.current_epoch + 1) % every == 0:
             for name, value in self.validation_metrics().items():
-                self.log(f"val/{name}", value)
+                self.log(f"val/{name}", value, sync_dist=True)  # the mean over processes
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
