@@ -237,3 +237,18 @@ def test_a_model_that_is_not_the_one_asked_for_is_refused(argv, message, latent_
     assert cli_sample(argv, out) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_the_bundled_latent_model_is_what_model_latent_samples(tmp_path):
+    import json
+
+    from sci_diffusion_molecules.commands import bundled_checkpoint
+
+    path = bundled_checkpoint("latent")
+    assert path.stat().st_size < 10 * 2**20  # at most 10 MB, as shipped
+    record = read_checkpoint(path)["sci_diffusion"]
+    assert record["module_class"].endswith(":LatentMoleculeDiffusion") and "CPU-hours" in record["training_budget"]
+    out = tmp_path / "bundled.sdf"
+    assert cli_sample(["--model", "latent", "--num", "3"], out) == 0
+    summary = json.loads((tmp_path / "bundled.sdf.json").read_text())
+    assert summary["model"] == "latent" and summary["checkpoint"].endswith("qm9_geoldm_small.ckpt")
