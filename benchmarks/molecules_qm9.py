@@ -51,48 +51,36 @@ PUBLISHED = [  # REFERENCE.md section 1; budgets as published (GPU-days are seco
 ]
 
 
-def measure_training(module, steps: int = 20, precision: str = "bf16") -> dict:
-    """Training steps per second on real QM9 batches of 64 (bf16 autocast as in the training config,
-    or fp32), and the data loader's own rate."""
+def time_training_steps(module, steps: int = 20, precision: str = "bf16", warmup: int = 0) -> float:
+    """Training steps per second of ``module.training_loss`` (for a latent model: the diffusion and the
+    decoder's reconstruction) on real QM9 batches of 64, under bf16 autocast as the configs train, or
+    fp32; ``warmup`` untimed steps first."""
     loader = iter(QM9DataModule(batch_size=64).train_dataloader())
-    batches = [next(loader) for _ in range(steps)]
-    start = time.perf_counter()
-    loader = iter(QM9DataModule(batch_size=64).train_dataloader())
-    for _ in range(200):
-        next(loader)
-    load_rate = 200 / (time.perf_counter() - start)
-    module.train()
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-5)
-    start = time.perf_counter()
-    for b in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = module.diffusion_loss(module.prepare_batch(b))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    step_rate = steps / (time.perf_counter() - start)
-    module.eval()
-    return {"train_steps_per_second": round(step_rate, 3), "loader_batches_per_second": round(load_rate, 1),
-            "loader_share_of_step": round(step_rate / load_rate, 4), "batch_size": 64, "precision": precision}
-
-
-def measure_training_loss(module, steps: int = 20) -> dict:
-    """Training steps per second of ``module.training_loss`` (for a latent model: the diffusion and
-    the decoder's reconstruction) on real QM9 batches of 64 under bf16 autocast, as the configs train."""
-    loader = iter(QM9DataModule(batch_size=64).train_dataloader())
-    batches = [next(loader) for _ in range(steps + 2)]
+    batches = [next(loader) for _ in range(warmup + steps)]
     module.train()
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
     for i, b in enumerate(batches):
-        if i == 2:  # two warm-up steps
+        if i == warmup:
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = module.training_loss(b)
         opt.zero_grad()
         loss.backward()
         opt.step()
     module.eval()
-    return {"train_steps_per_second": round(steps / (time.perf_counter() - start), 3), "batch_size": 64}
+    return steps / (time.perf_counter() - start)
+
+
+def measure_training(module, steps: int = 20, precision: str = "bf16") -> dict:
+    """Training steps per second (:func:`time_training_steps`), and the data loader's own rate."""
+    start = time.perf_counter()
+    loader = iter(QM9DataModule(batch_size=64).train_dataloader())
+    for _ in range(200):
+        next(loader)
+    load_rate = 200 / (time.perf_counter() - start)
+    step_rate = time_training_steps(module, steps, precision)
+    return {"train_steps_per_second": round(step_rate, 3), "loader_batches_per_second": round(load_rate, 1),
+            "loader_share_of_step": round(step_rate / load_rate, 4), "batch_size": 64, "precision": precision}
 
 
 def test_split_reconstruction(module, batch_size: int = 256) -> dict:
@@ -125,10 +113,7 @@ def model_row(spec: str, args, seconds_budget: float, threads: int | None = None
     torch.set_grad_enabled(False)
     name, _, ckpt = spec.partition("=")
     module = load_module(ckpt, domain="molecules")
-    raw = read_checkpoint(ckpt)
-    meta = raw["sci_diffusion"]
-    step = meta.get("global_step", raw.get("global_step"))  # exported checkpoints keep it in the record
-    del raw
+    meta = module.checkpoint_record
     gen = torch.Generator().manual_seed(args.seed)
     counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
     mols, start = [], time.perf_counter()
@@ -140,7 +125,7 @@ def model_row(spec: str, args, seconds_budget: float, threads: int | None = None
     seconds = time.perf_counter() - start
     m = evaluate_molecules(mols, train_smiles())
     row = {"name": name, "model": module.model_kind, "checkpoint": ckpt, "checkpoint_sha256": module.checkpoint_hash,
-           "training_budget": meta.get("training_budget", "unknown"), "global_step": step,
+           "training_budget": meta.get("training_budget", "unknown"), "global_step": meta["global_step"],
            "sampler": args.sampler, "steps": args.steps, "molecules": len(mols), "complete": len(mols) >= args.num,
            **{k: m[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness",
                                 "validity_x_uniqueness", "novelty")},
@@ -148,7 +133,7 @@ def model_row(spec: str, args, seconds_budget: float, threads: int | None = None
            "threads": torch.get_num_threads(),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     with torch.enable_grad():
-        row.update(measure_training_loss(module))
+        row.update({"train_steps_per_second": round(time_training_steps(module, warmup=2), 3), "batch_size": 64})
     if module.model_kind == "latent":
         row["test_reconstruction"] = test_split_reconstruction(module)
     print(row, flush=True)

@@ -91,10 +91,16 @@ def reconstruction_loss(decoded: Tensor, x0: Tensor) -> Tensor:
     return ((pos_err + type_err + charge_err) / (3 + FEATURE_DIM)).mean()
 
 
+def per_column(log_sigma: Tensor) -> Tensor:
+    """The encoder's log-sigmas ``(N, 1 + k)`` (one for an atom's three coordinates, one per invariant)
+    spread over the latent's ``3 + k`` columns, in float32."""
+    return torch.cat([log_sigma[:, :1].expand(-1, 3), log_sigma[:, 1:]], dim=1).float()
+
+
 def gaussian_kl(mean: Tensor, log_sigma: Tensor) -> Tensor:
     """KL(N(mean, sigma^2) || N(0, 1)) per atom and latent column, averaged: ``log_sigma`` ``(N, 1 + k)``
-    has one value for the three coordinate columns and one per invariant."""
-    log_sigma = torch.cat([log_sigma[:, :1].expand(-1, 3), log_sigma[:, 1:]], dim=1).float()
+    as the encoder gives it (see :func:`per_column`)."""
+    log_sigma = per_column(log_sigma)
     return 0.5 * (torch.exp(2 * log_sigma) + mean.float().pow(2) - 1 - 2 * log_sigma).mean()
 
 
@@ -231,25 +237,25 @@ class MoleculeAutoencoder(L.LightningModule):
         self.autoencoder = EquivariantAutoencoder(latent_features, encoder_hidden, decoder_hidden, decoder_layers,
                                                   attention)
 
-    def _step(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def _step(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Reconstruction loss, KL, the decoded atoms and the centred atom state ``x0`` of one batch."""
         x0 = centred_atom_state(batch)
         mean, log_sigma = self.autoencoder.encode(x0, batch.batch, batch.num_graphs)
         log_sigma = log_sigma.float().clamp(-10, 4)
         space = molecule_space(batch.batch, batch.num_graphs, self.hparams.latent_features)
-        sigma = torch.cat([log_sigma[:, :1].expand(-1, 3), log_sigma[:, 1:]], dim=1).exp()
+        sigma = per_column(log_sigma).exp()
         z = mean.float() + sigma * space.noise(mean.float(), generator)
         decoded = self.autoencoder.decode(z, batch.batch, batch.num_graphs)
-        return reconstruction_loss(decoded, x0), gaussian_kl(mean, log_sigma), decoded
+        return reconstruction_loss(decoded, x0), gaussian_kl(mean, log_sigma), decoded, x0
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        recon, kl, _ = self._step(batch)
+        recon, kl, _, _ = self._step(batch)
         loss = recon + self.hparams.kl_weight * kl
         self.log_dict({"train/loss": loss, "train/recon": recon, "train/kl": kl}, batch_size=batch.num_graphs)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        recon, kl, decoded = self._step(batch, torch.Generator().manual_seed(batch_idx))
-        x0 = centred_atom_state(batch)
+        recon, kl, decoded, x0 = self._step(batch, torch.Generator().manual_seed(batch_idx))
         quality = reconstruction_quality(decoded, x0, batch.batch, batch.num_graphs)
         self.log_dict({"val/loss": recon + self.hparams.kl_weight * kl, "val/recon": recon, "val/kl": kl,
                        "val/atom_type_accuracy": quality["atom_type_accuracy"],

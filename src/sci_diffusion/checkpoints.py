@@ -67,6 +67,9 @@ def load_module(path: str | Path, domain: str | None = None) -> torch.nn.Module:
     Args:
         path: the ``.ckpt`` file.
         domain: if given, the checkpoint must belong to this domain (else UserError).
+
+    The module carries ``checkpoint_path``, ``checkpoint_hash`` (sha256 prefix) and
+    ``checkpoint_record`` (the sci-diffusion record, with the training step).
     """
     ckpt = read_checkpoint(path)
     meta = ckpt["sci_diffusion"]
@@ -80,6 +83,7 @@ def load_module(path: str | Path, domain: str | None = None) -> torch.nn.Module:
     module.eval()
     module.checkpoint_path = str(path)
     module.checkpoint_hash = file_sha256(path)
+    module.checkpoint_record = {**meta, "global_step": meta.get("global_step", ckpt.get("global_step"))}
     return module
 
 
