@@ -90,6 +90,10 @@ CASES = {  # name: (argv with {root} and {mr}, words the one sentence must conta
     "zero molecules": (["sample", "molecules", "--num", "0", "--out", "{root}/o.sdf"], "must be positive"),
     "negative subjects": (["phantom", "--subjects", "-1", "--out", "{root}/ph2"], "at least 1"),
     "zero samples": (["translate", "--mr", "{mr}", "--samples", "0", "--out", "{root}/o.nii.gz"], "at least 1"),
+    "unknown time spacing (translate)": (["translate", "--mr", "{mr}", "--spacing", "karras", "--out", "{root}/o.nii.gz"],
+                                         "invalid choice: 'karras'"),
+    "unknown time spacing (molecules)": (["sample", "molecules", "--spacing", "2", "--out", "{root}/o.sdf"],
+                                         "invalid choice: '2'"),
 }
 
 

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
+
 
 def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subjects", type=int, required=True, help="number of paired head phantoms to write")
@@ -42,7 +44,9 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
     p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz; needs --samples >= 2)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    p.add_argument("--sampler", default="ddim", help="core sampler: ddim, dpmpp2m, ddpm, heun or pc (default ddim)")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES, help="core sampler (default ddim)")
+    p.add_argument("--spacing", choices=SPACINGS, help="the sampler's time grid (not the voxel size): uniform, "
+                                                        "quadratic or logsnr (default: the sampler's own; ddim: uniform)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per network call (default 16)")
     p.add_argument("--png", help="write an MR / sCT / CT / |error| / std panel here (.png)")
@@ -57,7 +61,8 @@ def run_translate(args: argparse.Namespace) -> int:
 
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
     info = translate_file(args.mr, args.out, mask=args.mask, ckpt=args.ckpt, samples=args.samples,
-                          uncertainty=args.uncertainty, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                          uncertainty=args.uncertainty, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
+                          seed=args.seed,
                           batch_size=args.batch_size, png=args.png, ct=args.ct)
     written = [args.out] + [p for p in (args.uncertainty, args.png) if p]
     print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")

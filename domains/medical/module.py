@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
-from sci_diffusion.samplers import get_sampler
+from sci_diffusion.samplers import DEFAULT_SPACING, get_sampler
 from sci_diffusion.state_spaces import EuclideanSpace
 
 
@@ -142,17 +143,22 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
     # ----- inference -----------------------------------------------------------------------------
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
-                   generator: torch.Generator | None = None) -> Tensor:
+                   generator: torch.Generator | PerSampleGenerator | None = None, spacing: str | None = None) -> Tensor:
         """One sample of CT slices ``(B, 1, H, W)`` in [-1, 1] given MR slices ``(B, k, H, W)``.
 
         Args:
             mr: normalised MR stacks; H and W multiples of ``size_multiple``.
             noise: the starting noise ``x_T (B, 1, H, W)``; drawn from ``generator`` when None.
             sampler, steps: a core sampler name and its step count.
-            generator: for the starting noise and any noise the sampler draws.
+            generator: for the starting noise and any noise the sampler draws; a
+                :class:`~sci_diffusion.generators.PerSampleGenerator` (one generator per slice) makes
+                each slice's draws independent of the batch it is in.
+            spacing: the sampler's time grid (``sci_diffusion.time_grids.SPACINGS``); None: its default.
         """
         space = EuclideanSpace()
         if noise is None:
             noise = space.noise(mr[:, :1], generator)
         denoiser = self.denoiser(context=mr, clip=(-1.0, 1.0))
-        return get_sampler(sampler)(denoiser, noise.to(mr), self.schedule, steps, space, generator=generator)
+        spacing = spacing or DEFAULT_SPACING[sampler]
+        return get_sampler(sampler)(denoiser, noise.to(mr), self.schedule, steps, space, generator=generator,
+                                    spacing=spacing)

@@ -26,6 +26,7 @@ from sci_diffusion import __version__
 from sci_diffusion.atomic import check_writable
 from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion.errors import UserError
+from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 
 from .nifti import NIFTI_SUFFIXES, MedicalInputError, load_nifti, load_volume, save_like
 from .phantom import CT_BACKGROUND_HU, body_mask_from_mr
@@ -83,7 +84,7 @@ def ras_zooms(affine: np.ndarray, to_ras: np.ndarray) -> np.ndarray:
 def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, samples: int = 1,
                      sampler: str = "ddim", steps: int = 20, seed: int = 0, batch_size: int = 16,
                      axis: str | int = "axial", divisible: int = 16, min_size: Sequence[int] | None = None,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, spacing: str | None = None) -> np.ndarray:
     """K synthetic CTs of one RAS volume.
 
     Args:
@@ -92,12 +93,13 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
         mask: (X, Y, Z) body mask; voxels > 0 are body. Must not be empty.
         samples: K; must be 1 for a deterministic model.
         sampler, steps: a core sampler name (``ddim``, ``dpmpp2m``, ...) and its step count.
-        seed: the starting noise of all K samples comes from one generator with this seed, drawn
-            for the whole volume at once, so ``batch_size`` does not change the result
-            (for the deterministic samplers ddim and dpmpp2m).
+        seed: one seed per (sample, slice) is drawn from this seed, and each slice's starting noise
+            and sampler noise come from its own generator (EDM's per-sample generators), so
+            ``batch_size`` does not change the result for any sampler (up to float rounding).
         batch_size: slices per network call.
         axis, divisible, min_size: slicing axis, padding multiple and training crop size of the model's
             data (``slice_geometry``); slices are padded to what the network saw in training.
+        spacing: the sampler's time grid (``sci_diffusion.time_grids.SPACINGS``); None: its default.
 
     Returns:
         (K, X, Y, Z) float32 CT in HU; -1000 outside the mask.
@@ -123,16 +125,15 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
     k = int(module.hparams.k)
     index = (occupied[:, None] + torch.arange(k)[None] - k // 2).clamp(0, vol.shape[0] - 1)
     stacks = padded[index]  # (N, k, H', W')
-    gen = torch.Generator().manual_seed(int(seed))
+    n = len(occupied)
+    seeds = per_sample_seeds(torch.Generator().manual_seed(int(seed)), samples * n)  # sample j, slice i: j * n + i
     out = np.full((samples, *vol.shape), CT_BACKGROUND_HU, dtype=np.float32)
-    bar = tqdm(total=samples * -(-len(occupied) // batch_size), desc="translate", unit="batch", disable=not progress,
-               leave=False)
+    bar = tqdm(total=samples * -(-n // batch_size), desc="translate", unit="batch", disable=not progress, leave=False)
     for j in range(samples):
-        noise = torch.randn((len(occupied), 1, *stacks.shape[2:]), generator=gen)
-        for b in range(0, len(occupied), batch_size):
+        for b in range(0, n, batch_size):
             mr_b = stacks[b:b + batch_size].to(device)
-            pred = module.synthesise(mr_b, noise=noise[b:b + batch_size].to(device), sampler=sampler, steps=steps,
-                                     generator=gen)
+            slices = PerSampleGenerator(seeds[j * n + b:j * n + b + len(mr_b)], device)
+            pred = module.synthesise(mr_b, sampler=sampler, steps=steps, generator=slices, spacing=spacing)
             hu = unit_to_ct(pred[:, 0, top:top + h, left:left + w].float().cpu()).numpy()
             out[j, occupied[b:b + batch_size].numpy()] = hu
             bar.update(1)
@@ -236,6 +237,7 @@ def translate_file(
     uncertainty: str | os.PathLike | None = None,
     steps: int = 20,
     sampler: str = "ddim",
+    spacing: str | None = None,
     seed: int = 0,
     batch_size: int = 16,
     png: str | os.PathLike | None = None,
@@ -255,10 +257,14 @@ def translate_file(
         check_writable(png, "--png")
     if uncertainty is not None and samples < 2:
         raise UserError(f"--uncertainty {uncertainty} needs --samples 2 or more (a standard deviation over samples).")
-    from sci_diffusion.samplers import SAMPLERS
+    from sci_diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+    from sci_diffusion.time_grids import SPACINGS
 
     if sampler not in SAMPLERS:
         raise UserError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    if spacing is not None and spacing not in SPACINGS:
+        raise UserError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
+    spacing = spacing or DEFAULT_SPACING[sampler]
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}.")
     if samples < 1:
@@ -274,7 +280,7 @@ def translate_file(
               f"trained on {np.round(trained, 2).tolist()} mm voxels; resample the MR for best results.", file=sys.stderr)
     start = time.perf_counter()
     volumes = translate_volume(module, inputs["mr"], inputs["mask"], samples, sampler, steps, seed, batch_size,
-                               progress=progress, **slice_geometry(module))
+                               progress=progress, spacing=spacing, **slice_geometry(module))
     seconds = time.perf_counter() - start
     mean, std = mean_and_std(volumes, inputs["mask"])
     deterministic = bool(getattr(module, "deterministic", False))
@@ -287,6 +293,7 @@ def translate_file(
         "checkpoint_sha256": getattr(module, "checkpoint_hash", None),
         "sampler": None if deterministic else sampler,
         "steps": None if deterministic else steps,
+        "spacing": None if deterministic else spacing,
         "seed": seed,
         "samples": samples,
         "uncertainty": None if uncertainty is None else str(uncertainty),

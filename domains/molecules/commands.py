@@ -12,8 +12,8 @@ from importlib.resources import files
 from pathlib import Path
 
 from sci_diffusion.errors import UserError
+from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
 
-SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp2m", "dpmpp2m_sde", "heun", "pc")
 BUNDLED = {
     "unconditional": "checkpoints/qm9_edm_small.ckpt",
     "latent": "checkpoints/qm9_geoldm_small.ckpt",
@@ -45,11 +45,13 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "(GeoLDM-style, diffuses an autoencoder's latents); with --ckpt, the kind the checkpoint "
                         "must hold")
     p.add_argument("--num", type=int, default=100, help="molecules to draw")
-    p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_CHOICES,
+    p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_NAMES,
                    help="dpmpp2m_sde (default): stochastic DPM-Solver++ on a quadratic time grid; at 50 steps "
                         "as many stable molecules as ancestral ddpm at 1000, far more than the ODE form dpmpp2m "
                         "(see the benchmark)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (independent of the training T)")
+    p.add_argument("--spacing", choices=SPACINGS, help="the sampler's time grid: uniform, quadratic or logsnr "
+                                                        "(default: the sampler's own; dpmpp2m_sde: quadratic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--atoms", type=int, help="atoms per molecule (default: drawn from the training histogram)")
     p.add_argument("--condition", nargs="+", action="extend", metavar="NAME=VALUE",
@@ -136,6 +138,7 @@ def run_sample(args: argparse.Namespace) -> int:
     import sci_diffusion
     from sci_diffusion.atomic import write_json
     from sci_diffusion.checkpoints import load_module
+    from sci_diffusion.samplers import DEFAULT_SPACING
 
     from .candidates import CandidateTable
     from .files import MoleculeWriter, draw_grid_png
@@ -210,7 +213,9 @@ def run_sample(args: argparse.Namespace) -> int:
         reference = train_smiles()
     table = CandidateTable(names, reference)
 
-    tags = {"sampler": args.sampler, "steps": args.steps, "seed": args.seed, "precision": args.precision,
+    spacing = args.spacing or DEFAULT_SPACING[args.sampler]
+    tags = {"sampler": args.sampler, "steps": args.steps, "spacing": spacing, "seed": args.seed,
+            "precision": args.precision,
             "checkpoint_sha256": module.checkpoint_hash,
             "generator": f"sci-diffusion {sci_diffusion.__version__}", "SYNTHETIC": 1}
     if conditional:
@@ -219,7 +224,7 @@ def run_sample(args: argparse.Namespace) -> int:
     torch.set_grad_enabled(False)
     with MoleculeWriter(out, chunk_size=args.batch_size, bonds=args.bonds) as writer:
         stream = sample_molecules(module, counts, args.sampler, args.steps, gen, args.batch_size, cond=cond,
-                                  guidance=guidance, precision=args.precision)
+                                  guidance=guidance, precision=args.precision, spacing=spacing)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]

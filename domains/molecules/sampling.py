@@ -11,7 +11,7 @@ from torch import Tensor
 
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
-from sci_diffusion.samplers import get_sampler
+from sci_diffusion.samplers import DEFAULT_SPACING, get_sampler
 
 from .module import MoleculeDiffusion, decode_atoms
 
@@ -85,7 +85,8 @@ def guided_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int, s
 def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], sampler: str = "dpmpp2m",
                      steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
                      cond: torch.Tensor | None = None, guidance: Guidance | None = None,
-                     progress: bool = False, precision: str = "bf16") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     progress: bool = False, precision: str = "bf16",
+                     spacing: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size.
 
     Molecules are sampled ``batch_size`` at a time, as one sparse PyG-style batch each, so memory
@@ -98,6 +99,7 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         module: the trained model (in eval mode).
         atom_counts: the size of every molecule to draw.
         sampler, steps: a core sampler name and its step count.
+        spacing: the sampler's time grid (``sci_diffusion.time_grids.SPACINGS``); None: the sampler's default.
         generator: makes the draw deterministic. One seed per molecule is drawn from it first, and
             each molecule's noise comes from its own generator (``generators.PerSampleGenerator``),
             so molecule i is the same whatever ``batch_size`` (up to float rounding, as matrix
@@ -114,6 +116,7 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
     if guidance is not None and cond is None:
         raise ValueError("Guidance needs a condition to guide towards.")
     sample = get_sampler(sampler)
+    spacing = spacing or DEFAULT_SPACING[sampler]
     device = next(module.parameters()).device
     if guidance is not None:
         batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
@@ -128,7 +131,8 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         denoiser = guided_denoiser(module, batch, num_graphs, space, guidance)
         c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress)
+            x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress,
+                       spacing=spacing)
             x = module.decode_state(x, batch, num_graphs).float()
         for part in torch.split(x, counts.tolist()):
             pos, z = decode_atoms(part)

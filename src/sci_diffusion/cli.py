@@ -111,8 +111,16 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors (an unknown choice, a missing flag) are one sentence and
+    exit status 2, like every other bad input, instead of a usage block. Its subparsers are too."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`).")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sci-diffusion",
         description="Diffusion models for scientific data. Training verbs (fit, validate, test) take "
                     "LightningCLI arguments, e.g. `sci-diffusion fit --config configs/molecules/qm9_edm_small.yaml`.",

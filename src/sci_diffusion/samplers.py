@@ -9,12 +9,17 @@ callback=None, **options) -> x_0``
   whether it is guided.
 - ``steps``: the number of steps (independent of the training T), or an explicit decreasing
   time grid (1-D tensor from ~1 to 0).
+- ``spacing``: how ``steps`` are laid out in time, one of :data:`~sci_diffusion.time_grids.SPACINGS`
+  (``uniform``, ``quadratic``, ``logsnr``; built by :func:`~sci_diffusion.time_grids.time_grid`,
+  which keeps every network evaluation at ``t >= 1/T``); each sampler has its own default,
+  ``DEFAULT_SPACING``. Ignored when ``steps`` is a grid.
 - ``space``: the :class:`~sci_diffusion.state_spaces.StateSpace`; all noise comes from it.
 - ``generator``: a ``torch.Generator``; with it, sampling is deterministic.
 - ``callback(i, t, x_t, x0_hat)``: called after each step with the intermediate state.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -23,20 +28,28 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .denoiser import Denoiser
+from .names import SAMPLER_NAMES
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
+from .time_grids import time_grid
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
 
 
-def _grid(schedule: NoiseSchedule, steps: int | Tensor, spacing: str = "uniform") -> Tensor:
+def _grid(schedule: NoiseSchedule, steps: int | Tensor, spacing: str) -> Tensor:
     if isinstance(steps, Tensor):
         return steps.to(torch.float64)
-    return schedule.time_grid(int(steps), spacing)
+    return time_grid(schedule, steps, spacing)
 
 
-def _coefficients(schedule: NoiseSchedule, t: Tensor) -> tuple[float, float, float]:
-    """``(alpha, sigma, lambda)`` at a scalar time, as Python floats (float64 math)."""
+def step_coefficients(schedule: NoiseSchedule, t: Tensor) -> tuple[float, float, float]:
+    """``(alpha, sigma, lambda)`` at a scalar grid time, as Python floats (float64 math).
+
+    A grid's last time, 0, is the data itself: ``(1, 0, inf)``, so every sampler's last step returns
+    its data estimate. (``polynomial_2`` keeps ``sigma = 0.003`` at t = 0; stepping there would keep
+    90 % of the noise left at t = 1/T, a network evaluation spent on almost nothing.)"""
+    if float(t) == 0.0:
+        return 1.0, 0.0, float("inf")
     return float(schedule.alpha(t)), float(schedule.sigma(t)), float(schedule.log_snr(t))
 
 
@@ -69,13 +82,13 @@ def ddim_step(x: Tensor, x0: Tensor, a_t: float, s_t: float, a_s: float, s_s: fl
 
 def ddpm(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
          cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-         callback: Callback | None = None) -> Tensor:
+         callback: Callback | None = None, spacing: str = "uniform") -> Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) on any time grid; no noise on the last step."""
     x = x_T
-    times = _grid(schedule, steps)
+    times = _grid(schedule, steps, spacing)
     for i, (t, s) in _steps(times, progress, "ddpm"):
-        a_t, s_t, _ = _coefficients(schedule, t)
-        a_s, s_s, _ = _coefficients(schedule, s)
+        a_t, s_t, _ = step_coefficients(schedule, t)
+        a_s, s_s, _ = step_coefficients(schedule, s)
         x0 = _denoise(denoiser, x, t, cond)
         last = i == len(times) - 2
         noise = None if last else space.noise(x, generator)
@@ -87,12 +100,12 @@ def ddpm(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | 
 
 def ddim(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
          cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-         callback: Callback | None = None, eta: float = 0.0) -> Tensor:
+         callback: Callback | None = None, spacing: str = "uniform", eta: float = 0.0) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021); ``eta = 0`` is deterministic, ``eta = 1`` is DDPM-like."""
     x = x_T
-    for i, (t, s) in _steps(_grid(schedule, steps), progress, "ddim"):
-        a_t, s_t, _ = _coefficients(schedule, t)
-        a_s, s_s, _ = _coefficients(schedule, s)
+    for i, (t, s) in _steps(_grid(schedule, steps, spacing), progress, "ddim"):
+        a_t, s_t, _ = step_coefficients(schedule, t)
+        a_s, s_s, _ = step_coefficients(schedule, s)
         x0 = _denoise(denoiser, x, t, cond)
         noise = space.noise(x, generator) if eta > 0 else None
         x = space.project(ddim_step(x, x0, a_t, s_t, a_s, s_s, eta, noise))
@@ -161,8 +174,8 @@ def _dpmpp2m_loop(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, step
     times = _grid(schedule, steps, spacing)
     d_prev, h_prev = None, None
     for i, (t, s) in _steps(times, progress, "dpmpp2m_sde" if stochastic else "dpmpp2m"):
-        _, s_t, lam_t = _coefficients(schedule, t)
-        a_s, s_s, lam_s = _coefficients(schedule, s)
+        _, s_t, lam_t = step_coefficients(schedule, t)
+        a_s, s_s, lam_s = step_coefficients(schedule, s)
         h = lam_s - lam_t
         d0 = _denoise(denoiser, x, t, cond)
         last = i == len(times) - 2
@@ -187,10 +200,11 @@ def heun(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | 
     ``y = x / alpha``, ``sigma = sigma_t / alpha_t``; Euler on the last step. NFE = 2 steps - 1.
     """
     times = _grid(schedule, steps, spacing)
-    y = x_T / float(schedule.alpha(times[0]))
+    y = x_T / step_coefficients(schedule, times[0])[0]
     for i, (t, s) in _steps(times, progress, "heun"):
-        a_t, sig_t = float(schedule.alpha(t)), float(schedule.sigma_ve(t))
-        a_s, sig_s = float(schedule.alpha(s)), float(schedule.sigma_ve(s))
+        a_t, s_t, _ = step_coefficients(schedule, t)
+        a_s, s_s, _ = step_coefficients(schedule, s)
+        sig_t, sig_s = s_t / a_t, s_s / a_s
         x0 = _denoise(denoiser, y * a_t, t, cond)
         d = (y - x0) / sig_t
         y_next = y + (sig_s - sig_t) * d
@@ -201,36 +215,39 @@ def heun(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | 
         y = space.project(y_next)
         if callback:
             callback(i, float(s), y * a_s, x0)
-    return y * float(schedule.alpha(times[-1]))
+    return y * step_coefficients(schedule, times[-1])[0]
 
 
 def pc(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
        cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-       callback: Callback | None = None, corrector_steps: int = 1, snr: float = 0.16) -> Tensor:
+       callback: Callback | None = None, spacing: str = "uniform", corrector_steps: int = 1,
+       snr: float = 0.16) -> Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 5 for VP SDEs).
 
     Predictor: an ancestral step. Corrector: ``corrector_steps`` Langevin steps at the new time
-    with step size ``2 a (snr ||z|| / ||score||)^2`` (norms averaged over the batch, as in Song et al.'s
-    code) and ``a = alpha_bar_t / alpha_bar_s``, the coarse-step analogue of their ``1 - beta_i``.
+    with step size ``2 a (snr sigma_s)^2``: Song et al.'s ``2 a (snr ||z|| / ||score||)^2`` with the
+    score at its noise-level norm ``||z|| / sigma_s``, so that no sample's step depends on the others
+    in its batch (their code averages measured norms over the batch); ``a = alpha_bar_t / alpha_bar_s``
+    is the coarse-step analogue of their ``1 - beta_i``.
     """
     x = x_T
-    times = _grid(schedule, steps)
+    times = _grid(schedule, steps, spacing)
     for i, (t, s) in _steps(times, progress, "pc"):
-        a_t, s_t, _ = _coefficients(schedule, t)
-        a_s, s_s, _ = _coefficients(schedule, s)
+        a_t, s_t, _ = step_coefficients(schedule, t)
+        a_s, s_s, _ = step_coefficients(schedule, s)
         x0 = _denoise(denoiser, x, t, cond)
         last = i == len(times) - 2
         x = space.project(ddpm_step(x, x0, a_t, s_t, a_s, s_s, None if last else space.noise(x, generator)))
         if not last and s_s > 1e-3:
+            # Song et al.'s step 2 a (snr ||z|| / ||score||)^2 with the score at its noise-level norm,
+            # ||score|| = ||z|| / sigma_s: one step size for every sample. Their code measures both norms
+            # and averages them over the batch, which makes a sample depend on the batch it is in.
+            step = 2 * (a_t**2 / a_s**2) * (snr * s_s) ** 2
             for _ in range(corrector_steps):
                 x0_s = _denoise(denoiser, x, s, cond)
                 score = -(x - a_s * x0_s) / s_s**2
                 z = space.noise(x, generator)
-                # Song et al. average the norms over the batch: a per-sample ratio is too noisy in low dimension.
-                g_norm = space.sample_sum(score.pow(2)).sqrt().mean()
-                z_norm = space.sample_sum(z.pow(2)).sqrt().mean()
-                step = 2 * (a_t**2 / a_s**2) * (snr * z_norm / g_norm.clamp(min=1e-12)) ** 2
-                x = space.project(x + step * score + (2 * step).sqrt() * z)
+                x = space.project(x + step * score + (2 * step) ** 0.5 * z)
         if callback:
             callback(i, float(s), x, x0)
     return x
@@ -238,6 +255,13 @@ def pc(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Te
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp2m": dpmpp2m,
                                                "dpmpp2m_sde": dpmpp2m_sde, "heun": heun, "pc": pc}
+
+
+assert tuple(SAMPLERS) == SAMPLER_NAMES  # the CLI offers the names before it imports torch
+
+# Each sampler's default time grid, read from its signature.
+DEFAULT_SPACING: dict[str, str] = {name: inspect.signature(f).parameters["spacing"].default
+                                   for name, f in SAMPLERS.items()}
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:

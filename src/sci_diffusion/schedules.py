@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 SCHEDULE_NAMES = ("linear", "cosine", "polynomial_2", "sigmoid")
-TIME_SPACINGS = ("uniform", "quadratic", "logsnr")  # see NoiseSchedule.time_grid
 
 
 def _linear_alpha_bar(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
@@ -152,23 +151,3 @@ class NoiseSchedule:
         x0, x1 = xs[idx - 1], xs[idx]
         w = torch.where(x1 > x0, (target - x0) / (x1 - x0), torch.zeros_like(target))
         return ts[idx - 1] + w * (ts[idx] - ts[idx - 1])
-
-    def time_grid(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
-        """``steps + 1`` decreasing times from 1 to 0 for a sampler taking ``steps`` steps.
-
-        ``spacing``: ``"uniform"`` in t (DDPM/DDIM practice); ``"quadratic"``, ``t_i = (1 - i/N)^2``,
-        uniform in sqrt(t) so that steps crowd near t = 0 (DDIM's ``quad`` and DPM-Solver's
-        ``time_quadratic``); ``"logsnr"`` uniform in lambda over the schedule's finite range, then
-        ending at t = 0 (DPM-Solver's suggestion).
-        """
-        if steps < 1:
-            raise ValueError("A sampler needs at least one step.")
-        if spacing == "uniform":
-            return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        if spacing == "quadratic":
-            return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) ** 2
-        if spacing == "logsnr":
-            t_min = 1.0 / self.T
-            lam = torch.linspace(float(self.log_snr(1.0)), float(self.log_snr(t_min)), steps, dtype=torch.float64)
-            return torch.cat([self.t_from_log_snr(lam), torch.zeros(1, dtype=torch.float64)])
-        raise ValueError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(TIME_SPACINGS)}.")

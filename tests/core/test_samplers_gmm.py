@@ -6,6 +6,7 @@ from sci_diffusion.gaussian_mixture import GaussianMixture, mixture_statistics, 
 from sci_diffusion.samplers import SAMPLERS, function_evaluations
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace
+from sci_diffusion.time_grids import time_grid
 
 N = 20000
 GMM = GaussianMixture.default_2d()
@@ -108,8 +109,7 @@ def test_step_count_is_independent_of_training_T():
 def karras_heun(denoise_ve, x, sigmas):
     """k-diffusion's ``sample_heun`` (Karras et al. 2022, Algorithm 1 with S_churn = 0), written out
     independently: variance-exploding ``x`` and a denoiser ``D(x, sigma)``. k-diffusion's grid ends
-    with an appended sigma = 0 and takes an Euler step onto it; ours ends at t = 0, where
-    ``polynomial_2`` keeps sigma = sqrt(1e-5) / alpha, which plays that role: Euler on the last step."""
+    with an appended sigma = 0 and takes an Euler step onto it, as ours does at t = 0."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise_ve(x, sigma)
@@ -128,19 +128,19 @@ def karras_heun(denoise_ve, x, sigmas):
 def test_heun_follows_karras_algorithm_on_the_same_grid(steps):
     """Heun in our VP variables against k-diffusion's VE form, both fed the exact mixture denoiser
     on one time grid: they must agree to float64 rounding, which a missing correction cannot."""
-    times = SCHEDULE.time_grid(steps, "logsnr")
+    times = time_grid(SCHEDULE, steps, "logsnr")
     x_T = torch.randn(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ours = SAMPLERS["heun"](GMM.exact_denoiser(SCHEDULE), x_T, SCHEDULE, times, SPACE)
     exact = GMM.exact_denoiser(SCHEDULE)
-    sigma_of_t = {float(SCHEDULE.sigma_ve(t)): t for t in times}
+    sigmas = [float(SCHEDULE.sigma_ve(t)) for t in times[:-1]] + [0.0]  # k-diffusion's grids end at sigma = 0
+    sigma_of_t = dict(zip(sigmas, times))
 
     def denoise_ve(x, sigma):  # D(x_ve; sigma) = the VP denoiser at x_vp = alpha x_ve
         t = sigma_of_t[float(sigma)]
         return exact(x * SCHEDULE.alpha(t), t.float())  # samplers hand the network t in float32
 
-    sigmas = [float(SCHEDULE.sigma_ve(t)) for t in times]
     x_ve = x_T / float(SCHEDULE.alpha(times[0]))
-    reference = karras_heun(denoise_ve, x_ve, sigmas) * float(SCHEDULE.alpha(times[-1]))
+    reference = karras_heun(denoise_ve, x_ve, sigmas)  # at sigma = 0, x_ve is the data
     torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)
     euler_only = karras_heun(lambda x, s: denoise_ve(x, s), x_ve, [sigmas[0], sigmas[-1]])
     assert (ours - euler_only).abs().max() > 1e-3  # the comparison can tell a sampler without correction
@@ -159,7 +159,8 @@ class ScriptedSpace(EuclideanSpace):
 
 def test_one_predictor_corrector_step_is_song_et_al_langevin_update():
     """Two steps of ``pc`` (1 -> t_1 -> 0) with scripted noise: the predictor is the ancestral step
-    and the corrector one Langevin step at t_1 with Song et al.'s step size; computed here by hand."""
+    and the corrector one Langevin step at t_1 with Song et al.'s step size (the score at its noise-level
+    norm); computed here by hand."""
     x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     z_pred, z_corr = (torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
                       for s in (1, 2))
@@ -178,10 +179,11 @@ def test_one_predictor_corrector_step_is_song_et_al_langevin_update():
     mean, var = posterior_mean(x_T, D(x_T, f32(1.0)), 1.0, 0.4)
     x = mean + var ** 0.5 * z_pred
     # Langevin at u = 0.4: score = -(x - alpha x0_hat) / sigma^2, step 2 (alpha_bar_t / alpha_bar_u) (snr |z| / |score|)^2
+    # with |score| at its noise-level value |z| / sigma_u
     score = -(x - a(0.4) * D(x, f32(0.4))) / s(0.4) ** 2
-    eps = 2 * (a(1.0) ** 2 / a(0.4) ** 2) * (0.16 * z_corr.norm(dim=1).mean() / score.norm(dim=1).mean()) ** 2
+    eps = 2 * (a(1.0) ** 2 / a(0.4) ** 2) * (0.16 * s(0.4)) ** 2
     x = x + eps * score + (2 * eps) ** 0.5 * z_corr
-    expected, _ = posterior_mean(x, D(x, f32(0.4)), 0.4, 0.0)  # the last step adds no noise
+    expected = D(x, f32(0.4))  # the last step, onto t = 0 (sigma = 0), returns the data estimate
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 

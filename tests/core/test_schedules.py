@@ -51,27 +51,6 @@ def test_linear_schedule_matches_diffusers_alphas_cumprod():
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
 
 
-def test_quadratic_grid_is_uniform_in_sqrt_t_and_crowds_near_zero():
-    grid = NoiseSchedule.from_name("polynomial_2", 1000).time_grid(50, "quadratic")
-    assert len(grid) == 51 and grid[0] == 1.0 and grid[-1] == 0.0
-    assert (torch.diff(grid) < 0).all()
-    torch.testing.assert_close(torch.diff(grid.sqrt()), torch.full((50,), -1 / 50, dtype=torch.float64))
-    assert int((grid[1:] < 0.25).sum()) == 25  # half of the steps end in the last quarter of time
-
-
-def test_unknown_spacing_names_the_choices():
-    with pytest.raises(ValueError, match="uniform, quadratic, logsnr"):
-        NoiseSchedule.from_name("cosine", 1000).time_grid(10, "karras")
-
-
-def test_logsnr_grid_is_uniform_in_lambda_and_ends_at_zero():
-    s = NoiseSchedule.from_name("cosine", 1000)
-    grid = s.time_grid(10, "logsnr")
-    assert grid[0] == pytest.approx(1.0) and grid[-1] == 0.0 and len(grid) == 11
-    lam = s.log_snr(grid[:-1])
-    assert torch.allclose(lam.diff(), lam.diff()[0].expand(9), atol=1e-6)
-
-
 def test_bad_schedule_name_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown noise schedule"):
         NoiseSchedule.from_name("quadratic")

@@ -82,7 +82,7 @@ def test_translate_without_ckpt_explains_the_missing_bundled_model(phantom_dir, 
 
 
 @pytest.mark.parametrize("extra, words", [(["--uncertainty", "u.nii.gz"], "--samples 2"),
-                                           (["--sampler", "euler"], "Unknown sampler")])
+                                           (["--sampler", "euler"], "invalid choice: 'euler'")])
 def test_translate_rejects_inconsistent_flags_before_any_work(phantom_dir, diffusion_ckpt, tmp_path, capsys, extra, words):
     err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt",
                                str(diffusion_ckpt), "--out", str(tmp_path / "o.nii.gz"), *extra], capsys)

@@ -1,0 +1,68 @@
+"""Time grids: the decreasing times ``1 = t_0 > t_1 > ... > t_N = 0`` a sampler steps through.
+
+The builders are separate from the samplers, as k-diffusion's ``get_sigmas_*`` are: a sampler takes
+a ``spacing`` name (or an explicit grid) and never builds a grid itself.
+
+A grid of ``N`` steps is DPM-Solver's ``get_time_steps(skip_type, t_T=1, t_0=1/T, N - 1)`` (Lu et al.
+2022) followed by 0: DPM-Solver's ``N - 1`` steps and its ``denoise_to_zero`` step, ``N`` network
+evaluations in all. A model trained on ``t in {1..T}/T`` (:class:`~sci_diffusion.module.DiffusionModule`)
+is therefore evaluated only where it was trained, ``t >= 1/T``. The samplers treat the final 0 as
+clean data (``sigma = 0``, see :func:`~sci_diffusion.samplers.step_coefficients`), so the last step
+returns the network's data estimate at ``1/T``, whatever noise the schedule keeps at t = 0.
+
+Spacings (``SPACINGS``):
+
+- ``"uniform"``: uniform in t (DPM-Solver's ``time_uniform``; DDPM/DDIM practice);
+- ``"quadratic"``: uniform in sqrt(t), so the steps crowd near t = 0 (``time_quadratic``);
+- ``"logsnr"``: uniform in ``lambda = log(alpha/sigma)`` (``logSNR``, DPM-Solver's advice for its
+  solvers).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .names import SPACINGS
+from .schedules import NoiseSchedule
+
+__all__ = ["SPACINGS", "logsnr_times", "quadratic_times", "time_grid", "uniform_times"]
+
+
+def uniform_times(steps: int, t_min: float) -> Tensor:
+    """``steps + 1`` times uniform in t from 1 to ``t_min``; float64."""
+    return torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+
+
+def quadratic_times(steps: int, t_min: float) -> Tensor:
+    """``steps + 1`` times uniform in sqrt(t) from 1 to ``t_min``; float64."""
+    return torch.linspace(1.0, t_min ** 0.5, steps + 1, dtype=torch.float64) ** 2
+
+
+def logsnr_times(schedule: NoiseSchedule, steps: int, t_min: float) -> Tensor:
+    """``steps + 1`` times uniform in the schedule's ``lambda`` from ``lambda(1)`` to ``lambda(t_min)``."""
+    lam = torch.linspace(float(schedule.log_snr(1.0)), float(schedule.log_snr(t_min)), steps + 1, dtype=torch.float64)
+    times = schedule.t_from_log_snr(lam)
+    times[0], times[-1] = 1.0, t_min  # the inverse is exact only to rounding at the ends
+    return times
+
+
+def time_grid(schedule: NoiseSchedule, steps: int, spacing: str = "uniform") -> Tensor:
+    """The ``(steps + 1,)`` float64 grid from 1 to 0 for a sampler taking ``steps`` steps.
+
+    Points ``0 .. steps - 1`` (where the network is evaluated) are DPM-Solver's
+    ``get_time_steps(spacing, 1, 1/T, steps - 1)`` and lie in ``[1/T, 1]``; the last point is 0.
+    """
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"A sampler needs a whole number of steps, at least 1, not {steps!r}.")
+    if spacing not in SPACINGS:
+        raise ValueError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
+    t_min, zero = 1.0 / schedule.T, torch.zeros(1, dtype=torch.float64)
+    if steps == 1:
+        return torch.cat([torch.ones(1, dtype=torch.float64), zero])
+    if spacing == "uniform":
+        times = uniform_times(steps - 1, t_min)
+    elif spacing == "quadratic":
+        times = quadratic_times(steps - 1, t_min)
+    else:
+        times = logsnr_times(schedule, steps - 1, t_min)
+    return torch.cat([times, zero])
