@@ -1,4 +1,4 @@
-"""The conditional QM9 protocol (EDM's Table 3; REFERENCE.md §1) on the gap, beside the published rows.
+"""The conditional QM9 protocol (EDM's Table 3; docs/protocols.md §1) on the gap, beside the published rows.
 
     python benchmarks/molecules_conditional.py [--num 1000] [--num-protocol 10000] [--budget-minutes 120]
 
@@ -32,7 +32,7 @@ from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9,
 from sci_diffusion_molecules.sampling import Guidance
 
 PROPERTY = "gap"
-# REFERENCE.md §1, gap in meV; training budgets as published.
+# EDM (Table 3), GeoLDM, EEGSDE and GeoBFN as published, gap in meV; training budgets as published.
 PUBLISHED = [
     ("Naive (shuffled labels)", "-", 1470), ("#Atoms", "-", 866),
     ("EDM", "GPU-days (3,000 epochs on Db)", 655), ("GeoLDM", "GPU-days", 587), ("GeoBFN", "GPU-days", 577),
@@ -135,7 +135,7 @@ def render(rows: list[dict], base: dict, meta: dict, goals: dict) -> str:
     notes = {"g": meta["generator_budget"], "c": meta["classifier_budget"], "r": meta["regressor_budget"],
              **meta.get("extra_budgets", {})}
     lines += ["", "Training budgets: " + "; ".join(f"[{key}] {text}" for key, text in notes.items()) + "."]
-    lines += ["", "Published (REFERENCE.md §1; EDM's classifier, GPU-days of training; normalised with the published "
+    lines += ["", "Published (EDM's Table 3 protocol, docs/protocols.md §1; EDM's classifier, GPU-days of training; normalised with the published "
               "#atoms 866 and lower bound 64):", "",
               "| method | training budget | gap MAE (meV) | normalised |", "|---|---|---|---|"]
     lines += [f"| {name} | {budget} | {mae} | {normalised_mae(mae, PUBLISHED_LOWER, PUBLISHED_ATOMS):.2f} |"

@@ -43,7 +43,7 @@ from sci_diffusion_molecules.sampling import draw_atom_counts, sample_molecules
 SETTINGS = [("dpmpp2m_sde", 20, "bf16"), ("dpmpp2m_sde", 50, "bf16"), ("dpmpp2m", 20, "bf16"), ("dpmpp2m", 50, "bf16"),
             ("ddim", 100, "bf16"), ("ddpm", 1000, "bf16"), ("dpmpp2m_sde", 50, "fp32")]
 FP32_COST_FACTOR = 4.0  # a guess at float32's cost over bf16, used only until a float32 row is measured
-PUBLISHED = [  # REFERENCE.md section 1; budgets as published (GPU-days are secondary figures)
+PUBLISHED = [  # EDM (2022) and GeoLDM (2023) as published; budgets as published (GPU-days are secondary figures)
     ("Data (QM9 itself)", "-", "-", 99.0, 95.2, 97.7, 97.7, None),
     ("EDM (2022)", "~7 GPU-days (1,100 epochs)", "ancestral 1000", 98.7, 82.0, 91.9, 90.7, 58.0),
     ("GeoLDM (2023)", "GPU-days (published)", "ancestral 1000", 98.9, 89.4, 93.8, 92.7, 57.0),

@@ -1,6 +1,5 @@
 """Bad input, in every verb: one sentence that names the file and the problem, exit status 2, no
-traceback, and nothing written. One row per case the design names (DESIGN.md, "Failure is part of
-the interface")."""
+traceback, and nothing written. One row per case that issue 11 §4 lists."""
 import re
 import shutil
 from pathlib import Path

@@ -29,10 +29,17 @@ def fit(args, tmp_path):
       "--model.init_args.hidden", "16", "--model.init_args.layers", "2", "--model.init_args.val_molecules", "4",
       "--model.init_args.val_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "1.0",
       "--trainer.check_val_every_n_epoch", "1", "--trainer.precision", "32-true"], 2),
+    ("configs/medical/mri2ct_phantom.yaml",  # rank zero writes the phantoms (prepare_data), both read them
+     ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--data.root", "{tmp}/phantom",
+      "--data.phantom_subjects", "3", "--data.phantom_spacing_mm", "4.0", "--data.val_subjects", "1",
+      "--data.crop_size", "[16,16]", "--data.batch_size", "4", "--model.channels", "[8,16,16]",
+      "--model.attention_levels", "[false,false,true]", "--model.num_head_channels", "8", "--model.norm_num_groups", "8",
+      "--model.val_slices", "2", "--model.val_steps", "1", "--trainer.limit_val_batches", "1",
+      "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1"], 3),
 ])
 def test_fit_runs_under_ddp_with_two_cpu_processes(config, extra, batches_per_rank, tmp_path):
-    fit(["--config", config, *extra], tmp_path)
-    runs = sorted(p for p in tmp_path.glob("*/version_*") if p.is_dir())
+    fit(["--config", config, *[a.format(tmp=tmp_path) for a in extra]], tmp_path)
+    runs = sorted(p for p in tmp_path.glob("*/version_*") if p.is_dir() and p.parent.name != "phantom")
     assert len(runs) == 1  # rank one wrote no run folder of its own
     last = list(runs[0].rglob("last*.ckpt"))
     assert [p.name for p in last] == ["last.ckpt"]

@@ -1,7 +1,7 @@
 """SynthRAD2023 Task 1 image metrics (MAE, PSNR, SSIM) and sCT diagnostics.
 
 `mae`, `psnr` and `ssim` follow the official challenge code (SynthRAD2023/metrics,
-functions/image_metrics.py, class ImageMetrics) and REFERENCE.md section 2:
+functions/image_metrics.py, class ImageMetrics) and docs/protocols.md §2:
 
 - MAE: sum(|ref * mask - pred * mask|) / sum(mask); no clipping.
 - PSNR: both clipped to [-1024, 3000] HU, voxels in the mask kept, skimage

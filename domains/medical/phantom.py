@@ -8,7 +8,7 @@ tissue by tissue with partial-volume fractions, then imaged twice:
 - T1 MR: the fraction-weighted relative T1 signal (BrainWeb scale), times a smooth bias
   field and a scanner gain, with Rician noise.
 
-Tissue values follow REFERENCE.md section 2. Cortical bone and air are both dark on T1
+Tissue values follow docs/protocols.md §2. Cortical bone and air are both dark on T1
 (bone about 48, air about 0 plus the noise floor) while their CT values are 2,500 HU apart:
 the ambiguity that makes MR->CT hard. Sinuses are air pockets walled by cortical bone.
 
@@ -47,7 +47,7 @@ TISSUE_LABELS: dict[int, str] = {
 LABEL = {name: index for index, name in TISSUE_LABELS.items()}
 
 # Per-subject tissue means: CT in HU, drawn uniformly from these ranges (all inside
-# REFERENCE.md section 2's table), and T1 on BrainWeb's relative scale (+-5% per subject).
+# docs/protocols.md §2's table), and T1 on BrainWeb's relative scale (+-5% per subject).
 # Partial volume pulls the median of thin layers (cortical bone, CSF) towards their
 # neighbours, as it does in a real 2 mm CT, hence cortical bone drawn from the upper part.
 TISSUE_CT_HU: dict[str, tuple[float, float]] = {

@@ -1,6 +1,6 @@
 """The deterministic baseline: a MONAI ``UNet`` mapping the k MR slices straight to the CT slice.
 
-REFERENCE.md section 2: one-step regression matches or beats diffusion sampling on paired
+docs/protocols.md §2: one-step regression matches or beats diffusion sampling on paired
 MRI-CT, so every diffusion result is reported next to this baseline, trained on the same
 slices with the same optimiser, EMA and wall-clock budget.
 

@@ -1,4 +1,4 @@
-"""Bond orders from 3D coordinates with the EDM rule (REFERENCE.md §1), and RDKit molecules built from them.
+"""Bond orders from 3D coordinates with the EDM rule (docs/protocols.md §1), and RDKit molecules built from them.
 
 A pair at distance ``d`` (pm) is bonded with order 1 if ``d < b1 + 10``, order 2
 if also ``d < b2 + 5`` and order 3 if also ``d < b3 + 3``; pairs without a b1

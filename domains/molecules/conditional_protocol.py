@@ -1,4 +1,4 @@
-"""The conditional QM9 protocol of EDM (Hoogeboom et al. 2022, Table 3; REFERENCE.md §1).
+"""The conditional QM9 protocol of EDM (Hoogeboom et al. 2022, Table 3; docs/protocols.md §1).
 
 A property classifier trained on Da predicts the property of molecules generated with targets
 drawn jointly with their atom counts from Db; the score is the mean absolute error between

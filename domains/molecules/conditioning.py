@@ -1,7 +1,7 @@
 """Property conditioning: the properties a model is conditioned on, their normalisation, and targets.
 
 A conditional model sees its targets normalised with the mean and the mean absolute deviation
-(MAD) of its training set (Db in the conditional QM9 protocol, REFERENCE.md §1), appended to
+(MAD) of its training set (Db in the conditional QM9 protocol, docs/protocols.md §1), appended to
 every atom's features with a presence flag: ``cond = [(y - mean) / mad, 1]``. A dropped condition
 (classifier-free guidance) is all zeros, flag included.
 

@@ -1,4 +1,4 @@
-"""EDM's molecule metrics (REFERENCE.md §1): stability, validity, uniqueness, V x U and novelty.
+"""EDM's molecule metrics (docs/protocols.md §1): stability, validity, uniqueness, V x U and novelty.
 
 Everything is decided by the 3D coordinates through the EDM bond rule in
 ``bonds.py``; bonds stored in a file are ignored. A molecule is a pair

@@ -1,6 +1,6 @@
 """QM9 (130,831 molecules), read offline from the ``qm9pack`` CSVs and cached as one ``.npz``.
 
-The exact EDM/GeoLDM split and the conditional Da/Db halves follow REFERENCE.md §1.
+The exact EDM/GeoLDM split and the conditional Da/Db halves follow docs/protocols.md §1.
 ``qm9pack`` is located with ``importlib`` and never imported: its ``__init__``
 needs ``pkg_resources``, which recent Pythons lack.
 """
@@ -142,7 +142,7 @@ def load_qm9(cache_dir: str | os.PathLike | None = None, verbose: bool = False) 
 
 
 def edm_split(arrays: QM9Arrays) -> dict[str, np.ndarray]:
-    """The exact EDM/GeoLDM split of REFERENCE.md §1, as row indices into ``arrays``.
+    """The exact EDM/GeoLDM split of docs/protocols.md §1, as row indices into ``arrays``.
 
     ``included`` is the sorted 0-based GDB9 index, and the rows of ``arrays`` are
     sorted the same way, so ``included[perm[a:b]]`` is the molecule of row ``perm[a:b]``.
@@ -166,7 +166,7 @@ def conditional_halves(train_rows: np.ndarray) -> dict[str, np.ndarray]:
     """EDM's conditional halves of the train split: Da (property classifier) and Db (generator).
 
     EDM's train file lists its molecules in archive order, which is ascending GDB9 index, and
-    ``qm9/data/utils.py`` permutes *that* list (REFERENCE.md §1 step 4). The rows of
+    ``qm9/data/utils.py`` permutes *that* list (docs/protocols.md §1 step 4). The rows of
     ``QM9Arrays`` are sorted by GDB9 index too, so sorting the rows gives EDM's file order.
 
     Args:

@@ -4,7 +4,7 @@ A schedule is a table of ``alpha_bar`` (= alpha^2) on the grid ``t_i = i / T``, 
 where ``t = 0`` is (almost) clean data and ``t = 1`` is (almost) pure noise. Between grid
 points the schedule is read by linear interpolation of ``log(alpha_bar)``, which is exact on
 the grid, monotone, and keeps the inverse ``t(lambda)`` cheap. All quantities follow
-REFERENCE.md §3:
+docs/protocols.md §3:
 
 - ``alpha = sqrt(alpha_bar)``, ``sigma = sqrt(1 - alpha_bar)``;
 - ``lambda = log(alpha / sigma)`` (half the log-SNR);

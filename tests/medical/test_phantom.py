@@ -7,7 +7,7 @@ import pytest
 from sci_diffusion_medical.pairs import find_synthrad_pairs, validate_pair
 from sci_diffusion_medical.phantom import LABEL, TISSUE_LABELS, make_head_phantom
 
-# REFERENCE.md section 2, "Tissue values for a paired head phantom" (HU). "~15" for CSF is
+# docs/protocols.md §2, "Tissue values for a paired head phantom" (HU). "~15" for CSF is
 # read as 5-25; sinus air allows partial volume with its bony walls.
 REFERENCE_CT_HU = {
     "air": (-1000, -1000),

@@ -1,4 +1,4 @@
-"""The EDM bond rule and metrics (REFERENCE.md §1), checked on hand-made cases and on real QM9."""
+"""The EDM bond rule and metrics (docs/protocols.md §1), checked on hand-made cases and on real QM9."""
 
 import numpy as np
 import pytest
@@ -112,7 +112,7 @@ def test_evaluate_molecules_rejects_an_empty_set():
 
 
 def test_qm9_data_reproduces_the_published_data_row(qm9):
-    """REFERENCE.md: on QM9 itself the protocol gives atom 99.0 / mol 95.2 / valid 97.7 (within 0.5)."""
+    """docs/protocols.md: on QM9 itself the protocol gives atom 99.0 / mol 95.2 / valid 97.7 (within 0.5)."""
     rows = edm_split(qm9)["test"][:5000]  # the test split is already in random order (seed 0)
     result = evaluate_molecules(qm9.molecule(int(r)) for r in rows)
     print(

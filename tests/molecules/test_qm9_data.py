@@ -1,4 +1,4 @@
-"""QM9 as REFERENCE.md §1 describes it: 130,831 molecules, the exact EDM split, units, PyG batches."""
+"""QM9 as docs/protocols.md §1 describes it: 130,831 molecules, the exact EDM split, units, PyG batches."""
 
 import time
 
@@ -104,7 +104,7 @@ def test_edm_split_sizes_disjoint_and_reproducible(qm9):
     assert len(np.unique(everything)) == NUM_MOLECULES
     again = edm_split(qm9)
     assert all(np.array_equal(split[k], again[k]) for k in split)
-    # REFERENCE.md: train = included[perm[:100000]], included = sorted 0-based GDB9 indices.
+    # docs/protocols.md: train = included[perm[:100000]], included = sorted 0-based GDB9 indices.
     included = qm9.index - 1
     perm = np.random.RandomState(0).permutation(NUM_MOLECULES)
     assert np.array_equal(qm9.index[split["train"]] - 1, included[perm[:100_000]])
@@ -119,7 +119,7 @@ def test_conditional_halves_split_train_into_two_disjoint_50000(qm9):
 
 
 def test_conditional_halves_follow_edms_recipe_on_its_gdb_sorted_train_file(qm9):
-    """REFERENCE.md §1 step 4, written out in GDB9 indices: EDM's train file is in ascending GDB
+    """docs/protocols.md §1 step 4, written out in GDB9 indices: EDM's train file is in ascending GDB
     order, and Da/Db are that list permuted by RandomState(42)."""
     included = np.sort(qm9.index - 1)  # 0-based GDB9 indices of the 130,831 kept molecules
     perm = np.random.RandomState(0).permutation(130_831)

@@ -1,0 +1,123 @@
+"""Peak memory of the streaming verbs, run as a user runs them: one CLI process each.
+
+- ``sample molecules --num N`` with the bundled model and the CLI's defaults (dpmpp2m_sde, 50 steps,
+  bf16, batches of 100), for each N of ``--molecules``: the process's peak RSS, its seconds, and what
+  its summary says. The largest run's SDF is then scored by ``evaluate molecules`` (the EDM metric and
+  novelty), so that row is also the bundled model's quality on that many molecules.
+- ``translate`` of one whole-head phantom at ``--translate-mm`` (1 mm: 192 x 224 x 192 voxels) with
+  the bundled MRI-to-CT model, ``--samples`` samples of ``--steps`` steps.
+
+Peak RSS is each child's ``ru_maxrss`` (``os.wait4``). A run that would start after
+``--budget-minutes`` is skipped and listed as skipped.
+
+    python benchmarks/memory.py --budget-minutes 40
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import ROOT, write_result  # noqa: E402
+
+
+def run_child(argv: list[str], log: Path) -> dict:
+    """Run ``sci-diffusion argv`` and return its exit status, seconds and peak RSS (MB)."""
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        child = subprocess.Popen([sys.executable, "-m", "sci_diffusion.cli", *argv], cwd=ROOT, stdout=fh,
+                                 stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    return {"command": "sci-diffusion " + " ".join(argv), "exit_status": os.waitstatus_to_exitcode(status),
+            "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget-minutes", type=float, required=True, help="no run starts after this")
+    p.add_argument("--molecules", type=int, nargs="+", default=[1000, 10000], help="sample molecules --num values")
+    p.add_argument("--translate-mm", type=float, default=1.0, help="voxel size of the translated phantom (mm)")
+    p.add_argument("--samples", type=int, default=1, help="translate --samples")
+    p.add_argument("--steps", type=int, default=5, help="translate --steps (memory does not depend on it)")
+    p.add_argument("--work-dir", default="runs/benchmarks/memory")
+    p.add_argument("--no-readme", action="store_true")
+    args = p.parse_args(argv)
+    work = ROOT / args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    deadline = time.perf_counter() + 60 * args.budget_minutes
+    rows, skipped = [], []
+
+    def budget_left(what: str) -> bool:
+        if time.perf_counter() < deadline:
+            return True
+        skipped.append(what)
+        print(f"skipping {what}: the budget is spent", flush=True)
+        return False
+
+    largest = max(args.molecules)
+    for num in sorted(args.molecules):
+        if not budget_left(f"sample molecules --num {num}"):
+            continue
+        sdf = work / f"molecules_{num}.sdf"
+        row = {"run": "sample molecules", "size": f"{num:,} molecules",
+               **run_child(["sample", "molecules", "--num", str(num), "--out", str(sdf), "--no-progress"],
+                           work / f"sample_{num}.log")}
+        summary = json.loads(Path(f"{sdf}.json").read_text())
+        row.update({k: summary[k] for k in ("written", "failed_non_finite", "molecules_per_second", "stable_fraction",
+                                              "valid_fraction", "sampler", "steps", "spacing", "precision")})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if num == largest and budget_left(f"evaluate molecules on {num}"):
+            report = work / f"metrics_{num}.json"
+            evaluated = {"run": "evaluate molecules", "size": f"{num:,} molecules",
+                         **run_child(["evaluate", "molecules", "--samples", str(sdf), "--out", str(report)],
+                                     work / f"evaluate_{num}.log")}
+            evaluated["metrics"] = json.loads(report.read_text())
+            rows.append(evaluated)
+            print(json.dumps(evaluated), flush=True)
+
+    if budget_left(f"translate at {args.translate_mm:g} mm"):
+        phantom = work / f"phantom_{args.translate_mm:g}mm"
+        if not (phantom / "1BA001" / "mr.nii.gz").is_file():
+            made = run_child(["phantom", "--subjects", "1", "--spacing", str(args.translate_mm), "--seed", "99",
+                              "--out", str(phantom)], work / "phantom.log")
+            if made["exit_status"] != 0:
+                raise SystemExit(f"writing the phantom failed; see {work / 'phantom.log'}")
+        import nibabel as nib
+
+        shape = nib.load(phantom / "1BA001" / "mr.nii.gz").shape
+        row = {"run": "translate", "size": f"{' x '.join(map(str, shape))} voxels at {args.translate_mm:g} mm",
+               **run_child(["translate", "--mr", str(phantom / "1BA001" / "mr.nii.gz"), "--mask",
+                            str(phantom / "1BA001" / "mask.nii.gz"), "--samples", str(args.samples), "--steps",
+                            str(args.steps), "--out", str(work / "sct.nii.gz")], work / "translate.log")}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    lines = ["| run | size | peak RSS (MB) | seconds | exit | notes |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["run"] == "sample molecules":
+            note = (f"{r['sampler']} {r['steps']} {r['spacing']} {r['precision']}; {r['molecules_per_second']:.1f} mol/s; "
+                    f"{100 * r['stable_fraction']:.1f} % stable, {100 * r['valid_fraction']:.1f} % valid; "
+                    f"{r['failed_non_finite']} non-finite")
+        elif r["run"] == "evaluate molecules":
+            m = r["metrics"]
+            note = ("EDM metric: " + ", ".join(f"{k.replace('_', ' ')} {100 * m[k]:.1f} %" for k in
+                    ("atom_stability", "molecule_stability", "validity", "validity_x_uniqueness", "novelty") if k in m))
+        else:
+            note = f"{args.samples} sample(s), {args.steps} steps"
+        lines.append(f"| {r['run']} | {r['size']} | {r['peak_rss_mb']:,.0f} | {r['seconds']:.0f} | {r['exit_status']} "
+                     f"| {note} |")
+    if skipped:
+        lines.append(f"\nSkipped (budget spent): {'; '.join(skipped)}.")
+    write_result("memory", {"budget_minutes": args.budget_minutes, "rows": rows, "skipped": skipped},
+                 "\n".join(lines), update_readme=not args.no_readme)
+    return 0 if all(r["exit_status"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
