@@ -135,8 +135,8 @@ def render(rows: list[dict], base: dict, meta: dict, goals: dict) -> str:
     notes = {"g": meta["generator_budget"], "c": meta["classifier_budget"], "r": meta["regressor_budget"],
              **meta.get("extra_budgets", {})}
     lines += ["", "Training budgets: " + "; ".join(f"[{key}] {text}" for key, text in notes.items()) + "."]
-    lines += ["", "Published (EDM's Table 3 protocol, docs/protocols.md §1; EDM's classifier, GPU-days of training; normalised with the published "
-              "#atoms 866 and lower bound 64):", "",
+    lines += ["", "Published (EDM's Table 3 protocol, docs/protocols.md §1; EDM's classifier, GPU-days of training; "
+              "normalised with the published #atoms 866 and lower bound 64):", "",
               "| method | training budget | gap MAE (meV) | normalised |", "|---|---|---|---|"]
     lines += [f"| {name} | {budget} | {mae} | {normalised_mae(mae, PUBLISHED_LOWER, PUBLISHED_ATOMS):.2f} |"
               for name, budget, mae in PUBLISHED]
