@@ -15,7 +15,7 @@ from torch import Tensor
 
 from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
-from sci_diffusion.samplers import DEFAULT_SPACING, get_sampler
+from sci_diffusion.samplers import get_sampler, resolve_spacing
 from sci_diffusion.state_spaces import EuclideanSpace
 
 
@@ -159,6 +159,6 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
         if noise is None:
             noise = space.noise(mr[:, :1], generator)
         denoiser = self.denoiser(context=mr, clip=(-1.0, 1.0))
-        spacing = spacing or DEFAULT_SPACING[sampler]
+        spacing = resolve_spacing(sampler, spacing)
         return get_sampler(sampler)(denoiser, noise.to(mr), self.schedule, steps, space, generator=generator,
                                     spacing=spacing)

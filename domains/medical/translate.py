@@ -257,14 +257,14 @@ def translate_file(
         check_writable(png, "--png")
     if uncertainty is not None and samples < 2:
         raise UserError(f"--uncertainty {uncertainty} needs --samples 2 or more (a standard deviation over samples).")
-    from sci_diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+    from sci_diffusion.samplers import SAMPLERS, resolve_spacing
     from sci_diffusion.time_grids import SPACINGS
 
     if sampler not in SAMPLERS:
         raise UserError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
     if spacing is not None and spacing not in SPACINGS:
         raise UserError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
-    spacing = spacing or DEFAULT_SPACING[sampler]
+    spacing = resolve_spacing(sampler, spacing)
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}.")
     if samples < 1:

@@ -138,7 +138,7 @@ def run_sample(args: argparse.Namespace) -> int:
     import sci_diffusion
     from sci_diffusion.atomic import write_json
     from sci_diffusion.checkpoints import load_module
-    from sci_diffusion.samplers import DEFAULT_SPACING
+    from sci_diffusion.samplers import resolve_spacing
 
     from .candidates import CandidateTable
     from .files import MoleculeWriter, draw_grid_png
@@ -213,7 +213,7 @@ def run_sample(args: argparse.Namespace) -> int:
         reference = train_smiles()
     table = CandidateTable(names, reference)
 
-    spacing = args.spacing or DEFAULT_SPACING[args.sampler]
+    spacing = resolve_spacing(args.sampler, args.spacing)
     tags = {"sampler": args.sampler, "steps": args.steps, "spacing": spacing, "seed": args.seed,
             "precision": args.precision,
             "checkpoint_sha256": module.checkpoint_hash,
@@ -221,8 +221,8 @@ def run_sample(args: argparse.Namespace) -> int:
     if conditional:
         tags.update({"guidance": args.guidance, "gradient_guidance": args.gradient_guidance})
     start, failed, drawn = time.perf_counter(), 0, []
-    torch.set_grad_enabled(False)
-    with MoleculeWriter(out, chunk_size=args.batch_size, bonds=args.bonds) as writer:
+    # No autograd graph while sampling, restored on the way out (an in-process caller keeps its own mode).
+    with torch.set_grad_enabled(False), MoleculeWriter(out, chunk_size=args.batch_size, bonds=args.bonds) as writer:
         stream = sample_molecules(module, counts, args.sampler, args.steps, gen, args.batch_size, cond=cond,
                                   guidance=guidance, precision=args.precision, spacing=spacing)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)

@@ -272,6 +272,13 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
         raise ValueError(f"Unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}.") from None
 
 
+def resolve_spacing(sampler: str, spacing: str | None = None) -> str:
+    """The time grid a run of ``sampler`` uses: ``spacing``, or the sampler's default when None
+    (the one place the default is filled in, so that what a run records is what it used)."""
+    get_sampler(sampler)
+    return spacing or DEFAULT_SPACING[sampler]
+
+
 def function_evaluations(name: str, steps: int, corrector_steps: int = 1) -> int:
     """Network evaluations a sampler spends for ``steps`` steps."""
     return {"heun": 2 * steps - 1, "pc": steps + corrector_steps * max(steps - 1, 0)}.get(name, steps)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sci_diffusion.samplers import DEFAULT_SPACING, SAMPLERS
+from sci_diffusion.samplers import DEFAULT_SPACING, SAMPLERS, resolve_spacing
 from sci_diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace
 from sci_diffusion.time_grids import SPACINGS, time_grid
@@ -91,6 +91,9 @@ def test_each_sampler_uses_its_default_spacing():
         SAMPLERS[name](first_steps, torch.randn(4, 2), schedule, 10, EuclideanSpace(), generator=torch.Generator())
         expected = time_grid(schedule, 10, spacing)[:2].float()
         assert first_steps.times[:2] == expected.tolist(), name
+        assert resolve_spacing(name) == spacing and resolve_spacing(name, "uniform") == "uniform"
+    with pytest.raises(ValueError, match="Unknown sampler"):
+        resolve_spacing("euler")
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

@@ -10,7 +10,7 @@ from sci_diffusion.names import SAMPLER_NAMES
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.egnn import fully_connected_edges
 from sci_diffusion_molecules.module import MoleculeDiffusion, encode_atoms
-from sci_diffusion_molecules.sampling import sample_molecules
+from sci_diffusion_molecules.sampling import failed_molecules, isolate_failed_molecules, sample_molecules
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +230,22 @@ def test_a_molecule_is_the_same_whatever_the_batch_it_is_sampled_in(sampler, bun
     assert all(abs(a[1] - b[1]).max() > 1e-2 for a, b in zip(together, draw(4, 3)))  # another seed, other molecules
     bf16 = draw(3, 3, "bf16")
     assert all((a[1] == b[1]).all() for a, b in zip(bf16, draw(3, 3, "bf16")))  # the CLI's precision repeats too
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_a_failed_molecule_leaves_the_rest_of_its_batch_untouched(precision, bundled_model):
+    # Molecule 1 (rows 9-16) has gone non-finite. oneDNN's bfloat16 matrix product on this machine's
+    # CPU (AMX) writes NaN into the row before such a block (row 8, molecule 0) unless the sampler keeps
+    # failed molecules away from the network: they come back NaN, the others as if it were healthy.
+    counts = torch.tensor([9, 8, 12, 19, 17])
+    batch = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    x = torch.randn(int(counts.sum()), 9, generator=torch.Generator().manual_seed(0))
+    failed, healthy = x.clone(), x.clone()
+    failed[batch == 1] = float("nan")
+    healthy[batch == 1] = 0.0
+    denoiser = isolate_failed_molecules(bundled_model.denoiser(context=(batch, len(counts))), batch, len(counts))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out, reference = denoiser(failed, torch.tensor(0.5)), denoiser(healthy, torch.tensor(0.5))
+    assert out[batch == 1].isnan().all()
+    assert torch.equal(out[batch != 1], reference[batch != 1])
+    assert failed_molecules(out, batch, len(counts)).tolist() == [False, True, False, False, False]
