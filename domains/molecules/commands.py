@@ -138,6 +138,7 @@ def run_sample(args: argparse.Namespace) -> int:
     import sci_diffusion
     from sci_diffusion.atomic import write_json
     from sci_diffusion.checkpoints import load_module
+    from sci_diffusion.memory import release_freed_memory
     from sci_diffusion.samplers import resolve_spacing
 
     from .candidates import CandidateTable
@@ -249,6 +250,7 @@ def run_sample(args: argparse.Namespace) -> int:
                 table.add(i, z, pos, target, prediction)
                 if len(drawn) < 16:
                     drawn.append((z, pos))
+            release_freed_memory()  # resident memory bounded however many batches (sci_diffusion.memory)
         progress.close()
     seconds = time.perf_counter() - start
     csv_path = out.with_suffix(".csv")

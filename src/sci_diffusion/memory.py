@@ -7,6 +7,11 @@ that zero the same memory again: on the molecules sampler with classifier-free g
 third of the wall time (5.0 s of system time in 16 s). PyTorch's CPU performance guide points at
 the same cost and suggests jemalloc or tcmalloc; :func:`keep_freed_memory` gets most of the gain
 from glibc itself, through ``mallopt``, without another library.
+
+The price is fragmentation: with tensors of a few MB to 32 MiB served from the heap, and small
+allocations that live longer (RDKit's, the CLI's own) landing between them, the heap grows with
+the number of batches (sampling 10,000 molecules peaked at 2,347 MB, 1,000 at 1,122 MB).
+:func:`release_freed_memory` between batches hands the free pages back and keeps the peak bounded.
 """
 from __future__ import annotations
 
@@ -37,3 +42,20 @@ def keep_freed_memory(top_pad_mb: int = 256, trim_threshold_mb: int = 1024) -> b
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TOP_PAD, top_pad_mb << 20),
                 (M_TRIM_THRESHOLD, trim_threshold_mb << 20))
     return all(mallopt(param, value) == 1 for param, value in settings)
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free pages to the kernel (glibc's ``malloc_trim(0)``), wherever they lie.
+
+    Call it between batches of a long run made with :func:`keep_freed_memory`: network calls keep
+    reusing freed memory within a batch, and resident memory stops growing with the batch count.
+
+    Returns:
+        True if glibc released memory, False if it had none to release or there is no glibc.
+    """
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return malloc_trim(0) == 1

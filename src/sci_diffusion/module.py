@@ -125,22 +125,24 @@ class DiffusionModule(L.LightningModule):
     # ----- training --------------------------------------------------------------------------
     def diffusion_loss(self, b: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
         """The training loss on one prepared batch (eps/x0/v regression at a random time)."""
-        n, T = b.num_samples, self.schedule.T
-        step = torch.randint(1, T + 1, (n,), generator=generator, device="cpu").to(b.x0.device)
+        n, T, device = b.num_samples, self.schedule.T, b.x0.device
+        # Draws come from ``generator`` where it lives (validation: a fixed CPU generator), else on the
+        # data's device: with the schedule's tables on that device too, a GPU step never waits on the host.
+        draw_on = generator.device if generator is not None else device
+        step = torch.randint(1, T + 1, (n,), generator=generator, device=draw_on).to(device)
         t = step.double() / T
-        alpha = b.space.expand(self.schedule.alpha(t).to(b.x0.device), b.x0)
-        sigma = b.space.expand(self.schedule.sigma(t).to(b.x0.device), b.x0)
+        alpha = b.space.expand(self.schedule.alpha(t), b.x0)
+        sigma = b.space.expand(self.schedule.sigma(t), b.x0)
         eps = b.space.noise(b.x0, generator)
         x_t = alpha * b.x0 + sigma * eps
         cond = b.cond
         if cond is not None and self.hparams.cond_dropout > 0 and self.training:
-            drop = torch.rand(n, generator=generator, device="cpu").to(b.x0.device) < self.hparams.cond_dropout
+            drop = torch.rand(n, generator=generator, device=draw_on).to(device) < self.hparams.cond_dropout
             cond = self.drop_condition(cond, drop, b)
         pred = self(x_t, t.float(), cond, b.context)
         target = target_for(self.hparams.prediction, b.x0, eps, alpha, sigma)
         snr = torch.exp(2 * self.schedule.log_snr(t))
-        weight = b.space.expand(loss_weight(snr, self.hparams.prediction, self.hparams.loss_weighting).to(b.x0.device),
-                                b.x0)
+        weight = b.space.expand(loss_weight(snr, self.hparams.prediction, self.hparams.loss_weighting), b.x0)
         return diffusion_loss(pred, target, weight=weight, mask=b.mask, kind=self.hparams.loss_type)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -180,7 +182,7 @@ class DiffusionModule(L.LightningModule):
 
         callbacks = [CheckpointAtTrainEnd(), LossCurvePlot()]  # before WeightAveraging: see its docstring
         if self.hparams.ema_decay > 0:
-            callbacks.append(WeightAveraging(avg_fn=ema_with_warmup(self.hparams.ema_decay)))
+            callbacks.append(WeightAveraging(multi_avg_fn=ema_with_warmup(self.hparams.ema_decay)))
         return callbacks
 
     # ----- checkpoints -----------------------------------------------------------------------

@@ -98,6 +98,17 @@ class NoiseSchedule:
             raise ValueError("alpha_bar must be a strictly decreasing table in (0, 1] with at least 2 entries.")
         object.__setattr__(self, "alpha_bar_table", table)
         object.__setattr__(self, "_log_ab", np.log(table))
+        object.__setattr__(self, "_device_tables", {})
+
+    def _table(self, which: str, device: torch.device) -> torch.Tensor:
+        """The float64 table ``"alpha_bar"`` or ``"log_alpha_bar"`` on ``device``, copied there once:
+        a training step on a GPU evaluates the schedule several times, and a copy from host memory
+        each time would make the host wait for the device."""
+        key = (which, torch.device(device))
+        if key not in self._device_tables:
+            values = self.alpha_bar_table if which == "alpha_bar" else self._log_ab
+            self._device_tables[key] = torch.as_tensor(values, device=device)
+        return self._device_tables[key]
 
     # ----- discrete time --------------------------------------------------------------------
     @property
@@ -108,7 +119,7 @@ class NoiseSchedule:
     def discrete_alpha_bar(self, i: torch.Tensor | np.ndarray | int) -> torch.Tensor:
         """``alpha_bar`` at integer step(s) ``i in 0..T``; float64 tensor of ``i``'s shape."""
         i = torch.as_tensor(i, dtype=torch.long)
-        return torch.as_tensor(self.alpha_bar_table, device=i.device)[i]
+        return self._table("alpha_bar", i.device)[i]
 
     # ----- continuous time ------------------------------------------------------------------
     def log_alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:
@@ -117,7 +128,7 @@ class NoiseSchedule:
         pos = (t.clamp(0.0, 1.0) * self.T)
         lo = pos.floor().clamp(max=self.T - 1).long()
         frac = pos - lo
-        table = torch.as_tensor(self._log_ab, device=t.device)  # results live on t's device
+        table = self._table("log_alpha_bar", t.device)  # results live on t's device
         return table[lo] * (1 - frac) + table[lo + 1] * frac
 
     def alpha_bar(self, t: torch.Tensor | float) -> torch.Tensor:

@@ -95,13 +95,20 @@ def test_ema_decay_ramps_up_so_early_weights_fade_quickly():
     from sci_diffusion.callbacks import ema_with_warmup
 
     avg = ema_with_warmup(0.999)
-    ema = torch.zeros(1)
-    for n in range(200):  # the parameter jumps to 1 after the first step and stays there
-        ema = avg(ema, torch.ones(1), torch.tensor(n))
+    ema = [torch.zeros(1), torch.zeros(2, 2)]
+    for n in range(200):  # the parameters jump to 1 after the first step and stay there
+        avg(ema, [torch.ones(1), torch.ones(2, 2)], torch.tensor(n))
     # a fixed 0.999 decay would still hold 0.999**200 = 82 % of the initial 0; the ramp holds < 6 %
-    assert float(ema) > 0.94
-    late = avg(torch.zeros(1), torch.ones(1), torch.tensor(10**7))
-    assert float(late) == pytest.approx(0.001, rel=1e-4)
+    assert float(ema[0]) > 0.94 and torch.equal(ema[1], torch.full((2, 2), float(ema[0])))
+    late = [torch.zeros(1)]
+    avg(late, [torch.ones(1)], torch.tensor(10**7))
+    assert float(late[0]) == pytest.approx(0.001, rel=1e-4)
+    for n in range(3):  # the formula written out: d = min(0.999, (1 + n) / (10 + n)), ema += (p - ema)(1 - d)
+        before, param = torch.rand(5, generator=torch.Generator().manual_seed(n)), torch.rand(5)
+        after = [before.clone()]
+        avg(after, [param], torch.tensor(n))
+        d = min(0.999, (1 + n) / (10 + n))
+        torch.testing.assert_close(after[0], before * d + param * (1 - d))
 
 
 def test_ema_keeps_moving_when_the_weights_are_bfloat16():
@@ -109,9 +116,10 @@ def test_ema_keeps_moving_when_the_weights_are_bfloat16():
     from sci_diffusion.callbacks import ema_with_warmup
 
     avg = ema_with_warmup(0.999)
-    ema = avg(torch.ones(1, dtype=torch.bfloat16), torch.full((1,), 10.0, dtype=torch.bfloat16), torch.tensor(10**6))
-    assert ema.dtype == torch.bfloat16
-    assert float(ema) > 1.0  # 1 + 0.001 * 9 = 1.009, which bfloat16 holds as 1.0078
+    ema = [torch.ones(1, dtype=torch.bfloat16)]
+    avg(ema, [torch.full((1,), 10.0, dtype=torch.bfloat16)], torch.tensor(10**6))
+    assert ema[0].dtype == torch.bfloat16
+    assert float(ema[0]) > 1.0  # 1 + 0.001 * 9 = 1.009, which bfloat16 holds as 1.0078
 
 
 def test_a_cpu_time_budget_stops_training_and_counts_earlier_legs_on_resume(tmp_path, monkeypatch):

@@ -39,3 +39,39 @@ def test_network_calls_reuse_freed_memory():
     # edge tensors are unmapped on free and faulted in again), 10,000 to 40,000 with the settings.
     assert default > 100_000
     assert tuned < default / 5
+
+
+TRIM_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from sci_diffusion.memory import keep_freed_memory, release_freed_memory
+    assert keep_freed_memory()
+
+    def rss_mb():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+    # Tensors of a few MB served from the heap, each followed by a small allocation that stays:
+    # freeing the tensors leaves holes that glibc keeps (its trim threshold is 1 GB).
+    kept, tensors = [], []
+    for i in range(100):
+        tensors.append(torch.ones(1_000_000 + 1000 * i))  # 4 MB each, all sizes different
+        kept.append(torch.ones(300))  # small and long-lived, between the big ones
+    before = rss_mb()
+    del tensors
+    held = rss_mb()
+    if sys.argv[1] == "release":
+        release_freed_memory()
+    print(before, held, rss_mb())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_released_memory_leaves_the_process():
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT, mode], capture_output=True, text=True, check=True)
+        return [float(v) for v in out.stdout.split()]
+
+    before, held, after = run("release")
+    assert held > before - 100  # keep_freed_memory keeps the freed 400 MB resident ...
+    assert after < before - 300  # ... until release_freed_memory hands it back
+    _, held, after = run("keep")
+    assert after > held - 50
