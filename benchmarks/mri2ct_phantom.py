@@ -214,12 +214,15 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dir: Path, work: Path) 
             secs.append(sum(run["seconds"][:k]))
         report = evaluate_directory(folder, test_dir, folder / "metrics.json")
         mean = report["mean"]
+        curve = pooled_reliability_curve(folder, pairs) if k > 1 else None
         rows.append({
             "name": name, "model": model_kind, "sampler": None if steps is None else "ddim", "steps": steps,
             "samples": k, "nfe_per_slice": 1 if steps is None else steps * k,
             "mae_hu": mean["mae"], "psnr_db": mean["psnr"], "ssim": mean["ssim"],
             "bone_mae_hu": mean.get("tissue_mae.bone"), "soft_tissue_mae_hu": mean.get("tissue_mae.soft_tissue"),
             "air_mae_hu": mean.get("tissue_mae.air"), "std_error_r": mean.get("uncertainty_error_r"),
+            "coverage_1sigma": mean.get("coverage_1sigma"), "coverage_2sigma": mean.get("coverage_2sigma"),
+            "reliability_curve": curve,
             "mae_hu_std_over_patients": report["std"]["mae"],
             "seconds_per_volume": round(float(np.mean(secs)), 2), "peak_rss_mb": entry["peak_rss_mb"],
             "metrics_json": str(folder / "metrics.json"),
@@ -227,17 +230,39 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dir: Path, work: Path) 
     return rows, method
 
 
+def pooled_reliability_curve(folder: Path, pairs: list[dict]) -> dict:
+    """The reliability curve (``metrics.reliability_curve``) of every test patient's voxels together."""
+    import numpy as np
+
+    from sci_diffusion_medical.metrics import reliability_curve
+    from sci_diffusion_medical.nifti import load_volume
+
+    stds, preds, refs, masks = [], [], [], []
+    for p in pairs:
+        ct = load_volume(p["ct"])[0]
+        refs.append(ct.ravel())
+        masks.append(load_volume(p["mask"])[0].ravel() > 0)
+        preds.append(load_volume(folder / f"{p['id']}.nii.gz")[0].ravel())
+        stds.append(load_volume(folder / f"{p['id']}_std.nii.gz")[0].ravel())
+    return reliability_curve(*(np.concatenate(a) for a in (stds, preds, refs, masks)))
+
+
 def markdown_table(rows: list[dict]) -> str:
     def f(v, fmt):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-    lines = ["| model | sampler | K | MAE (HU) | PSNR (dB) | SSIM | bone MAE (HU) | std-err r | s / volume | peak RSS (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    def coverage(r):  # a calibrated model: 68 % / 95 %
+        one, two = r.get("coverage_1sigma"), r.get("coverage_2sigma")
+        return "-" if one is None else f"{100 * one:.0f} / {100 * two:.0f} %"
+
+    lines = ["| model | sampler | K | MAE (HU) | PSNR (dB) | SSIM | bone MAE (HU) | std-err r | within 1σ / 2σ | s / volume "
+             "| peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sampler = "one step" if r["steps"] is None else f"DDIM {r['steps']}"
         lines.append(f"| {r['model']} | {sampler} | {r['samples']} | {f(r['mae_hu'], '.1f')} | {f(r['psnr_db'], '.2f')} | "
                      f"{f(r['ssim'], '.4f')} | {f(r['bone_mae_hu'], '.1f')} | {f(r['std_error_r'], '.3f')} | "
-                     f"{f(r['seconds_per_volume'], '.1f')} | {f(r['peak_rss_mb'], '.0f')} |")
+                     f"{coverage(r)} | {f(r['seconds_per_volume'], '.1f')} | {f(r['peak_rss_mb'], '.0f')} |")
     return "\n".join(lines)
 
 
@@ -300,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.subjects_test} test subjects, {args.budget_minutes:g} min of 1-thread training for each model "
                 f"(diffusion {facts['diffusion']['global_step']} steps, regression {facts['regression']['global_step']} steps); "
                 f"SynthRAD2023 metrics in the body mask.\n\n" + markdown_table(rows))
+    curves = {f"{r['sampler'].upper()} {r['steps']}, K = {r['samples']}": r["reliability_curve"] for r in rows
+              if r["reliability_curve"]}
+    if curves:
+        from sci_diffusion_medical.metrics import draw_reliability_png
+
+        png = draw_reliability_png(curves, Path(args.out).with_name("mri2ct_phantom_reliability.png"))
+        payload["reliability_png"] = str(png)
+        markdown += f"\n\nReliability diagram of the K > 1 rows (all test voxels in the mask): `{png}`."
     write_result("mri2ct_phantom", json_safe(payload), markdown, out=Path(args.out), update_readme=not args.no_readme)
     print(markdown)
     print(f"wrote {args.out}")

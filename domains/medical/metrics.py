@@ -164,6 +164,71 @@ def uncertainty_error_correlation(std: np.ndarray, pred: np.ndarray, ref: np.nda
     return float(np.corrcoef(s, e)[0, 1])
 
 
+def uncertainty_coverage(std: np.ndarray, pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None,
+                         widths: tuple[float, ...] = (1.0, 2.0)) -> dict[str, float]:
+    """The fraction of voxels in the mask whose absolute error ``|pred - ref|`` (HU) lies within
+    ``w`` predicted standard deviations ``std`` (HU), for each ``w`` in ``widths``.
+
+    With Gaussian errors of the stated std, a calibrated model covers 68.3 % at 1 sigma and 95.4 %
+    at 2 sigma; less means overconfident, more underconfident.
+
+    Returns:
+        ``{"coverage_1sigma": .., "coverage_2sigma": ..}`` (keys ``coverage_<w>sigma``); NaN for an empty mask.
+    """
+    pred, ref = _pair(pred, ref)
+    m = _binary(mask, ref.shape)
+    s, e = np.asarray(std, dtype=np.float64)[m], np.abs(pred - ref)[m]
+    return {f"coverage_{w:g}sigma": float((e <= w * s).mean()) if s.size else float("nan") for w in widths}
+
+
+def reliability_curve(std: np.ndarray, pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None,
+                      bins: int = 10) -> dict[str, list[float]]:
+    """A reliability diagram's points: voxels in the mask binned by predicted std (equal-count bins),
+    and in each bin the root of the mean predicted variance against the root-mean-square error (both
+    HU), as in Levi et al. 2022 ("Evaluating and calibrating uncertainty prediction in regression
+    tasks"). A calibrated model's points lie on the diagonal; with the mean std instead of the root
+    mean variance, a bin whose std varies would sit above it even when calibrated.
+
+    Returns:
+        ``{"predicted_std": [bins] (root mean variance), "rmse": [bins], "voxels": [bins]}``.
+    """
+    pred, ref = _pair(pred, ref)
+    m = _binary(mask, ref.shape)
+    s, e = np.asarray(std, dtype=np.float64)[m], (pred - ref)[m]
+    order = np.argsort(s, kind="stable")
+    out: dict[str, list[float]] = {"predicted_std": [], "rmse": [], "voxels": []}
+    for part in np.array_split(order, bins):
+        if part.size:
+            out["predicted_std"].append(float(np.sqrt(np.mean(s[part] ** 2))))
+            out["rmse"].append(float(np.sqrt(np.mean(e[part] ** 2))))
+            out["voxels"].append(int(part.size))
+    return out
+
+
+def draw_reliability_png(curves: dict[str, dict[str, list[float]]], path: str | os.PathLike) -> Path:
+    """Draw reliability diagrams (``{label: reliability_curve(...)}``) on one PNG, with the diagonal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sci_diffusion.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    top = 1.05 * max([1.0] + [max(c["predicted_std"] + c["rmse"]) for c in curves.values()])
+    ax.plot([0, top], [0, top], color="0.6", linestyle="--", label="calibrated")
+    for label, c in curves.items():
+        ax.plot(c["predicted_std"], c["rmse"], marker="o", label=label)
+    ax.set(xlabel="predicted std (HU)", ylabel="RMS error (HU)", xlim=(0, top), ylim=(0, top),
+           title="Reliability (equal-count bins of std)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def _find_prediction(pred_dir: Path, pid: str) -> tuple[Path | None, Path | None]:
     """(prediction, std) paths of one patient in either supported layout, or None."""
     flat = [pred_dir / f"{pid}{s}" for s in (".nii.gz", ".nii")]
@@ -201,7 +266,7 @@ def evaluate_directory(
             (phantoms) gives the tissue classes; otherwise they come from the reference CT.
         pred_dir: either `<pred>/<id>.nii.gz` or `<pred>/<id>/sct.nii.gz` (`.nii` too), in HU,
             on the reference grid. An optional `<id>_std.nii.gz` / `<id>/sct_std.nii.gz`
-            (per-voxel std in HU) adds the uncertainty-error correlation.
+            (per-voxel std in HU) adds the uncertainty-error correlation and the 1- and 2-sigma coverage.
 
     Args:
         pred_dir, ref_dir: folders as above.
@@ -212,7 +277,8 @@ def evaluate_directory(
     Returns:
         {"protocol", "hu_range", "n_patients", "patients": {id: metrics}, "mean": .., "std": ..,
         "missing_predictions": [ids]}; metrics are mae, psnr, ssim, tissue_mae.{air,
-        soft_tissue,bone}, and uncertainty_error_r when a std file exists.
+        soft_tissue,bone}, and uncertainty_error_r, coverage_1sigma and coverage_2sigma when a std
+        file exists.
 
     Raises:
         MedicalInputError: no reference patients, a missing prediction (unless allowed),
@@ -247,6 +313,7 @@ def evaluate_directory(
         if std_path is not None:
             std = _load_on_grid(std_path, ct.shape, affine, ref["ct"])
             scores["uncertainty_error_r"] = uncertainty_error_correlation(std, pred, ct, mask)
+            scores.update(uncertainty_coverage(std, pred, ct, mask))
         scores["prediction"] = str(pred_path)
         patients[pid] = scores
     if not patients:

@@ -5,11 +5,14 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from sci_diffusion_medical.metrics import (
+    draw_reliability_png,
     evaluate_directory,
     mae,
     psnr,
+    reliability_curve,
     ssim,
     tissue_mae,
+    uncertainty_coverage,
     uncertainty_error_correlation,
 )
 from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_like, save_volume
@@ -107,6 +110,30 @@ def test_uncertainty_error_correlation_is_pearson_r_of_std_and_absolute_error_in
     expected = np.corrcoef(noise[mask], np.abs(error)[mask])[0, 1]
     assert uncertainty_error_correlation(noise, ref + error, ref, mask) == pytest.approx(expected)
     assert np.isnan(uncertainty_error_correlation(np.ones(ref.shape), ref + error, ref, mask))
+
+
+def test_coverage_of_gaussian_errors_with_their_true_std_is_68_and_95_percent(tmp_path):
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(5.0, 200.0, size=(60, 60, 60))  # HU, a different std at every voxel
+    ref = rng.uniform(-1000, 1000, sigma.shape)
+    pred = ref + rng.normal(size=sigma.shape) * sigma
+    mask = np.ones(sigma.shape, bool)
+    mask[:, :, :5] = False
+    pred[~mask] = 1e6  # outside the mask: ignored
+    calibrated = uncertainty_coverage(sigma, pred, ref, mask)
+    assert calibrated["coverage_1sigma"] == pytest.approx(0.6827, abs=0.003)  # 205,000 voxels: s.e. 0.001
+    assert calibrated["coverage_2sigma"] == pytest.approx(0.9545, abs=0.002)
+    overconfident = uncertainty_coverage(sigma / 2, pred, ref, mask)  # P(|z| < 0.5), P(|z| < 1)
+    assert overconfident["coverage_1sigma"] == pytest.approx(0.3829, abs=0.003)
+    assert overconfident["coverage_2sigma"] == pytest.approx(0.6827, abs=0.003)
+    curve = reliability_curve(sigma, pred, ref, mask, bins=8)
+    assert sum(curve["voxels"]) == mask.sum() and len(curve["rmse"]) == 8
+    assert curve["predicted_std"] == sorted(curve["predicted_std"])
+    np.testing.assert_allclose(curve["rmse"], curve["predicted_std"], rtol=0.03)  # on the diagonal
+    doubled = reliability_curve(2 * sigma, pred, ref, mask, bins=8)  # underconfident: below it
+    np.testing.assert_allclose(np.array(doubled["rmse"]) / doubled["predicted_std"], 0.5, rtol=0.03)
+    png = draw_reliability_png({"calibrated": curve, "2x std": doubled}, tmp_path / "reliability.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _write_predictions(phantom_dir, pred_dir, nested: bool, offset_hu: float = 10.0, with_std: bool = False):
