@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sci_diffusion.denoiser import isolate_failed_samples
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler, resolve_spacing
@@ -40,32 +41,6 @@ class Guidance:
     scale: float = 1.0
     regressor: Any = None
     gradient_scale: float = 0.0
-
-
-def failed_molecules(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    """``(num_graphs,)`` bool: the molecules with any non-finite entry in the state ``x`` ``(N, D)``."""
-    bad_atoms = (~torch.isfinite(x)).any(1).to(x.dtype)
-    return torch.zeros(num_graphs, dtype=x.dtype, device=x.device).index_add_(0, batch, bad_atoms) > 0
-
-
-def isolate_failed_molecules(network, batch: Tensor, num_graphs: int):
-    """Wrap ``network(x, *args)`` (a denoiser or a decoder on one graph batch) so that a molecule
-    whose state has gone non-finite cannot spoil the others in its batch.
-
-    The network sees zeros in place of a failed molecule's rows, and that molecule's output is
-    NaN, so it stays failed (and is counted so) to the end. Without this, one diverged molecule
-    took its neighbours with it: oneDNN's bfloat16 matrix product on CPUs with AMX writes NaN into
-    the row before a block of NaN rows (``Linear(7, 128)`` on 1,780 rows with rows 1441-1448 NaN
-    also spoils row 1440; float32 does not), so the NaN crept one molecule back per step
-    (molecules 2780, then 2779, then 2778 of ``sample molecules --num 3000 --seed 0``).
-    Elementwise work and every check run on the device, without a host synchronisation.
-    """
-    def isolated(x: Tensor, *args, **kwargs) -> Tensor:
-        failed_atoms = failed_molecules(x, batch, num_graphs)[batch][:, None]
-        out = network(torch.where(failed_atoms, torch.zeros((), dtype=x.dtype, device=x.device), x), *args, **kwargs)
-        return out.masked_fill(failed_atoms, float("nan"))
-
-    return isolated
 
 
 def paired_condition_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int):
@@ -154,13 +129,12 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         space = module.state_space(batch, num_graphs)
         generators = PerSampleGenerator(seeds[start:start + num_graphs], device)
         x_T = space.noise(torch.zeros(int(counts.sum()), 3 + module.state_features, device=device), generators)
-        denoiser = isolate_failed_molecules(guided_denoiser(module, batch, num_graphs, space, guidance), batch,
-                                            num_graphs)
+        denoiser = isolate_failed_samples(guided_denoiser(module, batch, num_graphs, space, guidance), space)
         c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress,
                        spacing=spacing)
-            x = isolate_failed_molecules(module.decode_state, batch, num_graphs)(x, batch, num_graphs).float()
+            x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs).float()
         for part in torch.split(x, counts.tolist()):
             pos, z = decode_atoms(part)
             yield z, pos

@@ -16,10 +16,22 @@ the number of batches (sampling 10,000 molecules peaked at 2,347 MB, 1,000 at 1,
 from __future__ import annotations
 
 import ctypes
+import functools
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # the ceiling of glibc's own dynamic threshold on 64-bit systems
+
+
+@functools.cache
+def _glibc_function(name: str, argtypes: tuple, restype):
+    """glibc's ``name`` from the process's own symbols (no ldconfig lookup), typed; None without glibc."""
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes, function.restype = list(argtypes), restype
+    return function
 
 
 def keep_freed_memory(top_pad_mb: int = 256, trim_threshold_mb: int = 1024) -> bool:
@@ -34,11 +46,9 @@ def keep_freed_memory(top_pad_mb: int = 256, trim_threshold_mb: int = 1024) -> b
         True if glibc accepted the settings, False where there is no glibc (macOS, Windows, musl),
         in which case nothing happens.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: no ldconfig lookup at start-up
-    except (OSError, AttributeError, TypeError):
+    mallopt = _glibc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TOP_PAD, top_pad_mb << 20),
                 (M_TRIM_THRESHOLD, trim_threshold_mb << 20))
     return all(mallopt(param, value) == 1 for param, value in settings)
@@ -53,9 +63,5 @@ def release_freed_memory() -> bool:
     Returns:
         True if glibc released memory, False if it had none to release or there is no glibc.
     """
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return False
-    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return malloc_trim(0) == 1
+    malloc_trim = _glibc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
+    return malloc_trim is not None and malloc_trim(0) == 1

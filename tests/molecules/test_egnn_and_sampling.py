@@ -6,11 +6,12 @@ from e3nn import o3
 from torch_geometric.data import Batch
 
 from sci_diffusion.checkpoints import load_module
+from sci_diffusion.denoiser import failed_samples, isolate_failed_samples
 from sci_diffusion.names import SAMPLER_NAMES
 from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.egnn import fully_connected_edges
 from sci_diffusion_molecules.module import MoleculeDiffusion, encode_atoms
-from sci_diffusion_molecules.sampling import failed_molecules, isolate_failed_molecules, sample_molecules
+from sci_diffusion_molecules.sampling import sample_molecules
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +244,10 @@ def test_a_failed_molecule_leaves_the_rest_of_its_batch_untouched(precision, bun
     failed, healthy = x.clone(), x.clone()
     failed[batch == 1] = float("nan")
     healthy[batch == 1] = 0.0
-    denoiser = isolate_failed_molecules(bundled_model.denoiser(context=(batch, len(counts))), batch, len(counts))
+    space = bundled_model.state_space(batch, len(counts))
+    denoiser = isolate_failed_samples(bundled_model.denoiser(context=(batch, len(counts))), space)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         out, reference = denoiser(failed, torch.tensor(0.5)), denoiser(healthy, torch.tensor(0.5))
     assert out[batch == 1].isnan().all()
     assert torch.equal(out[batch != 1], reference[batch != 1])
-    assert failed_molecules(out, batch, len(counts)).tolist() == [False, True, False, False, False]
+    assert failed_samples(out, space).tolist() == [False, True, False, False, False]
