@@ -17,6 +17,9 @@ def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (SynthRAD layout <out>/<id>/{mr,ct,mask,labels}.nii.gz)")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2: 96 x 112 x 96)")
     p.add_argument("--seed", type=int, default=0, help="subject i is drawn from the seed (seed, i)")
+    p.add_argument("--scanner", choices=("default", "shifted"), default="default",
+                   help="how the MR is imaged: 'shifted' is another scanner (tissue contrasts, stronger bias field, "
+                        "more noise), for robustness tests; the anatomy and CT of a seed do not change")
 
 
 def run_phantom(args: argparse.Namespace) -> int:
@@ -30,8 +33,9 @@ def run_phantom(args: argparse.Namespace) -> int:
     from sci_diffusion.atomic import check_writable
 
     check_writable(Path(args.out) / "dataset.json", "--out")
-    print(f"Writing {args.subjects} SYNTHETIC head phantoms at {args.spacing:g} mm to {args.out} ...", file=sys.stderr)
-    pairs = write_phantom_dataset(args.out, args.subjects, args.spacing, args.seed)
+    print(f"Writing {args.subjects} SYNTHETIC head phantoms ({args.scanner} scanner) at {args.spacing:g} mm to "
+          f"{args.out} ...", file=sys.stderr)
+    pairs = write_phantom_dataset(args.out, args.subjects, args.spacing, args.seed, args.scanner)
     print(f"Wrote {len(pairs)} subjects ({pairs[0]['id']} .. {pairs[-1]['id']}) and {args.out}/dataset.json.")
     return 0
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,45 @@ TISSUE_T1: dict[str, float] = {
     "grey_matter": 106.0,
     "white_matter": 154.0,
     "sinus_air": 0.0,
+}
+
+# A second MR scanner, for robustness tests: another T1 sequence (lower grey/white contrast, brighter
+# CSF and darker fat, as at another field strength and inversion time), a stronger bias field and
+# more noise. CT is unchanged: only the MR "scanner" moves. Relative T1 on the same scale as above.
+SHIFTED_TISSUE_T1: dict[str, float] = {
+    "air": 0.0,
+    "skin": 100.0,
+    "fat": 185.0,
+    "cortical_bone": 60.0,
+    "diploe": 150.0,
+    "csf": 70.0,
+    "ventricle": 70.0,
+    "grey_matter": 118.0,
+    "white_matter": 150.0,
+    "sinus_air": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """How a phantom's MR is imaged.
+
+    Attributes:
+        t1: relative T1 signal per tissue (BrainWeb scale, WM about 150).
+        bias_sd: standard deviation of the log bias field's quadratic coefficients (head frame in 100 mm).
+        bias_clip: the log bias field is clipped to +-this (0.3: about +-35 %).
+        noise: range of the Rician noise level, as a fraction of white matter's T1.
+    """
+
+    t1: dict[str, float]
+    bias_sd: float
+    bias_clip: float
+    noise: tuple[float, float]
+
+
+SCANNERS: dict[str, Scanner] = {
+    "default": Scanner(TISSUE_T1, bias_sd=0.08, bias_clip=0.3, noise=(0.01, 0.03)),
+    "shifted": Scanner(SHIFTED_TISSUE_T1, bias_sd=0.16, bias_clip=0.5, noise=(0.03, 0.06)),
 }
 
 FIELD_OF_VIEW_MM = (192.0, 224.0, 192.0)  # left-right, posterior-anterior, inferior-superior
@@ -189,7 +229,7 @@ def body_mask_from_mr(mr: np.ndarray, spacing_mm: float | Sequence[float] = 1.0)
 
 
 def make_head_phantom(
-    rng: np.random.Generator, spacing_mm: float | Sequence[float] = 2.0
+    rng: np.random.Generator, spacing_mm: float | Sequence[float] = 2.0, scanner: str = "default"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw one paired head: T1 MR, CT, body mask and tissue labels on one RAS grid.
 
@@ -197,6 +237,8 @@ def make_head_phantom(
         rng: source of all randomness; the same generator state gives the same subject.
         spacing_mm: isotropic voxel size, or one per axis. The field of view is fixed at
             192 x 224 x 192 mm, so 2 mm gives (96, 112, 96) voxels.
+        scanner: a key of SCANNERS: the MR's tissue contrasts, bias field and noise. The anatomy and
+            the CT of a generator state do not depend on it.
 
     Returns:
         mr: (X, Y, Z) float32, T1 on BrainWeb's relative scale (WM about 154).
@@ -205,6 +247,9 @@ def make_head_phantom(
         labels: (X, Y, Z) uint8, keys of TISSUE_LABELS (the tissue with the largest fraction).
         affine: (4, 4) float64 RAS+ voxel-to-world affine in mm.
     """
+    if scanner not in SCANNERS:
+        raise ValueError(f"scanner must be one of {sorted(SCANNERS)}, got {scanner!r}.")
+    imaging = SCANNERS[scanner]
     spacing = _spacing3(spacing_mm)
     shape = tuple(int(round(f / s)) for f, s in zip(FIELD_OF_VIEW_MM, spacing))
     affine = phantom_affine(spacing, shape, origin_offset_mm=rng.uniform(-20.0, 20.0, 3))
@@ -314,16 +359,16 @@ def make_head_phantom(
     for index, name in TISSUE_LABELS.items():
         hu_mean = rng.uniform(*TISSUE_CT_HU[name])
         hu_spread = 0.05 * abs(hu_mean) if name in ("cortical_bone", "diploe") else 2.0  # texture, HU
-        t1_mean = TISSUE_T1[name] * rng.uniform(0.95, 1.05)
+        t1_mean = imaging.t1[name] * rng.uniform(0.95, 1.05)
         ct += fractions[index] * (hu_mean + hu_spread * ct_texture)
         mr += fractions[index] * (t1_mean * (1.0 + 0.03 * mr_texture))
 
     # Bias field: a smooth multiplicative field of up to about +-25%, quadratic in the head frame.
     u = [qa / 100.0 for qa in (x, y, z)]
     basis = [u[0], u[1], u[2], u[0] * u[1], u[1] * u[2], u[0] * u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2]
-    log_bias = sum(np.float32(c) * b for c, b in zip(rng.normal(0.0, 0.08, len(basis)), basis))
-    mr *= np.exp(np.clip(log_bias, -0.3, 0.3)) * np.float32(rng.uniform(0.85, 1.15))
-    sigma = np.float32(rng.uniform(0.01, 0.03) * TISSUE_T1["white_matter"])
+    log_bias = sum(np.float32(c) * b for c, b in zip(rng.normal(0.0, imaging.bias_sd, len(basis)), basis))
+    mr *= np.exp(np.clip(log_bias, -imaging.bias_clip, imaging.bias_clip)) * np.float32(rng.uniform(0.85, 1.15))
+    sigma = np.float32(rng.uniform(*imaging.noise) * imaging.t1["white_matter"])
     real = mr + sigma * rng.standard_normal(shape, np.float32)
     mr = np.sqrt(real ** 2 + (sigma * rng.standard_normal(shape, np.float32)) ** 2)
 
@@ -339,13 +384,15 @@ def patient_id(index: int, site: str = "B", centre: str = "A") -> str:
 
 
 def write_phantom_dataset(
-    out_dir: str | os.PathLike, subjects: int, spacing_mm: float | Sequence[float] = 2.0, seed: int = 0
+    out_dir: str | os.PathLike, subjects: int, spacing_mm: float | Sequence[float] = 2.0, seed: int = 0,
+    scanner: str = "default",
 ) -> list[dict[str, str]]:
     """Write `subjects` phantoms as `<out_dir>/<id>/{mr,ct,mask,labels}.nii.gz`.
 
     Subject i is drawn from `np.random.default_rng([seed, i])`, so it does not depend on how
-    many subjects are written. A `dataset.json` beside the patients records the generator,
-    the seed, the spacing and TISSUE_LABELS. Every image's description says SYNTHETIC.
+    many subjects are written; `scanner` (a key of SCANNERS) picks how their MR is imaged. A
+    `dataset.json` beside the patients records the generator, the seed, the scanner, the spacing
+    and TISSUE_LABELS. Every image's description says SYNTHETIC.
 
     Returns:
         One dict per subject with keys id, mr, ct, mask, labels (paths as str), in id order.
@@ -355,7 +402,7 @@ def write_phantom_dataset(
     out = Path(out_dir)
     pairs = []
     for i in range(1, subjects + 1):
-        mr, ct, mask, labels, affine = make_head_phantom(np.random.default_rng([seed, i]), spacing_mm)
+        mr, ct, mask, labels, affine = make_head_phantom(np.random.default_rng([seed, i]), spacing_mm, scanner)
         pid = patient_id(i)
         folder = out / pid
         folder.mkdir(parents=True, exist_ok=True)
@@ -371,6 +418,7 @@ def write_phantom_dataset(
             "synthetic": True,
             "generator": "sci_diffusion_medical.phantom.make_head_phantom",
             "seed": seed,
+            "scanner": scanner,
             "spacing_mm": _spacing3(spacing_mm).tolist(),
             "subjects": [p["id"] for p in pairs],
             "tissue_labels": {str(k): v for k, v in TISSUE_LABELS.items()},

@@ -122,3 +122,23 @@ def test_write_phantom_dataset_uses_the_synthrad_task1_layout(phantom_dir):
     manifest = json.loads((phantom_dir / "dataset.json").read_text())
     assert manifest["synthetic"] is True and manifest["subjects"] == ["1BA001", "1BA002"]
     assert manifest["tissue_labels"]["3"] == "cortical_bone"
+
+
+def test_a_shifted_scanner_changes_only_the_mr():
+    """Same anatomy and CT; MR contrasts differ (grey/white closer, CSF brighter).
+
+    The body outline is derived from the MR, so the CT is compared where both outlines agree."""
+    a = make_head_phantom(np.random.default_rng(7), spacing_mm=4.0)
+    b = make_head_phantom(np.random.default_rng(7), spacing_mm=4.0, scanner="shifted")
+    both = (a[2] > 0) & (b[2] > 0)
+    np.testing.assert_array_equal(a[1][both], b[1][both])  # CT
+    np.testing.assert_array_equal(a[3], b[3])  # labels
+    np.testing.assert_array_equal(a[4], b[4])  # affine
+
+    def contrast(mr, labels, high, low):
+        return _median(mr, labels, high) / _median(mr, labels, low)
+
+    assert contrast(b[0], b[3], "white_matter", "grey_matter") < contrast(a[0], a[3], "white_matter", "grey_matter") - 0.1
+    assert contrast(b[0], b[3], "csf", "white_matter") > contrast(a[0], a[3], "csf", "white_matter") + 0.1
+    with pytest.raises(ValueError, match="scanner"):
+        make_head_phantom(np.random.default_rng(7), spacing_mm=4.0, scanner="mri")
