@@ -42,6 +42,10 @@ class MRItoCTDataModule(L.LightningDataModule):
             Validation always uses whole slices.
         divisible: whole-slice padding multiple (a multiple of the U-Net's ``size_multiple``).
         spacing_mm: resample volumes to this voxel size (mm) on loading; None keeps the files' grid.
+        mr_augmentation: probability of each of MONAI's random MR intensity transforms (bias field,
+            gamma, histogram shift, Gibbs ringing, Rician noise; ``transforms.mr_intensity_augmentation``)
+            on every training slice, so the model sees many "scanners"; 0 turns augmentation off.
+            Validation slices are never augmented.
         batch_size, num_workers: DataLoader settings.
     """
 
@@ -58,10 +62,13 @@ class MRItoCTDataModule(L.LightningDataModule):
         crop_size: Sequence[int] | None = (64, 64),
         divisible: int = 16,
         spacing_mm: float | None = None,
+        mr_augmentation: float = 0.0,
         batch_size: int = 16,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= mr_augmentation <= 1.0:
+            raise ValueError(f"mr_augmentation is a probability in [0, 1], got {mr_augmentation}.")
         self.save_hyperparameters()
         self.train_ids: list[str] = []
         self.val_ids: list[str] = []
@@ -89,8 +96,16 @@ class MRItoCTDataModule(L.LightningDataModule):
                                                       self.hparams.split_seed)
         h = self.hparams
         common = dict(k=h.k, axis=h.axis, divisible=h.divisible, spacing_mm=h.spacing_mm)
+        augment = None
+        if h.mr_augmentation > 0:
+            import torch
+
+            from .transforms import mr_intensity_augmentation
+
+            augment = mr_intensity_augmentation(h.mr_augmentation, seed=torch.initial_seed() % 2**32)
         self.train_set = SliceDataset([p for p in pairs if p["id"] in self.train_ids],
-                                      crop_size=None if h.crop_size is None else tuple(h.crop_size), **common)
+                                      crop_size=None if h.crop_size is None else tuple(h.crop_size), augment=augment,
+                                      **common)
         self.val_set = SliceDataset([p for p in pairs if p["id"] in self.val_ids], **common) if self.val_ids else None
         # The voxel size the model learns at (median over training volumes, RAS order), for the checkpoint.
         zooms = [np.sqrt((a[:3, :3].numpy() ** 2).sum(axis=0)) for a in self.train_set.affines]

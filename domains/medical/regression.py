@@ -23,6 +23,14 @@ from sci_diffusion.parameterisation import diffusion_loss
 from .module import SliceTranslation
 
 
+def regression_unet(k: int, channels: Sequence[int], num_res_units: int) -> torch.nn.Module:
+    """The regression network: a 2-D MONAI ``UNet`` from k MR slices to one CT slice (strides of 2)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=k, out_channels=1, channels=tuple(channels),
+                strides=(2,) * (len(channels) - 1), num_res_units=num_res_units)
+
+
 class MRItoCTRegression(SliceTranslation, DiffusionModule):
     """Deterministic MRI-to-CT U-Net (2.5-D): ``(B, k, H, W)`` MR -> ``(B, 1, H, W)`` CT in [-1, 1].
 
@@ -48,11 +56,8 @@ class MRItoCTRegression(SliceTranslation, DiffusionModule):
         self.save_hyperparameters()
 
     def build_network(self) -> torch.nn.Module:
-        from monai.networks.nets import UNet
-
         h = self.hparams
-        return UNet(spatial_dims=2, in_channels=h.k, out_channels=1, channels=tuple(h.channels),
-                    strides=(2,) * (len(h.channels) - 1), num_res_units=h.num_res_units)
+        return regression_unet(h.k, h.channels, h.num_res_units)
 
     def forward(self, mr: Tensor) -> Tensor:  # type: ignore[override]
         """CT estimate ``(B, 1, H, W)`` (unclipped, [-1, 1] scale) from MR stacks ``(B, k, H, W)``."""

@@ -6,14 +6,14 @@ Each volume is loaded once through `transforms.mri2ct_transforms` (RAS, CT and M
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.transforms import DivisiblePad, SpatialPad
 from torch.utils.data import Dataset
 
 from .pairs import validate_pair
-from .transforms import mri2ct_transforms
+from .transforms import augment_mr, mri2ct_transforms
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # spatial axis of a RAS (X, Y, Z) volume
 PAD_VALUES = {"mr": -1.0, "ct": -1.0, "mask": 0.0}  # background of each normalised volume
@@ -79,6 +79,8 @@ class SliceDataset(Dataset):
         divisible: whole-slice padding multiple (16 suits a 4-level U-Net).
         spacing_mm: resample every volume to this spacing (mm) when given.
         validate: run `validate_pair` on each pair first.
+        augment: MR intensity augmentation applied to every item's MR stack (training only), e.g.
+            `transforms.mr_intensity_augmentation`; None for none.
 
     Slices whose mask is empty are skipped.
     """
@@ -92,10 +94,12 @@ class SliceDataset(Dataset):
         divisible: int = 16,
         spacing_mm: Sequence[float] | float | None = None,
         validate: bool = True,
+        augment: Callable | None = None,
     ):
         if k < 1 or k % 2 == 0:
             raise ValueError(f"k must be a positive odd number, got {k}.")
         self.k, self.axis = k, axis_index(axis)
+        self.augment = augment
         self.crop_size = None if crop_size is None else tuple(int(c) for c in crop_size)
         in_plane = [a for a in range(3) if a != self.axis]
         if self.crop_size is None:
@@ -150,6 +154,8 @@ class SliceDataset(Dataset):
             left = int((centre[1] - w // 2).clamp(0, mask.shape[2] - w))
             origin = torch.tensor([top, left])
             ct, mr, mask = (x[:, top : top + h, left : left + w] for x in (ct, mr, mask))
+        if self.augment is not None:
+            mr = augment_mr(mr.contiguous(), self.augment)
         return {
             "ct": ct.contiguous(),
             "mr": mr.contiguous(),

@@ -163,3 +163,44 @@ def mri2ct_transforms(
     if "mr" in keys:
         steps.append(NormaliseMRInMaskd("mr", mask_key="mask", percentiles=mr_percentiles))
     return Compose(steps)
+
+
+def mr_intensity_augmentation(prob: float = 0.5, seed: int = 0) -> Compose:
+    """Random MR "scanners" for training: MONAI's intensity transforms on a (k, H, W) MR stack.
+
+    Each transform fires with probability ``prob``: a smooth multiplicative bias field (degree 3,
+    log-coefficients up to 0.3), a gamma change of contrast (0.7 to 1.5), Gibbs ringing (alpha up to
+    0.4), a histogram shift (a random monotone remapping of intensities, 5 to 10 control points) and
+    Rician noise (std up to 0.03 of the intensity range). The k slices of a stack get the same
+    field, gamma and remapping. Apply it through ``augment_mr``, which keeps the MR's conventions.
+    """
+    from monai.transforms import (
+        RandAdjustContrast,
+        RandBiasField,
+        RandGibbsNoise,
+        RandHistogramShift,
+        RandRicianNoise,
+    )
+
+    augment = Compose([
+        RandBiasField(degree=3, coeff_range=(0.0, 0.3), prob=prob),
+        RandAdjustContrast(gamma=(0.7, 1.5), prob=prob),
+        RandHistogramShift(num_control_points=(5, 10), prob=prob),
+        RandGibbsNoise(alpha=(0.0, 0.4), prob=prob),
+        RandRicianNoise(std=0.03, prob=prob, relative=True, sample_std=True),
+    ])
+    augment.set_random_state(seed)
+    return augment
+
+
+def augment_mr(stack: torch.Tensor, augment: Compose) -> torch.Tensor:
+    """A normalised MR stack ``(k, H, W)`` in [-1, 1] with ``augment`` applied to its signal.
+
+    The transforms act on the signal ``stack + 1`` (0 where there is no signal), the result is
+    clipped to [-1, 1], and voxels outside the body (exactly -1, the ``normalise_mr`` background)
+    stay -1, as the model sees them at inference.
+    """
+    background = stack <= -1.0
+    signal = augment(stack + 1.0)
+    signal = torch.as_tensor(signal.as_tensor() if hasattr(signal, "as_tensor") else signal, dtype=stack.dtype)
+    return torch.where(background, stack, (signal - 1.0).clamp(-1.0, 1.0))

@@ -61,3 +61,12 @@ def regression_ckpt(phantom_dir, tmp_path_factory) -> Path:
     """A 2-step MRItoCTRegression checkpoint (channels 8, 16) fitted on `phantom_dir` through the CLI."""
     return _tiny_fit("mri2ct_regression.yaml", phantom_dir, tmp_path_factory.mktemp("fit_regression"), [
         "--model.channels=[8,16]", "--model.num_res_units=1"])
+
+
+@pytest.fixture(scope="session")
+def residual_ckpt(phantom_dir, regression_ckpt, tmp_path_factory) -> Path:
+    """A 2-step MRItoCTResidualDiffusion checkpoint on top of `regression_ckpt`, with MR augmentation."""
+    return _tiny_fit("mri2ct_residual.yaml", phantom_dir, tmp_path_factory.mktemp("fit_residual"), [
+        f"--model.regression_ckpt={regression_ckpt}",
+        "--model.channels=[8,16,16]", "--model.attention_levels=[false,false,true]", "--model.num_head_channels=8",
+        "--model.norm_num_groups=8", "--model.val_slices=2", "--model.val_steps=1", "--data.mr_augmentation=0.5"])

@@ -1,0 +1,105 @@
+"""Residual (CorrDiff-style) MRI->CT diffusion, and the MR intensity augmentation it trains with."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion_medical.regression import MRItoCTRegression
+from sci_diffusion_medical.residual import MRItoCTResidualDiffusion
+from sci_diffusion_medical.transforms import augment_mr, mr_intensity_augmentation
+from sci_diffusion_medical.translate import translate_volume
+
+
+def _tiny_residual(regression_ckpt, **kwargs) -> MRItoCTResidualDiffusion:
+    return MRItoCTResidualDiffusion(regression_ckpt=str(regression_ckpt), channels=(8, 16), attention_levels=(False, True),
+                                    num_head_channels=8, norm_num_groups=8, **kwargs).eval()
+
+
+def test_the_residual_model_carries_its_frozen_regression(regression_ckpt, residual_ckpt):
+    regression = load_module(regression_ckpt)
+    residual = load_module(residual_ckpt)  # rebuilt from the residual checkpoint alone
+    assert isinstance(residual, MRItoCTResidualDiffusion)
+    assert read_checkpoint(residual_ckpt)["sci_diffusion"]["config"]["regression"] == {
+        "k": 3, "channels": [8, 16], "num_res_units": 1}
+    mr = torch.rand(2, 3, 48, 48) * 2 - 1
+    torch.testing.assert_close(residual.regression_mean(mr), regression.synthesise(mr), rtol=0, atol=1e-5)
+    assert not any(p.requires_grad for p in residual.regression.parameters())
+    residual.train()
+    assert not residual.regression.training  # frozen: stays in eval mode
+
+
+def test_a_zero_residual_gives_exactly_the_regression_model(regression_ckpt):
+    """x0-prediction with a zeroed output layer predicts a zero residual at every step."""
+    model = _tiny_residual(regression_ckpt, prediction="x0")
+    for param in model.net.out.parameters():
+        torch.nn.init.zeros_(param)
+    regression = load_module(regression_ckpt)
+    mr = torch.rand(3, 3, 32, 48) * 2 - 1
+    for sampler in ("ddim", "dpmpp2m"):
+        out = model.synthesise(mr, sampler=sampler, steps=4, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, regression.synthesise(mr), rtol=0, atol=1e-6)
+
+
+def test_the_diffused_state_is_the_scaled_residual(regression_ckpt):
+    model = _tiny_residual(regression_ckpt, residual_scale=0.25)
+    ct, mr = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    b = model.prepare_batch({"ct": ct, "mr": mr, "mask": torch.ones_like(ct)})
+    mean = model.regression_mean(mr)
+    torch.testing.assert_close(b.x0, (ct - mean) / 0.25)
+    torch.testing.assert_close(b.context, torch.cat([mr, mean], 1))
+    assert model.net.conv_in.conv.in_channels == 1 + 3 + 1  # x_t, k MR slices, the mean
+    assert torch.isfinite(model.diffusion_loss(b)) and model.diffusion_loss(b) > 0
+
+
+def test_samples_spread_around_the_regression_mean(regression_ckpt, residual_ckpt, head_2mm):
+    mr, _, mask, _, _ = head_2mm
+    residual = load_module(residual_ckpt)
+    sub = (slice(None), slice(None), slice(40, 43))  # three axial slices keep it fast
+    out = translate_volume(residual, mr[sub], mask[sub], samples=2, steps=3, seed=1, axis="axial")
+    assert out.shape == (2, *mr[sub].shape)
+    inside = mask[sub] > 0
+    assert np.abs(out[0] - out[1])[inside].mean() > 0  # the samples differ ...
+    assert (out[:, ~inside] == -1000).all()  # ... and the background is air
+
+
+def test_a_residual_model_refuses_a_checkpoint_that_is_not_a_regression(diffusion_ckpt):
+    with pytest.raises(ValueError, match="not an MRItoCTRegression"):
+        MRItoCTResidualDiffusion(regression_ckpt=str(diffusion_ckpt))
+    with pytest.raises(ValueError, match="regression_ckpt"):
+        MRItoCTResidualDiffusion()
+
+
+# ----- MR intensity augmentation ----------------------------------------------------------------
+def test_mr_augmentation_changes_the_signal_and_keeps_the_conventions():
+    g = torch.Generator().manual_seed(0)
+    stack = torch.rand(3, 40, 48, generator=g) * 1.6 - 0.8
+    stack[:, :8] = -1.0  # outside the body
+    augment = mr_intensity_augmentation(prob=1.0, seed=3)
+    out = augment_mr(stack, augment)
+    assert out.shape == stack.shape and out.dtype == stack.dtype
+    assert (out[:, :8] == -1.0).all()
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    assert (out - stack)[:, 8:].abs().mean() > 0.05
+    again = augment_mr(stack, mr_intensity_augmentation(prob=1.0, seed=3))
+    torch.testing.assert_close(out, again)  # seeded
+    torch.testing.assert_close(augment_mr(stack, mr_intensity_augmentation(prob=0.0)), stack, rtol=0, atol=1e-6)
+
+
+def test_only_training_slices_are_augmented(phantom_dir):
+    from sci_diffusion_medical.datamodule import MRItoCTDataModule
+
+    dm = MRItoCTDataModule(root=str(phantom_dir), val_subjects=1, crop_size=None, mr_augmentation=1.0)
+    dm.setup("fit")
+    plain = MRItoCTDataModule(root=str(phantom_dir), val_subjects=1, crop_size=None)
+    plain.setup("fit")
+    assert dm.train_set.augment is not None and dm.val_set.augment is None
+    assert not torch.equal(dm.train_set[5]["mr"], plain.train_set[5]["mr"])
+    assert torch.equal(dm.val_set[5]["mr"], plain.val_set[5]["mr"])
+    with pytest.raises(ValueError, match="probability"):
+        MRItoCTDataModule(root=str(phantom_dir), mr_augmentation=1.5)
+
+
+def test_the_regression_network_is_shared_by_both_models():
+    assert isinstance(MRItoCTRegression(channels=(8, 16), num_res_units=1).net, torch.nn.Module)
