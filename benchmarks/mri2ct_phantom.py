@@ -1,19 +1,28 @@
-"""MRI->CT on head phantoms: conditional diffusion against the regression baseline, equal budget.
+"""MRI->CT on head phantoms: regression, conditional diffusion and residual diffusion, equal CPU budget.
 
 1. Writes paired head phantoms: ``--subjects-train`` for training (2 of them held out for
-   validation, by patient) and ``--subjects-test`` other subjects for testing.
-2. Trains the diffusion model (configs/medical/mri2ct_phantom.yaml) and the regression U-Net
-   (configs/medical/mri2ct_regression.yaml) on the same phantoms with the same wall-clock budget,
-   concurrently, in two processes of one thread each, so that each gets the same compute.
-3. Translates every test subject: regression once; diffusion with DDIM at each of ``--steps``,
+   validation, by patient), ``--subjects-test`` other subjects for testing, and as many again imaged
+   by another MR scanner (``phantom.SCANNERS["shifted"]``) as the *shifted* test set.
+2. Trains three models, each for the same CPU time ``2 x --budget-cpu-hours`` (``CpuTimeBudget``,
+   processes of one thread, at most three at once on the cores):
+   - the regression U-Net (configs/medical/mri2ct_regression.yaml), in two legs: the first leg's
+     checkpoint is the residual model's frozen mean, the second leg resumes it;
+   - the plain conditional diffusion model (configs/medical/mri2ct_phantom.yaml);
+   - the residual diffusion model (configs/medical/mri2ct_residual.yaml) on the regression's first
+     leg: its budget counts the regression's first leg, as CorrDiff's cost includes its regression.
+   All three train with MONAI's random MR intensity augmentation (the configs' ``mr_augmentation``).
+3. Translates every test subject of both test sets: regression once; the diffusion models with DDIM,
    K = 1 (the first sample) and K = ``--samples`` (the mean, with the per-voxel std).
 4. Scores them with the SynthRAD2023 metrics (MAE, PSNR, SSIM in the body mask; bone MAE on the
-   phantom labels; std-|error| correlation), and writes one JSON plus a Markdown table.
+   phantom labels; std-|error| correlation and 1σ / 2σ coverage; the mean absolute difference
+   between neighbouring axial slices of the sCT against the real CT's), and writes one JSON, a
+   Markdown table and a reliability diagram.
 
 Peak memory is the process's resident-set high-water mark (Linux ``VmHWM``, reset before each row
 through ``/proc/self/clear_refs``); for the trainings it is each child's ``ru_maxrss`` from ``os.wait4``.
 
-    python benchmarks/mri2ct_phantom.py --budget-minutes 60 --save-diffusion-ckpt domains/medical/checkpoints/mri2ct_phantom.ckpt
+    python benchmarks/mri2ct_phantom.py --budget-cpu-hours 0.5 \
+        --save-residual-ckpt domains/medical/checkpoints/mri2ct_residual.ckpt
 """
 from __future__ import annotations
 
@@ -30,90 +39,135 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"diffusion": REPO / "configs/medical/mri2ct_phantom.yaml",
-           "regression": REPO / "configs/medical/mri2ct_regression.yaml"}
+           "regression": REPO / "configs/medical/mri2ct_regression.yaml",
+           "residual": REPO / "configs/medical/mri2ct_residual.yaml"}
+TEST_SETS = {"in-domain": "default", "shifted": "shifted"}  # test set -> phantom scanner
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget-minutes", type=float, required=True, help="training wall-clock budget of EACH model")
+    p.add_argument("--budget-cpu-hours", type=float, required=True,
+                   help="the unit of training: each model trains for 2 units of CPU time (the residual model: "
+                        "1 unit of its regression plus 1 of its own)")
     p.add_argument("--subjects-train", type=int, default=16, help="training phantoms (2 of them validate)")
-    p.add_argument("--subjects-test", type=int, default=4, help="held-out test phantoms")
+    p.add_argument("--subjects-test", type=int, default=4, help="held-out test phantoms, per test set")
     p.add_argument("--val-subjects", type=int, default=2)
     p.add_argument("--spacing", type=float, default=2.0, help="phantom voxel size in mm (2: 96 x 112 x 96)")
-    p.add_argument("--steps", type=int, nargs="+", default=[20, 50], help="DDIM step counts to evaluate")
+    p.add_argument("--steps", type=int, nargs="+", default=[20], help="DDIM step counts of the plain diffusion model")
+    p.add_argument("--residual-steps", type=int, nargs="+", default=[10], help="DDIM step counts of the residual model")
     p.add_argument("--samples", type=int, default=4, help="K of the multi-sample rows")
     p.add_argument("--batch-size", type=int, default=32, help="slices per network call at evaluation")
     p.add_argument("--eval-threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--work-dir", default="runs/benchmarks/mri2ct_phantom", help="phantoms, logs, checkpoints, predictions")
     p.add_argument("--out", default="benchmarks/results/mri2ct_phantom.json")
-    p.add_argument("--save-diffusion-ckpt", help="also write the trained diffusion model here (slim, EMA weights)")
+    p.add_argument("--save-diffusion-ckpt", help="also write the trained plain diffusion model here (slim, EMA weights)")
     p.add_argument("--save-regression-ckpt", help="also write the trained regression model here (slim, EMA weights)")
+    p.add_argument("--save-residual-ckpt", help="also write the trained residual model here (slim, EMA weights)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reuse-training", action="store_true",
+                   help="evaluate the checkpoints an earlier run left in --work-dir instead of training again")
     p.add_argument("--no-readme", action="store_true", help="do not touch README.md")
     p.add_argument("--train-arg", action="append", default=[],
-                   help="extra LightningCLI argument for both trainings, e.g. --train-arg=--data.batch_size=8")
+                   help="extra LightningCLI argument for every training, e.g. --train-arg=--data.batch_size=8")
     return p.parse_args(argv)
 
 
 # ----- data -----------------------------------------------------------------------------------------
-def ensure_phantoms(folder: Path, subjects: int, spacing: float, seed: int) -> None:
+def ensure_phantoms(folder: Path, subjects: int, spacing: float, seed: int, scanner: str = "default") -> None:
     from sci_diffusion_medical.phantom import write_phantom_dataset
 
     meta = folder / "dataset.json"
     if meta.is_file():
         m = json.loads(meta.read_text())
-        if len(m["subjects"]) == subjects and m["seed"] == seed and m["spacing_mm"][0] == spacing:
+        if (len(m["subjects"]) == subjects and m["seed"] == seed and m["spacing_mm"][0] == spacing
+                and m.get("scanner", "default") == scanner):
             return
         raise SystemExit(f"{folder} holds other phantoms; remove it or choose another --work-dir.")
     t = time.perf_counter()
-    write_phantom_dataset(folder, subjects, spacing, seed)
-    print(f"wrote {subjects} phantoms to {folder} in {time.perf_counter() - t:.0f} s", flush=True)
+    write_phantom_dataset(folder, subjects, spacing, seed, scanner)
+    print(f"wrote {subjects} phantoms ({scanner} scanner) to {folder} in {time.perf_counter() - t:.0f} s", flush=True)
 
 
 # ----- training -------------------------------------------------------------------------------------
-def max_time(minutes: float) -> str:
-    s = int(round(minutes * 60))
-    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+def fit_command(args: argparse.Namespace, config: Path, train_dir: Path, work: Path, name: str, hours: float,
+                extra: list[str]) -> list[str]:
+    """``sci-diffusion fit`` of one config, stopped by a CPU-time budget of ``hours``."""
+    budget = json.dumps({"class_path": "sci_diffusion.callbacks.CpuTimeBudget", "init_args": {"hours": hours}})
+    return [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config", str(config),
+            f"--data.root={train_dir}", f"--data.val_subjects={args.val_subjects}",
+            f"--data.phantom_spacing_mm={args.spacing}", f"--seed_everything={args.seed}", "--trainer.max_epochs=-1",
+            f"--trainer.callbacks+={budget}", f"--trainer.logger.init_args.save_dir={work / 'runs'}",
+            f"--trainer.logger.init_args.name={name}", *extra, *args.train_arg]
 
 
-def train_both(args: argparse.Namespace, train_dir: Path, work: Path) -> dict[str, dict[str, Any]]:
-    """Run both ``sci-diffusion fit`` processes at once, one thread each; return their facts."""
+def last_checkpoint(work: Path, name: str) -> tuple[Path, Path]:
+    """``(last.ckpt, log folder)`` of the newest run called ``name``."""
+    versions = sorted((work / "runs" / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    ckpt = versions[-1] / "checkpoints" / "last.ckpt" if versions else work / "runs" / name / "missing"
+    if not ckpt.is_file():
+        raise SystemExit(f"{name} training left no {ckpt}.")
+    return ckpt, versions[-1]
+
+
+def train_all(args: argparse.Namespace, train_dir: Path, work: Path) -> dict[str, dict[str, Any]]:
+    """Train the three models (module docstring, step 2); return each run's facts."""
+    unit = args.budget_cpu_hours
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    procs = {}
-    for name, config in CONFIGS.items():
-        cmd = [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config", str(config),
-               f"--data.root={train_dir}", f"--data.val_subjects={args.val_subjects}",
-               f"--data.phantom_spacing_mm={args.spacing}", f"--seed_everything={args.seed}",
-               f"--trainer.max_time={max_time(args.budget_minutes)}", "--trainer.max_epochs=-1",
-               f"--trainer.logger.init_args.save_dir={work / 'runs'}", f"--trainer.logger.init_args.name={name}",
-               *args.train_arg]
-        log = open(work / f"train_{name}.log", "w")
-        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), cmd, log,
-                       time.perf_counter())
-    print(f"training diffusion and regression for {args.budget_minutes:g} min each (logs in {work}) ...", flush=True)
-    facts = {}
-    pending = dict(procs)
-    while pending:
+
+    def jobs_after(finished: str) -> dict[str, list[str]]:
+        if finished == "start":
+            return {"regression_leg1": fit_command(args, CONFIGS["regression"], train_dir, work, "regression_leg1", unit, []),
+                    "diffusion": fit_command(args, CONFIGS["diffusion"], train_dir, work, "diffusion", 2 * unit, [])}
+        if finished == "regression_leg1":
+            first, _ = last_checkpoint(work, "regression_leg1")
+            return {"regression": fit_command(args, CONFIGS["regression"], train_dir, work, "regression", 2 * unit,
+                                              [f"--ckpt_path={first}"]),
+                    "residual": fit_command(args, CONFIGS["residual"], train_dir, work, "residual", unit,
+                                            [f"--model.regression_ckpt={first}"])}
+        return {}
+
+    facts: dict[str, dict[str, Any]] = {}
+    running: dict[int, tuple[str, subprocess.Popen, list[str], Any, float]] = {}
+
+    def launch(finished: str) -> None:
+        for name, cmd in jobs_after(finished).items():
+            log = open(work / f"train_{name}.log", "w")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            running[proc.pid] = (name, proc, cmd, log, time.perf_counter())
+            print(f"  training {name} ({time.strftime('%H:%M:%S')}, log {log.name})", flush=True)
+
+    print(f"training: budget unit {unit:g} CPU-hours, one thread per process (logs in {work}) ...", flush=True)
+    launch("start")
+    while running:
         pid, status, usage = os.wait4(-1, 0)
-        name = next((n for n, (p, *_rest) in pending.items() if p.pid == pid), None)
-        if name is None:
+        if pid not in running:
             continue
-        proc, cmd, log, start = pending.pop(name)
+        name, proc, cmd, log, start = running.pop(pid)
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.close()
         if proc.returncode != 0:
             tail = (work / f"train_{name}.log").read_text().splitlines()[-15:]
             raise SystemExit(f"{name} training failed (exit {proc.returncode}):\n" + "\n".join(tail))
         facts[name] = {"command": shlex.join(cmd), "wall_seconds": round(time.perf_counter() - start, 1),
+                       "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
                        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "threads": 1}
-    for name in CONFIGS:
-        versions = sorted((work / "runs" / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-        ckpt = versions[-1] / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise SystemExit(f"{name} training left no {ckpt}.")
-        facts[name]["checkpoint"] = str(ckpt)
-        facts[name]["log_dir"] = str(versions[-1])
-        facts[name].update(training_summary(ckpt, versions[-1] / "metrics.csv"))
+        print(f"  {name} finished after {facts[name]['wall_seconds']:.0f} s ({facts[name]['cpu_seconds']:.0f} CPU-s)", flush=True)
+        launch(name)
+    return facts
+
+
+def collect_training(work: Path, facts: dict[str, dict[str, Any]], unit: float) -> dict[str, dict[str, Any]]:
+    """Add each model's checkpoint, steps and losses to ``facts`` (or build them from an earlier run)."""
+    budgets = {"regression": (f"{2 * unit:g} CPU-hours in two legs of {unit:g}", 2 * unit),
+               "diffusion": (f"{2 * unit:g} CPU-hours", 2 * unit),
+               "residual": (f"{unit:g} CPU-hours of its regression (the regression's first leg) + {unit:g} of its own",
+                            2 * unit)}
+    for name in ("regression_leg1", *CONFIGS):
+        ckpt, log_dir = last_checkpoint(work, name)
+        entry = facts.setdefault(name, {})
+        entry.update({"checkpoint": str(ckpt), "log_dir": str(log_dir), **training_summary(ckpt, log_dir / "metrics.csv")})
+        if name in budgets:
+            entry["budget"], entry["budget_cpu_hours"] = budgets[name]
     return facts
 
 
@@ -124,7 +178,11 @@ def training_summary(ckpt: Path, metrics_csv: Path) -> dict[str, Any]:
 
     c = torch.load(ckpt, map_location="cpu", weights_only=False)
     out: dict[str, Any] = {"global_step": int(c.get("global_step", 0)), "epoch": int(c.get("epoch", 0)),
-                           "parameters": int(sum(v.numel() for v in c["state_dict"].values()))}
+                           "parameters": int(sum(v.numel() for k, v in c["state_dict"].items()
+                                                 if not k.startswith("regression.")))}
+    spent = (c.get("callbacks") or {}).get("CpuTimeBudget")
+    if spent:
+        out["training_cpu_hours"] = round(spent["cpu_seconds"] / 3600.0, 3)
     if metrics_csv.is_file():
         rows = list(csv.DictReader(open(metrics_csv)))
         for key in ("train/loss", "val/loss", "val/mae_hu"):
@@ -153,12 +211,20 @@ def peak_rss_mb(method: str) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def evaluate(args: argparse.Namespace, facts: dict, test_dir: Path, work: Path) -> tuple[list[dict], str]:
+def evaluation_plan(args: argparse.Namespace) -> list[tuple[str, int | None, bool]]:
+    """``(model, DDIM steps or None, shared noise)`` of every sampling run; each serves K = 1 and K = samples."""
+    plan: list[tuple[str, int | None, bool]] = [("regression", None, False)]
+    plan += [("diffusion", s, False) for s in args.steps]
+    plan += [("residual", s, shared) for s in args.residual_steps for shared in (False, True)]
+    return plan
+
+
+def evaluate(args: argparse.Namespace, facts: dict, test_dirs: dict[str, Path], work: Path) -> tuple[list[dict], str]:
     import nibabel as nib
     import numpy as np
     import torch
 
-    from sci_diffusion_medical.metrics import evaluate_directory
+    from sci_diffusion_medical.metrics import evaluate_directory, neighbour_slice_difference
     from sci_diffusion_medical.nifti import save_like
     from sci_diffusion_medical.pairs import find_synthrad_pairs
     from sci_diffusion_medical.translate import (
@@ -173,60 +239,66 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dir: Path, work: Path) 
     if args.eval_threads > 1 and os.getloadavg()[0] > 0.5:
         print(f"warning: load average {os.getloadavg()[0]:.1f}: other processes share the CPUs, and {args.eval_threads} "
               "OpenMP threads then wait on each other (tens of times slower); consider --eval-threads 1.", flush=True)
-    pairs = find_synthrad_pairs(test_dir)
-    inputs = {p["id"]: (p, load_inputs(p["mr"], p["mask"])) for p in pairs}
-    pred_root = work / "predictions"
-    configs = [("regression", None, 1)] + [("diffusion", s, k) for s in args.steps for k in sorted({1, args.samples})]
-    plan: dict[tuple[str, int | None], dict[str, dict]] = {}  # one sampling run serves K=1 and K=samples
-    method = "ru_maxrss"
-    for model_kind, steps in dict.fromkeys((m, s) for m, s, _ in configs):
-        module = load_translation_model(facts[model_kind]["checkpoint"], device="cpu")
-        method = reset_peak_rss()
-        k_max = 1 if model_kind == "regression" else args.samples
-        runs = {}
-        for pid, (_, inp) in inputs.items():
-            vols, secs = [], []
-            for j in range(k_max):  # one call per sample: each sample is timed and seeded on its own
-                t = time.perf_counter()
-                vols.append(translate_volume(module, inp["mr"], inp["mask"], 1, "ddim", steps or 1,
-                                             seed=args.seed + j, batch_size=args.batch_size,
-                                             **slice_geometry(module))[0])
-                secs.append(time.perf_counter() - t)
-            runs[pid] = {"volumes": np.stack(vols), "seconds": secs}
-            print(f"  {model_kind} {'' if steps is None else f'ddim {steps} '}{pid}: {np.mean(secs):.1f} s per sample",
-                  flush=True)
-        plan[(model_kind, steps)] = {"runs": runs, "peak_rss_mb": peak_rss_mb(method)}
     rows = []
-    for model_kind, steps, k in configs:
-        name = "regression" if steps is None else f"diffusion_ddim{steps}_k{k}"
-        folder = pred_root / name
-        entry = plan[(model_kind, steps)]
-        secs = []
-        for pid, run in entry["runs"].items():
-            _, inp = inputs[pid]
-            mean, std = mean_and_std(run["volumes"][:k], inp["mask"])
-            back = inp["from_ras"]
-            save_like(nib.orientations.apply_orientation(mean, back), inp["mr_image"], folder / f"{pid}.nii.gz",
-                      description=f"SYNTHETIC CT {name}")
-            if std is not None:
-                save_like(nib.orientations.apply_orientation(std, back), inp["mr_image"], folder / f"{pid}_std.nii.gz",
-                          description=f"SYNTHETIC CT std {name}")
-            secs.append(sum(run["seconds"][:k]))
-        report = evaluate_directory(folder, test_dir, folder / "metrics.json")
-        mean = report["mean"]
-        curve = pooled_reliability_curve(folder, pairs) if k > 1 else None
-        rows.append({
-            "name": name, "model": model_kind, "sampler": None if steps is None else "ddim", "steps": steps,
-            "samples": k, "nfe_per_slice": 1 if steps is None else steps * k,
-            "mae_hu": mean["mae"], "psnr_db": mean["psnr"], "ssim": mean["ssim"],
-            "bone_mae_hu": mean.get("tissue_mae.bone"), "soft_tissue_mae_hu": mean.get("tissue_mae.soft_tissue"),
-            "air_mae_hu": mean.get("tissue_mae.air"), "std_error_r": mean.get("uncertainty_error_r"),
-            "coverage_1sigma": mean.get("coverage_1sigma"), "coverage_2sigma": mean.get("coverage_2sigma"),
-            "reliability_curve": curve,
-            "mae_hu_std_over_patients": report["std"]["mae"],
-            "seconds_per_volume": round(float(np.mean(secs)), 2), "peak_rss_mb": entry["peak_rss_mb"],
-            "metrics_json": str(folder / "metrics.json"),
-        })
+    method = "ru_maxrss"
+    for test_set, test_dir in test_dirs.items():
+        pairs = find_synthrad_pairs(test_dir)
+        inputs = {p["id"]: (p, load_inputs(p["mr"], p["mask"])) for p in pairs}
+        real_slice_difference = float(np.mean([neighbour_slice_difference(load_inputs(p["mr"], p["mask"], p["ct"])["ct"],
+                                                                          inp["mask"]) for p, inp in inputs.values()]))
+        for model_kind, steps, shared in evaluation_plan(args):
+            if shared and test_set != "in-domain":
+                continue  # the shared-noise variant is a slice-consistency study, on the in-domain set only
+            module = load_translation_model(facts[model_kind]["checkpoint"], device="cpu")
+            method = reset_peak_rss()
+            k_max = 1 if model_kind == "regression" else args.samples
+            runs = {}
+            for pid, (_, inp) in inputs.items():
+                vols, secs = [], []
+                for j in range(k_max):  # one call per sample: each sample is timed and seeded on its own
+                    t = time.perf_counter()
+                    vols.append(translate_volume(module, inp["mr"], inp["mask"], 1, "ddim", steps or 1,
+                                                 seed=args.seed + j, batch_size=args.batch_size, shared_noise=shared,
+                                                 **slice_geometry(module))[0])
+                    secs.append(time.perf_counter() - t)
+                runs[pid] = {"volumes": np.stack(vols), "seconds": secs}
+                print(f"  {test_set} {model_kind} {'' if steps is None else f'ddim {steps} '}{'shared noise ' if shared else ''}"
+                      f"{pid}: {np.mean(secs):.1f} s per sample", flush=True)
+            peak = peak_rss_mb(method)
+            for k in sorted({1, k_max}):
+                name = "regression" if steps is None else f"{model_kind}_ddim{steps}_k{k}{'_shared' if shared else ''}"
+                folder = work / "predictions" / test_set / name
+                secs, slice_differences = [], []
+                for pid, run in runs.items():
+                    _, inp = inputs[pid]
+                    mean, std = mean_and_std(run["volumes"][:k], inp["mask"])
+                    slice_differences.append(neighbour_slice_difference(mean, inp["mask"]))
+                    back = inp["from_ras"]
+                    save_like(nib.orientations.apply_orientation(mean, back), inp["mr_image"], folder / f"{pid}.nii.gz",
+                              description=f"SYNTHETIC CT {name}")
+                    if std is not None:
+                        save_like(nib.orientations.apply_orientation(std, back), inp["mr_image"],
+                                  folder / f"{pid}_std.nii.gz", description=f"SYNTHETIC CT std {name}")
+                    secs.append(sum(run["seconds"][:k]))
+                report = evaluate_directory(folder, test_dir, folder / "metrics.json")
+                mean_metrics = report["mean"]
+                rows.append({
+                    "test_set": test_set, "name": name, "model": model_kind,
+                    "sampler": None if steps is None else "ddim", "steps": steps, "samples": k, "shared_noise": shared,
+                    "nfe_per_slice": 1 if steps is None else steps * k,
+                    "mae_hu": mean_metrics["mae"], "psnr_db": mean_metrics["psnr"], "ssim": mean_metrics["ssim"],
+                    "bone_mae_hu": mean_metrics.get("tissue_mae.bone"),
+                    "soft_tissue_mae_hu": mean_metrics.get("tissue_mae.soft_tissue"),
+                    "air_mae_hu": mean_metrics.get("tissue_mae.air"), "std_error_r": mean_metrics.get("uncertainty_error_r"),
+                    "coverage_1sigma": mean_metrics.get("coverage_1sigma"),
+                    "coverage_2sigma": mean_metrics.get("coverage_2sigma"),
+                    "reliability_curve": pooled_reliability_curve(folder, pairs) if k > 1 else None,
+                    "slice_difference_hu": float(np.mean(slice_differences)),
+                    "ct_slice_difference_hu": real_slice_difference,
+                    "mae_hu_std_over_patients": report["std"]["mae"],
+                    "seconds_per_volume": round(float(np.mean(secs)), 2), "peak_rss_mb": peak,
+                    "metrics_json": str(folder / "metrics.json"),
+                })
     return rows, method
 
 
@@ -255,15 +327,24 @@ def markdown_table(rows: list[dict]) -> str:
         one, two = r.get("coverage_1sigma"), r.get("coverage_2sigma")
         return "-" if one is None else f"{100 * one:.0f} / {100 * two:.0f} %"
 
-    lines = ["| model | sampler | K | MAE (HU) | PSNR (dB) | SSIM | bone MAE (HU) | std-err r | within 1σ / 2σ | s / volume "
-             "| peak RSS (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| test set | model | sampler | K | MAE (HU) | PSNR (dB) | SSIM | bone MAE (HU) | std-err r | within 1σ / 2σ "
+             "| slice diff. (HU) | s / volume | peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        sampler = "one step" if r["steps"] is None else f"DDIM {r['steps']}"
-        lines.append(f"| {r['model']} | {sampler} | {r['samples']} | {f(r['mae_hu'], '.1f')} | {f(r['psnr_db'], '.2f')} | "
-                     f"{f(r['ssim'], '.4f')} | {f(r['bone_mae_hu'], '.1f')} | {f(r['std_error_r'], '.3f')} | "
-                     f"{coverage(r)} | {f(r['seconds_per_volume'], '.1f')} | {f(r['peak_rss_mb'], '.0f')} |")
+        sampler = "one step" if r["steps"] is None else f"DDIM {r['steps']}" + (", shared noise" if r["shared_noise"] else "")
+        lines.append(f"| {r['test_set']} | {r['model']} | {sampler} | {r['samples']} | {f(r['mae_hu'], '.1f')} | "
+                     f"{f(r['psnr_db'], '.2f')} | {f(r['ssim'], '.4f')} | {f(r['bone_mae_hu'], '.1f')} | "
+                     f"{f(r['std_error_r'], '.3f')} | {coverage(r)} | {f(r['slice_difference_hu'], '.1f')} "
+                     f"(CT {f(r['ct_slice_difference_hu'], '.1f')}) | {f(r['seconds_per_volume'], '.1f')} | "
+                     f"{f(r['peak_rss_mb'], '.0f')} |")
     return "\n".join(lines)
+
+
+def shift_ratios(rows: list[dict]) -> dict[str, float]:
+    """Each model's MAE on the shifted test set over its in-domain MAE (same sampler and K)."""
+    by_key = {(r["test_set"], r["name"]): r["mae_hu"] for r in rows}
+    return {name: round(by_key[("shifted", name)] / by_key[("in-domain", name)], 3)
+            for (test_set, name) in by_key if test_set == "shifted" and ("in-domain", name) in by_key}
 
 
 def json_safe(v: Any) -> Any:
@@ -287,24 +368,31 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load_at_start = os.getloadavg()
-    train_dir, test_dir = work / "phantoms_train", work / "phantoms_test"
+    train_dir = work / "phantoms_train"
+    test_dirs = {name: work / f"phantoms_test_{scanner}" for name, scanner in TEST_SETS.items()}
     ensure_phantoms(train_dir, args.subjects_train, args.spacing, args.seed)
-    ensure_phantoms(test_dir, args.subjects_test, args.spacing, args.seed + 1)  # other seed: other subjects
-    facts = train_both(args, train_dir, work)
+    for offset, (name, scanner) in enumerate(TEST_SETS.items(), start=1):  # other seeds: other subjects
+        ensure_phantoms(test_dirs[name], args.subjects_test, args.spacing, args.seed + offset, scanner)
+    facts = {} if args.reuse_training else train_all(args, train_dir, work)
+    facts = collect_training(work, facts, args.budget_cpu_hours)
     for name in CONFIGS:
-        print(f"{name}: {facts[name]['global_step']} steps in {facts[name]['wall_seconds']:.0f} s", flush=True)
-    rows, method = evaluate(args, facts, test_dir, work)
+        print(f"{name}: {facts[name]['global_step']} steps, {facts[name]['budget']}", flush=True)
+    rows, method = evaluate(args, facts, test_dirs, work)
     saved = {}
-    for name, dst in (("diffusion", args.save_diffusion_ckpt), ("regression", args.save_regression_ckpt)):
+    for name, dst in (("diffusion", args.save_diffusion_ckpt), ("regression", args.save_regression_ckpt),
+                      ("residual", args.save_residual_ckpt)):
         if dst:
-            budget = (f"{args.budget_minutes:g} min on 1 CPU thread ({facts[name]['global_step']} steps, "
-                      f"{args.subjects_train} phantoms)")
+            steps = facts[name]["global_step"]
+            if name == "residual":
+                steps = f"{facts['regression_leg1']['global_step']} regression + {steps} residual"
+            budget = f"{facts[name]['budget']} on 1 CPU thread ({steps} steps, {args.subjects_train} phantoms)"
             extra = {"training_budget": budget, "benchmark": {"script": "benchmarks/mri2ct_phantom.py",
                      "started": started, "rows": [r for r in rows if r["model"] == name]}}
             size = export_for_inference(facts[name]["checkpoint"], dst, extra).stat().st_size
             saved[name] = {"path": dst, "bytes": size}
     import monai
 
+    ratios = shift_ratios(rows)
     payload = {
         "started_utc": started,
         "machine_extra": {"cpus_available": len(os.sched_getaffinity(0)), "load_average_at_start": load_at_start,
@@ -312,27 +400,36 @@ def main(argv: list[str] | None = None) -> int:
         "data": {"generator": "sci_diffusion_medical.phantom.make_head_phantom (SYNTHETIC)",
                  "spacing_mm": args.spacing, "subjects_train": args.subjects_train - args.val_subjects,
                  "subjects_val": args.val_subjects, "subjects_test": args.subjects_test,
-                 "train_seed": args.seed, "test_seed": args.seed + 1},
-        "budget_minutes_each": args.budget_minutes,
+                 "train_seed": args.seed, "test_seeds": {name: args.seed + i for i, name in enumerate(TEST_SETS, 1)},
+                 "test_scanners": TEST_SETS},
+        "budget_cpu_hours_each": 2 * args.budget_cpu_hours,
         "training": facts,
         "evaluation": {"threads": args.eval_threads, "batch_size": args.batch_size, "sampler": "ddim (eta 0)",
                        "metrics": "SynthRAD2023 Task 1 (MAE, PSNR, SSIM in the body mask); bone MAE on phantom labels",
+                       "slice_difference": "mean |sCT[z+1] - sCT[z]| (HU) over voxel pairs inside the mask, axial; "
+                                           "the CT's own figure beside it",
                        "peak_memory": f"resident-set high-water mark ({method}) of the evaluating process, per model/steps"},
         "rows": rows,
+        "shifted_over_in_domain_mae": ratios,
         "saved_checkpoints": saved,
     }
+    steps = {name: facts[name]["global_step"] for name in ("regression", "diffusion", "residual")}
     markdown = (f"SYNTHETIC head phantoms at {args.spacing:g} mm: {args.subjects_train - args.val_subjects} train / "
-                f"{args.subjects_test} test subjects, {args.budget_minutes:g} min of 1-thread training for each model "
-                f"(diffusion {facts['diffusion']['global_step']} steps, regression {facts['regression']['global_step']} steps); "
-                f"SynthRAD2023 metrics in the body mask.\n\n" + markdown_table(rows))
-    curves = {f"{r['sampler'].upper()} {r['steps']}, K = {r['samples']}": r["reliability_curve"] for r in rows
-              if r["reliability_curve"]}
+                f"{args.subjects_test} test subjects per test set (*shifted*: imaged by another MR scanner). Every model "
+                f"trained for {2 * args.budget_cpu_hours:g} CPU-hours on one thread, with MR intensity augmentation: "
+                f"regression {steps['regression']} steps, diffusion {steps['diffusion']} steps, residual "
+                f"{facts['regression_leg1']['global_step']} steps of its regression ({args.budget_cpu_hours:g} CPU-hours) + "
+                f"{steps['residual']} of its own; SynthRAD2023 metrics in the body mask.\n\n" + markdown_table(rows)
+                + "\n\nShifted MAE / in-domain MAE: " + ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
+                + ".")
+    curves = {f"{r['model']} {r['sampler'].upper()} {r['steps']}, K = {r['samples']}": r["reliability_curve"] for r in rows
+              if r["reliability_curve"] and r["test_set"] == "in-domain" and not r["shared_noise"]}
     if curves:
         from sci_diffusion_medical.metrics import draw_reliability_png
 
         png = draw_reliability_png(curves, Path(args.out).with_name("mri2ct_phantom_reliability.png"))
         payload["reliability_png"] = str(png)
-        markdown += f"\n\nReliability diagram of the K > 1 rows (all test voxels in the mask): `{png}`."
+        markdown += f"\n\nReliability diagram of the in-domain K > 1 rows (all test voxels in the mask): `{png}`."
     write_result("mri2ct_phantom", json_safe(payload), markdown, out=Path(args.out), update_readme=not args.no_readme)
     print(markdown)
     print(f"wrote {args.out}")

@@ -195,3 +195,16 @@ def test_evaluate_directory_names_a_prediction_on_another_grid(phantom_dir, tmp_
     save_volume(ct[:-1], affine, pred_dir / "1BA001.nii.gz")
     with pytest.raises(MedicalInputError, match="shape"):
         evaluate_directory(pred_dir, ref, tmp_path / "m.json")
+
+
+def test_neighbour_slice_difference_measures_stripes_between_slices():
+    from sci_diffusion_medical.metrics import neighbour_slice_difference
+
+    z = np.arange(6, dtype=float)
+    ramp = np.broadcast_to(10.0 * z, (4, 5, 6))  # 10 HU per slice along the axial axis
+    mask = np.ones((4, 5, 6), bool)
+    assert neighbour_slice_difference(ramp, mask) == pytest.approx(10.0)
+    assert neighbour_slice_difference(ramp, mask, axis=0) == pytest.approx(0.0)
+    mask[:, :, 3] = False  # pairs (2, 3) and (3, 4) leave; the rest still differ by 10
+    stripes = ramp + np.where(z % 2 == 0, 0.0, 100.0)
+    assert neighbour_slice_difference(stripes, mask) == pytest.approx((90 + 110 + 110) / 3)
