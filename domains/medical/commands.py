@@ -41,12 +41,16 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 
 def add_translate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mr", required=True, help="input T1 MR volume (.nii.gz)")
-    p.add_argument("--out", required=True, help="output synthetic CT in HU (.nii.gz); a .json sidecar is written beside it")
-    p.add_argument("--mask", help="body mask (.nii.gz) on the MR grid; derived from the MR (SynthRAD recipe) when absent")
+    p.add_argument("--mr", required=True, help="input T1 MR volume: .nii.gz/.nii, .mha/.mhd, .nrrd or a DICOM series folder; "
+                                            "resampled to the model's voxel size, and the sCT written back on its grid")
+    p.add_argument("--out", required=True, help="output synthetic CT in HU (.nii.gz, .nii or .mha) on the MR's grid; a .json "
+                                             "sidecar is written beside it")
+    p.add_argument("--mask", help="body mask on the MR grid (any --mr format); derived from the MR (SynthRAD recipe) "
+                                   "when absent")
     p.add_argument("--ckpt", help="model checkpoint (diffusion or regression); default: the bundled phantom model")
     p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
-    p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz; needs --samples >= 2)")
+    p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz or .mha; "
+                                          "needs --samples >= 2)")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES, help="core sampler (default ddim)")
     p.add_argument("--spacing", choices=SPACINGS, help="the sampler's time grid (not the voxel size): uniform, "
@@ -54,7 +58,7 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per network call (default 16)")
     p.add_argument("--png", help="write an MR / sCT / CT / |error| / std panel here (.png)")
-    p.add_argument("--ct", help="reference CT (.nii.gz) on the MR grid, for the panel's CT and error images")
+    p.add_argument("--ct", help="reference CT on the MR grid (any --mr format), for the panel's CT and error images")
 
 
 def run_translate(args: argparse.Namespace) -> int:
@@ -74,8 +78,8 @@ def run_translate(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pred", required=True, help="folder of synthetic CTs: <id>.nii.gz or <id>/sct.nii.gz (HU)")
-    p.add_argument("--ref", required=True, help="SynthRAD-layout reference folder: <id>/{ct,mask}.nii.gz")
+    p.add_argument("--pred", required=True, help="folder of synthetic CTs: <id>.nii.gz or <id>/sct.nii.gz (or .mha; HU)")
+    p.add_argument("--ref", required=True, help="SynthRAD-layout reference folder: <id>/{ct,mask}.nii.gz (2023) or .mha (2025)")
     p.add_argument("--out", required=True, help="metrics report (.json)")
     p.add_argument("--allow-missing", action="store_true", help="score the patients that have a prediction, list the rest")
 

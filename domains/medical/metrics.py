@@ -29,7 +29,7 @@ from skimage.util import crop
 
 from sci_diffusion.atomic import write_json
 
-from .nifti import MedicalInputError, load_volume
+from .nifti import MedicalInputError
 
 SYNTHRAD_HU_RANGE: tuple[float, float] = (-1024.0, 3000.0)
 SYNTHRAD_DATA_RANGE = SYNTHRAD_HU_RANGE[1] - SYNTHRAD_HU_RANGE[0]  # 4024 HU
@@ -205,6 +205,20 @@ def reliability_curve(std: np.ndarray, pred: np.ndarray, ref: np.ndarray, mask: 
     return out
 
 
+def neighbour_slice_difference(volume: np.ndarray, mask: np.ndarray, axis: int = 2) -> float:
+    """Mean absolute difference (volume's units, e.g. HU) between neighbouring slices along ``axis``.
+
+    Taken over voxel pairs whose two voxels are both inside ``mask``. On a synthetic CT, compare it
+    with the same figure on the real CT: a larger value means slices that disagree with each other
+    (stripes across slices), since each slice of a 2.5-D model is sampled on its own.
+    """
+    volume, inside = np.moveaxis(np.asarray(volume, np.float64), axis, 0), np.moveaxis(np.asarray(mask) > 0, axis, 0)
+    both = inside[1:] & inside[:-1]
+    if not both.any():
+        return float("nan")
+    return float(np.abs(volume[1:] - volume[:-1])[both].mean())
+
+
 def draw_reliability_png(curves: dict[str, dict[str, list[float]]], path: str | os.PathLike) -> Path:
     """Draw reliability diagrams (``{label: reliability_curve(...)}``) on one PNG, with the diagonal."""
     import matplotlib
@@ -231,23 +245,26 @@ def draw_reliability_png(curves: dict[str, dict[str, list[float]]], path: str | 
 
 def _find_prediction(pred_dir: Path, pid: str) -> tuple[Path | None, Path | None]:
     """(prediction, std) paths of one patient in either supported layout, or None."""
-    flat = [pred_dir / f"{pid}{s}" for s in (".nii.gz", ".nii")]
-    nested = [pred_dir / pid / f"sct{s}" for s in (".nii.gz", ".nii")]
+    suffixes = (".nii.gz", ".nii", ".mha")  # what `translate` writes (images.OUTPUT_SUFFIXES)
+    flat = [pred_dir / f"{pid}{s}" for s in suffixes]
+    nested = [pred_dir / pid / f"sct{s}" for s in suffixes]
     found = [p for p in flat + nested if p.is_file()]
     if len(found) > 1:
         raise MedicalInputError(f"Patient {pid} has more than one prediction ({', '.join(map(str, found))}); keep one.")
     if not found:
         return None, None
     pred = found[0]
-    std_candidates = [pred_dir / f"{pid}_std{s}" for s in (".nii.gz", ".nii")] if pred in flat else [
-        pred_dir / pid / f"sct_std{s}" for s in (".nii.gz", ".nii")
+    std_candidates = [pred_dir / f"{pid}_std{s}" for s in suffixes] if pred in flat else [
+        pred_dir / pid / f"sct_std{s}" for s in suffixes
     ]
     std = next((p for p in std_candidates if p.is_file()), None)
     return pred, std
 
 
 def _load_on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, ref_path: str) -> np.ndarray:
-    array, aff, _ = load_volume(path)
+    from .images import read_volume  # MONAI and ITK load only when files are read
+
+    array, aff = read_volume(path)
     if array.shape != shape:
         raise MedicalInputError(f"{path} has shape {array.shape} but its reference {ref_path} has shape {shape}.")
     if not np.allclose(aff, affine, atol=1e-3):
@@ -261,12 +278,14 @@ def evaluate_directory(
     """Score a folder of synthetic CTs against a SynthRAD-layout reference folder.
 
     Layouts:
-        ref_dir: `<ref>/<id>/ct.nii.gz` and `mask.nii.gz` (mr.nii.gz ignored; found at any
-            depth, so `Task1/brain` or `Task1` both work). An optional `labels.nii.gz`
-            (phantoms) gives the tissue classes; otherwise they come from the reference CT.
-        pred_dir: either `<pred>/<id>.nii.gz` or `<pred>/<id>/sct.nii.gz` (`.nii` too), in HU,
-            on the reference grid. An optional `<id>_std.nii.gz` / `<id>/sct_std.nii.gz`
-            (per-voxel std in HU) adds the uncertainty-error correlation and the 1- and 2-sigma coverage.
+        ref_dir: `<ref>/<id>/ct.nii.gz` and `mask.nii.gz` (SynthRAD2023) or `ct.mha` and `mask.mha`
+            (SynthRAD2025); the mr is ignored; found at any depth, so `Task1/brain` or `Task1` both
+            work (``pairs.find_synthrad_pairs``). An optional `labels` volume (phantoms) gives the
+            tissue classes; otherwise they come from the reference CT.
+        pred_dir: either `<pred>/<id>.nii.gz` or `<pred>/<id>/sct.nii.gz` (`.nii` and `.mha` too), in
+            HU, on the reference grid (same shape; affines, RAS+, within 1e-3 mm, whatever the formats).
+            An optional `<id>_std.nii.gz` / `<id>/sct_std.nii.gz` (per-voxel std in HU) adds the
+            uncertainty-error correlation and the 1- and 2-sigma coverage.
 
     Args:
         pred_dir, ref_dir: folders as above.
@@ -284,6 +303,7 @@ def evaluate_directory(
         MedicalInputError: no reference patients, a missing prediction (unless allowed),
             no prediction at all, an unreadable file, or a shape or affine mismatch.
     """
+    from .images import read_volume  # MONAI and ITK load only when files are read
     from .pairs import find_synthrad_pairs  # pairs imports nothing from here; keeps import light
 
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
@@ -303,11 +323,10 @@ def evaluate_directory(
                 )
             missing.append(pid)
             continue
-        ct, affine, _ = load_volume(ref["ct"])
+        ct, affine = read_volume(ref["ct"])
         mask = _load_on_grid(Path(ref["mask"]), ct.shape, affine, ref["ct"])
         pred = _load_on_grid(pred_path, ct.shape, affine, ref["ct"])
-        labels_path = Path(ref["ct"]).with_name("labels.nii.gz")
-        classes_from = _load_on_grid(labels_path, ct.shape, affine, ref["ct"]) if labels_path.is_file() else ct
+        classes_from = _load_on_grid(Path(ref["labels"]), ct.shape, affine, ref["ct"]) if "labels" in ref else ct
         scores: dict[str, Any] = score_patient(pred, ct, mask)
         scores["tissue_mae"] = tissue_mae(pred, ct, classes_from, mask)
         if std_path is not None:

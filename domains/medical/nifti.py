@@ -76,7 +76,8 @@ def load_volume(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[np.nd
     return array, np.asarray(img.affine, dtype=np.float64), img.header.copy()
 
 
-def _synthetic_description(description: str) -> bytes:
+def synthetic_description(description: str) -> bytes:
+    """Header description, ASCII: "SYNTHETIC " prepended when missing, cut to the 80 bytes of NIfTI's `descrip`."""
     text = description if "SYNTHETIC" in description else f"SYNTHETIC {description}"
     data = text.encode("ascii", errors="replace")
     return data[:DESCRIP_BYTES]
@@ -143,7 +144,7 @@ def save_like(
     img.header.set_slope_inter(np.nan, np.nan)
     img.header["cal_min"] = 0
     img.header["cal_max"] = 0
-    img.header["descrip"] = _synthetic_description(description)
+    img.header["descrip"] = synthetic_description(description)
     return _write_image(img, Path(out_path), sidecar)
 
 
@@ -170,5 +171,5 @@ def save_volume(
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units(xyz="mm", t="sec")
-    img.header["descrip"] = _synthetic_description(description)
+    img.header["descrip"] = synthetic_description(description)
     return _write_image(img, Path(out_path), sidecar)

@@ -1,4 +1,4 @@
-"""Finding and checking paired MR/CT/mask volumes (SynthRAD2023 Task 1 layout).
+"""Finding and checking paired MR/CT/mask volumes (SynthRAD2023 and SynthRAD2025 Task 1 layouts).
 
 A pair is a dict {"id": str, "mr": path, "ct": path, "mask": path} (plus "labels" for
 phantoms). `validate_pair` turns every way a pair can be unusable into one
@@ -13,21 +13,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .nifti import NIFTI_SUFFIXES, MedicalInputError, load_nifti, load_volume, nifti_stem
+from .images import IMAGE_SUFFIXES, image_stem
+from .nifti import MedicalInputError, load_nifti, load_volume
 
 SYNTHRAD_KEYS = ("mr", "ct", "mask")
 OPTIONAL_KEYS = ("labels",)
 AFFINE_ATOL_MM = 1e-3
 
 
-def _nifti_in(folder: Path, name: str) -> Path | None:
-    return next((folder / f"{name}{s}" for s in NIFTI_SUFFIXES if (folder / f"{name}{s}").is_file()), None)
+def _image_in(folder: Path, name: str) -> Path | None:
+    found = [folder / f"{name}{s}" for s in IMAGE_SUFFIXES if (folder / f"{name}{s}").is_file()]
+    if len(found) > 1:
+        raise MedicalInputError(f"Patient folder {folder} holds {' and '.join(p.name for p in found)}; keep one.")
+    return found[0] if found else None
 
 
 def find_synthrad_pairs(root: str | os.PathLike, require: Sequence[str] = SYNTHRAD_KEYS) -> list[dict[str, str]]:
-    """Patients under `root`, SynthRAD2023 Task 1 layout: `<patient>/{mr,ct,mask}.nii.gz`.
+    """Patients under `root`: `<patient>/{mr,ct,mask}.nii.gz` (SynthRAD2023 Task 1) or `.mha` (SynthRAD2025).
 
-    Any folder at any depth that holds one of mr/ct/mask (`.nii.gz` or `.nii`) is a patient,
+    Any folder at any depth that holds one of mr/ct/mask (`.nii.gz`, `.nii`, `.mha`, `.mhd` or `.nrrd`;
+    each patient may mix them, see ``images.IMAGE_SUFFIXES``) is a patient,
     named by the folder, so `root` may be `Task1/brain`, `Task1`, or one patient's folder.
     Other files and folders are ignored. A `labels` volume is listed when present.
 
@@ -52,33 +57,33 @@ def find_synthrad_pairs(root: str | os.PathLike, require: Sequence[str] = SYNTHR
     for folder, dirs, _ in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         folder = Path(folder)
-        found = {k: _nifti_in(folder, k) for k in (*SYNTHRAD_KEYS, *OPTIONAL_KEYS)}
+        found = {k: _image_in(folder, k) for k in (*SYNTHRAD_KEYS, *OPTIONAL_KEYS)}
         if not any(found[k] for k in SYNTHRAD_KEYS):
             continue
         for key in require:
             if found[key] is None:
-                raise MedicalInputError(f"Patient folder {folder} has no {key}.nii.gz.")
+                raise MedicalInputError(f"Patient folder {folder} has no {key}.nii.gz or {key}.mha.")
         pid = folder.name
         if pid in seen:
             raise MedicalInputError(f"Patient id {pid} appears twice, in {seen[pid]} and {folder}.")
         seen[pid] = folder
         pairs.append({"id": pid, **{k: str(p) for k, p in found.items() if p is not None}})
     if not pairs:
-        raise MedicalInputError(f"{root} holds no SynthRAD patient folder (<id>/mr.nii.gz, ct.nii.gz, mask.nii.gz).")
+        raise MedicalInputError(f"{root} holds no SynthRAD patient folder (<id>/mr, ct, mask as .nii.gz or .mha).")
     return pairs
 
 
 def pairs_from_triplets(triplets: Iterable[Sequence[str | os.PathLike]]) -> list[dict[str, str]]:
     """Pairs from explicit (mr, ct, mask) or (mr, ct, mask, id) paths, for any folder layout.
 
-    Without an id, a file named `mr.nii.gz` is named by its folder, any other by its stem.
+    Without an id, a file named `mr.nii.gz` (or `mr.mha`) is named by its folder, any other by its stem.
     """
     pairs = []
     for item in triplets:
         if len(item) not in (3, 4):
             raise ValueError(f"Expected (mr, ct, mask) or (mr, ct, mask, id), got {item!r}.")
         mr, ct, mask = (str(p) for p in item[:3])
-        pid = str(item[3]) if len(item) == 4 else (Path(mr).parent.name if nifti_stem(mr) == "mr" else nifti_stem(mr))
+        pid = str(item[3]) if len(item) == 4 else (Path(mr).parent.name if image_stem(mr) == "mr" else image_stem(mr))
         pairs.append({"id": pid, "mr": mr, "ct": ct, "mask": mask})
     return pairs
 

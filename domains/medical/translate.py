@@ -8,6 +8,7 @@ deterministic answer. Everything outside the body mask is -1000 HU, as in SynthR
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -28,7 +29,8 @@ from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion.errors import UserError
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 
-from .nifti import NIFTI_SUFFIXES, MedicalInputError, load_nifti, load_volume, save_like
+from .images import OUTPUT_SUFFIXES, load_for_model, save_on_input_grid, to_input_grid
+from .nifti import MedicalInputError
 from .phantom import CT_BACKGROUND_HU, body_mask_from_mr
 from .slices import axis_index
 from .transforms import normalise_mr, unit_to_ct
@@ -84,7 +86,7 @@ def ras_zooms(affine: np.ndarray, to_ras: np.ndarray) -> np.ndarray:
 def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, samples: int = 1,
                      sampler: str = "ddim", steps: int = 20, seed: int = 0, batch_size: int = 16,
                      axis: str | int = "axial", divisible: int = 16, min_size: Sequence[int] | None = None,
-                     progress: bool = False, spacing: str | None = None) -> np.ndarray:
+                     progress: bool = False, spacing: str | None = None, shared_noise: bool = False) -> np.ndarray:
     """K synthetic CTs of one RAS volume.
 
     Args:
@@ -98,8 +100,13 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
             ``batch_size`` does not change the result for any sampler (up to float rounding).
         batch_size: slices per network call.
         axis, divisible, min_size: slicing axis, padding multiple and training crop size of the model's
-            data (``slice_geometry``); slices are padded to what the network saw in training.
+            data (``slice_geometry``); slices are padded to what the network saw in training, and a
+            model trained on crops sees slices larger than its crop through MONAI's
+            ``SlidingWindowInferer`` in crop-sized windows (``SliceTranslation.sliding_window``).
         spacing: the sampler's time grid (``sci_diffusion.time_grids.SPACINGS``); None: its default.
+        shared_noise: every slice of a sample starts from the same noise (and, for stochastic
+            samplers, draws the same noise), so that neighbouring slices, whose MR differs little,
+            also get similar samples; otherwise each slice has its own seed.
 
     Returns:
         (K, X, Y, Z) float32 CT in HU; -1000 outside the mask.
@@ -127,16 +134,20 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
     stacks = padded[index]  # (N, k, H', W')
     n = len(occupied)
     seeds = per_sample_seeds(torch.Generator().manual_seed(int(seed)), samples * n)  # sample j, slice i: j * n + i
+    if shared_noise:  # one seed per sample, shared by its slices (the padded slices all have one shape)
+        seeds = [seeds[j * n] for j in range(samples) for _ in range(n)]
     out = np.full((samples, *vol.shape), CT_BACKGROUND_HU, dtype=np.float32)
     bar = tqdm(total=samples * -(-n // batch_size), desc="translate", unit="batch", disable=not progress, leave=False)
-    for j in range(samples):
-        for b in range(0, n, batch_size):
-            mr_b = stacks[b:b + batch_size].to(device)
-            slices = PerSampleGenerator(seeds[j * n + b:j * n + b + len(mr_b)], device)
-            pred = module.synthesise(mr_b, sampler=sampler, steps=steps, generator=slices, spacing=spacing)
-            hu = unit_to_ct(pred[:, 0, top:top + h, left:left + w].float().cpu()).numpy()
-            out[j, occupied[b:b + batch_size].numpy()] = hu
-            bar.update(1)
+    windows = module.sliding_window(min_size) if hasattr(module, "sliding_window") else contextlib.nullcontext()
+    with windows:
+        for j in range(samples):
+            for b in range(0, n, batch_size):
+                mr_b = stacks[b:b + batch_size].to(device)
+                slices = PerSampleGenerator(seeds[j * n + b:j * n + b + len(mr_b)], device)
+                pred = module.synthesise(mr_b, sampler=sampler, steps=steps, generator=slices, spacing=spacing)
+                hu = unit_to_ct(pred[:, 0, top:top + h, left:left + w].float().cpu()).numpy()
+                out[j, occupied[b:b + batch_size].numpy()] = hu
+                bar.update(1)
     bar.close()
     out = np.moveaxis(out, 1, a + 1)
     out[:, ~np.asarray(body)] = CT_BACKGROUND_HU
@@ -157,60 +168,55 @@ def mean_and_std(samples_hu: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 def _check_output(path: str | os.PathLike | None, flag: str) -> None:
     if path is None:
         return
-    if not str(path).endswith(NIFTI_SUFFIXES):
-        raise UserError(f"{flag} {path} must end in .nii.gz or .nii.")
+    if not str(path).endswith(OUTPUT_SUFFIXES):
+        raise UserError(f"{flag} {path} must end in .nii.gz, .nii or .mha.")
     check_writable(path, flag)
 
 
 def load_inputs(mr_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
-                ct_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Read and check the MR (and mask, CT); derive the body mask from the MR when none is given.
+                ct_path: str | os.PathLike | None = None,
+                voxel_mm: Sequence[float] | float | None = None) -> dict[str, Any]:
+    """Read and check the MR (and mask, CT), bring them onto the model's RAS grid, and derive the body
+    mask from the MR when none is given (``images.load_for_model``).
+
+    Args:
+        mr_path, mask_path, ct_path: NIfTI, MetaImage (.mha, .mhd) or NRRD files, or DICOM series
+            folders; the mask and CT on the MR's grid (shape and affine).
+        voxel_mm: resample to this voxel size (mm; the model's training voxels); None keeps the MR's.
 
     Returns:
-        {"mr", "mask", "ct" (or None): RAS arrays (X, Y, Z); "zooms": RAS voxel size (mm);
-        "to_ras", "from_ras": orientation transforms; "mr_image": the nibabel MR image;
-        "mask_source": the mask's path or how it was derived}.
+        {"mr", "mask" (bool), "ct" (or None): (X, Y, Z) arrays on the model's grid in RAS voxel order;
+        "zooms": its voxel size (mm); "input_zooms": the MR's voxel size along R, A, S (mm);
+        "input_mask": the body mask on the MR's own grid (bool, the MR file's shape); "loaded": the
+        ``images.LoadedVolumes`` (for ``to_input_grid`` and ``save_on_input_grid``); "mask_source": the
+        mask's path or how it was derived; "to_ras", "from_ras": nibabel orientation transforms of the MR,
+        and "mr_image": its nibabel image (None unless NIfTI), which lead back to the MR's grid only
+        when ``voxel_mm`` is None}.
     """
-    mr_img = load_nifti(mr_path)
-    if len(mr_img.shape) != 3:
-        raise MedicalInputError(f"{mr_path} is not a 3-D volume (shape {mr_img.shape}).")
-    mr, affine, _ = load_volume(mr_path)
-    if not np.all(np.isfinite(mr)):
-        raise MedicalInputError(f"{mr_path} contains {int(np.size(mr) - np.isfinite(mr).sum())} NaN or infinite voxels.")
-    others = {}
-    for name, path in (("mask", mask_path), ("ct", ct_path)):
-        if path is None:
-            continue
-        array, other_affine, _ = load_volume(path)
-        if array.shape != mr.shape:
-            raise MedicalInputError(f"{path} has shape {array.shape} but the MR {mr_path} has shape {mr.shape}.")
-        if not np.allclose(other_affine, affine, atol=1e-3):
-            raise MedicalInputError(f"{path} and the MR {mr_path} have different affines.")
-        if not np.all(np.isfinite(array)):
-            raise MedicalInputError(f"{path} contains NaN or infinite voxels.")
-        others[name] = array
-    to_ras, from_ras = ras_orientation(affine)
-    zooms = ras_zooms(affine, to_ras)
-    def reorient(array: np.ndarray) -> np.ndarray:  # a contiguous copy: torch takes no negative strides
-        return np.ascontiguousarray(nib.orientations.apply_orientation(array, to_ras))
-
-    mr_ras = reorient(mr)
-    if "mask" in others:
-        mask = reorient(others["mask"]) > 0
-        if not mask.any():
+    loaded = load_for_model({"mr": mr_path, "mask": mask_path, "ct": ct_path}, voxel_mm)
+    mr = loaded.arrays["mr"]
+    if mask_path is not None:
+        input_mask = loaded.inputs["mask"] > 0
+        mask = loaded.arrays["mask"] > 0
+        if not input_mask.any():
             raise MedicalInputError(f"{mask_path} is an empty mask (no voxel > 0).")
+        if not mask.any():
+            raise MedicalInputError(f"{mask_path} keeps no voxel at the model's {np.round(loaded.zooms, 2).tolist()} mm "
+                                    "voxels; the body is smaller than one voxel.")
         source = str(mask_path)
     else:
         try:
-            mask = body_mask_from_mr(mr_ras, zooms)
+            mask = body_mask_from_mr(mr, loaded.zooms)
         except ValueError as err:  # Otsu on a constant image
             raise MedicalInputError(f"No body mask could be derived from {mr_path} ({err}); pass --mask.") from None
         if not mask.any():
             raise MedicalInputError(f"No body mask could be derived from {mr_path}; pass --mask.")
+        input_mask = to_input_grid(mask.astype(np.float32), loaded, nearest=True) > 0.5
         source = "derived from the MR (Otsu threshold, closing, dilation, hole filling; SynthRAD2023)"
-    ct = reorient(others["ct"]) if "ct" in others else None
-    return {"mr": mr_ras, "mask": mask, "ct": ct, "zooms": zooms, "to_ras": to_ras, "from_ras": from_ras,
-            "mr_image": mr_img, "mask_source": source}
+    to_ras, from_ras = ras_orientation(loaded.input_affine)
+    return {"mr": mr, "mask": mask, "ct": loaded.arrays.get("ct"), "zooms": loaded.zooms,
+            "input_zooms": ras_zooms(loaded.input_affine, to_ras), "input_mask": input_mask, "loaded": loaded,
+            "mask_source": source, "to_ras": to_ras, "from_ras": from_ras, "mr_image": loaded.nifti}
 
 
 def training_spacing(module: torch.nn.Module) -> np.ndarray | None:
@@ -247,9 +253,12 @@ def translate_file(
 ) -> dict[str, Any]:
     """Translate one MR file into a synthetic CT file (the ``translate`` verb).
 
-    Writes ``out`` (mean sCT in HU, the MR's geometry and header, SYNTHETIC in its description)
-    with a JSON sidecar, optionally the per-voxel std (``uncertainty``, needs ``samples >= 2``)
-    and a PNG panel (MR / sCT / CT / |error| / std). Returns the sidecar's content.
+    The MR (NIfTI, .mha/.mhd, .nrrd or a DICOM series folder) is resampled to the model's training
+    voxel size (``training_spacing``) on a RAS grid, translated there, and the result mapped back onto
+    the MR's own grid. Writes ``out`` (.nii.gz, .nii or .mha: mean sCT in HU, the MR's shape and affine,
+    for a NIfTI MR its header, SYNTHETIC in its description) with a JSON sidecar, optionally the per-voxel
+    std (``uncertainty``, needs ``samples >= 2``) and a PNG panel (MR / sCT / CT / |error| / std, on the
+    model's grid). Returns the sidecar's content.
     """
     _check_output(out, "--out")
     _check_output(uncertainty, "--uncertainty")
@@ -273,11 +282,12 @@ def translate_file(
     if getattr(module, "deterministic", False) and (samples > 1 or uncertainty is not None):
         raise UserError(f"Checkpoint {getattr(module, 'checkpoint_path', ckpt)} is a deterministic regression model: "
                         "it gives one answer, so use --samples 1 and no --uncertainty.")
-    inputs = load_inputs(mr, mask, ct)
     trained = training_spacing(module)
-    if trained is not None and np.any(np.abs(inputs["zooms"] / trained - 1) > SPACING_TOLERANCE):
-        print(f"sci-diffusion: warning: {mr} has voxels of {np.round(inputs['zooms'], 2).tolist()} mm but the model was "
-              f"trained on {np.round(trained, 2).tolist()} mm voxels; resample the MR for best results.", file=sys.stderr)
+    inputs = load_inputs(mr, mask, ct, voxel_mm=trained)
+    if trained is not None and not np.allclose(inputs["input_zooms"], trained, rtol=1e-3):
+        print(f"sci-diffusion: note: {mr} has voxels of {np.round(inputs['input_zooms'], 2).tolist()} mm; it is resampled "
+              f"to the model's {np.round(trained, 2).tolist()} mm for translation, and the synthetic CT back onto its grid.",
+              file=sys.stderr)
     start = time.perf_counter()
     volumes = translate_volume(module, inputs["mr"], inputs["mask"], samples, sampler, steps, seed, batch_size,
                                progress=progress, spacing=spacing, **slice_geometry(module))
@@ -297,16 +307,21 @@ def translate_file(
         "seed": seed,
         "samples": samples,
         "uncertainty": None if uncertainty is None else str(uncertainty),
+        "input_voxel_mm": np.round(inputs["input_zooms"], 4).tolist(),
+        "model_voxel_mm": np.round(inputs["zooms"], 4).tolist(),
         "seconds": round(seconds, 3),
         "sci_diffusion_version": __version__,
     }
-    back = inputs["from_ras"]
-    save_like(nib.orientations.apply_orientation(mean, back).astype(np.float32), inputs["mr_image"], out,
-              description="SYNTHETIC CT (HU) sci-diffusion MRI-to-CT", sidecar=sidecar)
+    loaded, body = inputs["loaded"], inputs["input_mask"]
+    mean_in = to_input_grid(mean, loaded)  # onto the MR file's own grid (shape, affine)
+    mean_in[~body] = CT_BACKGROUND_HU
+    save_on_input_grid(mean_in, loaded, out, description="SYNTHETIC CT (HU) sci-diffusion MRI-to-CT", sidecar=sidecar)
     if uncertainty is not None:
-        save_like(nib.orientations.apply_orientation(std, back).astype(np.float32), inputs["mr_image"], uncertainty,
-                  description="SYNTHETIC CT std (HU) over samples, sci-diffusion",
-                  sidecar={**sidecar, "description": "Per-voxel standard deviation (HU, ddof 1) of the synthetic CT samples."})
+        std_in = to_input_grid(std, loaded)
+        std_in[~body] = 0.0
+        std_sidecar = {**sidecar, "description": "Per-voxel standard deviation (HU, ddof 1) of the synthetic CT samples."}
+        save_on_input_grid(std_in, loaded, uncertainty, description="SYNTHETIC CT std (HU) over samples, sci-diffusion",
+                           sidecar=std_sidecar)
     if png is not None:
         from .figures import translation_panel
 
