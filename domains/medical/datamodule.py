@@ -46,6 +46,8 @@ class MRItoCTDataModule(L.LightningDataModule):
             gamma, histogram shift, Gibbs ringing, Rician noise; ``transforms.mr_intensity_augmentation``)
             on every training slice, so the model sees many "scanners"; 0 turns augmentation off.
             Validation slices are never augmented.
+        cache_dir: memory-map the prepared volumes from files in this folder (``slices.memory_mapped``)
+            instead of holding them all in memory; None keeps them in memory.
         batch_size, num_workers: DataLoader settings.
     """
 
@@ -63,6 +65,7 @@ class MRItoCTDataModule(L.LightningDataModule):
         divisible: int = 16,
         spacing_mm: float | None = None,
         mr_augmentation: float = 0.0,
+        cache_dir: str | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
     ) -> None:
@@ -95,7 +98,7 @@ class MRItoCTDataModule(L.LightningDataModule):
         self.train_ids, self.val_ids = split_patients([p["id"] for p in pairs], self.hparams.val_subjects,
                                                       self.hparams.split_seed)
         h = self.hparams
-        common = dict(k=h.k, axis=h.axis, divisible=h.divisible, spacing_mm=h.spacing_mm)
+        common = dict(k=h.k, axis=h.axis, divisible=h.divisible, spacing_mm=h.spacing_mm, cache_dir=h.cache_dir)
         augment = None
         if h.mr_augmentation > 0:
             import torch

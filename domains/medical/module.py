@@ -8,6 +8,7 @@ conditioning, ``in_channels = 1 + k``). Training, EMA, schedules and samplers ar
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -46,9 +47,39 @@ def record_training_data(module: torch.nn.Module, checkpoint: dict[str, Any]) ->
 class SliceTranslation:
     """What the diffusion model and the regression baseline share (a mixin before DiffusionModule):
     2.5-D slice batches, the check that data and model agree on k, the training voxel size in the
-    checkpoint, and a validation MAE in HU on the first validation batch."""
+    checkpoint, a validation MAE in HU on the first validation batch, and sliding-window inference
+    for models trained on crops (``sliding_window``)."""
 
     _val_example: tuple[Tensor, Tensor, Tensor] | None = None
+    window: tuple[int, int] | None = None  # set by ``sliding_window``: the training crop (h, w)
+
+    @contextmanager
+    def sliding_window(self, roi: Sequence[int] | None, overlap: float = 0.25):
+        """Within this block, slices larger than ``roi`` go through the network in ``roi``-sized
+        windows (MONAI's ``SlidingWindowInferer``, Gaussian blending, ``overlap``), as a model trained
+        on crops of that size saw them; None leaves whole slices whole."""
+        previous = self.window, getattr(self, "_window_overlap", 0.25)
+        self.window, self._window_overlap = (None if roi is None else (int(roi[0]), int(roi[1]))), overlap
+        try:
+            yield self
+        finally:
+            self.window, self._window_overlap = previous
+
+    def run_network(self, inputs: Tensor, timesteps: Tensor | None = None, net: torch.nn.Module | None = None) -> Tensor:
+        """``net(inputs[, timesteps=...])`` (default ``self.net``) on ``(B, C, H, W)``, in windows when
+        ``window`` is set and the slice is larger than it. The time of each slice rides along as an
+        extra channel, so each window is called with its own slice's time."""
+        net = self.net if net is None else net
+        call = net if timesteps is None else (lambda x: net(x[:, :-1], timesteps=x[:, -1, 0, 0]))  # noqa: E731
+        if timesteps is not None:
+            inputs = torch.cat([inputs, timesteps.to(inputs.dtype).view(-1, 1, 1, 1).expand(-1, 1, *inputs.shape[2:])], 1)
+        if self.window is None or all(n <= w for n, w in zip(inputs.shape[2:], self.window)):
+            return call(inputs)
+        from monai.inferers import SlidingWindowInferer
+
+        inferer = SlidingWindowInferer(self.window, sw_batch_size=max(1, inputs.shape[0]), overlap=self._window_overlap,
+                                       mode="gaussian")
+        return inferer(inputs, call)
 
     @property
     def size_multiple(self) -> int:
@@ -138,7 +169,7 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
         """Network output (v or eps) for ``x_t (B, 1, H, W)``, ``t`` in [0, 1] (0-d or ``(B,)``), MR ``context (B, k, H, W)``."""
         t = t.to(x_t.device, torch.float32)
         timesteps = (t.expand(x_t.shape[0]) if t.dim() == 0 else t) * self.schedule.T
-        return self.net(torch.cat([x_t, context.to(x_t.dtype)], dim=1), timesteps=timesteps)
+        return self.run_network(torch.cat([x_t, context.to(x_t.dtype)], dim=1), timesteps)
 
     # ----- inference -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -61,7 +61,7 @@ class MRItoCTRegression(SliceTranslation, DiffusionModule):
 
     def forward(self, mr: Tensor) -> Tensor:  # type: ignore[override]
         """CT estimate ``(B, 1, H, W)`` (unclipped, [-1, 1] scale) from MR stacks ``(B, k, H, W)``."""
-        return self.net(mr)
+        return self.run_network(mr)
 
     def denoiser(self, context: Any = None, clip: tuple[float, float] | None = None):
         raise TypeError("MRItoCTRegression is deterministic and has no denoiser; use synthesise().")

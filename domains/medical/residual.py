@@ -104,7 +104,7 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
     @torch.no_grad()
     def regression_mean(self, mr: Tensor) -> Tensor:
         """The frozen regression's CT slices ``(B, 1, H, W)`` in [-1, 1] from MR stacks ``(B, k, H, W)``."""
-        return self.regression(mr).clamp(-1.0, 1.0)
+        return self.run_network(mr, net=self.regression).clamp(-1.0, 1.0)
 
     def prepare_batch(self, batch: dict[str, Any]) -> DiffusionBatch:
         """The diffused state is the scaled residual; the context is the MR stack and the mean."""

@@ -6,7 +6,11 @@ Each volume is loaded once through `transforms.mri2ct_transforms` (RAS, CT and M
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from monai.transforms import DivisiblePad, SpatialPad
@@ -58,6 +62,28 @@ def unpad_slice(x: torch.Tensor, pad: torch.Tensor | Sequence[Sequence[int]]) ->
     return x[..., t : h - b, left : w - r]
 
 
+def memory_mapped(pair: dict[str, str], prepare: Callable[[dict[str, str]], dict[str, torch.Tensor]],
+                  cache_dir: str | os.PathLike, recipe: dict) -> dict[str, torch.Tensor]:
+    """``prepare(pair)``, stored once in ``cache_dir`` and read back memory-mapped (``torch.load(mmap=True)``).
+
+    The file is named by the patient and a hash of the pair's paths, sizes and modification times and
+    of ``recipe`` (the preparing settings), so changed files or settings are prepared again. Pages
+    of a mapped volume are read from disk when a slice touches them, and the kernel may drop them
+    again, so resident memory does not grow with the number of volumes.
+    """
+    stamp = {key: [str(Path(path).resolve()), Path(path).stat().st_size, Path(path).stat().st_mtime_ns]
+             for key, path in sorted(pair.items()) if key in ("mr", "ct", "mask")}
+    digest = hashlib.sha256(json.dumps([stamp, recipe], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{pair.get('id', 'volume')}-{digest}.pt"
+    if not path.is_file():
+        from sci_diffusion.atomic import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(prepare(pair), tmp)
+    return torch.load(path, mmap=True, weights_only=True)
+
+
 class SliceDataset(Dataset):
     """2.5-D MR->CT slices from validated pairs.
 
@@ -81,6 +107,9 @@ class SliceDataset(Dataset):
         validate: run `validate_pair` on each pair first.
         augment: MR intensity augmentation applied to every item's MR stack (training only), e.g.
             `transforms.mr_intensity_augmentation`; None for none.
+        cache_dir: keep the prepared volumes in files here and memory-map them (`memory_mapped`)
+            instead of holding them in memory: resident memory then stays bounded however many
+            volumes there are, and a later run with the same files and settings skips the preparing.
 
     Slices whose mask is empty are skipped.
     """
@@ -95,6 +124,7 @@ class SliceDataset(Dataset):
         spacing_mm: Sequence[float] | float | None = None,
         validate: bool = True,
         augment: Callable | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ):
         if k < 1 or k % 2 == 0:
             raise ValueError(f"k must be a positive odd number, got {k}.")
@@ -113,23 +143,31 @@ class SliceDataset(Dataset):
                 sizes[a] = c
             pad_for = lambda value: SpatialPad(spatial_size=sizes, mode="constant", value=value)  # noqa: E731
         load = mri2ct_transforms(("mr", "ct", "mask"), spacing_mm=spacing_mm)
+
+        def prepare(pair: dict[str, str]) -> dict[str, torch.Tensor]:
+            """One pair, loaded, normalised and padded: {"mr", "ct", "mask", "affine", "pad"}."""
+            if validate:
+                validate_pair(pair)
+            data = load({key: pair[key] for key in ("mr", "ct", "mask")})
+            width = pad_for(0.0).compute_pad_width(data["mr"].shape[1:])[1:]  # drop the channel
+            volume = {"affine": torch.as_tensor(data["mr"].affine, dtype=torch.float64),
+                      "pad": torch.tensor([width[a] for a in in_plane], dtype=torch.int64)}
+            for key in ("mr", "ct", "mask"):
+                padded = pad_for(PAD_VALUES[key])(data[key])
+                volume[key] = padded.as_tensor().contiguous() if hasattr(padded, "as_tensor") else padded.contiguous()
+            volume["mask"] = volume["mask"] > 0
+            return volume
+
+        recipe = {"spacing_mm": spacing_mm, "crop_size": self.crop_size, "divisible": divisible, "axis": self.axis}
         self.volumes: list[dict[str, torch.Tensor]] = []
         self.ids: list[str] = []
         self.pads: list[torch.Tensor] = []
         self.affines: list[torch.Tensor] = []  # RAS affine of each loaded (unpadded) volume
         self.index: list[tuple[int, int]] = []
         for pair in pairs:
-            if validate:
-                validate_pair(pair)
-            data = load({key: pair[key] for key in ("mr", "ct", "mask")})
-            self.affines.append(torch.as_tensor(data["mr"].affine, dtype=torch.float64))
-            width = pad_for(0.0).compute_pad_width(data["mr"].shape[1:])[1:]  # drop the channel
-            volume = {}
-            for key in ("mr", "ct", "mask"):
-                padded = pad_for(PAD_VALUES[key])(data[key])
-                volume[key] = padded.as_tensor().contiguous() if hasattr(padded, "as_tensor") else padded.contiguous()
-            volume["mask"] = volume["mask"] > 0
-            self.pads.append(torch.tensor([width[a] for a in in_plane], dtype=torch.int64))
+            volume = prepare(pair) if cache_dir is None else memory_mapped(pair, prepare, cache_dir, recipe)
+            self.affines.append(volume.pop("affine"))
+            self.pads.append(volume.pop("pad"))
             v = len(self.volumes)
             self.volumes.append(volume)
             self.ids.append(pair.get("id", str(v)))

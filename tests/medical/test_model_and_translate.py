@@ -117,6 +117,24 @@ def test_translation_does_not_depend_on_batch_size_and_repeats_with_the_seed(pha
     assert np.abs(a - c).max() > 1.0 and np.abs(a[0] - a[1]).max() > 1.0  # other seed, other sample: other CT
 
 
+def test_shared_noise_gives_identical_slices_their_identical_sample(diffusion_ckpt):
+    """An MR that does not change along z: with one noise per sample its slices come out identical,
+    with one noise per slice they do not; the K samples still differ from each other."""
+    from sci_diffusion_medical.translate import load_translation_model
+
+    module = load_translation_model(diffusion_ckpt, device="cpu")
+    g = np.random.default_rng(0)
+    mr = np.repeat(g.uniform(0, 200, (32, 32, 1)).astype(np.float32), 5, axis=2)  # 5 equal axial slices
+    mask = np.zeros(mr.shape, bool)
+    mask[4:28, 4:28] = True
+    shared = translate_volume(module, mr, mask, samples=2, steps=3, seed=1, shared_noise=True)
+    own = translate_volume(module, mr, mask, samples=2, steps=3, seed=1)
+    for z in range(1, 5):
+        np.testing.assert_allclose(shared[:, :, :, z], shared[:, :, :, 0], rtol=0, atol=1e-3)
+    assert np.abs(own[:, :, :, 1] - own[:, :, :, 0]).max() > 1.0
+    assert np.abs(shared[0] - shared[1]).max() > 1.0
+
+
 def test_regression_checkpoint_translates_once(phantom_dir, regression_ckpt, tmp_path):
     subject = phantom_dir / "1BA001"
     out = tmp_path / "sct.nii.gz"

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -68,3 +70,27 @@ def test_a_dataloader_batches_items(axial):
 def test_k_must_be_odd(phantom_dir):
     with pytest.raises(ValueError):
         SliceDataset(find_synthrad_pairs(phantom_dir), k=2)
+
+
+def test_memory_mapped_volumes_give_the_same_items_and_are_reused(phantom_dir, tmp_path):
+    from sci_diffusion_medical.pairs import find_synthrad_pairs
+
+    pairs = find_synthrad_pairs(phantom_dir)
+    in_memory = SliceDataset(pairs, k=3)
+    mapped = SliceDataset(pairs, k=3, cache_dir=tmp_path / "cache")
+    files = sorted((tmp_path / "cache").glob("*.pt"))
+    assert [f.name.split("-")[0] for f in files] == ["1BA001", "1BA002"]
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the volumes are mapped files, not copies in memory
+        assert all(str(f) in maps.read_text() for f in files)
+    assert len(mapped) == len(in_memory)
+    for i in (0, len(mapped) // 2, len(mapped) - 1):
+        a, b = in_memory[i], mapped[i]
+        for key in ("ct", "mr", "mask", "pad"):
+            assert torch.equal(a[key], b[key])
+    torch.testing.assert_close(mapped.affines[0], in_memory.affines[0])
+    stamps = [f.stat().st_mtime_ns for f in files]
+    SliceDataset(pairs, k=3, cache_dir=tmp_path / "cache")  # same files and settings: read, not rewritten
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    SliceDataset(pairs, k=3, cache_dir=tmp_path / "cache", spacing_mm=6.0)  # other settings: other files
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4
