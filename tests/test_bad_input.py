@@ -55,7 +55,7 @@ def files(tmp_path_factory):
 
 CASES = {  # name: (argv with {root} and {mr}, words the one sentence must contain)
     "not NIfTI": (["translate", "--mr", "{root}/notnifti.nii.gz", "--out", "{root}/o.nii.gz"], "not a readable NIfTI"),
-    "truncated NIfTI": (["translate", "--mr", "{root}/truncated.nii.gz", "--out", "{root}/o.nii.gz"], "cannot be read"),
+    "truncated NIfTI": (["translate", "--mr", "{root}/truncated.nii.gz", "--out", "{root}/o.nii.gz"], "could not be read"),
     "4-D MR": (["translate", "--mr", "{root}/fourd.nii.gz", "--out", "{root}/o.nii.gz"], "not a 3-D volume"),
     "NaN voxels": (["translate", "--mr", "{root}/nan.nii.gz", "--out", "{root}/o.nii.gz"], "NaN or infinite"),
     "empty mask": (["translate", "--mr", "{mr}", "--mask", "{root}/emptymask.nii.gz", "--out", "{root}/o.nii.gz"],

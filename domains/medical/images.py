@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import ImageReader, ITKReader, MetaTensor, NibabelReader
-from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd, Spacingd
+from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, MapTransform, Orientationd, Spacingd
 
 from sci_diffusion.atomic import atomic_path, write_json
 
@@ -161,6 +161,17 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """
     image = read_image(path)
     return image.numpy(), np.asarray(image.affine, dtype=np.float64)
+
+
+class LoadAnyImaged(MapTransform):
+    """``read_image`` for each key of a dict of paths: the reader picked per file (NIfTI, MetaImage,
+    NRRD, DICOM folder), checked, channel first: (1, X, Y, Z) MetaTensors with their RAS+ affines."""
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = read_image(d[key])[None]
+        return d
 
 
 def model_grid_transform(keys: Sequence[str], voxel_mm: Sequence[float] | float | None = None) -> Compose:

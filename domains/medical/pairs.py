@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import IMAGE_SUFFIXES, image_stem
-from .nifti import MedicalInputError, load_nifti, load_volume
+from .nifti import MedicalInputError
 
 SYNTHRAD_KEYS = ("mr", "ct", "mask")
 OPTIONAL_KEYS = ("labels",)
@@ -91,10 +91,11 @@ def pairs_from_triplets(triplets: Iterable[Sequence[str | os.PathLike]]) -> list
 def validate_pair(pair: dict[str, str]) -> dict[str, object]:
     """Check that a pair's volumes can be used together.
 
-    Checks, in order: each file is a NIfTI, is 3-D, and has the shape and affine
-    (np.allclose, atol 1e-3 mm) of the first volume; no voxel is NaN or infinite; the mask
-    has a voxel > 0. Volumes in the pair among mr, ct, mask, labels are checked; "mr" and
-    "mask" are required, "ct" is optional (inference).
+    Checks, in order: each file reads as a 3-D volume without NaN or infinite voxels
+    (``images.read_volume``: NIfTI, MetaImage, NRRD or a DICOM folder) and has the shape and
+    affine (np.allclose, atol 1e-3 mm) of the first volume; the mask has a voxel > 0. Volumes in the
+    pair among mr, ct, mask, labels are checked; "mr" and "mask" are required, "ct" is optional
+    (inference).
 
     Returns:
         {"id", "shape": (X, Y, Z), "spacing_mm": (sx, sy, sz)} of the pair.
@@ -102,28 +103,23 @@ def validate_pair(pair: dict[str, str]) -> dict[str, object]:
     Raises:
         MedicalInputError: one sentence naming the offending file and the problem.
     """
+    from .images import read_volume
+
     for key in ("mr", "mask"):
         if key not in pair:
             raise MedicalInputError(f"Pair {pair.get('id', '?')} has no {key} volume.")
     keys = [k for k in (*SYNTHRAD_KEYS, *OPTIONAL_KEYS) if k in pair]
-    images = {k: load_nifti(pair[k]) for k in keys}
-    first = keys[0]
-    ref_img, ref_path = images[first], pair[first]
+    volumes = {k: read_volume(pair[k]) for k in keys}
+    ref_path = pair[keys[0]]
+    ref_array, ref_affine = volumes[keys[0]]
     for key in keys:
-        img, path = images[key], pair[key]
-        if len(img.shape) != 3:
-            raise MedicalInputError(f"{path} is not a 3-D volume (shape {img.shape}).")
-        if img.shape != ref_img.shape:
-            raise MedicalInputError(f"{path} has shape {img.shape} but {ref_path} has shape {ref_img.shape}.")
-        if not np.allclose(img.affine, ref_img.affine, atol=AFFINE_ATOL_MM):
-            worst = float(np.abs(img.affine - ref_img.affine).max())
+        (array, affine), path = volumes[key], pair[key]
+        if array.shape != ref_array.shape:
+            raise MedicalInputError(f"{path} has shape {array.shape} but {ref_path} has shape {ref_array.shape}.")
+        if not np.allclose(affine, ref_affine, atol=AFFINE_ATOL_MM):
+            worst = float(np.abs(affine - ref_affine).max())
             raise MedicalInputError(f"{path} and {ref_path} have different affines (largest difference {worst:.3g}).")
-    for key in keys:
-        array, _, _ = load_volume(pair[key])
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        if bad:
-            raise MedicalInputError(f"{pair[key]} contains {bad} NaN or infinite voxels.")
         if key == "mask" and not np.any(array > 0):
-            raise MedicalInputError(f"{pair[key]} is an empty mask (no voxel > 0).")
-    return {"id": pair.get("id", Path(pair["mr"]).parent.name), "shape": tuple(ref_img.shape),
-            "spacing_mm": tuple(float(z) for z in ref_img.header.get_zooms()[:3])}
+            raise MedicalInputError(f"{path} is an empty mask (no voxel > 0).")
+    return {"id": pair.get("id", Path(pair["mr"]).parent.name), "shape": tuple(ref_array.shape),
+            "spacing_mm": tuple(float(z) for z in np.sqrt((ref_affine[:3, :3] ** 2).sum(axis=0)))}

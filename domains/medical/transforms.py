@@ -19,12 +19,8 @@ import torch
 from monai.transforms import (
     AsDiscreted,
     Compose,
-    EnsureChannelFirstd,
-    LoadImaged,
     MapTransform,
-    Orientationd,
     ScaleIntensityRanged,
-    Spacingd,
 )
 
 from .metrics import SYNTHRAD_HU_RANGE
@@ -129,7 +125,8 @@ def mri2ct_transforms(
 ) -> Compose:
     """Load-and-normalise pipeline for dicts of file paths {"mr": .., "ct": .., "mask": ..}.
 
-    LoadImaged (nibabel) -> EnsureChannelFirstd -> Orientationd("RAS") -> [Spacingd] ->
+    ``images.LoadAnyImaged`` (NIfTI, MetaImage, NRRD or DICOM folder; channel first) ->
+    ``images.model_grid_transform`` (Orientationd to RAS, [Spacingd]: the steps ``translate`` uses) ->
     mask binarised -> CT to [-1, 1] (ScaleIntensityRanged, clip) -> MR normalised in mask.
 
     Args:
@@ -147,14 +144,10 @@ def mri2ct_transforms(
         raise ValueError(f"Unknown keys {sorted(unknown)}; expected a subset of mr, ct, mask.")
     if "mr" in keys and "mask" not in keys:
         raise ValueError("MR normalisation needs the body mask: add 'mask' to keys.")
-    steps: list = [
-        LoadImaged(keys, reader="NibabelReader", image_only=True, dtype=np.float32),
-        EnsureChannelFirstd(keys),
-        Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),  # nibabel RAS+
-    ]
-    if spacing_mm is not None:
-        modes = ["nearest" if k == "mask" else "bilinear" for k in keys]
-        steps.append(Spacingd(keys, pixdim=spacing_mm, mode=modes, padding_mode="border", dtype=np.float32))
+    from .images import LoadAnyImaged, model_grid_transform
+
+    # The geometric half is inference's own (images.load_for_model): the same reading, RAS and resampling.
+    steps: list = [LoadAnyImaged(keys), *model_grid_transform(keys, spacing_mm).transforms]
     if "mask" in keys:
         steps.append(AsDiscreted("mask", threshold=0.5))
     if "ct" in keys:

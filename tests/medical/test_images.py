@@ -312,3 +312,22 @@ def test_translate_names_a_mask_whose_shape_differs_from_the_mha_mr(regression_c
                  "--ckpt", str(regression_ckpt), "--out", str(tmp_path / "sct.nii.gz")])
     err = capfd.readouterr().err.strip()
     assert code == 2 and "\n" not in err and str(tmp_path / "mask.nii.gz") in err and "shape" in err
+
+
+def test_training_reads_the_synthrad2025_layout_as_it_reads_nifti(phantom_dir, tmp_path):
+    """One pipeline for training and inference: a patient stored as .mha gives the same training slices."""
+    from sci_diffusion_medical.slices import SliceDataset
+
+    nifti_pair = find_synthrad_pairs(phantom_dir)[0]
+    folder = tmp_path / "Task1" / nifti_pair["id"]
+    folder.mkdir(parents=True)
+    for key in ("mr", "ct", "mask"):
+        array, affine = read_volume(nifti_pair[key])
+        write_mha(folder / f"{key}.mha", array, affine)
+    mha_pair = find_synthrad_pairs(tmp_path / "Task1")[0]
+    assert mha_pair["mr"].endswith("mr.mha")
+    from_nifti, from_mha = SliceDataset([nifti_pair], k=3), SliceDataset([mha_pair], k=3)
+    assert len(from_mha) == len(from_nifti)
+    for i in (0, len(from_mha) // 2):
+        for key in ("mr", "ct", "mask"):
+            np.testing.assert_allclose(from_mha[i][key], from_nifti[i][key], rtol=0, atol=1e-5)
