@@ -292,7 +292,7 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dirs: dict[str, Path], 
                     "air_mae_hu": mean_metrics.get("tissue_mae.air"), "std_error_r": mean_metrics.get("uncertainty_error_r"),
                     "coverage_1sigma": mean_metrics.get("coverage_1sigma"),
                     "coverage_2sigma": mean_metrics.get("coverage_2sigma"),
-                    "reliability_curve": pooled_reliability_curve(folder, pairs) if k > 1 else None,
+                    "reliability_curve": report.get("reliability_curve"),
                     "slice_difference_hu": float(np.mean(slice_differences)),
                     "ct_slice_difference_hu": real_slice_difference,
                     "mae_hu_std_over_patients": report["std"]["mae"],
@@ -300,23 +300,6 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dirs: dict[str, Path], 
                     "metrics_json": str(folder / "metrics.json"),
                 })
     return rows, method
-
-
-def pooled_reliability_curve(folder: Path, pairs: list[dict]) -> dict:
-    """The reliability curve (``metrics.reliability_curve``) of every test patient's voxels together."""
-    import numpy as np
-
-    from sci_diffusion_medical.metrics import reliability_curve
-    from sci_diffusion_medical.nifti import load_volume
-
-    stds, preds, refs, masks = [], [], [], []
-    for p in pairs:
-        ct = load_volume(p["ct"])[0]
-        refs.append(ct.ravel())
-        masks.append(load_volume(p["mask"])[0].ravel() > 0)
-        preds.append(load_volume(folder / f"{p['id']}.nii.gz")[0].ravel())
-        stds.append(load_volume(folder / f"{p['id']}_std.nii.gz")[0].ravel())
-    return reliability_curve(*(np.concatenate(a) for a in (stds, preds, refs, masks)))
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -82,13 +82,22 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", required=True, help="SynthRAD-layout reference folder: <id>/{ct,mask}.nii.gz (2023) or .mha (2025)")
     p.add_argument("--out", required=True, help="metrics report (.json)")
     p.add_argument("--allow-missing", action="store_true", help="score the patients that have a prediction, list the rest")
+    p.add_argument("--png", help="with <id>_std files: draw the calibration (reliability) diagram here (.png)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate_directory
 
-    report = evaluate_directory(args.pred, args.ref, args.out, allow_missing=args.allow_missing)
+    if args.png is not None:
+        from sci_diffusion.atomic import check_writable
+
+        check_writable(args.png, "--png")
+    report = evaluate_directory(args.pred, args.ref, args.out, allow_missing=args.allow_missing, reliability_png=args.png)
     mean = report["mean"]
     print(f"{report['n_patients']} patients: MAE {mean['mae']:.1f} HU, PSNR {mean['psnr']:.2f} dB, "
           f"SSIM {mean['ssim']:.4f}, bone MAE {mean.get('tissue_mae.bone', float('nan')):.1f} HU -> {args.out}")
+    if "coverage_1sigma" in mean:
+        print(f"uncertainty: std-|error| r {mean['uncertainty_error_r']:.3f}, within 1σ {100 * mean['coverage_1sigma']:.1f} %, "
+              f"within 2σ {100 * mean['coverage_2sigma']:.1f} % (calibrated: 68.3 %, 95.4 %)"
+              + (f"; reliability diagram {report['reliability_png']}" if "reliability_png" in report else ""))
     return 0

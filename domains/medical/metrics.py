@@ -273,7 +273,8 @@ def _load_on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, ref_pa
 
 
 def evaluate_directory(
-    pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out_json: str | os.PathLike, allow_missing: bool = False
+    pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out_json: str | os.PathLike, allow_missing: bool = False,
+    reliability_png: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score a folder of synthetic CTs against a SynthRAD-layout reference folder.
 
@@ -292,12 +293,14 @@ def evaluate_directory(
         out_json: the report, written atomically (NaN/inf as null).
         allow_missing: score the patients that have a prediction and list the others;
             by default a reference patient without a prediction is an error.
+        reliability_png: where std files exist, draw the reliability diagram of all their patients'
+            voxels together (``reliability_curve``, ``draw_reliability_png``) here.
 
     Returns:
         {"protocol", "hu_range", "n_patients", "patients": {id: metrics}, "mean": .., "std": ..,
         "missing_predictions": [ids]}; metrics are mae, psnr, ssim, tissue_mae.{air,
         soft_tissue,bone}, and uncertainty_error_r, coverage_1sigma and coverage_2sigma when a std
-        file exists.
+        file exists; then also "reliability_curve" over every patient's voxels in the mask.
 
     Raises:
         MedicalInputError: no reference patients, a missing prediction (unless allowed),
@@ -312,6 +315,7 @@ def evaluate_directory(
     refs = find_synthrad_pairs(ref_dir, require=("ct", "mask"))
     patients: dict[str, dict[str, Any]] = {}
     missing = []
+    pooled: list[tuple[np.ndarray, ...]] = []  # (std, pred, ct) in the mask, for the reliability curve
     for ref in refs:
         pid = ref["id"]
         pred_path, std_path = _find_prediction(pred_dir, pid)
@@ -333,6 +337,8 @@ def evaluate_directory(
             std = _load_on_grid(std_path, ct.shape, affine, ref["ct"])
             scores["uncertainty_error_r"] = uncertainty_error_correlation(std, pred, ct, mask)
             scores.update(uncertainty_coverage(std, pred, ct, mask))
+            inside = mask > 0
+            pooled.append((std[inside], pred[inside], ct[inside]))
         scores["prediction"] = str(pred_path)
         patients[pid] = scores
     if not patients:
@@ -363,5 +369,11 @@ def evaluate_directory(
         "std": summary(np.nanstd),
         "missing_predictions": missing,
     }
+    if pooled:
+        std, pred, ct = (np.concatenate(column) for column in zip(*pooled))
+        report["reliability_curve"] = reliability_curve(std, pred, ct)
+        if reliability_png is not None:
+            report["reliability_png"] = str(draw_reliability_png({f"{len(pooled)} patients": report["reliability_curve"]},
+                                                                 reliability_png))
     write_json(out_json, report)
     return report

@@ -208,3 +208,15 @@ def test_neighbour_slice_difference_measures_stripes_between_slices():
     mask[:, :, 3] = False  # pairs (2, 3) and (3, 4) leave; the rest still differ by 10
     stripes = ramp + np.where(z % 2 == 0, 0.0, 100.0)
     assert neighbour_slice_difference(stripes, mask) == pytest.approx((90 + 110 + 110) / 3)
+
+
+def test_evaluate_directory_pools_every_patient_into_one_reliability_diagram(phantom_dir, tmp_path):
+    pred_dir = tmp_path / "pred"
+    _write_predictions(phantom_dir, pred_dir, nested=False, with_std=True)
+    report = evaluate_directory(pred_dir, phantom_dir, tmp_path / "m.json", reliability_png=tmp_path / "rel.png")
+    in_masks = sum(int((load_volume(p["mask"])[0] > 0).sum()) for p in find_synthrad_pairs(phantom_dir))
+    assert sum(report["reliability_curve"]["voxels"]) == in_masks  # both patients, mask voxels only
+    assert report["reliability_curve"]["rmse"] == pytest.approx([10.0] * 10, abs=1e-3)  # every error is +10 HU
+    assert (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
+    plain = evaluate_directory(tmp_path / "pred", phantom_dir, tmp_path / "m2.json")  # no PNG asked: none drawn
+    assert "reliability_png" not in plain
