@@ -51,7 +51,10 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
     p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz or .mha; "
                                           "needs --samples >= 2)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the model's own, the count it was validated with; "
+                                             "10 for the bundled residual model)")
+    p.add_argument("--shared-noise", action="store_true",
+                   help="start every slice of a sample from the same noise, for slices that agree with each other")
     p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES, help="core sampler (default ddim)")
     p.add_argument("--spacing", choices=SPACINGS, help="the sampler's time grid (not the voxel size): uniform, "
                                                         "quadratic or logsnr (default: the sampler's own; ddim: uniform)")
@@ -70,8 +73,8 @@ def run_translate(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
     info = translate_file(args.mr, args.out, mask=args.mask, ckpt=args.ckpt, samples=args.samples,
                           uncertainty=args.uncertainty, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
-                          seed=args.seed,
-                          batch_size=args.batch_size, png=args.png, ct=args.ct)
+                          seed=args.seed, batch_size=args.batch_size, png=args.png, ct=args.ct,
+                          shared_noise=args.shared_noise)
     written = [args.out] + [p for p in (args.uncertainty, args.png) if p]
     print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")
     return 0

@@ -226,6 +226,12 @@ def training_spacing(module: torch.nn.Module) -> np.ndarray | None:
     return None if value is None else np.broadcast_to(np.asarray(value, dtype=np.float64), (3,))
 
 
+def default_steps(module: torch.nn.Module) -> int:
+    """The sampler steps a model translates with when none are asked for: the step count it was
+    validated with in training (its ``val_steps``; 10 for the residual config, 20 for the plain one)."""
+    return int(module.hparams.get("val_steps") or 20)
+
+
 def slice_geometry(module: torch.nn.Module) -> dict[str, Any]:
     """``{"axis", "divisible", "min_size"}`` of the model's training slices, from the checkpoint's data config."""
     cfg = getattr(module, "data_config", {}) or {}
@@ -241,7 +247,7 @@ def translate_file(
     ckpt: str | os.PathLike | None = None,
     samples: int = 1,
     uncertainty: str | os.PathLike | None = None,
-    steps: int = 20,
+    steps: int | None = None,
     sampler: str = "ddim",
     spacing: str | None = None,
     seed: int = 0,
@@ -250,8 +256,12 @@ def translate_file(
     ct: str | os.PathLike | None = None,
     module: torch.nn.Module | None = None,
     progress: bool = True,
+    shared_noise: bool = False,
 ) -> dict[str, Any]:
     """Translate one MR file into a synthetic CT file (the ``translate`` verb).
+
+    ``steps`` None takes the model's own step count (``default_steps``); ``shared_noise`` gives all
+    slices of a sample one starting noise (``translate_volume``).
 
     The MR (NIfTI, .mha/.mhd, .nrrd or a DICOM series folder) is resampled to the model's training
     voxel size (``training_spacing``) on a RAS grid, translated there, and the result mapped back onto
@@ -274,11 +284,12 @@ def translate_file(
     if spacing is not None and spacing not in SPACINGS:
         raise UserError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
     spacing = resolve_spacing(sampler, spacing)
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}.")
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}.")
     module = module if module is not None else load_translation_model(ckpt)
+    steps = default_steps(module) if steps is None else steps
     if getattr(module, "deterministic", False) and (samples > 1 or uncertainty is not None):
         raise UserError(f"Checkpoint {getattr(module, 'checkpoint_path', ckpt)} is a deterministic regression model: "
                         "it gives one answer, so use --samples 1 and no --uncertainty.")
@@ -290,7 +301,7 @@ def translate_file(
               file=sys.stderr)
     start = time.perf_counter()
     volumes = translate_volume(module, inputs["mr"], inputs["mask"], samples, sampler, steps, seed, batch_size,
-                               progress=progress, spacing=spacing, **slice_geometry(module))
+                               progress=progress, spacing=spacing, shared_noise=shared_noise, **slice_geometry(module))
     seconds = time.perf_counter() - start
     mean, std = mean_and_std(volumes, inputs["mask"])
     deterministic = bool(getattr(module, "deterministic", False))
@@ -304,6 +315,7 @@ def translate_file(
         "sampler": None if deterministic else sampler,
         "steps": None if deterministic else steps,
         "spacing": None if deterministic else spacing,
+        "shared_noise": None if deterministic else shared_noise,
         "seed": seed,
         "samples": samples,
         "uncertainty": None if uncertainty is None else str(uncertainty),

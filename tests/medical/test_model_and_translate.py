@@ -182,3 +182,15 @@ def test_datamodule_writes_missing_phantoms_and_splits_by_patient(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["mr"].shape[:2] == (2, 3) and batch["ct"].shape[1] == 1
     assert split_patients(["b", "a", "c"], 1, seed=5) == split_patients(["a", "b", "c"], 1, seed=5)
+
+
+def test_translate_takes_the_models_own_step_count_unless_told(phantom_dir, diffusion_ckpt, tmp_path):
+    from sci_diffusion_medical.translate import load_translation_model, translate_file
+
+    module = load_translation_model(diffusion_ckpt, device="cpu")
+    assert module.hparams.val_steps == 1  # the fixture's config
+    mr, mask = phantom_dir / "1BA001" / "mr.nii.gz", phantom_dir / "1BA001" / "mask.nii.gz"
+    own = translate_file(mr, tmp_path / "a.nii.gz", mask=mask, module=module, progress=False, shared_noise=True)
+    told = translate_file(mr, tmp_path / "b.nii.gz", mask=mask, module=module, steps=2, progress=False)
+    assert (own["steps"], own["shared_noise"]) == (1, True)
+    assert (told["steps"], told["shared_noise"]) == (2, False)
