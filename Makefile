@@ -24,9 +24,10 @@ demo: setup
 		--png $(OUT)/gap_6.5eV.png
 	$(CLI) phantom --subjects 1 --spacing 2 --seed 99 --out $(OUT)/phantom
 	$(CLI) translate --mr $(OUT)/phantom/1BA001/mr.nii.gz --mask $(OUT)/phantom/1BA001/mask.nii.gz \
-		--ct $(OUT)/phantom/1BA001/ct.nii.gz --samples 2 --steps 20 --out $(OUT)/sct/1BA001/sct.nii.gz \
+		--ct $(OUT)/phantom/1BA001/ct.nii.gz --samples 4 --out $(OUT)/sct/1BA001/sct.nii.gz \
 		--uncertainty $(OUT)/sct/1BA001/sct_std.nii.gz --png $(OUT)/sct_panel.png
-	$(CLI) evaluate mri2ct --pred $(OUT)/sct --ref $(OUT)/phantom --out $(OUT)/mri2ct_metrics.json
+	$(CLI) evaluate mri2ct --pred $(OUT)/sct --ref $(OUT)/phantom --out $(OUT)/mri2ct_metrics.json \
+		--png $(OUT)/mri2ct_reliability.png
 
 test: setup
 	$(PY) -m pytest -q

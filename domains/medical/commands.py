@@ -104,3 +104,32 @@ def run_evaluate(args: argparse.Namespace) -> int:
               f"within 2σ {100 * mean['coverage_2sigma']:.1f} % (calibrated: 68.3 %, 95.4 %)"
               + (f"; reliability diagram {report['reliability_png']}" if "reliability_png" in report else ""))
     return 0
+
+
+def add_audit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--synthetic", required=True, help="folder of synthetic subjects (SynthRAD layout, any readable format)")
+    p.add_argument("--train", required=True, help="folder of the generator's training subjects (SynthRAD layout)")
+    p.add_argument("--out", required=True, help="audit report (.json)")
+    p.add_argument("--png", help="draw the closest synthetic / training pairs here (.png)")
+    p.add_argument("--modality", choices=("ct", "mr"), default="ct", help="which volume of each subject to compare (default ct)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="correlation from which a synthetic volume is a near copy (default 0.95)")
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from sci_diffusion.atomic import check_writable
+
+    from .audit import NEAR_COPY_CORRELATION, audit_directories
+
+    check_writable(args.out, "--out")
+    if args.png is not None:
+        check_writable(args.png, "--png")
+    threshold = NEAR_COPY_CORRELATION if args.threshold is None else args.threshold
+    report = audit_directories(args.synthetic, args.train, args.out, png=args.png, modality=args.modality,
+                               threshold=threshold)
+    c, ref = report["correlation"], report["training_reference"]
+    print(f"{report['n_synthetic']} synthetic against {report['n_training']} training subjects ({args.modality}): nearest "
+          f"correlation median {c['median']:.3f}, max {c['max']:.3f}; {len(report['near_copies'])} near copies "
+          f"(r >= {threshold:g})" + ("" if ref is None else f"; between training subjects the nearest-other correlation "
+                                     f"reaches {ref['max']:.3f}") + f" -> {args.out}")
+    return 0

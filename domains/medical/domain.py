@@ -2,9 +2,11 @@
 from sci_diffusion.domains import Command, Domain
 
 from .commands import (
+    add_audit_arguments,
     add_evaluate_arguments,
     add_phantom_arguments,
     add_translate_arguments,
+    run_audit,
     run_evaluate,
     run_phantom,
     run_translate,
@@ -20,5 +22,7 @@ DOMAIN = Domain(
                 add_translate_arguments, run_translate),
         Command("evaluate", "mri2ct", "Score synthetic CTs against reference CTs with the SynthRAD2023 metrics.",
                 add_evaluate_arguments, run_evaluate),
+        Command("audit", "medical", "Memorisation audit: each synthetic subject's nearest training subject, and near copies.",
+                add_audit_arguments, run_audit),
     ],
 )
