@@ -37,10 +37,21 @@ def run_child(argv: list[str], log: Path) -> dict:
             "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
+def earlier_molecule_rows() -> list[dict]:
+    """The molecule rows of the last run's ``results/memory.json``, each with the date it was measured."""
+    path = ROOT / "benchmarks" / "results" / "memory.json"
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    return [{**r, "measured": r.get("measured", earlier["date"])} for r in earlier["rows"] if r["run"] != "translate"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-minutes", type=float, required=True, help="no run starts after this")
-    p.add_argument("--molecules", type=int, nargs="+", default=[1000, 10000], help="sample molecules --num values")
+    p.add_argument("--molecules", type=int, nargs="*", default=[1000, 10000],
+                   help="sample molecules --num values; none (`--molecules` alone) keeps the molecule rows of the last "
+                        "run's results, marked with their date, and measures only translate")
     p.add_argument("--translate-mm", type=float, default=1.0, help="voxel size of the translated phantom (mm)")
     p.add_argument("--samples", type=int, default=1, help="translate --samples")
     p.add_argument("--steps", type=int, default=5, help="translate --steps (memory does not depend on it)")
@@ -59,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipping {what}: the budget is spent", flush=True)
         return False
 
-    largest = max(args.molecules)
+    if not args.molecules:
+        rows.extend(earlier_molecule_rows())
+    largest = max(args.molecules, default=0)
     for num in sorted(args.molecules):
         if not budget_left(f"sample molecules --num {num}"):
             continue
@@ -110,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                     ("atom_stability", "molecule_stability", "validity", "validity_x_uniqueness", "novelty") if k in m))
         else:
             note = f"{args.samples} sample(s), {args.steps} steps"
+        if "measured" in r:
+            note += f" (measured {r['measured']})"
         lines.append(f"| {r['run']} | {r['size']} | {r['peak_rss_mb']:,.0f} | {r['seconds']:.0f} | {r['exit_status']} "
                      f"| {note} |")
     if skipped:
