@@ -155,12 +155,17 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
         super().__init__(**kwargs)
         self.save_hyperparameters()
 
+    @property
+    def context_channels(self) -> int:
+        """Channels concatenated to ``x_t``: the k MR slices."""
+        return int(self.hparams.k)
+
     def build_network(self) -> torch.nn.Module:
         from monai.networks.nets import DiffusionModelUNet
 
         h = self.hparams
         return DiffusionModelUNet(
-            spatial_dims=2, in_channels=1 + h.k, out_channels=1, channels=tuple(h.channels),
+            spatial_dims=2, in_channels=1 + self.context_channels, out_channels=1, channels=tuple(h.channels),
             attention_levels=tuple(h.attention_levels), num_res_blocks=h.num_res_blocks,
             num_head_channels=h.num_head_channels, norm_num_groups=h.norm_num_groups,
         )

@@ -85,15 +85,10 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         self.regression.requires_grad_(False)
         self.regression.eval()
 
-    def build_network(self) -> torch.nn.Module:
-        from monai.networks.nets import DiffusionModelUNet
-
-        h = self.hparams
-        return DiffusionModelUNet(
-            spatial_dims=2, in_channels=2 + h.k, out_channels=1, channels=tuple(h.channels),
-            attention_levels=tuple(h.attention_levels), num_res_blocks=h.num_res_blocks,
-            num_head_channels=h.num_head_channels, norm_num_groups=h.norm_num_groups,
-        )
+    @property
+    def context_channels(self) -> int:
+        """Channels concatenated to ``x_t``: the k MR slices and the regression mean."""
+        return int(self.hparams.k) + 1
 
     def train(self, mode: bool = True) -> MRItoCTResidualDiffusion:
         super().train(mode)
