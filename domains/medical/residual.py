@@ -108,6 +108,15 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         residual = (ct - mean) / self.hparams.residual_scale
         return DiffusionBatch(x0=residual, space=EuclideanSpace(), cond=None, context=torch.cat([mr, mean], 1), mask=mask)
 
+    def residual_denoiser(self, mr: Tensor, mean: Tensor):
+        """The x0-denoiser of the scaled residual given MR stacks and the regression mean ``(B, 1, H, W)``.
+
+        Its estimate is clipped voxel by voxel to ``[(-1 - mean) / s, (1 - mean) / s]``: the residuals
+        that keep the CT in its [-1, 1] range (the plain model clips its CT estimate to [-1, 1] the same way).
+        """
+        s = self.hparams.residual_scale
+        return self.denoiser(context=torch.cat([mr, mean], 1), clip=((-1.0 - mean) / s, (1.0 - mean) / s))
+
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
                    generator: torch.Generator | PerSampleGenerator | None = None, spacing: str | None = None) -> Tensor:
@@ -119,7 +128,6 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         mean = self.regression_mean(mr)
         if noise is None:
             noise = space.noise(mean, generator)
-        denoiser = self.denoiser(context=torch.cat([mr, mean], 1))  # no clip: the residual is unbounded
-        residual = get_sampler(sampler)(denoiser, noise.to(mr), self.schedule, steps, space, generator=generator,
-                                        spacing=resolve_spacing(sampler, spacing))
+        residual = get_sampler(sampler)(self.residual_denoiser(mr, mean), noise.to(mr), self.schedule, steps, space,
+                                        generator=generator, spacing=resolve_spacing(sampler, spacing))
         return (mean + self.hparams.residual_scale * residual).clamp(-1.0, 1.0)

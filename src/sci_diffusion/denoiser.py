@@ -27,7 +27,8 @@ class PredictionDenoiser:
         net: ``net(x_t, t, cond) -> prediction`` with ``t`` a 0-d float tensor in [0, 1].
         schedule: the schedule the network was trained with.
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
-        clip: optional ``(lo, hi)`` clamp on the x0 estimate (images in [-1, 1]).
+        clip: optional ``(lo, hi)`` clamp on the x0 estimate (images in [-1, 1]); numbers, or tensors
+            that broadcast against x0 for a bound per element.
     """
 
     def __init__(self, net: Network, schedule: NoiseSchedule, prediction: Prediction,

@@ -103,3 +103,14 @@ def test_only_training_slices_are_augmented(phantom_dir):
 
 def test_the_regression_network_is_shared_by_both_models():
     assert isinstance(MRItoCTRegression(channels=(8, 16), num_res_units=1).net, torch.nn.Module)
+
+
+def test_the_residual_estimate_keeps_the_ct_in_range(regression_ckpt):
+    model = _tiny_residual(regression_ckpt, prediction="x0", residual_scale=0.2)
+    for param in model.net.out.parameters():
+        torch.nn.init.constant_(param, 0.0)
+    torch.nn.init.constant_(model.net.out[-1].conv.bias, 50.0)  # an absurd residual estimate everywhere
+    mr = torch.rand(2, 3, 32, 32) * 2 - 1
+    mean = model.regression_mean(mr)
+    x0 = model.residual_denoiser(mr, mean)(torch.randn(2, 1, 32, 32), torch.tensor(0.5))
+    torch.testing.assert_close(mean + 0.2 * x0, torch.ones_like(mean))  # clipped where the CT reaches +1
