@@ -73,6 +73,24 @@ class GaussianMixture:
 
         return denoise
 
+    def conditional(self, known_dims: list[int], values: Tensor) -> GaussianMixture:
+        """The exact mixture of the other coordinates given ``x[known_dims] = values`` (float64).
+
+        Each component conditions as a Gaussian (Schur complement); its weight becomes
+        ``w_k N(values; mu_k[known], C_k[known, known])``, renormalised.
+        """
+        values = torch.as_tensor(values, dtype=torch.float64)
+        free = [d for d in range(self.dim) if d not in known_dims]
+        kk = self.covs[:, known_dims][:, :, known_dims]
+        fk = self.covs[:, free][:, :, known_dims]
+        ff = self.covs[:, free][:, :, free]
+        gain = fk @ torch.linalg.inv(kk)  # (K, F, Kn)
+        means = self.means[:, free] + torch.einsum("kfn,kn->kf", gain, values - self.means[:, known_dims])
+        covs = ff - gain @ fk.transpose(1, 2)
+        log_w = self.weights.log() + torch.distributions.MultivariateNormal(
+            self.means[:, known_dims], covariance_matrix=kk).log_prob(values)
+        return GaussianMixture((log_w - log_w.logsumexp(0)).exp(), means, covs)
+
     def assign(self, x: Tensor) -> Tensor:
         """Most likely component of each point of ``x`` ``(n, D)``: ``(n,)`` long."""
         log_r, _ = self._log_resp(x.to(torch.float64), torch.tensor(1.0, dtype=torch.float64),

@@ -63,6 +63,12 @@ class StateSpace(ABC):
             return batch
         return torch.arange(like.shape[0], device=like.device)
 
+    def project_moving(self, x: Tensor, movable: Tensor) -> Tensor:
+        """Project ``x`` onto the space, changing only the entries where ``movable`` (0/1, broadcastable
+        to ``x``) is 1 where the projection allows it. The default projection acts entry by entry, so
+        it is ``project``; spaces with a constraint across rows (zero centre of mass) override it."""
+        return self.project(x)
+
     @abstractmethod
     def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
         """Broadcast a ``(num_samples,)`` tensor so that it multiplies ``like`` row-wise."""
@@ -128,6 +134,18 @@ class ZeroCoMSpace(StateSpace):
     def project(self, x: Tensor) -> Tensor:
         return x - self.centre_of_mass(x)[self.batch]
 
+    def project_moving(self, x: Tensor, movable: Tensor) -> Tensor:
+        """Zero each graph's centre of mass by translating only its movable rows (``movable`` (N, 1)
+        or (N, D), 1 on a row's entries to move), all by the same vector; a graph without movable
+        rows is translated whole. Inpainting moves the known fragment this way, so the generated
+        atoms keep their place and the fragment keeps its shape."""
+        rows = (movable.to(x.dtype).expand_as(x)[:, :1] > 0).to(x.dtype)  # (N, 1)
+        moving = torch.zeros(self.num_samples, 1, dtype=x.dtype, device=x.device).index_add_(0, self.batch, rows)
+        counts = self._counts.to(x.dtype)[:, None]
+        share = torch.where(moving > 0, counts / moving.clamp(min=1), torch.ones_like(moving))  # n / k per graph
+        weight = torch.where(moving[self.batch] > 0, rows * share[self.batch], torch.ones_like(rows))
+        return x - self.centre_of_mass(x)[self.batch] * weight
+
     def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
         per_sample = per_sample.to(like.dtype)
         return per_sample if per_sample.dim() == 0 else per_sample[self.batch][:, None]
@@ -158,6 +176,11 @@ class ProductSpace(StateSpace):
 
     def project(self, x: Tensor) -> Tensor:
         return torch.cat([s.project(xi) for (s, _), xi in zip(self.parts, self._split(x))], dim=-1)
+
+    def project_moving(self, x: Tensor, movable: Tensor) -> Tensor:
+        movable = movable.to(x.dtype).expand_as(x)
+        return torch.cat([s.project_moving(xi, mi) for (s, _), xi, mi in
+                          zip(self.parts, self._split(x), self._split(movable))], dim=-1)
 
     def noise(self, like: Tensor, generator: torch.Generator | PerSampleGenerator | None = None) -> Tensor:
         return torch.cat(
