@@ -47,7 +47,8 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
                                              "sidecar is written beside it")
     p.add_argument("--mask", help="body mask on the MR grid (any --mr format); derived from the MR (SynthRAD recipe) "
                                    "when absent")
-    p.add_argument("--ckpt", help="model checkpoint (diffusion or regression); default: the bundled phantom model")
+    p.add_argument("--ckpt", help="model checkpoint (residual, plain diffusion or regression); default: the bundled residual "
+                                   "diffusion model (checkpoints/README.md)")
     p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
     p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz or .mha; "
                                           "needs --samples >= 2)")

@@ -35,7 +35,7 @@ from .phantom import CT_BACKGROUND_HU, body_mask_from_mr
 from .slices import axis_index
 from .transforms import normalise_mr, unit_to_ct
 
-BUNDLED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "mri2ct_phantom.ckpt"
+BUNDLED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "mri2ct_residual.ckpt"  # see checkpoints/README.md
 SPACING_TOLERANCE = 0.25  # relative voxel-size difference from the training data that earns a warning
 
 
