@@ -243,9 +243,9 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dirs: dict[str, Path], 
     method = "ru_maxrss"
     for test_set, test_dir in test_dirs.items():
         pairs = find_synthrad_pairs(test_dir)
-        inputs = {p["id"]: (p, load_inputs(p["mr"], p["mask"])) for p in pairs}
-        real_slice_difference = float(np.mean([neighbour_slice_difference(load_inputs(p["mr"], p["mask"], p["ct"])["ct"],
-                                                                          inp["mask"]) for p, inp in inputs.values()]))
+        inputs = {p["id"]: (p, load_inputs(p["mr"], p["mask"], p["ct"])) for p in pairs}
+        real_slice_difference = float(np.mean([neighbour_slice_difference(inp["ct"], inp["mask"])
+                                               for _, inp in inputs.values()]))
         for model_kind, steps, shared in evaluation_plan(args):
             if shared and test_set != "in-domain":
                 continue  # the shared-noise variant is a slice-consistency study, on the in-domain set only

@@ -52,13 +52,14 @@ class SliceTranslation:
 
     _val_example: tuple[Tensor, Tensor, Tensor] | None = None
     window: tuple[int, int] | None = None  # set by ``sliding_window``: the training crop (h, w)
+    _window_overlap: float = 0.25
 
     @contextmanager
     def sliding_window(self, roi: Sequence[int] | None, overlap: float = 0.25):
         """Within this block, slices larger than ``roi`` go through the network in ``roi``-sized
         windows (MONAI's ``SlidingWindowInferer``, Gaussian blending, ``overlap``), as a model trained
         on crops of that size saw them; None leaves whole slices whole."""
-        previous = self.window, getattr(self, "_window_overlap", 0.25)
+        previous = self.window, self._window_overlap
         self.window, self._window_overlap = (None if roi is None else (int(roi[0]), int(roi[1]))), overlap
         try:
             yield self

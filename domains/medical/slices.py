@@ -71,8 +71,8 @@ def memory_mapped(pair: dict[str, str], prepare: Callable[[dict[str, str]], dict
     of a mapped volume are read from disk when a slice touches them, and the kernel may drop them
     again, so resident memory does not grow with the number of volumes.
     """
-    stamp = {key: [str(Path(path).resolve()), Path(path).stat().st_size, Path(path).stat().st_mtime_ns]
-             for key, path in sorted(pair.items()) if key in ("mr", "ct", "mask")}
+    stats = {key: Path(path).stat() for key, path in sorted(pair.items()) if key in ("mr", "ct", "mask")}
+    stamp = {key: [str(Path(pair[key]).resolve()), st.st_size, st.st_mtime_ns] for key, st in stats.items()}
     digest = hashlib.sha256(json.dumps([stamp, recipe], sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{pair.get('id', 'volume')}-{digest}.pt"
     if not path.is_file():

@@ -36,7 +36,6 @@ from .slices import axis_index
 from .transforms import normalise_mr, unit_to_ct
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "mri2ct_residual.ckpt"  # see checkpoints/README.md
-SPACING_TOLERANCE = 0.25  # relative voxel-size difference from the training data that earns a warning
 
 
 # ----- models ---------------------------------------------------------------------------------------
