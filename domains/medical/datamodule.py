@@ -28,6 +28,15 @@ def split_patients(ids: Sequence[str], val_subjects: int, seed: int = 0) -> tupl
     return [i for i in ids if i not in val], val
 
 
+def write_phantoms_if_missing(root: str, subjects: int, spacing_mm: float, seed: int) -> None:
+    """Fill ``root`` with ``subjects`` head phantoms when it does not exist (a fresh checkout's data)."""
+    if not Path(root).exists():
+        from .phantom import write_phantom_dataset
+
+        print(f"Writing {subjects} head phantoms to {root} ...", flush=True)
+        write_phantom_dataset(root, subjects, spacing_mm, seed)
+
+
 class MRItoCTDataModule(L.LightningDataModule):
     """MR->CT slices (``slices.SliceDataset``) for training and validation.
 
@@ -78,13 +87,8 @@ class MRItoCTDataModule(L.LightningDataModule):
         self.voxel_mm: list[float] | None = None
 
     def prepare_data(self) -> None:
-        root = Path(self.hparams.root)
-        if not root.exists():
-            from .phantom import write_phantom_dataset
-
-            print(f"Writing {self.hparams.phantom_subjects} head phantoms to {root} ...", flush=True)
-            write_phantom_dataset(root, self.hparams.phantom_subjects, self.hparams.phantom_spacing_mm,
-                                  self.hparams.phantom_seed)
+        h = self.hparams
+        write_phantoms_if_missing(h.root, h.phantom_subjects, h.phantom_spacing_mm, h.phantom_seed)
 
     def setup(self, stage: str | None = None) -> None:
         from .pairs import find_synthrad_pairs

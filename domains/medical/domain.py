@@ -5,10 +5,12 @@ from .commands import (
     add_audit_arguments,
     add_evaluate_arguments,
     add_phantom_arguments,
+    add_synthesize_arguments,
     add_translate_arguments,
     run_audit,
     run_evaluate,
     run_phantom,
+    run_synthesize,
     run_translate,
 )
 
@@ -22,6 +24,8 @@ DOMAIN = Domain(
                 add_translate_arguments, run_translate),
         Command("evaluate", "mri2ct", "Score synthetic CTs against reference CTs with the SynthRAD2023 metrics.",
                 add_evaluate_arguments, run_evaluate),
+        Command("synthesize", "medical", "Write a SYNTHETIC paired MR / CT / tissue-label data set (SynthRAD or nnU-Net layout).",
+                add_synthesize_arguments, run_synthesize),
         Command("audit", "medical", "Memorisation audit: each synthetic subject's nearest training subject, and near copies.",
                 add_audit_arguments, run_audit),
     ],

@@ -52,3 +52,35 @@ def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def contact_sheet(subjects: list[tuple[str, dict[str, np.ndarray]]], out_png: str | os.PathLike, title: str = "") -> None:
+    """MR, CT and tissue labels side by side, one row per subject, axial and coronal, as a PNG.
+
+    Args:
+        subjects: ``(id, {"mr": (X, Y, Z), "ct": (X, Y, Z) HU, "labels": (X, Y, Z) int})`` per row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [("MR", "mr", "gray", None), ("CT (HU)", "ct", "gray", CT_WINDOW_HU), ("labels", "labels", "tab10", (0, 9))]
+    rows = max(1, len(subjects))
+    fig, axes = plt.subplots(rows, 2 * len(columns), figsize=(2.2 * 2 * len(columns), 2.4 * rows), squeeze=False)
+    for row, (pid, volumes) in enumerate(subjects):
+        body = np.asarray(volumes["labels"]) > 0
+        centre = [int(round(c.mean())) if body.any() else n // 2 for c, n in zip(np.nonzero(body), body.shape)]
+        for col, (name, key, cmap, limits) in enumerate(columns):
+            volume = np.asarray(volumes[key])
+            for view, (cut, label) in enumerate(((volume[:, :, centre[2]].T, "axial"), (volume[:, centre[1], :].T, "coronal"))):
+                ax = axes[row, 2 * col + view]
+                ax.imshow(cut, cmap=cmap, origin="lower", vmin=None if limits is None else limits[0],
+                          vmax=None if limits is None else limits[1], interpolation="nearest")
+                ax.set_title(f"{pid} {name} {label}", fontsize=7)
+                ax.axis("off")
+    fig.suptitle(f"SYNTHETIC  {title}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)

@@ -130,7 +130,8 @@ def mri2ct_transforms(
     mask binarised -> CT to [-1, 1] (ScaleIntensityRanged, clip) -> MR normalised in mask.
 
     Args:
-        keys: which of "mr", "ct", "mask" to load; "mr" needs "mask". Leave out "ct" at inference.
+        keys: which of "mr", "ct", "mask", "labels" to load; "mr" needs "mask". Leave out "ct" at
+            inference. A tissue label map ("labels") is only reoriented and resampled (nearest).
         spacing_mm: resample to this voxel size (mm) when given; linear for images, nearest
             for the mask.
         mr_percentiles: percentiles inside the mask mapped to -1 and +1.
@@ -139,9 +140,9 @@ def mri2ct_transforms(
         A Compose producing MetaTensors of shape (1, X, Y, Z), float32, affines kept in meta.
     """
     keys = list(keys)
-    unknown = set(keys) - {"mr", "ct", "mask"}
+    unknown = set(keys) - {"mr", "ct", "mask", "labels"}
     if unknown:
-        raise ValueError(f"Unknown keys {sorted(unknown)}; expected a subset of mr, ct, mask.")
+        raise ValueError(f"Unknown keys {sorted(unknown)}; expected a subset of mr, ct, mask, labels.")
     if "mr" in keys and "mask" not in keys:
         raise ValueError("MR normalisation needs the body mask: add 'mask' to keys.")
     from .images import LoadAnyImaged, model_grid_transform
