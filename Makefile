@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/sci-diffusion
 OUT ?= out/demo
 
-.PHONY: setup demo test lint test-slow benchmarks clean
+.PHONY: setup demo test lint test-slow benchmarks clean nnunet
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,14 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# nnU-Net v2, only for the test that runs its dataset-integrity check on `synthesize medical --format nnunet`
+# (it skips without). A plain `pip install nnunetv2` replaces the CPU torch with a CUDA build, so this
+# installs nnunetv2 and the modules its check imports without their dependencies (about 310 MB, mostly SimpleITK).
+nnunet: setup
+	$(PY) -m pip install --quiet --no-deps nnunetv2==2.8.1 batchgenerators==0.25.5 acvl_utils==0.2.6 SimpleITK==2.5.7 \
+		numexpr==2.14.2 ndindex==1.10.1 msgpack==1.2.4
+	$(PY) -m pip install --quiet blosc2==4.14.1
 
 lint: setup
 	$(VENV)/bin/ruff check .
