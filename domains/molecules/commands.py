@@ -79,6 +79,12 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                                                 "the candidates table goes beside it as .csv")
     p.add_argument("--png", help="optional PNG grid of 2-D depictions of the first 16 molecules")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress")
+    p.add_argument("--smiles", help="conformers of this molecule: RDKit adds its hydrogens, the model generates the "
+                                    "coordinates under the molecule's graph; --out must be .sdf")
+    p.add_argument("--fix-atoms", metavar="FRAGMENT.sdf", help="grow this fragment (first record; its atoms keep their "
+                                                              "types and positions) to --atoms atoms by inpainting")
+    p.add_argument("--resample", type=int, default=1, metavar="R",
+                   help="RePaint passes per step for --fix-atoms (default 1: plain replacement)")
 
 
 def _check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
@@ -147,6 +153,10 @@ def run_sample(args: argparse.Namespace) -> int:
     from .qm9 import PROPERTY_UNITS
     from .sampling import Guidance, draw_atom_counts, sample_molecules
 
+    if args.smiles or args.fix_atoms:
+        from .inpainting_commands import run_inpainting_sample
+
+        return run_inpainting_sample(args)
     targets = _check_sample_arguments(args)
     conditional = targets is not None or args.condition_from is not None
     out = Path(args.out)
