@@ -63,6 +63,8 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per network call (default 16)")
     p.add_argument("--png", help="write an MR / sCT / CT / |error| / std panel here (.png)")
     p.add_argument("--ct", help="reference CT on the MR grid (any --mr format), for the panel's CT and error images")
+    p.add_argument("--trajectory-png", help="draw how the body's middle slice forms: the sampler's state and its CT "
+                                            "estimate at a few evenly spaced steps (.png; diffusion models only)")
 
 
 def run_translate(args: argparse.Namespace) -> int:
@@ -75,8 +77,8 @@ def run_translate(args: argparse.Namespace) -> int:
     info = translate_file(args.mr, args.out, mask=args.mask, ckpt=args.ckpt, samples=args.samples,
                           uncertainty=args.uncertainty, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
                           seed=args.seed, batch_size=args.batch_size, png=args.png, ct=args.ct,
-                          shared_noise=args.shared_noise)
-    written = [args.out] + [p for p in (args.uncertainty, args.png) if p]
+                          shared_noise=args.shared_noise, trajectory_png=args.trajectory_png)
+    written = [args.out] + [p for p in (args.uncertainty, args.png, args.trajectory_png) if p]
     print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")
     return 0
 

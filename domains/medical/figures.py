@@ -84,3 +84,30 @@ def contact_sheet(subjects: list[tuple[str, dict[str, np.ndarray]]], out_png: st
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
+
+
+def trajectory_strip(frames: list[dict], out_png: str | os.PathLike, title: str = "", columns: int = 6) -> None:
+    """A strip of ``columns`` evenly spaced sampler steps of one slice: the state (top) and its CT estimate (bottom).
+
+    Args:
+        frames: ``translate.slice_trajectory``'s list, one dict per step with (h, w) HU images.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picked = sorted({round(i) for i in np.linspace(0, len(frames) - 1, min(columns, len(frames)))})
+    fig, axes = plt.subplots(2, len(picked), figsize=(2.2 * len(picked), 4.6), squeeze=False)
+    for col, index in enumerate(picked):
+        frame = frames[index]
+        for row, (key, name) in enumerate((("state", "x_t"), ("estimate", "CT estimate"))):
+            ax = axes[row, col]
+            ax.imshow(np.asarray(frame[key]).T, cmap="gray", origin="lower", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1])
+            ax.set_title(f"{name}, step {frame['step']} (t={frame['t']:.2f})", fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"SYNTHETIC  {title}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)

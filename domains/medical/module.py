@@ -180,7 +180,8 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
     # ----- inference -----------------------------------------------------------------------------
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
-                   generator: torch.Generator | PerSampleGenerator | None = None, spacing: str | None = None) -> Tensor:
+                   generator: torch.Generator | PerSampleGenerator | None = None, spacing: str | None = None,
+                   callback=None) -> Tensor:
         """One sample of CT slices ``(B, 1, H, W)`` in [-1, 1] given MR slices ``(B, k, H, W)``.
 
         Args:
@@ -191,6 +192,8 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
                 :class:`~sci_diffusion.generators.PerSampleGenerator` (one generator per slice) makes
                 each slice's draws independent of the batch it is in.
             spacing: the sampler's time grid (``sci_diffusion.time_grids.SPACINGS``); None: its default.
+            callback: the core samplers' ``callback(i, s, x_s, x0_estimate)`` after every step, states in
+                the CT's [-1, 1] units (``translate --trajectory-png``).
         """
         space = EuclideanSpace()
         if noise is None:
@@ -198,4 +201,4 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
         denoiser = self.denoiser(context=mr, clip=(-1.0, 1.0))
         spacing = resolve_spacing(sampler, spacing)
         return get_sampler(sampler)(denoiser, noise.to(mr), self.schedule, steps, space, generator=generator,
-                                    spacing=spacing)
+                                    spacing=spacing, callback=callback)

@@ -119,15 +119,19 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
 
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
-                   generator: torch.Generator | PerSampleGenerator | None = None, spacing: str | None = None) -> Tensor:
+                   generator: torch.Generator | PerSampleGenerator | None = None, spacing: str | None = None,
+                   callback=None) -> Tensor:
         """One sample of CT slices ``(B, 1, H, W)`` in [-1, 1]: the regression mean plus a sampled residual.
 
-        Arguments as ``MRItoCTDiffusion.synthesise``; ``noise`` is the residual's starting noise.
+        Arguments as ``MRItoCTDiffusion.synthesise``; ``noise`` is the residual's starting noise, and
+        ``callback`` sees the states as CTs (the mean plus the scaled residual state and estimate).
         """
         space = EuclideanSpace()
         mean = self.regression_mean(mr)
         if noise is None:
             noise = space.noise(mean, generator)
+        scale = self.hparams.residual_scale
+        as_ct = None if callback is None else (lambda i, s, x, x0: callback(i, s, mean + scale * x, mean + scale * x0))  # noqa: E731
         residual = get_sampler(sampler)(self.residual_denoiser(mr, mean), noise.to(mr), self.schedule, steps, space,
-                                        generator=generator, spacing=resolve_spacing(sampler, spacing))
+                                        generator=generator, spacing=resolve_spacing(sampler, spacing), callback=as_ct)
         return (mean + self.hparams.residual_scale * residual).clamp(-1.0, 1.0)

@@ -116,26 +116,12 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
         raise UserError(f"{type(module).__name__} is deterministic: use --samples 1 (and no --uncertainty) with it.")
     device = next(module.parameters()).device
     a = axis_index(axis)
-    body = torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0))
-    mr_unit = normalise_mr(torch.from_numpy(np.ascontiguousarray(mr, dtype=np.float32)), body)
-    vol, body_s = mr_unit.movedim(a, 0), body.movedim(a, 0)  # (S, H, W)
-    occupied = torch.nonzero(body_s.flatten(1).any(1)).flatten()
-    # Whole slices, padded symmetrically as in training (slices.SliceDataset): the U-Nets' group and
-    # instance norms take statistics over the whole slice, so its extent must match training's.
-    h, w = vol.shape[1:]
-    m = math.lcm(int(divisible), int(getattr(module, "size_multiple", 1)))
-    min_h, min_w = (0, 0) if min_size is None else (int(min_size[0]), int(min_size[1]))
-    pad_h, pad_w = max(-(-h // m) * m, min_h) - h, max(-(-w // m) * m, min_w) - w
-    top, left = pad_h // 2, pad_w // 2
-    padded = F.pad(vol, (left, pad_w - left, top, pad_h - top), value=-1.0)  # MR background is -1
-    k = int(module.hparams.k)
-    index = (occupied[:, None] + torch.arange(k)[None] - k // 2).clamp(0, vol.shape[0] - 1)
-    stacks = padded[index]  # (N, k, H', W')
+    stacks, occupied, (top, left, h, w), slices_shape = model_slices(module, mr, mask, a, divisible, min_size)
     n = len(occupied)
     seeds = per_sample_seeds(torch.Generator().manual_seed(int(seed)), samples * n)  # sample j, slice i: j * n + i
     if shared_noise:  # one seed per sample, shared by its slices (the padded slices all have one shape)
         seeds = [seeds[j * n] for j in range(samples) for _ in range(n)]
-    out = np.full((samples, *vol.shape), CT_BACKGROUND_HU, dtype=np.float32)
+    out = np.full((samples, *slices_shape), CT_BACKGROUND_HU, dtype=np.float32)
     bar = tqdm(total=samples * -(-n // batch_size), desc="translate", unit="batch", disable=not progress, leave=False)
     windows = module.sliding_window(min_size) if hasattr(module, "sliding_window") else contextlib.nullcontext()
     with windows:
@@ -149,8 +135,65 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
                 bar.update(1)
     bar.close()
     out = np.moveaxis(out, 1, a + 1)
-    out[:, ~np.asarray(body)] = CT_BACKGROUND_HU
+    out[:, ~(np.asarray(mask) > 0)] = CT_BACKGROUND_HU
     return out
+
+
+def model_slices(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, axis: int, divisible: int = 16,
+                 min_size: Sequence[int] | None = None):
+    """The network inputs of every body slice of a volume on the model's grid.
+
+    Returns:
+        ``(stacks (N, k, H', W'), occupied (N,) slice indices along ``axis``, (top, left, h, w) of the
+        unpadded slice inside the padded one, (S, h, w) the volume's shape with ``axis`` first)``. The MR
+        is normalised in the mask; slices are padded symmetrically as in training (``slices.SliceDataset``):
+        the U-Nets' group and instance norms take statistics over the whole slice, so its extent must
+        match training's.
+    """
+    body = torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0))
+    mr_unit = normalise_mr(torch.from_numpy(np.ascontiguousarray(mr, dtype=np.float32)), body)
+    vol, body_s = mr_unit.movedim(axis, 0), body.movedim(axis, 0)  # (S, H, W)
+    occupied = torch.nonzero(body_s.flatten(1).any(1)).flatten()
+    h, w = vol.shape[1:]
+    m = math.lcm(int(divisible), int(getattr(module, "size_multiple", 1)))
+    min_h, min_w = (0, 0) if min_size is None else (int(min_size[0]), int(min_size[1]))
+    pad_h, pad_w = max(-(-h // m) * m, min_h) - h, max(-(-w // m) * m, min_w) - w
+    top, left = pad_h // 2, pad_w // 2
+    padded = F.pad(vol, (left, pad_w - left, top, pad_h - top), value=-1.0)  # MR background is -1
+    k = int(module.hparams.k)
+    index = (occupied[:, None] + torch.arange(k)[None] - k // 2).clamp(0, vol.shape[0] - 1)
+    return padded[index], occupied, (top, left, h, w), tuple(vol.shape)
+
+
+def slice_trajectory(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, sampler: str, steps: int, seed: int = 0,
+                     spacing: str | None = None, axis: str | int = "axial", divisible: int = 16,
+                     min_size: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """How one sCT slice forms: the sampler's state and its CT estimate after every step, for the body's
+    middle slice along ``axis`` (``translate --trajectory-png``). The slice draws the noise it draws in
+    ``translate_volume``'s first sample with the same ``seed``, so its last frame is that slice.
+
+    Returns:
+        One dict per step: ``{"step", "t", "state", "estimate"}`` with (h, w) float32 HU images.
+    """
+    if getattr(module, "deterministic", False):
+        raise UserError(f"{type(module).__name__} is deterministic: it has no sampling trajectory to draw.")
+    a = axis_index(axis)
+    stacks, occupied, (top, left, h, w), _ = model_slices(module, mr, mask, a, divisible, min_size)
+    middle = len(occupied) // 2
+    frames: list[dict[str, Any]] = []
+
+    def keep(i: int, s: float, x: torch.Tensor, x0: torch.Tensor) -> None:
+        crop = lambda v: unit_to_ct(v[0, 0, top:top + h, left:left + w].float().cpu()).numpy()  # noqa: E731
+        frames.append({"step": i + 1, "t": s, "state": crop(x), "estimate": crop(x0)})
+
+    device = next(module.parameters()).device
+    seeds = per_sample_seeds(torch.Generator().manual_seed(int(seed)), len(occupied))  # translate_volume's, sample 1
+    generator = PerSampleGenerator([seeds[middle]], device)
+    windows = module.sliding_window(min_size) if hasattr(module, "sliding_window") else contextlib.nullcontext()
+    with windows, torch.no_grad():
+        module.synthesise(stacks[middle:middle + 1].to(device), sampler=sampler, steps=steps, generator=generator,
+                          spacing=spacing, callback=keep)
+    return frames
 
 
 def mean_and_std(samples_hu: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -256,6 +299,7 @@ def translate_file(
     module: torch.nn.Module | None = None,
     progress: bool = True,
     shared_noise: bool = False,
+    trajectory_png: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Translate one MR file into a synthetic CT file (the ``translate`` verb).
 
@@ -271,8 +315,9 @@ def translate_file(
     """
     _check_output(out, "--out")
     _check_output(uncertainty, "--uncertainty")
-    if png is not None:
-        check_writable(png, "--png")
+    for path, flag in ((png, "--png"), (trajectory_png, "--trajectory-png")):
+        if path is not None:
+            check_writable(path, flag)
     if uncertainty is not None and samples < 2:
         raise UserError(f"--uncertainty {uncertainty} needs --samples 2 or more (a standard deviation over samples).")
     from sci_diffusion.samplers import SAMPLERS, resolve_spacing
@@ -292,6 +337,8 @@ def translate_file(
     if getattr(module, "deterministic", False) and (samples > 1 or uncertainty is not None):
         raise UserError(f"Checkpoint {getattr(module, 'checkpoint_path', ckpt)} is a deterministic regression model: "
                         "it gives one answer, so use --samples 1 and no --uncertainty.")
+    if trajectory_png is not None and getattr(module, "deterministic", False):
+        raise UserError("--trajectory-png needs a diffusion model: a regression model has no sampling trajectory.")
     trained = training_spacing(module)
     inputs = load_inputs(mr, mask, ct, voxel_mm=trained)
     if trained is not None and not np.allclose(inputs["input_zooms"], trained, rtol=1e-3):
@@ -338,4 +385,9 @@ def translate_file(
 
         translation_panel(inputs["mr"], mean, inputs["mask"], png, ct=inputs["ct"], std=std,
                           title=f"{Path(mr).name}: {'regression' if deterministic else f'{sampler} {steps} steps, K={samples}'}")
+    if trajectory_png is not None:
+        from .figures import trajectory_strip
+
+        frames = slice_trajectory(module, inputs["mr"], inputs["mask"], sampler, steps, seed, spacing, **slice_geometry(module))
+        trajectory_strip(frames, trajectory_png, title=f"{Path(mr).name}: {sampler}, {steps} steps, seed {seed}")
     return sidecar
