@@ -144,7 +144,9 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
                                              "dataset.json and contact_sheet.png")
     p.add_argument("--seed", type=int, default=0, help="subject i is drawn from the seed sequence (seed, i) (default 0)")
     p.add_argument("--ckpt", help="paired synthesis checkpoint (default: the bundled one, checkpoints/README.md)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps per slice (default 20)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES,
+                   help="core sampler (default ddpm, ancestral; deterministic ones give noise-like slices on the bundled model)")
     p.add_argument("--format", choices=("synthrad", "nnunet"), default="synthrad",
                    help="nnunet: also write the nnU-Net v2 layout (imagesTr, labelsTr, dataset.json) in <out>/nnunet")
     p.add_argument("--png", help="contact sheet (.png; default <out>/contact_sheet.png)")
@@ -154,7 +156,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
     from .synthetic_dataset import write_synthetic_dataset
 
     info = write_synthetic_dataset(args.out, args.num, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
-                                   fmt=args.format, png=args.png)
+                                   fmt=args.format, png=args.png, sampler=args.sampler)
     extra = f"; nnU-Net layout in {info['nnunet']}" if "nnunet" in info else ""
     print(f"Wrote {info['subjects']} SYNTHETIC subjects at {'x'.join(f'{v:g}' for v in info['spacing_mm'])} mm to "
           f"{info['out']} ({info['seconds_per_subject']:.1f} s per subject, peak RSS {info['peak_rss_mb']:.0f} MB); "

@@ -17,6 +17,7 @@ from sci_diffusion_medical.synthesis import (
     PairedSliceSynthesis,
     PairedVolumeSlices,
     bits_to_labels,
+    correlated_slice_noise,
     label_codewords,
     labels_to_bits,
 )
@@ -82,17 +83,28 @@ def test_a_subject_without_labels_is_refused(phantom_dir):
         PairedVolumeSlices([pair])
 
 
-def test_every_slice_of_a_subject_starts_from_one_noise():
+def test_slice_noise_is_standard_normal_and_correlated_along_the_volume():
+    noise = correlated_slice_noise(12, (3, 40, 40), torch.Generator().manual_seed(0), correlation_slices=4.0)
+    flat = noise.flatten(1)
+    assert abs(float(flat.mean())) < 0.02 and abs(float(flat.std()) - 1.0) < 0.02
+    r = torch.corrcoef(flat)
+    assert all(r[z, z + 1] > 0.8 for z in range(11))  # neighbours share most of their noise
+    assert abs(float(r[0, 8])) < 0.05 and abs(float(r[1, 11])) < 0.05  # two anchors apart: independent
+
+
+def test_a_subjects_slices_follow_the_correlated_noise():
     """MONAI zero-initialises the U-Net's output layer, so a fresh model predicts v = 0 whatever the height:
-    slices that share their starting noise then come out identical, and only then."""
+    its samples are then a fixed function of the noise, and neighbouring slices come out alike, distant ones not."""
     model = PairedSliceSynthesis(channels=(8, 16), attention_levels=(False, False), norm_num_groups=8,
-                                 grid={"shape": [8, 8, 5], "affine": np.eye(4).tolist(), "pad": [[0, 0], [0, 0]]})
-    volume = model.sample_volume(torch.Generator().manual_seed(0), steps=2, batch_size=2)
+                                 grid={"shape": [16, 16, 12], "affine": np.eye(4).tolist(), "pad": [[0, 0], [0, 0]]})
+    volume = model.sample_volume(torch.Generator().manual_seed(0), steps=3)
     for key in ("mr", "ct", "labels"):
-        assert volume[key].shape == (8, 8, 5)
-        assert all(np.array_equal(volume[key][:, :, z], volume[key][:, :, 0]) for z in range(5)), key
-    other = model.sample_volume(torch.Generator().manual_seed(1), steps=2, batch_size=2)
-    assert not np.array_equal(other["ct"], volume["ct"])
+        assert volume[key].shape == (16, 16, 12)
+    mr = torch.as_tensor(volume["mr"]).movedim(-1, 0).flatten(1)
+    r = torch.corrcoef(mr)
+    assert float(r.diagonal(1).mean()) > 0.7 and abs(float(r[0, 8])) < 0.3
+    other = model.sample_volume(torch.Generator().manual_seed(1), steps=3)
+    assert not np.array_equal(other["mr"], volume["mr"])
 
 
 # ----- the written data set ----------------------------------------------------------------------------
