@@ -28,6 +28,9 @@ demo: setup
 		--uncertainty $(OUT)/sct/1BA001/sct_std.nii.gz --png $(OUT)/sct_panel.png
 	$(CLI) evaluate mri2ct --pred $(OUT)/sct --ref $(OUT)/phantom --out $(OUT)/mri2ct_metrics.json \
 		--png $(OUT)/mri2ct_reliability.png
+	rm -rf $(OUT)/synthetic  # synthesize never overwrites a data set
+	$(CLI) synthesize medical --num 2 --out $(OUT)/synthetic --format nnunet
+	$(CLI) sample molecules --smiles "CC(=O)NC" --num 5 --out $(OUT)/conformers.sdf
 
 test: setup
 	$(PY) -m pytest -q

@@ -85,6 +85,43 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                                                               "types and positions) to --atoms atoms by inpainting")
     p.add_argument("--resample", type=int, default=1, metavar="R",
                    help="RePaint passes per step for --fix-atoms (default 1: plain replacement)")
+    triage = p.add_argument_group(
+        "triage", "rank and filter the candidates. The candidates table (.csv) has, per molecule: index, smiles, "
+                  "stable, valid, novel, failed (0/1), qed (RDKit QED, 0..1), sa (synthetic accessibility, 1 easy..10 "
+                  "hard), rings, aromatic_rings, charged_atoms, net_charge (empty for an invalid molecule), and "
+                  "target_<p>/predicted_<p> per property; the run's summary (.json) gains the mean pairwise Tanimoto "
+                  "distance of the unique valid molecules (Morgan radius 2, 2048 bits; at most 2,000 of them, drawn "
+                  "with seed 0)")
+    triage.add_argument("--filter", metavar="EXPR",
+                        help="keep the candidates for which EXPR holds, e.g. 'valid and novel and gap > 6' or 'qed > 0.5 "
+                             "and sa < 4'. Names: index, valid, stable, novel, failed, qed, sa, rings, aromatic_rings, "
+                             "charged_atoms, net_charge; for a property p: p (the classifier's prediction where the run "
+                             "has one for p, else the target), target_p, predicted_p. Numbers, comparisons, and/or/not, "
+                             "+ - * / and brackets; nothing else. An empty cell is NaN: comparisons with it are false. "
+                             "The .csv gains passes_filter; the passing rows, ranked, go to <out>.filtered.csv; the "
+                             "SDF/XYZ keeps every molecule, so indices stay those of --out")
+    triage.add_argument("--rank", metavar="EXPR",
+                        help="sort the filtered candidates by this expression, smallest first (e.g. '-qed', 'sa'). "
+                             "Default: with targets and a classifier's predictions of them, the summed |predicted_p - "
+                             "target_p|; else QED, highest first. Rows where it is empty go last; ties by index")
+    triage.add_argument("--top-png", metavar="PATH",
+                        help="PNG grid of the 16 best-ranked candidates that pass --filter, captioned with index, "
+                             "SMILES and QED/SA (or the predicted property and its target)")
+    watch = p.add_argument_group("trajectory", "watch the first molecules form (the first batch's)")
+    watch.add_argument("--trajectory", metavar="PATH.xyz",
+                       help="multi-frame XYZ of the sampler's state x_t after every step (one frame per step) for "
+                            "the first molecules, one molecule after the other (comment: molecule, step, t from 1 noise "
+                            "to 0 data); the network's estimate of the final molecule, x0_hat, goes beside it as "
+                            "PATH.x0.xyz. Elements are the argmax of the state's type scores (the latent model's states "
+                            "decoded by its autoencoder). The last x_t frame is the molecule in --out. The molecules "
+                            "differ in size: for a viewer that wants one atom count per file (VMD), give "
+                            "--trajectory-molecules 1 or --atoms")
+    watch.add_argument("--trajectory-molecules", type=int, metavar="N",
+                       help="molecules in --trajectory (default 4; at most the first batch: --batch-size, halved by "
+                            "--guidance other than 0 and 1)")
+    watch.add_argument("--trajectory-png", metavar="PATH",
+                       help="PNG strip of 6 evenly spaced steps of the first molecule's x_t, projected on its final "
+                            "principal plane, atoms coloured by element, EDM bonds")
 
 
 def _check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
@@ -124,6 +161,50 @@ def _check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None
     return targets
 
 
+TRIAGE_FLAGS = ("filter", "rank", "top_png", "trajectory", "trajectory_molecules", "trajectory_png")
+
+
+def _refuse_triage_flags(args: argparse.Namespace) -> None:
+    """--smiles and --fix-atoms write no candidates table and sample otherwise: refuse the triage flags there."""
+    used = [f"--{name.replace('_', '-')}" for name in TRIAGE_FLAGS if getattr(args, name, None) is not None]
+    if used:
+        raise UserError(f"{', '.join(used)} work{'s' * (len(used) == 1)} with plain and conditional sampling, "
+                        f"not with {'--smiles' if args.smiles else '--fix-atoms'}.")
+
+
+def _check_triage_arguments(args: argparse.Namespace):
+    """The triage and trajectory flags, checked before any checkpoint is read; returns the parsed
+    ``(filter, rank)`` expressions (None where not given)."""
+    from sci_diffusion.atomic import check_writable
+    from sci_diffusion.guidance import classifier_free_passes
+
+    from .triage import CandidateExpression
+
+    expressions = tuple(None if getattr(args, name) is None else CandidateExpression.parse(getattr(args, name), flag)
+                        for name, flag in (("filter", "--filter"), ("rank", "--rank")))
+    out = Path(args.out).resolve()
+    for flag, path in (("--top-png", args.top_png), ("--trajectory-png", args.trajectory_png),
+                       ("--trajectory", args.trajectory)):
+        if path:
+            check_writable(path, flag)
+            if out in Path(path).resolve().parents:
+                raise UserError(f"{flag} {path} lies under the --out file {args.out}; put it beside it.")
+    if args.trajectory:
+        trajectory = Path(args.trajectory)
+        if trajectory.suffix.lower() != ".xyz":
+            raise UserError(f"--trajectory {trajectory} must end in .xyz (a multi-frame XYZ file).")
+        if trajectory.resolve() == out:
+            raise UserError(f"--trajectory {trajectory} is the --out file; give it another name.")
+    if args.trajectory_molecules is not None:
+        if not args.trajectory:
+            raise UserError("--trajectory-molecules needs --trajectory PATH.xyz.")
+        first_batch = min(args.num, max(1, args.batch_size // classifier_free_passes(args.guidance)))
+        if not 1 <= args.trajectory_molecules <= first_batch:
+            raise UserError(f"--trajectory-molecules {args.trajectory_molecules} is out of range; the first batch "
+                            f"holds 1 to {first_batch} molecules (--num, --batch-size, halved by --guidance).")
+    return expressions
+
+
 def _property_model(path: str, role: str):
     """Load a property classifier or regressor checkpoint; UserError if it is another kind of model."""
     from sci_diffusion.checkpoints import load_module, read_checkpoint
@@ -152,12 +233,16 @@ def run_sample(args: argparse.Namespace) -> int:
     from .property_model import predict_properties
     from .qm9 import PROPERTY_UNITS
     from .sampling import Guidance, draw_atom_counts, sample_molecules
+    from .trajectory import DEFAULT_MOLECULES, TrajectoryRecorder
+    from .triage import Ranking, Triage, diversity_summary
 
     if args.smiles or args.fix_atoms:
         from .inpainting_commands import run_inpainting_sample
 
+        _refuse_triage_flags(args)
         return run_inpainting_sample(args)
     targets = _check_sample_arguments(args)
+    keep, rank = _check_triage_arguments(args)
     conditional = targets is not None or args.condition_from is not None
     out = Path(args.out)
     if args.ckpt:
@@ -217,12 +302,21 @@ def run_sample(args: argparse.Namespace) -> int:
     predicted = classifier.properties if classifier is not None else []
     names = list(conditioning.names) if conditional else []
     names += [n for n in predicted if n not in names]
+    target_names = list(conditioning.names) if values is not None else []
+    for expression in (keep, rank):
+        if expression is not None:
+            expression.check_run(target_names, predicted, args.novelty)
+    ranking = Ranking(f"{rank.text} ascending", rank) if rank else Ranking.default(target_names, predicted)
     reference = None
     if args.novelty:
         from .qm9 import train_smiles
 
         reference = train_smiles()
-    table = CandidateTable(names, reference)
+    table = CandidateTable(names, reference, extra_columns=["passes_filter"] if keep else [])
+    triage = Triage(keep, ranking, predicted) if keep or rank or args.top_png else None
+    recorder = None
+    if args.trajectory or args.trajectory_png:
+        recorder = TrajectoryRecorder(module, (args.trajectory_molecules or DEFAULT_MOLECULES) if args.trajectory else 1)
 
     spacing = resolve_spacing(args.sampler, args.spacing)
     tags = {"sampler": args.sampler, "steps": args.steps, "spacing": spacing, "seed": args.seed,
@@ -235,7 +329,7 @@ def run_sample(args: argparse.Namespace) -> int:
     # No autograd graph while sampling, restored on the way out (an in-process caller keeps its own mode).
     with torch.set_grad_enabled(False), MoleculeWriter(out, chunk_size=args.batch_size, bonds=args.bonds) as writer:
         stream = sample_molecules(module, counts, args.sampler, args.steps, gen, args.batch_size, cond=cond,
-                                  guidance=guidance, precision=args.precision, spacing=spacing)
+                                  guidance=guidance, precision=args.precision, spacing=spacing, callback=recorder)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]
@@ -247,19 +341,14 @@ def run_sample(args: argparse.Namespace) -> int:
                 prediction = None if predictions is None else _aligned(list(predictions[k]), classifier.properties, names)
                 if not np.isfinite(pos).all():
                     failed += 1  # a diverged sample cannot be written as a molecule, but it counts as a failure
-                    table.add(i, z, pos, target, None)
-                    continue
-                record = {**tags, "index": i}
-                for j, name in enumerate(names):
-                    if target is not None and np.isfinite(target[j]):
-                        record[f"target_{name}"] = f"{target[j]:.6g}"
-                    if prediction is not None and np.isfinite(prediction[j]):
-                        record[f"predicted_{name}"] = f"{prediction[j]:.6g}"
-                    record[f"unit_{name}"] = PROPERTY_UNITS[name]
-                writer.write(z, pos, record)
-                table.add(i, z, pos, target, prediction)
-                if len(drawn) < 16:
-                    drawn.append((z, pos))
+                    row = table.add(i, z, pos, target, None)
+                else:
+                    writer.write(z, pos, {**tags, "index": i, **_property_fields(names, target, prediction)})
+                    row = table.add(i, z, pos, target, prediction)
+                    if len(drawn) < 16:
+                        drawn.append((z, pos))
+                if triage is not None:
+                    triage.see(row, z, pos)
             release_freed_memory()  # resident memory bounded however many batches (sci_diffusion.memory)
         progress.close()
     seconds = time.perf_counter() - start
@@ -279,6 +368,11 @@ def run_sample(args: argparse.Namespace) -> int:
                         "classifier": None if classifier is None else classifier.checkpoint_path,
                         "regressor": args.regressor if args.gradient_guidance else None,
                         "mae_against_target": mae, "units": {n: PROPERTY_UNITS[n] for n in names}})
+    summary["diversity"] = diversity_summary(r["smiles"] for r in rows if r["valid"])
+    if triage is not None:
+        summary.update(_write_triage(table, triage, out, args.top_png))
+    if recorder is not None:
+        summary["trajectory"] = _write_trajectory(recorder, args)
     write_json(out.with_suffix(out.suffix + ".json"), summary)
     if args.png:
         draw_grid_png(drawn, args.png, legends=[f"#{i}" for i in range(len(drawn))])
@@ -293,8 +387,69 @@ def run_sample(args: argparse.Namespace) -> int:
             print(f"MAE of the classifier's {name} against the target: {value:.3f} {unit}{extra} over {len(rows)} molecules; "
                   f"{100 * summary['stable_fraction']:.0f} % stable")
         print(f"candidates table: {csv_path}")
+    diversity = summary["diversity"]
+    if diversity["mean_pairwise_tanimoto_distance"] is not None:
+        sampled = f" (a seeded sample of {diversity['unique_valid']})" if diversity["subsampled"] else ""
+        print(f"diversity: mean pairwise Tanimoto distance {diversity['mean_pairwise_tanimoto_distance']:.3f} over "
+              f"{diversity['molecules']} unique valid molecules{sampled}")
+    if triage is not None:
+        passed = "" if keep is None else f"--filter {keep.text!r}: {summary['filter']['passed']} of {len(rows)} passed; "
+        print(f"{passed}candidates ranked by {ranking.description} in {summary['filter']['filtered_candidates']}")
     sys.stdout.flush()
     return 0
+
+
+def _write_triage(table, triage, out: Path, top_png: str | None) -> dict:
+    """The ranked (filtered) candidates as ``<out>.filtered.csv`` and the --top-png grid; returns
+    their part of the run's summary."""
+    import sys
+
+    from .files import draw_grid_png
+    from .triage import legend
+
+    ranked = triage.ranked(table.rows)
+    filtered = out.with_suffix(".filtered.csv")
+    table.write_csv(filtered, ranked, extra_columns=["rank"])
+    part = {"filter": {"expression": None if triage.keep is None else triage.keep.text, "passed": len(ranked),
+                       "of": len(table.rows), "filtered_candidates": str(filtered)},
+            "ranking": triage.ranking.description, "top_png": None}
+    best = triage.top.best()
+    if top_png and best:
+        draw_grid_png([(z, pos) for z, pos, _ in best], top_png, size=300,
+                      legends=[legend(row, triage.predicted) for _, _, row in best])
+        part["top_png"] = str(top_png)
+    elif top_png:
+        print(f"sci-diffusion: warning: no candidate passed --filter, so {top_png} was not drawn.", file=sys.stderr)
+    return part
+
+
+def _write_trajectory(recorder, args: argparse.Namespace) -> dict:
+    """The --trajectory XYZ files and the --trajectory-png strip; returns their part of the run's summary."""
+    from .trajectory import draw_strip_png, write_trajectories
+
+    part = {"molecules": recorder.recorded, "frames_per_molecule": args.steps, "x_t": None, "x0_hat": None, "png": None}
+    if args.trajectory:
+        x_t, x0 = write_trajectories(recorder, args.trajectory)
+        part.update({"x_t": str(x_t), "x0_hat": str(x0)})
+    if args.trajectory_png:
+        part["png"] = str(draw_strip_png(recorder.frames["x_t"][0], args.trajectory_png, args.steps))
+    return part
+
+
+def _property_fields(names: list[str], target: list[float] | None, prediction: list[float] | None) -> dict[str, str]:
+    """A record's ``target_<p>``, ``predicted_<p>`` (where finite) and ``unit_<p>`` fields."""
+    import math
+
+    from .qm9 import PROPERTY_UNITS
+
+    fields = {}
+    for j, name in enumerate(names):
+        if target is not None and math.isfinite(target[j]):
+            fields[f"target_{name}"] = f"{target[j]:.6g}"
+        if prediction is not None and math.isfinite(prediction[j]):
+            fields[f"predicted_{name}"] = f"{prediction[j]:.6g}"
+        fields[f"unit_{name}"] = PROPERTY_UNITS[name]
+    return fields
 
 
 def _aligned(row: list[float], row_names: list[str], names: list[str]) -> list[float]:

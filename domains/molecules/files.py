@@ -206,6 +206,15 @@ def _xyz_record(z, pos, properties: Mapping[str, object]) -> str:
     return f"{len(z)}\n{comment}\n{atoms}"
 
 
+def write_xyz_frames(path: str | os.PathLike, frames: Iterable[tuple]) -> Path:
+    """Write ``(z [N], pos [N, 3] Angstrom, properties)`` frames as one multi-frame XYZ file, atomically
+    (the layout of :class:`MoleculeWriter`'s XYZ records; ``read_molecules`` reads it back)."""
+    text = "".join(_xyz_record(z, pos, properties) for z, pos, properties in frames)
+    with atomic_path(path, suffix=".xyz") as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 class DrawingError(RuntimeError):
     """RDKit could not render molecules to PNG (e.g. it was built without Cairo)."""
 

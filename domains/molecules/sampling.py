@@ -1,7 +1,7 @@
 """Drawing molecules from a trained :class:`~.module.MoleculeDiffusion` with any core sampler."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,8 @@ from sci_diffusion.samplers import get_sampler, resolve_spacing
 from .module import MoleculeDiffusion, decode_atoms
 
 PRECISIONS = ("bf16", "fp32")
+# callback(i, t, x_t, x0_hat, counts): the core samplers' callback plus the batch's atom counts.
+BatchCallback = Callable[[int, float, Tensor, Tensor, list[int]], None]
 
 
 def draw_atom_counts(histogram: dict[int, int], num: int, generator: torch.Generator) -> list[int]:
@@ -82,12 +84,24 @@ def guided_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int, s
     return denoiser
 
 
+@dataclass
+class _BatchWatch:
+    """The core samplers' ``callback(i, t, x_t, x0_hat)`` that passes the batch's atom counts on."""
+
+    callback: BatchCallback
+    counts: list[int]
+
+    def __call__(self, i: int, t: float, x_t: Tensor, x0: Tensor) -> None:
+        self.callback(i, t, x_t, x0, self.counts)
+
+
 @torch.no_grad()
 def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], sampler: str = "dpmpp2m",
                      steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
                      cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                      progress: bool = False, precision: str = "bf16",
-                     spacing: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     spacing: str | None = None,
+                     callback: BatchCallback | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size.
 
     Molecules are sampled ``batch_size`` at a time, as one sparse PyG-style batch each, so memory
@@ -111,6 +125,13 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         precision: ``"bf16"`` runs the network's matrix products under bfloat16 autocast (faster
             on CPUs with AVX512-BF16; the sampler's state and updates stay float32), or ``"fp32"``.
             ``benchmarks/molecules_qm9.py`` measures both on the bundled model.
+        callback: watches the FIRST batch form: called after each sampler step as
+            ``callback(i, t, x_t, x0_hat, counts)``, the core samplers' ``callback(i, t, x_t, x0_hat)``
+            (step ``i`` from 0, time ``t`` after the step, the state ``(N, 3 + F)`` and the data estimate,
+            in the model's state space: latents for the latent model) plus ``counts``, the atom counts
+            of the batch's molecules, whose atoms are the state's rows in that order. It runs under the
+            precision's autocast; the first batch holds ``min(batch_size, len(atom_counts))`` molecules
+            (``batch_size`` halved by classifier-free guidance).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
@@ -131,9 +152,10 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
         x_T = space.noise(torch.zeros(int(counts.sum()), 3 + module.state_features, device=device), generators)
         denoiser = isolate_failed_samples(guided_denoiser(module, batch, num_graphs, space, guidance), space)
         c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
+        watch = None if callback is None or start > 0 else _BatchWatch(callback, counts.tolist())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress,
-                       spacing=spacing)
+                       spacing=spacing, callback=watch)
             x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs).float()
         for part in torch.split(x, counts.tolist()):
             pos, z = decode_atoms(part)

@@ -26,7 +26,8 @@ def test_a_gap_target_reaches_every_record_the_candidates_table_and_the_summary(
     with open(tmp_path / "cands.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["index"] for r in rows] == [str(i) for i in range(6)]
-    assert set(rows[0]) == {"index", "smiles", "stable", "valid", "novel", "failed", "target_gap [eV]", "predicted_gap [eV]"}
+    assert set(rows[0]) == {"index", "smiles", "stable", "valid", "novel", "failed", "qed", "sa", "rings", "aromatic_rings",
+                            "charged_atoms", "net_charge", "target_gap [eV]", "predicted_gap [eV]"}
     summary = json.loads((tmp_path / "cands.sdf.json").read_text())
     expected = sum(abs(float(r["predicted_gap [eV]"]) - 6.5) for r in rows) / 6
     assert summary["mae_against_target"]["gap"] == pytest.approx(expected, rel=1e-4)
