@@ -11,6 +11,17 @@ CT_WINDOW_HU = (-1000.0, 1600.0)
 ERROR_MAX_HU = 500.0
 
 
+def save_figure(fig, out_png: str | os.PathLike, title: str, dpi: int = 100) -> None:
+    """Title, lay out and write a matplotlib figure atomically (no half-written PNG), then close it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+
+
 def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png: str | os.PathLike,
                       ct: np.ndarray | None = None, std: np.ndarray | None = None, title: str = "") -> None:
     """One axial slice (through the body's centre) of each image, side by side, as a PNG.
@@ -47,11 +58,7 @@ def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png
         ax.axis("off")
         if limits is not None:
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-    fig.suptitle(f"SYNTHETIC  {title}  (axial slice {z})", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_png, f"SYNTHETIC  {title}  (axial slice {z})", dpi=100)
 
 
 def contact_sheet(subjects: list[tuple[str, dict[str, np.ndarray]]], out_png: str | os.PathLike, title: str = "") -> None:
@@ -79,11 +86,7 @@ def contact_sheet(subjects: list[tuple[str, dict[str, np.ndarray]]], out_png: st
                           vmax=None if limits is None else limits[1], interpolation="nearest")
                 ax.set_title(f"{pid} {name} {label}", fontsize=7)
                 ax.axis("off")
-    fig.suptitle(f"SYNTHETIC  {title}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_png, f"SYNTHETIC  {title}", dpi=90)
 
 
 def trajectory_strip(frames: list[dict], out_png: str | os.PathLike, title: str = "", columns: int = 6) -> None:
@@ -106,8 +109,4 @@ def trajectory_strip(frames: list[dict], out_png: str | os.PathLike, title: str 
             ax.imshow(np.asarray(frame[key]).T, cmap="gray", origin="lower", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1])
             ax.set_title(f"{name}, step {frame['step']} (t={frame['t']:.2f})", fontsize=7)
             ax.axis("off")
-    fig.suptitle(f"SYNTHETIC  {title}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_png, f"SYNTHETIC  {title}", dpi=90)

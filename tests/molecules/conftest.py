@@ -21,6 +21,13 @@ def fit_tiny(model: L.LightningModule, data: L.LightningDataModule, root: Path, 
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An unconditional EGNN 2 x 16, three steps on 64 QM9 molecules: plumbing, not quality."""
+    model = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0.9, val_molecules=0)
+    return fit_tiny(model, QM9DataModule(batch_size=16, limit=64), tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
 def conditional_checkpoint(tmp_path_factory) -> Path:
     model = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0.9, conditioning=["gap"], val_molecules=0)
     return fit_tiny(model, QM9DataModule(batch_size=16, limit=64, subset="Db"), tmp_path_factory.mktemp("generator"))

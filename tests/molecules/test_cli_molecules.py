@@ -1,24 +1,11 @@
 """`sci-diffusion sample molecules` and `evaluate molecules` as a user runs them."""
 import json
 
-import lightning as L
 import pytest
 import torch
 
 from sci_diffusion.cli import main
-from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.files import read_molecules
-from sci_diffusion_molecules.module import MoleculeDiffusion
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    L.seed_everything(0)
-    trainer = L.Trainer(max_steps=3, default_root_dir=root, enable_progress_bar=False, limit_val_batches=0,
-                        enable_model_summary=False, logger=False)
-    trainer.fit(MoleculeDiffusion(hidden=16, layers=2, ema_decay=0.9), QM9DataModule(batch_size=16, limit=64))
-    return next(root.rglob("*.ckpt"))
 
 
 def test_sample_writes_a_tagged_sdf_that_reads_back(tiny_checkpoint, tmp_path, capsys):

@@ -6,7 +6,6 @@ import math
 import os
 import sys
 
-import lightning as L
 import numpy as np
 import pytest
 from rdkit import Chem, RDConfig
@@ -15,8 +14,6 @@ from rdkit.Chem import QED, AllChem
 from sci_diffusion.cli import main
 from sci_diffusion.errors import UserError
 from sci_diffusion_molecules.candidates import CandidateTable
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.module import MoleculeDiffusion
 from sci_diffusion_molecules.triage import (
     CandidateExpression,
     Ranking,
@@ -27,17 +24,6 @@ from sci_diffusion_molecules.triage import (
     mean_pairwise_tanimoto_distance,
     row_values,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    L.seed_everything(0)
-    trainer = L.Trainer(max_steps=3, default_root_dir=root, enable_progress_bar=False, limit_val_batches=0,
-                        enable_model_summary=False, logger=False)
-    trainer.fit(MoleculeDiffusion(hidden=16, layers=2, ema_decay=0.9, val_molecules=0),
-                QM9DataModule(batch_size=16, limit=64))
-    return next(root.rglob("*.ckpt"))
 
 
 def rdkit_sa(mol):
