@@ -2,7 +2,8 @@
 
 The state of one batch is ``x = cat[pos (3), one_hot * 0.25 (5), charge * 0.1 (1)]`` per atom:
 positions (Angstrom) live in the zero-centre-of-mass subspace of each molecule, atom features
-in plain Euclidean space (EDM's feature scaling). The network is :class:`~.egnn.EGNN`.
+in plain Euclidean space (EDM's feature scaling). The network is :class:`~.egnn.EGNN`, or with
+``backbone="e3nn"`` the tensor-product :class:`~.e3nn_backbone.E3nnDenoiser`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .egnn import EGNN
 from .elements import ATOM_TYPES
 from .qm9 import PROPERTY_NAMES
 
+BACKBONES = ("egnn", "e3nn")
 ONE_HOT_SCALE = 0.25
 CHARGE_SCALE = 0.1
 FEATURE_DIM = len(ATOM_TYPES) + 1
@@ -36,7 +38,11 @@ class MoleculeDiffusion(DiffusionModule):
     """EDM (Hoogeboom et al. 2022) on PyG batches, trained through the core's DiffusionModule.
 
     Args:
-        hidden, layers, attention: EGNN size (EDM QM9: 256, 9, True).
+        hidden, layers, attention: EGNN size (EDM QM9: 256, 9, True); for the e3nn backbone the
+            scalar width and the number of interaction blocks (``attention`` unused).
+        backbone: the denoiser, ``"egnn"`` (EDM's EGNN, the default, which checkpoints saved
+            before this option load as) or ``"e3nn"`` (:class:`~.e3nn_backbone.E3nnDenoiser`).
+        lmax: the e3nn backbone's highest spherical-harmonic degree (1 or 2); unused by the EGNN.
         conditioning: property names (from ``qm9.PROPERTY_NAMES``) the model is conditioned on;
             empty for an unconditional model. The normalised targets and a presence flag are
             appended to every atom's input features, as EDM does (``conditioning.py``).
@@ -64,7 +70,9 @@ class MoleculeDiffusion(DiffusionModule):
     def __init__(self, hidden: int = 256, layers: int = 9, attention: bool = True,
                  conditioning: list[str] | None = None, property_mean: list[float] | None = None,
                  property_mad: list[float] | None = None, init_from: str | None = None, val_molecules: int = 100,
-                 edm_layer: bool = False, **kwargs: Any) -> None:
+                 edm_layer: bool = False, backbone: str = "egnn", lmax: int = 1, **kwargs: Any) -> None:
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}.")
         self._conditioning = check_property_names(conditioning or [])
         for name, override in (("property_mean", property_mean), ("property_mad", property_mad)):
             if override is not None and len(override) != len(self._conditioning):
@@ -81,6 +89,11 @@ class MoleculeDiffusion(DiffusionModule):
 
     def build_network(self) -> torch.nn.Module:
         cond_dim = len(self._conditioning) + 1 if self._conditioning else 0
+        if self.hparams.get("backbone", "egnn") == "e3nn":  # checkpoints older than the option hold EGNNs
+            from .e3nn_backbone import E3nnDenoiser
+
+            return E3nnDenoiser(self.state_features, self.hparams.hidden, self.hparams.layers, cond_dim,
+                                lmax=self.hparams.get("lmax", 1))
         return EGNN(self.state_features, self.hparams.hidden, self.hparams.layers, cond_dim, self.hparams.attention,
                     edm_coords_range=self.hparams.edm_layer)
 
