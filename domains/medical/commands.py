@@ -150,13 +150,15 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("synthrad", "nnunet"), default="synthrad",
                    help="nnunet: also write the nnU-Net v2 layout (imagesTr, labelsTr, dataset.json) in <out>/nnunet")
     p.add_argument("--png", help="contact sheet (.png; default <out>/contact_sheet.png)")
+    p.add_argument("--spacing", type=float, help="write the subjects at this isotropic voxel size in mm (MONAI Spacingd: "
+                                                 "linear images, nearest labels); default: the model's grid (4 mm)")
 
 
 def run_synthesize(args: argparse.Namespace) -> int:
     from .synthetic_dataset import write_synthetic_dataset
 
     info = write_synthetic_dataset(args.out, args.num, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
-                                   fmt=args.format, png=args.png, sampler=args.sampler)
+                                   fmt=args.format, png=args.png, sampler=args.sampler, spacing_mm=args.spacing)
     extra = f"; nnU-Net layout in {info['nnunet']}" if "nnunet" in info else ""
     print(f"Wrote {info['subjects']} SYNTHETIC subjects at {'x'.join(f'{v:g}' for v in info['spacing_mm'])} mm to "
           f"{info['out']} ({info['seconds_per_subject']:.1f} s per subject, peak RSS {info['peak_rss_mb']:.0f} MB); "

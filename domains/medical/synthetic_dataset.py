@@ -88,15 +88,45 @@ def write_subject(folder: Path, volumes: dict[str, np.ndarray], affine: np.ndarr
     return pair
 
 
+def resample_subject(volumes: dict[str, np.ndarray], affine: np.ndarray,
+                     spacing_mm: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A subject on a grid of ``spacing_mm`` voxels over the same field of view (MONAI ``Spacingd``, the
+    pipeline ``translate`` uses: linear for MR and CT, nearest for mask and labels).
+
+    Returns:
+        ``(volumes, affine)``: the arrays as ``PairedSliceSynthesis.sample_volume`` gives them, on the new
+        grid, with the CT at -1000 HU and the MR at -1 outside the resampled body, and its (4, 4) affine.
+    """
+    from monai.data import MetaTensor
+
+    from .images import model_grid_transform
+    from .phantom import CT_BACKGROUND_HU
+
+    keys = ("mr", "ct", "mask", "labels")
+    data = {k: MetaTensor(torch.as_tensor(np.asarray(volumes[k], dtype=np.float32))[None],
+                          affine=torch.as_tensor(affine, dtype=torch.float64)) for k in keys}
+    data = model_grid_transform(keys, spacing_mm)(data)
+    arrays = {k: data[k].as_tensor()[0].numpy() for k in keys}
+    labels = np.rint(arrays["labels"]).astype(np.uint8)
+    body = labels > 0
+    out = {"mr": np.where(body, arrays["mr"], -1.0).astype(np.float32),
+           "ct": np.where(body, np.round(arrays["ct"]), CT_BACKGROUND_HU).astype(np.float32),
+           "labels": labels, "mask": body.astype(np.uint8)}
+    return out, np.asarray(data["mr"].affine, dtype=np.float64)
+
+
 def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.PathLike | None = None, seed: int = 0,
                             steps: int = 50, fmt: str = "synthrad", png: str | os.PathLike | None = None,
-                            sampler: str = "ddpm", progress: bool = True) -> dict[str, Any]:
+                            sampler: str = "ddpm", spacing_mm: float | None = None,
+                            progress: bool = True) -> dict[str, Any]:
     """Sample ``num`` subjects and write them (see the module docstring).
 
     Args:
         out: the data set's folder; it must not hold a data set already.
         png: the contact sheet (default ``<out>/contact_sheet.png``).
         fmt: ``synthrad``, or ``nnunet`` for the nnU-Net v2 layout in ``<out>/nnunet`` as well.
+        spacing_mm: write the subjects on this voxel size (``resample_subject``); None: the model's grid.
+            The time per subject includes the resampling.
 
     Returns:
         A summary: subjects, seconds per subject, peak resident memory (MB), the paths written.
@@ -108,6 +138,8 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
         raise UserError(f"--num must be at least 1, got {num}.")
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}.")
+    if spacing_mm is not None and not spacing_mm > 0:
+        raise UserError(f"--spacing must be a positive voxel size in mm, got {spacing_mm}.")
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
     out = Path(out)
@@ -120,6 +152,9 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
     record = provenance(model, seed, steps, sampler)
     affine = np.asarray(model.hparams.grid["affine"], dtype=np.float64)
     voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).round(4).tolist()
+    if spacing_mm is not None:
+        record["generated_voxel_mm"] = voxel_mm
+        voxel_mm = [float(spacing_mm)] * 3
     pairs, sheet, seconds = [], [], []
     from tqdm.auto import tqdm
 
@@ -128,7 +163,10 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
     with torch.inference_mode():
         for index, volumes in iterate_subjects(model, num, seed=seed, steps=steps, sampler=sampler):
             pid = patient_id(index, centre=SYNTHETIC_CENTRE)
-            pairs.append(write_subject(out / pid, volumes, affine, record))
+            written_affine = affine
+            if spacing_mm is not None:
+                volumes, written_affine = resample_subject(volumes, affine, spacing_mm)
+            pairs.append(write_subject(out / pid, volumes, written_affine, record))
             if len(sheet) < 4:
                 sheet.append((pid, volumes))
             seconds.append(time.perf_counter() - start - sum(seconds))
@@ -140,7 +178,7 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
 
     write_json(out / "dataset.json", {
         **record, "subjects": [p["id"] for p in pairs], "spacing_mm": voxel_mm,
-        "shape": list(model.hparams.grid["shape"]), "tissue_labels": {str(k): v for k, v in TISSUE_LABELS.items()},
+        "generated_shape": list(model.hparams.grid["shape"]), "tissue_labels": {str(k): v for k, v in TISSUE_LABELS.items()},
         "layout": "SynthRAD2023 Task 1: <id>/{mr,ct,mask,labels}.nii.gz; MR in arbitrary units (0..1000), CT in HU",
     })
     summary = {"subjects": len(pairs), "seconds_per_subject": float(np.mean(seconds)), "out": str(out), "png": str(png),

@@ -158,3 +158,18 @@ def test_synthesize_refuses_bad_input_in_one_sentence(synthetic_set, synthesis_c
     assert "not a paired synthesis model" in run_expecting_error(
         ["synthesize", "medical", "--num", "1", "--out", str(tmp_path / "b"), "--ckpt", str(regression_ckpt)], capsys)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_subjects_can_be_written_at_another_voxel_size(synthetic_set, synthesis_ckpt, tmp_path):
+    out = tmp_path / "fine"
+    assert main(["synthesize", "medical", "--num", "1", "--out", str(out), "--seed", "3", "--steps", "2", "--spacing", "2",
+                 "--ckpt", str(synthesis_ckpt)]) == 0
+    fine, coarse = (nib.load(folder / "1BS001" / "ct.nii.gz") for folder in (out, synthetic_set))
+    assert np.allclose(fine.header.get_zooms(), 2.0) and fine.shape[0] >= 2 * coarse.shape[0] - 1
+    centre = lambda image: image.affine @ np.r_[(np.array(image.shape) - 1) / 2.0, 1.0]  # noqa: E731
+    assert np.allclose(centre(fine), centre(coarse), atol=1.0)  # the same field of view, in millimetres
+    labels = nib.load(out / "1BS001" / "labels.nii.gz").get_fdata()
+    mask = nib.load(out / "1BS001" / "mask.nii.gz").get_fdata() > 0
+    ct = fine.get_fdata()
+    assert np.array_equal(mask, labels > 0) and labels.max() <= 9 and np.all(ct[~mask] == -1000)
+    assert json.loads((out / "dataset.json").read_text())["spacing_mm"] == [2.0, 2.0, 2.0]
