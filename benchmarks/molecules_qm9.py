@@ -124,7 +124,11 @@ def model_row(spec: str, args, seconds_budget: float, threads: int | None = None
                                       args.batch_size))
     seconds = time.perf_counter() - start
     m = evaluate_molecules(mols, train_smiles())
-    row = {"name": name, "model": module.model_kind, "checkpoint": ckpt, "checkpoint_sha256": module.checkpoint_hash,
+    backbone = module.hparams.get("backbone", "egnn")
+    # the precision the model trains in: the e3nn backbone has no bf16 path (it runs outside autocast)
+    precision = "fp32" if backbone == "e3nn" else "bf16"
+    row = {"name": name, "model": module.model_kind if backbone == "egnn" else f"{module.model_kind}, {backbone}",
+           "backbone": backbone, "train_precision": precision, "checkpoint": ckpt, "checkpoint_sha256": module.checkpoint_hash,
            "training_budget": meta.get("training_budget", "unknown"), "global_step": meta["global_step"],
            "sampler": args.sampler, "steps": args.steps, "molecules": len(mols), "complete": len(mols) >= args.num,
            **{k: m[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness",
@@ -133,7 +137,8 @@ def model_row(spec: str, args, seconds_budget: float, threads: int | None = None
            "threads": torch.get_num_threads(),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     with torch.enable_grad():
-        row.update({"train_steps_per_second": round(time_training_steps(module, warmup=2), 3), "batch_size": 64})
+        row.update({"train_steps_per_second": round(time_training_steps(module, precision=precision, warmup=2), 3),
+                    "batch_size": 64})
     if module.model_kind == "latent":
         row["test_reconstruction"] = test_split_reconstruction(module)
     print(row, flush=True)
