@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 from torch_geometric.utils import scatter
 
-from .egnn import DISTANCE_EPS, fully_connected_edges
+from .egnn import DISTANCE_EPS, fully_connected_edges, invariant_inputs
 
 LMAX_CHOICES = (1, 2)
 
@@ -155,13 +155,8 @@ class E3nnDenoiser(nn.Module):
             return self._forward(x_t, t, cond, batch, num_graphs)
 
     def _forward(self, x_t: Tensor, t: Tensor | None, cond: Tensor | None, batch: Tensor, num_graphs: int) -> Tensor:
-        pos, feats = x_t[:, :3], x_t[:, 3:]
-        inputs = [feats]
-        if self.time_input:
-            inputs.append((t.expand(num_graphs) if t.dim() == 0 else t).to(x_t.dtype)[batch][:, None])
-        if self.cond_dim:
-            inputs.append(x_t.new_zeros(x_t.shape[0], self.cond_dim) if cond is None else cond.to(x_t.dtype)[batch])
-        h = self.embed(torch.cat(inputs, dim=1))
+        pos = x_t[:, :3]
+        h = self.embed(invariant_inputs(x_t, t, cond, batch, num_graphs, self.time_input, self.cond_dim))
         edges = fully_connected_edges(batch, num_graphs)
         diff = pos.index_select(0, edges[0]) - pos.index_select(0, edges[1])  # r_ij = x_i - x_j, (E, 3)
         dist = (diff.pow(2).sum(1, keepdim=True) + DISTANCE_EPS).sqrt()  # finite gradient at r_ij = 0

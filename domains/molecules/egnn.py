@@ -99,6 +99,19 @@ class CoordinateUpdate(nn.Module):
 DISTANCE_EPS = 1e-8  # EDM's coord2diff: sqrt(d^2 + 1e-8), so two atoms at one place keep a finite gradient
 
 
+def invariant_inputs(x_t: Tensor, t: Tensor | None, cond: Tensor | None, batch: Tensor, num_graphs: int,
+                     time_input: bool, cond_dim: int) -> Tensor:
+    """Every atom's invariant network input ``(N, F [+ 1] [+ cond_dim])``: its features ``x_t[:, 3:]``, its
+    molecule's time (when ``time_input``) and its molecule's condition (zeros where ``cond`` is None: the
+    dropped condition of classifier-free guidance). Shared by the EGNN and the e3nn backbone."""
+    inputs = [x_t[:, 3:]]
+    if time_input:
+        inputs.append((t.expand(num_graphs) if t.dim() == 0 else t).to(x_t.dtype)[batch][:, None])
+    if cond_dim:
+        inputs.append(x_t.new_zeros(x_t.shape[0], cond_dim) if cond is None else cond.to(x_t.dtype)[batch])
+    return torch.cat(inputs, dim=1)
+
+
 def _pair_geometry(x: Tensor, edges: Tensor, norm_constant: float = 1.0) -> tuple[Tensor, Tensor]:
     """Squared distances ``(E, 1)`` and normalised differences ``(x_i - x_j)/(sqrt(d^2 + 1e-8) + c)``."""
     diff = x.index_select(0, edges[0]) - x.index_select(0, edges[1])
@@ -176,13 +189,8 @@ class EGNN(nn.Module):
             ``(N, 3 + out_features)``: the coordinate displacement (zero CoM per molecule) and the
             invariant output.
         """
-        pos, feats = x_t[:, :3], x_t[:, 3:]
-        inputs = [feats]
-        if self.time_input:
-            inputs.append((t.expand(num_graphs) if t.dim() == 0 else t).to(x_t.dtype)[batch][:, None])
-        if self.cond_dim:
-            inputs.append(x_t.new_zeros(x_t.shape[0], self.cond_dim) if cond is None else cond.to(x_t.dtype)[batch])
-        h = self.embed(torch.cat(inputs, dim=1))
+        pos = x_t[:, :3]
+        h = self.embed(invariant_inputs(x_t, t, cond, batch, num_graphs, self.time_input, self.cond_dim))
         edges = fully_connected_edges(batch, num_graphs)
         d2_input, _ = _pair_geometry(pos, edges)
         x = pos
