@@ -112,6 +112,13 @@ def last_checkpoint(work: Path, name: str) -> Path:
     return ckpt
 
 
+def global_step(ckpt: Path) -> int:
+    """The training step a Lightning checkpoint was saved at."""
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", 0))
+
+
 def link_subjects(folders: list[Path], dest: Path) -> Path:
     """A SynthRAD folder of hard-linked copies of the given subject folders (no data copied)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -300,18 +307,14 @@ def main(argv: list[str] | None = None) -> int:
             name = f"downstream_n{n}_{arm.replace('+', '_')}"
             ckpt = last_checkpoint(work, name)
             scores = evaluate_downstream(ckpt, test_dir, work / "predictions" / name)
-            import torch
-
-            c = torch.load(ckpt, map_location="cpu", weights_only=False)
             rows.append({"n_real": n, "arm": arm, "training_subjects": len(subject_folders(plan[n][arm])),
-                         **scores, "global_step": int(c.get("global_step", 0)),
+                         **scores, "global_step": global_step(ckpt),
                          "training": done[f"downstream_n{n}_{arm}"].facts})
             print(f"  n_real {n} {arm}: MAE {scores['mae_hu']:.1f} HU", flush=True)
     png = RESULTS / "augmentation_utility.png"
     draw_utility_png(rows, png)
-    generators = {n: {**done[f"generator_n{n}"].facts, "global_step": int(__import__("torch").load(
-        last_checkpoint(work, f"generator_n{n}"), map_location="cpu", weights_only=False)["global_step"])}
-        for n in args.n_real}
+    generators = {n: {**done[f"generator_n{n}"].facts, "global_step": global_step(last_checkpoint(work, f"generator_n{n}"))}
+                  for n in args.n_real}
     if args.save_generator_ckpt is not None:
         from sci_diffusion.checkpoints import export_for_inference
 

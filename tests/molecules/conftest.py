@@ -11,6 +11,20 @@ from sci_diffusion_molecules.module import MoleculeDiffusion
 from sci_diffusion_molecules.property_model import PropertyPredictor
 
 
+def permuted_first_molecule(qm9_batch):
+    """``(original, permuted, perm)``: the batch's first molecule alone, and the same molecule with its atoms
+    in the order ``perm`` (positions, types and charges moved together), each as a one-molecule Batch."""
+    import torch
+    from torch_geometric.data import Batch
+
+    data = qm9_batch.get_example(0)
+    perm = torch.randperm(data.num_nodes, generator=torch.Generator().manual_seed(0))
+    permuted = data.clone()
+    for key in ("pos", "z", "one_hot", "charges"):
+        permuted[key] = data[key][perm]
+    return Batch.from_data_list([data]), Batch.from_data_list([permuted]), perm
+
+
 def fit_tiny(model: L.LightningModule, data: L.LightningDataModule, root: Path, steps: int = 3) -> Path:
     """Train ``steps`` steps and return the run's last checkpoint."""
     L.seed_everything(0)

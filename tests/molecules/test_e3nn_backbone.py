@@ -3,7 +3,6 @@ interact, zero CoM, and a tiny fit on real QM9 whose checkpoint loads and sample
 import pytest
 import torch
 from e3nn import o3
-from torch_geometric.data import Batch
 
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion_molecules.datamodule import QM9DataModule
@@ -11,7 +10,7 @@ from sci_diffusion_molecules.e3nn_backbone import E3nnDenoiser
 from sci_diffusion_molecules.module import MoleculeDiffusion, encode_atoms, molecule_space
 from sci_diffusion_molecules.sampling import sample_molecules
 
-from .conftest import fit_tiny
+from .conftest import fit_tiny, permuted_first_molecule
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +70,7 @@ def test_a_reflection_flips_the_coordinate_output(net, qm9_batch):
 
 
 def test_permuting_atoms_permutes_the_output(net, qm9_batch):
-    data = qm9_batch.get_example(0)
-    perm = torch.randperm(data.num_nodes, generator=torch.Generator().manual_seed(0))
-    permuted = data.clone()
-    for key in ("pos", "z", "one_hot", "charges"):
-        permuted[key] = data[key][perm]
-    b1, b2 = Batch.from_data_list([data]), Batch.from_data_list([permuted])
+    b1, b2, perm = permuted_first_molecule(qm9_batch)
     out1, out2 = predict(net, b1, centred_state(b1)), predict(net, b2, centred_state(b2))
     torch.testing.assert_close(out2, out1[perm], atol=1e-10, rtol=1e-10)
 

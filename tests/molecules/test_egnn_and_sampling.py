@@ -3,7 +3,6 @@ import lightning as L
 import pytest
 import torch
 from e3nn import o3
-from torch_geometric.data import Batch
 
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.denoiser import failed_samples, isolate_failed_samples
@@ -12,6 +11,8 @@ from sci_diffusion_molecules.datamodule import QM9DataModule
 from sci_diffusion_molecules.egnn import fully_connected_edges
 from sci_diffusion_molecules.module import MoleculeDiffusion, encode_atoms
 from sci_diffusion_molecules.sampling import sample_molecules
+
+from .conftest import permuted_first_molecule
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +66,7 @@ def test_coordinates_rotate_and_features_stay_invariant_under_e3nn_rotations(mod
 
 
 def test_permuting_atoms_permutes_the_output(model, qm9_batch):
-    data = qm9_batch.get_example(0)
-    perm = torch.randperm(data.num_nodes, generator=torch.Generator().manual_seed(0))
-    permuted = data.clone()
-    for key in ("pos", "z", "one_hot", "charges"):
-        permuted[key] = data[key][perm]
-    b1, b2 = Batch.from_data_list([data]), Batch.from_data_list([permuted])
+    b1, b2, perm = permuted_first_molecule(qm9_batch)
     out1, out2 = predict(model, b1, centred_state(b1)), predict(model, b2, centred_state(b2))
     torch.testing.assert_close(out2, out1[perm], atol=1e-8, rtol=1e-8)
 
