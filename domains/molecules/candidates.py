@@ -43,10 +43,10 @@ class CandidateTable:
     extra_columns: list[str] = field(default_factory=list)
 
     def add(self, index: int, z: np.ndarray, pos: np.ndarray, target: Sequence[float] | None = None,
-            prediction: Sequence[float] | None = None) -> dict:
-        """Score one molecule and append its row; returns the row."""
+            prediction: Sequence[float] | None = None, charges: np.ndarray | None = None) -> dict:
+        """Score one molecule (with its formal charges, if any) and append its row; returns the row."""
         failed = not np.isfinite(pos).all()
-        stable, smiles = (np.zeros(1, bool), None) if failed else molecule_report(z, pos)
+        stable, smiles = (np.zeros(1, bool), None) if failed else molecule_report(z, pos, charges)
         row = {"index": index, "smiles": smiles or "", "stable": int(stable.all()), "valid": int(smiles is not None),
                "novel": "" if self.train_smiles is None or smiles is None else int(smiles not in self.train_smiles),
                "failed": int(failed), **descriptors(smiles)}

@@ -229,7 +229,9 @@ def run_sample(args: argparse.Namespace) -> int:
     from sci_diffusion.samplers import resolve_spacing
 
     from .candidates import CandidateTable
+    from .elements import QM9_ELEMENTS
     from .files import MoleculeWriter, draw_grid_png
+    from .metrics import as_molecule
     from .property_model import predict_properties
     from .qm9 import PROPERTY_UNITS
     from .sampling import Guidance, draw_atom_counts, sample_molecules
@@ -297,6 +299,9 @@ def run_sample(args: argparse.Namespace) -> int:
                             f"{', '.join(conditioning.names)}.")
         guidance = Guidance(args.guidance, regressor, args.gradient_guidance)
     classifier = None
+    if args.classifier and module.element_set != QM9_ELEMENTS:
+        raise UserError(f"The property classifiers read QM9's elements only, not this model's "
+                        f"{module.element_set.describe()}; drop --classifier.")
     if args.classifier or (conditional and conditioning.names == ["gap"]):
         classifier = _property_model(args.classifier or bundled_checkpoint("classifier", "--classifier"), "property_classifier")
     predicted = classifier.properties if classifier is not None else []
@@ -307,11 +312,7 @@ def run_sample(args: argparse.Namespace) -> int:
         if expression is not None:
             expression.check_run(target_names, predicted, args.novelty)
     ranking = Ranking(f"{rank.text} ascending", rank) if rank else Ranking.default(target_names, predicted)
-    reference = None
-    if args.novelty:
-        from .qm9 import train_smiles
-
-        reference = train_smiles()
+    reference = novelty_reference(module) if args.novelty else None
     table = CandidateTable(names, reference, extra_columns=["passes_filter"] if keep else [])
     triage = Triage(keep, ranking, predicted) if keep or rank or args.top_png else None
     recorder = None
@@ -334,7 +335,8 @@ def run_sample(args: argparse.Namespace) -> int:
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]
             predictions = predict_properties(classifier, chunk) if classifier is not None else None
-            for k, (z, pos) in enumerate(chunk):
+            for k, molecule in enumerate(chunk):
+                z, pos, charges = as_molecule(molecule)  # charges: None unless the model diffuses them
                 i = first + k
                 progress.update()
                 target = None if values is None else _aligned(list(values[i]), conditioning.names, names)
@@ -343,10 +345,10 @@ def run_sample(args: argparse.Namespace) -> int:
                     failed += 1  # a diverged sample cannot be written as a molecule, but it counts as a failure
                     row = table.add(i, z, pos, target, None)
                 else:
-                    writer.write(z, pos, {**tags, "index": i, **_property_fields(names, target, prediction)})
-                    row = table.add(i, z, pos, target, prediction)
+                    writer.write(z, pos, {**tags, "index": i, **_property_fields(names, target, prediction)}, charges)
+                    row = table.add(i, z, pos, target, prediction, charges)
                     if len(drawn) < 16:
-                        drawn.append((z, pos))
+                        drawn.append(molecule)
                 if triage is not None:
                     triage.see(row, z, pos)
             release_freed_memory()  # resident memory bounded however many batches (sci_diffusion.memory)
@@ -457,17 +459,32 @@ def _aligned(row: list[float], row_names: list[str], names: list[str]) -> list[f
     return [float(row[row_names.index(n)]) if n in row_names else float("nan") for n in names]
 
 
+def novelty_reference(module) -> frozenset[str]:
+    """The SMILES a model's samples are novel against: its own training set's, stored in the checkpoint
+    of a model trained on custom data, or QM9's train split (cached after the first call)."""
+    if getattr(module, "training_smiles", None) is not None:
+        return frozenset(module.training_smiles)
+    from .qm9 import train_smiles
+
+    return train_smiles()
+
+
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="an .sdf or .xyz file (any tool's output; SDF bonds are ignored)")
     p.add_argument("--out", required=True, help="metrics JSON")
     p.add_argument("--novelty", action=argparse.BooleanOptionalAction, default=True,
-                   help="compare with the QM9 training SMILES (cached after the first run)")
+                   help="compare with the training SMILES: those of --ckpt's training set, or QM9's train split "
+                        "(cached after the first run)")
+    p.add_argument("--ckpt", help="the molecules checkpoint that generated the samples: novelty is measured against "
+                                  "its own training set (a model trained on custom data stores it)")
     p.add_argument("--classifier", help="property classifier for the MAE against the targets that sample molecules "
                                         "writes into each record (target_<property>); default for gap targets: the "
                                         "bundled gap classifier")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from sci_diffusion.checkpoints import load_module
+
     from .evaluate import evaluate_file
     from .files import read_molecules
     from .qm9 import train_smiles
@@ -484,8 +501,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from None
         if first and "target_gap" in first[0][2]:
             classifier = _property_model(bundled_checkpoint("classifier", "--classifier"), "property_classifier")
+    reference = None
+    if args.novelty:
+        reference = novelty_reference(load_module(args.ckpt, domain="molecules")) if args.ckpt else train_smiles()
     try:
-        metrics = evaluate_file(args.samples, args.out, train_smiles() if args.novelty else None, classifier)
+        metrics = evaluate_file(args.samples, args.out, reference, classifier)
     except ValueError as exc:  # MoleculeFileError, UnknownElementError: already one clear sentence
         raise UserError(str(exc)) from None
     keys = ("atom_stability", "molecule_stability", "validity", "uniqueness", "validity_x_uniqueness", "novelty",

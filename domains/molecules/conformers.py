@@ -24,7 +24,7 @@ from torch import Tensor
 
 from sci_diffusion.errors import UserError
 
-from .elements import ATOM_TYPES, ATOMIC_NUMBERS
+from .elements import ATOM_TYPES, ATOMIC_NUMBERS, QM9_ELEMENTS
 from .module import CHARGE_SCALE, ONE_HOT_SCALE, MoleculeDiffusion
 
 STATE_WIDTH = 3 + len(ATOM_TYPES) + 1
@@ -43,7 +43,7 @@ def molecule_from_smiles(smiles: str):
     if mol is None:
         raise UserError(f"--smiles {smiles!r} is not a SMILES that RDKit can read.")
     mol = Chem.AddHs(mol)
-    others = sorted({a.GetSymbol() for a in mol.GetAtoms() if a.GetSymbol() not in ATOMIC_NUMBERS})
+    others = sorted({a.GetSymbol() for a in mol.GetAtoms() if a.GetSymbol() not in ATOM_TYPES})
     if others:
         raise UserError(f"--smiles {smiles!r} contains {', '.join(others)}; the model knows only {', '.join(ATOM_TYPES)}.")
     return mol
@@ -95,6 +95,9 @@ def inpaint_molecules(module: MoleculeDiffusion, task: InpaintingTask, num: int,
 
     if getattr(module, "model_kind", None) != "edm":
         raise UserError("Inpainting needs a model that diffuses atoms (the EDM-style model), not latents.")
+    if module.element_set != QM9_ELEMENTS:
+        raise UserError(f"Conformers and fragment growth work with QM9's element set only, not with this model's "
+                        f"{module.element_set.describe()}.")
     n = task.known.shape[0]
     device = next(module.parameters()).device
     seeds = per_sample_seeds(generator, num)

@@ -7,19 +7,19 @@ import numpy as np
 from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
+from .elements import QM9_ELEMENTS, ElementSet
 from .graphs import QM9Dataset
 from .qm9 import atom_count_histogram, conditional_halves, edm_split, load_qm9
 
 SUBSETS = ("Da", "Db")
-CUSTOM_SPLIT_SEED = 0
-CUSTOM_SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 
 
 class QM9DataModule(L.LightningDataModule):
     """Batches of ``Data`` graphs (fields in ``graphs.py``) for training, validation and test.
 
     QM9 uses the exact EDM split; ``subset`` swaps the train split for one of the
-    conditional halves. A custom ``source`` is split 90/5/5 at random with a fixed seed.
+    conditional halves. A custom ``source`` is split 90/5/5, at random with a fixed seed or by
+    Bemis-Murcko scaffold (``custom_data.py``).
 
     Args:
         batch_size: molecules per batch.
@@ -28,6 +28,12 @@ class QM9DataModule(L.LightningDataModule):
         subset: ``"Da"`` or ``"Db"`` to train on that half of the train split, or None.
         limit: keep only the first ``limit`` molecules of every split (smoke tests).
         source: an SDF/XYZ file or folder to use instead of QM9.
+        source_elements: the element set's symbols for a custom ``source`` (e.g. ``[H, C, N, O, F,
+            S, Cl, Br, I]``); None: the smallest set covering the data. QM9 always uses H, C, N, O,
+            F. The model's ``elements`` must name the same set (training checks it).
+        source_formal_charges: whether a custom source's graphs carry formal charges; None: if any
+            of its atoms is charged. QM9 has none. The model's ``formal_charges`` must agree.
+        split: ``"random"`` or ``"scaffold"`` for a custom source.
     """
 
     def __init__(
@@ -38,12 +44,22 @@ class QM9DataModule(L.LightningDataModule):
         subset: str | None = None,
         limit: int | None = None,
         source: str | None = None,
+        source_elements: list[str] | None = None,
+        source_formal_charges: bool | None = None,
+        split: str = "random",
     ):
         super().__init__()
+        from .custom_data import SPLITS
+
         if subset is not None and subset not in SUBSETS:
             raise ValueError(f"subset must be one of {SUBSETS} or None, not {subset!r}.")
         if subset is not None and source is not None:
             raise ValueError("subset (Da/Db) applies to QM9 only, not to a custom source.")
+        if source is None and (source_elements is not None or source_formal_charges or split != "random"):
+            raise ValueError("source_elements, source_formal_charges and split apply to a custom source; "
+                             "QM9 uses its own.")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}.")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -51,7 +67,10 @@ class QM9DataModule(L.LightningDataModule):
         self.subset = subset
         self.limit = limit
         self.source = source
+        self.source_elements, self.source_formal_charges, self.split = source_elements, source_formal_charges, split
         self.datasets: dict[str, Dataset] | None = None
+        self.element_set: ElementSet = QM9_ELEMENTS  # a custom source's is known after setup()
+        self._training_smiles: list[str] | None = None
 
     def prepare_data(self) -> None:
         """Build the QM9 cache once (Lightning calls this on one process only)."""
@@ -71,16 +90,27 @@ class QM9DataModule(L.LightningDataModule):
 
     def _custom_splits(self) -> dict[str, Dataset]:
         # imported here: it needs RDKit to read the files, which QM9 training does not
-        from .custom_data import load_custom_molecules
+        from .custom_data import random_split, read_custom_molecules, scaffold_split
 
-        graphs = load_custom_molecules(self.source)
-        perm = np.random.RandomState(CUSTOM_SPLIT_SEED).permutation(len(graphs))
-        n_valid = n_test = int(CUSTOM_SPLIT_FRACTIONS[1] * len(graphs))
-        if len(graphs) >= 3:  # a tiny set still gets one validation and one test molecule
-            n_valid, n_test = max(n_valid, 1), max(n_test, 1)
-        cut = len(graphs) - n_valid - n_test
-        parts = {"train": perm[:cut], "valid": perm[cut : cut + n_valid], "test": perm[cut + n_valid :]}
-        return {name: [graphs[i] for i in p[: self.limit]] for name, p in parts.items()}
+        wanted = None
+        if self.source_elements is not None:
+            wanted = ElementSet.of(self.source_elements, bool(self.source_formal_charges))
+        data = read_custom_molecules(self.source, wanted)
+        if wanted is None and self.source_formal_charges is not None and \
+                data.elements.formal_charges != self.source_formal_charges:  # the covering set, charges as asked
+            data = read_custom_molecules(self.source, ElementSet(data.elements.symbols, self.source_formal_charges))
+        self.element_set = data.elements
+        parts = scaffold_split(data.file_smiles) if self.split == "scaffold" else random_split(len(data.graphs))
+        parts = {name: p[: self.limit] for name, p in parts.items()}
+        self._training_smiles = sorted({data.smiles[i] for i in parts["train"] if data.smiles[i] is not None})
+        return {name: [data.graphs[i] for i in p] for name, p in parts.items()}
+
+    def training_smiles(self) -> list[str] | None:
+        """The novelty reference of a custom source: the distinct SMILES of its training split rebuilt
+        with the EDM bond rule (as ``qm9.train_smiles`` for QM9); None for QM9, whose reference is
+        ``qm9.train_smiles()``."""
+        self.setup()
+        return self._training_smiles
 
     @property
     def atom_count_histogram(self) -> dict[int, int]:

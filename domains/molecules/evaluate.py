@@ -20,7 +20,8 @@ def evaluate_file(
 ) -> dict:
     """Evaluate every molecule of an SDF/XYZ file with the EDM metrics and write them as JSON.
 
-    Bonds in the file are ignored; they are re-derived from the coordinates.
+    Bonds in the file are ignored; they are re-derived from the coordinates. An SDF's formal
+    charges count (an N+ with four bonds is stable).
 
     Args:
         samples_path: a ``.sdf`` or ``.xyz`` file of generated molecules.
@@ -39,14 +40,14 @@ def evaluate_file(
 
     Raises:
         MoleculeFileError: missing, not SDF/XYZ, malformed or empty (a ValueError).
-        UnknownElementError: an element outside H, C, N, O, F (a ValueError).
+        UnknownElementError: an element without EDM bond lengths (a ValueError).
     """
-    molecules = read_molecules(samples_path)
+    molecules = read_molecules(samples_path, with_charges=True)
     if not molecules:
         raise MoleculeFileError(f"{samples_path} holds no molecules.")
-    results = evaluate_molecules(((z, pos) for z, pos, _ in molecules), train_smiles)
+    results = evaluate_molecules(((z, pos, charges) for z, pos, _, charges in molecules), train_smiles)
     shared = dict(molecules[0][2])
-    for _, _, props in molecules[1:]:
+    for _, _, props, _ in molecules[1:]:
         shared = {k: v for k, v in shared.items() if props.get(k) == v}
     results = {"samples": str(Path(samples_path)), **results, "sample_properties": shared}
     if classifier is not None:
@@ -62,10 +63,10 @@ def _property_errors(molecules: list, classifier) -> dict:
     from .conditional_protocol import mean_absolute_error
     from .property_model import predict_properties
 
-    predictions = predict_properties(classifier, ((z, pos) for z, pos, _ in molecules))
+    predictions = predict_properties(classifier, ((z, pos) for z, pos, *_ in molecules))
     out: dict = {"property_mae": {}, "property_scored": {}, "classifier_sha256": classifier.checkpoint_hash}
     for k, name in enumerate(classifier.properties):
-        rows = [i for i, (_, _, props) in enumerate(molecules) if f"target_{name}" in props]
+        rows = [i for i, (_, _, props, _) in enumerate(molecules) if f"target_{name}" in props]
         if not rows:
             continue
         try:

@@ -2,8 +2,10 @@
 
 A molecule read from a file is ``(z, pos, properties)``: [N] int64 atomic numbers,
 [N, 3] float64 positions in Angstrom, and a ``dict[str, str]`` of SD properties
-(SDF) or ``key=value`` pairs of the comment line (XYZ). Bonds stored in an SDF
-are ignored: the metrics decide bonds from coordinates.
+(SDF) or ``key=value`` pairs of the comment line (XYZ); with ``with_charges`` a fourth
+item, the [N] int64 formal charges (an SDF's atom charges; zeros for XYZ). Bonds
+stored in an SDF are ignored: the metrics decide bonds from coordinates. Any element
+of ``elements.KNOWN_ELEMENTS`` is read; a model checks its own element set.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from rdkit.rdBase import BlockLogs
 from sci_diffusion.atomic import atomic_path
 
 from .bonds import to_rdkit_mol
-from .elements import SYMBOLS, atomic_number, type_index
+from .elements import SYMBOLS, atomic_number, check_known
 
 MOLECULE_SUFFIXES = (".sdf", ".xyz")
 
@@ -29,16 +31,17 @@ class MoleculeFileError(ValueError):
     """A molecule file that is missing, of an unknown kind, or malformed; the message names it."""
 
 
-def read_molecules(path: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]:
+def read_molecules(path: str | os.PathLike, with_charges: bool = False) -> list[tuple]:
     """Read every molecule of a multi-molecule ``.sdf`` or multi-frame ``.xyz`` file.
 
     Returns:
-        ``[(z [N] int64, pos [N, 3] float64 Angstrom, properties), ...]`` in file order.
+        ``[(z [N] int64, pos [N, 3] float64 Angstrom, properties), ...]`` in file order; with
+        ``with_charges``, ``(z, pos, properties, formal_charges [N] int64)``.
 
     Raises:
         MoleculeFileError: the file is missing, not ``.sdf``/``.xyz``, malformed, or has
             non-finite coordinates.
-        UnknownElementError: an element outside H, C, N, O, F.
+        UnknownElementError: an element without EDM bond lengths (``elements.KNOWN_ELEMENTS``).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -49,13 +52,13 @@ def read_molecules(path: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray
     if path.stat().st_size == 0:
         raise MoleculeFileError(f"{path} is empty: it holds no molecule.")
     molecules = _read_sdf(path) if suffix == ".sdf" else _read_xyz(path)
-    for k, (_, pos, _) in enumerate(molecules, start=1):
+    for k, (_, pos, _, _) in enumerate(molecules, start=1):
         if not np.isfinite(pos).all():
             raise MoleculeFileError(f"{path}: molecule {k} has coordinates that are not finite numbers.")
-    return molecules
+    return molecules if with_charges else [m[:3] for m in molecules]
 
 
-def _read_sdf(path: Path) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]:
+def _read_sdf(path: Path) -> list[tuple]:
     molecules = []
     with BlockLogs():  # a bad record gets our one-sentence error instead of RDKit's log
         supplier = Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False, strictParsing=False)
@@ -64,15 +67,15 @@ def _read_sdf(path: Path) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]
                 raise MoleculeFileError(f"{path}: record {record} is not a readable SDF molecule.")
             if mol.GetNumConformers() == 0:
                 raise MoleculeFileError(f"{path}: record {record} has no coordinates.")
-            z = np.array([atom.GetAtomicNum() for atom in mol.GetAtoms()], dtype=np.int64)
-            type_index(z, path)
+            z = check_known([atom.GetAtomicNum() for atom in mol.GetAtoms()], path)
+            charges = np.array([atom.GetFormalCharge() for atom in mol.GetAtoms()], dtype=np.int64)
             pos = mol.GetConformer().GetPositions()
             props = {name: mol.GetProp(name) for name in mol.GetPropNames()}
-            molecules.append((z, pos, props))
+            molecules.append((z, pos, props, charges))
     return molecules
 
 
-def _read_xyz(path: Path) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]:
+def _read_xyz(path: Path) -> list[tuple]:
     lines = path.read_text(errors="replace").splitlines()
     molecules, i = [], 0
     while i < len(lines):
@@ -100,8 +103,8 @@ def _read_xyz(path: Path) -> list[tuple[np.ndarray, np.ndarray, dict[str, str]]]
                 ) from None
             element = fields[0]
             z[k] = int(element) if element.isdigit() else atomic_number(element, path)
-        type_index(z, path)
-        molecules.append((z, pos, _parse_comment(lines[i + 1])))
+        check_known(z, path)
+        molecules.append((z, pos, _parse_comment(lines[i + 1]), np.zeros(n, dtype=np.int64)))
         i += 2 + n
     return molecules
 
@@ -144,10 +147,11 @@ class MoleculeWriter:
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.partial_path, "w")
 
-    def write(self, z, pos, properties: Mapping[str, object] | None = None) -> None:
-        """Append one molecule: [N] atomic numbers, [N, 3] Angstrom, and its properties."""
+    def write(self, z, pos, properties: Mapping[str, object] | None = None, charges=None) -> None:
+        """Append one molecule: [N] atomic numbers, [N, 3] Angstrom, its properties and, for an
+        SDF, its [N] formal charges (None: neutral; XYZ has no place for them)."""
         if self.format == ".sdf":
-            self._pending.append(_sdf_record(z, pos, properties or {}, self.bonds))
+            self._pending.append(_sdf_record(z, pos, properties or {}, self.bonds, charges))
         else:
             self._pending.append(_xyz_record(z, pos, properties or {}))
         self.count += 1
@@ -185,8 +189,8 @@ class MoleculeWriter:
             self._file.close()
 
 
-def _sdf_record(z, pos, properties: Mapping[str, object], bonds: str = "edm") -> str:
-    mol = to_rdkit_mol(z, pos, bonds)
+def _sdf_record(z, pos, properties: Mapping[str, object], bonds: str = "edm", charges=None) -> str:
+    mol = to_rdkit_mol(z, pos, bonds, charges)
     for key, value in properties.items():
         mol.SetProp(str(key), str(value))
     return Chem.SDWriter.GetText(mol, kekulize=False)
@@ -195,7 +199,7 @@ def _sdf_record(z, pos, properties: Mapping[str, object], bonds: str = "edm") ->
 def _xyz_record(z, pos, properties: Mapping[str, object]) -> str:
     z = np.asarray(z).reshape(-1)
     pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
-    type_index(z)
+    check_known(z)
     for key in properties:
         if not str(key) or any(c.isspace() or c == "=" for c in str(key)):
             raise ValueError(f"XYZ property names need no spaces or '=': {key!r}.")
@@ -230,7 +234,8 @@ def draw_grid_png(
     """Draw the first ``n`` molecules as a grid of 2D depictions into a PNG file.
 
     Args:
-        mols: ``Chem.Mol`` objects, or ``(z, pos[, properties])`` tuples (bonds by the EDM rule).
+        mols: ``Chem.Mol`` objects, or ``(z, pos[, properties or formal charges])`` tuples (bonds by
+            the EDM rule).
         path: the PNG to write (atomically).
         n: how many molecules to draw.
         mols_per_row: grid width.
@@ -244,7 +249,11 @@ def draw_grid_png(
 
     depictions = []
     for mol in list(mols)[:n]:
-        mol = Chem.Mol(mol) if isinstance(mol, Chem.Mol) else to_rdkit_mol(*mol[:2])
+        if isinstance(mol, Chem.Mol):
+            mol = Chem.Mol(mol)
+        else:
+            charges = mol[2] if len(mol) > 2 and isinstance(mol[2], np.ndarray) else None
+            mol = to_rdkit_mol(mol[0], mol[1], charges=charges)
         try:  # a sane molecule is drawn without its hydrogens, an invalid one as it is
             with BlockLogs():  # lone hydrogens of generated fragments are expected, not news
                 Chem.SanitizeMol(mol)

@@ -42,7 +42,7 @@ def read_fragment(path: str):
     """The first molecule of an SDF/MOL file, hydrogens kept: ``(atomic numbers (k,), positions (k, 3))``."""
     from rdkit import Chem
 
-    from .elements import ATOMIC_NUMBERS
+    from .elements import ATOM_TYPES
 
     if not Path(path).is_file():
         raise UserError(f"--fix-atoms {path} does not exist.")
@@ -50,7 +50,7 @@ def read_fragment(path: str):
     mol = next(iter(supplier), None) if len(supplier) else None
     if mol is None or mol.GetNumConformers() == 0:
         raise UserError(f"--fix-atoms {path} holds no molecule with coordinates that RDKit can read.")
-    others = sorted({a.GetSymbol() for a in mol.GetAtoms() if a.GetSymbol() not in ATOMIC_NUMBERS})
+    others = sorted({a.GetSymbol() for a in mol.GetAtoms() if a.GetSymbol() not in ATOM_TYPES})
     if others:
         raise UserError(f"--fix-atoms {path} contains {', '.join(others)}; the model knows only H, C, N, O and F.")
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])

@@ -138,6 +138,9 @@ class LatentMoleculeDiffusion(MoleculeDiffusion):
                  decoder_layers: int | None = None, autoencoder_ckpt: str | None = None, recon_weight: float = 1.0,
                  **kwargs: Any) -> None:
         self._latent_features = latent_features  # build_network, called by the parent, needs it
+        if kwargs.get("elements") is not None or kwargs.get("formal_charges"):
+            raise ValueError("The latent model's autoencoder knows QM9's elements only (H, C, N, O, F, no formal "
+                             "charges); train a custom element set with the EDM model.")
         super().__init__(**kwargs)
         self.save_hyperparameters()
         hidden, layers = self.hparams.hidden, self.hparams.layers

@@ -1,8 +1,10 @@
 """``MoleculeDiffusion``: EDM-style joint diffusion of 3D coordinates and atom types.
 
-The state of one batch is ``x = cat[pos (3), one_hot * 0.25 (5), charge * 0.1 (1)]`` per atom:
+The state of one batch is ``x = cat[pos (3), one_hot * 0.25 (K), charge * 0.1 (1)]`` per atom
+(QM9: K = 5 elements), plus ``formal_charge * 0.25 (1)`` for an element set with formal charges:
 positions (Angstrom) live in the zero-centre-of-mass subspace of each molecule, atom features
-in plain Euclidean space (EDM's feature scaling). The network is :class:`~.egnn.EGNN`, or with
+in plain Euclidean space (EDM's feature scaling). Element sets with heavier elements than F
+scale the nuclear charge by ``0.9 / Z_max`` instead of 0.1, so that it stays below 1. The network is :class:`~.egnn.EGNN`, or with
 ``backbone="e3nn"`` the tensor-product :class:`~.e3nn_backbone.E3nnDenoiser`.
 """
 from __future__ import annotations
@@ -18,13 +20,14 @@ from sci_diffusion.state_spaces import EuclideanSpace, ProductSpace, ZeroCoMSpac
 
 from .conditioning import PropertyConditioning, check_property_names
 from .egnn import EGNN
-from .elements import ATOM_TYPES
+from .elements import ATOM_TYPES, QM9_ELEMENTS, ElementSet
 from .qm9 import PROPERTY_NAMES
 
 BACKBONES = ("egnn", "e3nn")
 ONE_HOT_SCALE = 0.25
 CHARGE_SCALE = 0.1
-FEATURE_DIM = len(ATOM_TYPES) + 1
+FORMAL_CHARGE_SCALE = 0.25
+FEATURE_DIM = len(ATOM_TYPES) + 1  # QM9's atom features per atom
 
 
 def molecule_space(batch: Tensor, num_graphs: int, features: int = FEATURE_DIM) -> ProductSpace:
@@ -60,6 +63,10 @@ class MoleculeDiffusion(DiffusionModule):
             training set.
         edm_layer: EDM's exact EGNN layer, with the full ``coords_range`` in every block (see
             ``egnn.EGNN``); off by default, as the bundled models were trained.
+        elements: the element set's symbols (one-hot columns, in order), e.g. ``[H, C, N, O, F, S,
+            Cl, Br, I]`` for a custom SDF collection; None: QM9's H, C, N, O, F. Saved in the
+            checkpoint; training checks that the datamodule's element set is the same.
+        formal_charges: also diffuse each atom's formal charge, so that samples carry N+, O-, ...
         **kwargs: the core's DiffusionModule arguments (schedule, prediction, lr, ema_decay, ...).
             ``cond_dropout`` defaults to 0.1 for a conditional model, so that the one network also
             learns the unconditional prediction that classifier-free guidance needs.
@@ -70,7 +77,9 @@ class MoleculeDiffusion(DiffusionModule):
     def __init__(self, hidden: int = 256, layers: int = 9, attention: bool = True,
                  conditioning: list[str] | None = None, property_mean: list[float] | None = None,
                  property_mad: list[float] | None = None, init_from: str | None = None, val_molecules: int = 100,
-                 edm_layer: bool = False, backbone: str = "egnn", lmax: int = 1, **kwargs: Any) -> None:
+                 edm_layer: bool = False, backbone: str = "egnn", lmax: int = 1,
+                 elements: list[str] | None = None, formal_charges: bool = False, **kwargs: Any) -> None:
+        self.element_set = ElementSet.of(elements, formal_charges)
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}.")
         self._conditioning = check_property_names(conditioning or [])
@@ -83,9 +92,14 @@ class MoleculeDiffusion(DiffusionModule):
         self.save_hyperparameters()
         self.atom_count_histogram: dict[int, int] = {}
         self.property_conditioning: PropertyConditioning | None = None
+        self.training_smiles: list[str] | None = None  # a custom data set's novelty reference
 
     model_kind = "edm"  # what `sample molecules --model` calls it; the checkpoint's module class says it too
-    state_features = FEATURE_DIM  # invariant columns of the diffused state per atom
+
+    @property
+    def state_features(self) -> int:
+        """Invariant columns of the diffused state per atom (QM9: 5 types + nuclear charge)."""
+        return atom_feature_count(self.element_set)
 
     def build_network(self) -> torch.nn.Module:
         cond_dim = len(self._conditioning) + 1 if self._conditioning else 0
@@ -125,9 +139,9 @@ class MoleculeDiffusion(DiffusionModule):
         return self.property_conditioning.condition(y[:, cols])
 
     def prepare_batch(self, batch: Any) -> DiffusionBatch:
-        x0 = centred_atom_state(batch)
+        x0 = centred_atom_state(batch, self.element_set)
         cond = self.condition_from_properties(batch.y) if self._conditioning else None
-        return DiffusionBatch(x0, molecule_space(batch.batch, batch.num_graphs), cond,
+        return DiffusionBatch(x0, molecule_space(batch.batch, batch.num_graphs, self.state_features), cond,
                               (batch.batch, batch.num_graphs))
 
     def training_loss(self, batch: Any) -> Tensor:
@@ -145,6 +159,13 @@ class MoleculeDiffusion(DiffusionModule):
             return
         if hasattr(datamodule, "atom_count_histogram"):
             self.atom_count_histogram = dict(datamodule.atom_count_histogram)
+        data_elements = getattr(datamodule, "element_set", None)
+        if data_elements is not None and data_elements != self.element_set:
+            raise ValueError(f"The data's element set ({data_elements.describe()}) is not the model's "
+                             f"({self.element_set.describe()}): give model.elements and model.formal_charges "
+                             "the data's (data.source_elements, data.source_formal_charges).")
+        if hasattr(datamodule, "training_smiles"):
+            self.training_smiles = datamodule.training_smiles()
         if self._conditioning and self.property_conditioning is None:
             num_atoms, properties = datamodule.train_properties()
             self.property_conditioning = PropertyConditioning.from_training_set(
@@ -154,12 +175,17 @@ class MoleculeDiffusion(DiffusionModule):
         super().on_save_checkpoint(checkpoint)
         record = checkpoint["sci_diffusion"]
         record["atom_count_histogram"] = {int(k): int(v) for k, v in self.atom_count_histogram.items()}
+        record["elements"] = {"symbols": list(self.element_set.symbols),
+                              "formal_charges": self.element_set.formal_charges}
+        if self.training_smiles is not None:
+            record["training_smiles"] = list(self.training_smiles)
         if self.property_conditioning is not None:
             record["conditioning"] = self.property_conditioning.to_record()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         record = checkpoint.get("sci_diffusion", {})
         self.atom_count_histogram = {int(k): int(v) for k, v in record.get("atom_count_histogram", {}).items()}
+        self.training_smiles = record.get("training_smiles")
         if record.get("conditioning") is not None:
             self.property_conditioning = PropertyConditioning.from_record(record["conditioning"])
 
@@ -179,7 +205,7 @@ class MoleculeDiffusion(DiffusionModule):
         else:
             counts = draw_atom_counts(self.atom_count_histogram, n, gen)
         mols = list(sample_molecules(self, counts, self.hparams.val_sampler, self.hparams.val_steps, gen, cond=cond))
-        m = evaluate_molecules([(z, pos) for z, pos in mols])
+        m = evaluate_molecules(mols)
         return {"atom_stability": m["atom_stability"], "mol_stability": m["molecule_stability"],
                 "validity": m["validity"]}
 
@@ -206,25 +232,52 @@ def load_widened_weights(net: torch.nn.Module, state_dict: dict[str, Tensor], pr
                              f"{tuple(value.shape)} here.")
 
 
-def encode_atoms(pos: Tensor, one_hot: Tensor, charges: Tensor) -> Tensor:
-    """The diffusion state ``(N, 9)``: positions (Angstrom), one-hot x0.25, nuclear charge x0.1."""
-    return torch.cat([pos, one_hot * ONE_HOT_SCALE, charges * CHARGE_SCALE], dim=1)
+def atom_feature_count(elements: ElementSet = QM9_ELEMENTS) -> int:
+    """Invariant state columns per atom: K one-hot types, the nuclear charge and, with formal
+    charges, the formal charge (QM9: 6)."""
+    return len(elements) + 1 + int(elements.formal_charges)
 
 
-def centred_atom_state(batch: Any) -> Tensor:
+def nuclear_charge_scale(elements: ElementSet = QM9_ELEMENTS) -> float:
+    """EDM's 0.1 for elements up to F (Z = 9); ``0.9 / Z_max`` for heavier sets, so the feature stays below 1."""
+    largest = int(elements.atomic_numbers.max())
+    return CHARGE_SCALE if largest <= 9 else 0.9 / largest
+
+
+def encode_atoms(pos: Tensor, one_hot: Tensor, charges: Tensor, formal_charge: Tensor | None = None,
+                 elements: ElementSet = QM9_ELEMENTS) -> Tensor:
+    """The diffusion state ``(N, 3 + atom_feature_count)``: positions (Angstrom), one-hot x0.25,
+    nuclear charge x ``nuclear_charge_scale`` (QM9: 0.1) and, with formal charges, the formal
+    charge x0.25."""
+    parts = [pos, one_hot * ONE_HOT_SCALE, charges * nuclear_charge_scale(elements)]
+    if elements.formal_charges:
+        parts.append(formal_charge * FORMAL_CHARGE_SCALE)
+    return torch.cat(parts, dim=1)
+
+
+def centred_atom_state(batch: Any, elements: ElementSet = QM9_ELEMENTS) -> Tensor:
     """:func:`encode_atoms` of a PyG batch with every molecule's positions moved to zero centre of
     mass (EDM centres x0 too; the noise and the network's output live in that subspace)."""
     pos = ZeroCoMSpace(batch.batch, batch.num_graphs).project(batch.pos)
-    return encode_atoms(pos, batch.one_hot, batch.charges)
+    return encode_atoms(pos, batch.one_hot, batch.charges, getattr(batch, "formal_charge", None), elements)
 
 
-def decode_atoms(x: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(N, 3)`` Angstrom and atomic numbers ``(N,)`` from a state ``(N, 9)``.
+def decode_atoms(x: Tensor, elements: ElementSet = QM9_ELEMENTS) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(N, 3)`` Angstrom and atomic numbers ``(N,)`` from a state ``(N, 3 + F)``.
 
     The atom type is the argmax of the one-hot block, as in EDM.
     """
-    from .elements import ATOMIC_NUMBERS
+    types = x[:, 3:3 + len(elements)].argmax(1).cpu().numpy()
+    return x[:, :3].detach().cpu().numpy().astype(np.float64), elements.atomic_numbers[types]
 
-    numbers = np.array([ATOMIC_NUMBERS[s] for s in ATOM_TYPES])
-    types = x[:, 3:3 + len(ATOM_TYPES)].argmax(1).cpu().numpy()
-    return x[:, :3].detach().cpu().numpy().astype(np.float64), numbers[types]
+
+MAX_FORMAL_CHARGE = 2
+
+
+def decode_formal_charges(x: Tensor, elements: ElementSet) -> np.ndarray | None:
+    """Formal charges ``(N,)`` int64 of a state ``(N, 3 + F)``: its last column / 0.25, rounded and
+    clipped to -2..+2 (0 where not finite); None for an element set without formal charges."""
+    if not elements.formal_charges:
+        return None
+    q = torch.nan_to_num(x[:, -1].float() / FORMAL_CHARGE_SCALE, nan=0.0)
+    return torch.round(q).clamp(-MAX_FORMAL_CHARGE, MAX_FORMAL_CHARGE).to(torch.int64).cpu().numpy()

@@ -5,7 +5,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,7 +13,7 @@ from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler, resolve_spacing
 
-from .module import MoleculeDiffusion, decode_atoms
+from .module import MoleculeDiffusion, decode_atoms, decode_formal_charges
 
 PRECISIONS = ("bf16", "fp32")
 # callback(i, t, x_t, x0_hat, counts): the core samplers' callback plus the batch's atom counts.
@@ -101,8 +100,9 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
                      cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                      progress: bool = False, precision: str = "bf16",
                      spacing: str | None = None,
-                     callback: BatchCallback | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size.
+                     callback: BatchCallback | None = None) -> Iterator[tuple]:
+    """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size, and for a
+    model with formal charges ``(atomic_numbers, positions, formal_charges (n,))``.
 
     Molecules are sampled ``batch_size`` at a time, as one sparse PyG-style batch each, so memory
     stays bounded however many are asked for. Classifier-free guidance stacks every batch twice
@@ -158,5 +158,6 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
                        spacing=spacing, callback=watch)
             x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs).float()
         for part in torch.split(x, counts.tolist()):
-            pos, z = decode_atoms(part)
-            yield z, pos
+            pos, z = decode_atoms(part, module.element_set)
+            charges = decode_formal_charges(part, module.element_set)
+            yield (z, pos) if charges is None else (z, pos, charges)

@@ -29,7 +29,9 @@ from .module import decode_atoms
 STATES = ("x_t", "x0")  # the sampler's state, the network's data estimate
 DEFAULT_MOLECULES = 4
 STRIP_FRAMES = 6
-ELEMENT_COLOURS = {"H": "#e8e8e8", "C": "#404040", "N": "#3050f8", "O": "#ff0d0d", "F": "#60c040"}  # CPK-like
+ELEMENT_COLOURS = {"H": "#e8e8e8", "B": "#ffb5b5", "C": "#404040", "N": "#3050f8", "O": "#ff0d0d", "F": "#60c040",
+                   "Si": "#f0c8a0", "P": "#ff8000", "S": "#e0c020", "Cl": "#1ff01f", "As": "#bd80e3",
+                   "Br": "#a62929", "I": "#940094"}  # CPK-like (Jmol's), for every element of elements.KNOWN_ELEMENTS
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TrajectoryRecorder:
             per_molecule = self.frames[state]
             per_molecule.extend([] for _ in range(n - len(per_molecule)))
             for k, part in enumerate(torch.split(decoded, sizes)):
-                pos, z = decode_atoms(part)
+                pos, z = decode_atoms(part, self.module.element_set)
                 per_molecule[k].append(Frame(i + 1, float(t), z, pos))
 
     @property

@@ -76,14 +76,14 @@ def test_multi_frame_xyz_with_blank_lines_and_plain_comments(tmp_path):
 @pytest.mark.parametrize(
     "text, suffix",
     [
-        ("2\n\nC 0 0 0\nCl 1.77 0 0\n", ".xyz"),
-        (Chem.MolToMolBlock(Chem.AddHs(Chem.MolFromSmiles("CCl")), includeStereo=False) + "$$$$\n", ".sdf"),
+        ("2\n\nC 0 0 0\nSe 1.95 0 0\n", ".xyz"),
+        (Chem.MolToMolBlock(Chem.AddHs(Chem.MolFromSmiles("C[SeH]")), includeStereo=False) + "$$$$\n", ".sdf"),
     ],
 )
 def test_unknown_element_error_names_the_element_and_the_file(tmp_path, text, suffix):
-    path = tmp_path / f"chlorine{suffix}"
+    path = tmp_path / f"selenium{suffix}"
     path.write_text(text)
-    with pytest.raises(UnknownElementError, match=r"'Cl'.*chlorine"):
+    with pytest.raises(UnknownElementError, match=r"'Se'.*selenium"):
         read_molecules(path)
 
 
@@ -133,7 +133,8 @@ def test_custom_folder_of_sdf_and_xyz_loads_into_the_datamodule(tmp_path, molecu
         writer.write_many(molecules[15:])
     graphs = load_custom_molecules(folder)
     assert len(graphs) == len(molecules)
-    assert graphs[0].one_hot.shape == (len(molecules[0][0]), 5) and "y" not in graphs[0]
+    present = {int(a) for z, _ in molecules for a in z}  # the covering element set, by default
+    assert graphs[0].one_hot.shape == (len(molecules[0][0]), len(present)) and "y" not in graphs[0]
     dm = QM9DataModule(batch_size=8, source=str(folder))
     sizes = {name: len(d) for name, d in (dm.setup() or dm.datasets).items()}
     assert sizes == {"train": 28, "valid": 1, "test": 1}
@@ -153,8 +154,8 @@ def test_custom_molecules_with_all_properties_get_y(tmp_path, molecules):
 
 def test_custom_data_with_an_unknown_element_names_it(tmp_path):
     (tmp_path / "ok.xyz").write_text("2\n\nH 0 0 0\nH 0.74 0 0\n")
-    (tmp_path / "bad.xyz").write_text("1\n\nBr 0 0 0\n")
-    with pytest.raises(UnknownElementError, match=r"'Br'.*bad\.xyz"):
+    (tmp_path / "bad.xyz").write_text("1\n\nSe 0 0 0\n")
+    with pytest.raises(UnknownElementError, match=r"'Se'.*bad\.xyz"):
         load_custom_molecules(tmp_path)
 
 
