@@ -322,7 +322,7 @@ def run_sample(args: argparse.Namespace) -> int:
     spacing = resolve_spacing(args.sampler, args.spacing)
     tags = {"sampler": args.sampler, "steps": args.steps, "spacing": spacing, "seed": args.seed,
             "precision": args.precision,
-            "checkpoint_sha256": module.checkpoint_hash,
+            "checkpoint": str(ckpt), "checkpoint_sha256": module.checkpoint_hash,
             "generator": f"sci-diffusion {sci_diffusion.__version__}", "SYNTHETIC": 1}
     if conditional:
         tags.update({"guidance": args.guidance, "gradient_guidance": args.gradient_guidance})
@@ -459,6 +459,17 @@ def _aligned(row: list[float], row_names: list[str], names: list[str]) -> list[f
     return [float(row[row_names.index(n)]) if n in row_names else float("nan") for n in names]
 
 
+def _generating_checkpoint(properties: dict) -> str | None:
+    """The checkpoint a record of ``sample molecules`` names (``checkpoint``), if that file still holds the
+    model of the record's ``checkpoint_sha256``; None otherwise."""
+    from sci_diffusion.checkpoints import file_sha256
+
+    path = properties.get("checkpoint")
+    if not path or not Path(path).is_file():
+        return None
+    return path if file_sha256(path) == properties.get("checkpoint_sha256") else None
+
+
 def novelty_reference(module) -> frozenset[str]:
     """The SMILES a model's samples are novel against: its own training set's, stored in the checkpoint
     of a model trained on custom data, or QM9's train split (cached after the first call)."""
@@ -476,7 +487,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare with the training SMILES: those of --ckpt's training set, or QM9's train split "
                         "(cached after the first run)")
     p.add_argument("--ckpt", help="the molecules checkpoint that generated the samples: novelty is measured against "
-                                  "its own training set (a model trained on custom data stores it)")
+                                  "its own training set (a model trained on custom data stores it); default: the "
+                                  "checkpoint the records name, if it is still there with the same sha256")
     p.add_argument("--classifier", help="property classifier for the MAE against the targets that sample molecules "
                                         "writes into each record (target_<property>); default for gap targets: the "
                                         "bundled gap classifier")
@@ -491,21 +503,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if not Path(args.samples).is_file():
         raise UserError(f"Samples file {args.samples} does not exist.")
+    try:
+        first = read_molecules(args.samples)[:1]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     classifier = None
     if args.classifier:
         classifier = _property_model(args.classifier, "property_classifier")
     else:
-        try:
-            first = read_molecules(args.samples)[:1]
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
         if first and "target_gap" in first[0][2]:
             classifier = _property_model(bundled_checkpoint("classifier", "--classifier"), "property_classifier")
-    reference = None
+    reference, described = None, None
     if args.novelty:
-        reference = novelty_reference(load_module(args.ckpt, domain="molecules")) if args.ckpt else train_smiles()
+        ckpt = args.ckpt or _generating_checkpoint(first[0][2] if first else {})
+        module = load_module(ckpt, domain="molecules") if ckpt else None
+        reference = novelty_reference(module) if module is not None else train_smiles()
+        described = (f"the training set of {ckpt} ({len(reference)} SMILES)"
+                     if module is not None and module.training_smiles is not None else "QM9's EDM train split")
     try:
-        metrics = evaluate_file(args.samples, args.out, reference, classifier)
+        metrics = evaluate_file(args.samples, args.out, reference, classifier, novelty_reference=described)
     except ValueError as exc:  # MoleculeFileError, UnknownElementError: already one clear sentence
         raise UserError(str(exc)) from None
     keys = ("atom_stability", "molecule_stability", "validity", "uniqueness", "validity_x_uniqueness", "novelty",

@@ -17,6 +17,7 @@ def evaluate_file(
     out_json: str | os.PathLike,
     train_smiles: Iterable[str] | None = None,
     classifier=None,
+    novelty_reference: str | None = None,
 ) -> dict:
     """Evaluate every molecule of an SDF/XYZ file with the EDM metrics and write them as JSON.
 
@@ -32,6 +33,7 @@ def evaluate_file(
             molecules whose records carry ``target_<property>`` (as ``sample molecules --condition``
             writes them) are scored: ``property_mae`` ``{property: MAE}`` in property units, over
             ``property_scored`` molecules.
+        novelty_reference: what ``train_smiles`` are, recorded in the JSON (e.g. "QM9's EDM train split").
 
     Returns:
         The metrics of ``metrics.evaluate_molecules`` plus ``samples`` (the path) and
@@ -49,7 +51,8 @@ def evaluate_file(
     shared = dict(molecules[0][2])
     for _, _, props, _ in molecules[1:]:
         shared = {k: v for k, v in shared.items() if props.get(k) == v}
-    results = {"samples": str(Path(samples_path)), **results, "sample_properties": shared}
+    results = {"samples": str(Path(samples_path)), **results, "novelty_reference": novelty_reference,
+               "sample_properties": shared}
     if classifier is not None:
         results.update(_property_errors(molecules, classifier))
     write_json(out_json, results)

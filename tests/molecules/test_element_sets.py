@@ -182,3 +182,20 @@ def test_a_model_whose_element_set_differs_from_the_data_is_refused_in_one_sente
     with pytest.raises(ValueError, match=r"The data's element set \(H, C, N, O, F, S, Cl, Br, I with formal charges\) "
                                          r"is not the model's \(H, C, N, O, F\)"):
         trainer.fit(model, data)
+
+
+def test_evaluate_finds_the_generating_checkpoint_named_in_the_records_and_checks_its_hash(egfr_checkpoint,
+                                                                                          tmp_path):
+    import json
+    import shutil
+
+    ckpt = tmp_path / "model.ckpt"
+    shutil.copy(egfr_checkpoint, ckpt)
+    samples = tmp_path / "s.sdf"
+    assert main(["sample", "molecules", "--ckpt", str(ckpt), "--num", "2", "--steps", "2", "--out", str(samples)]) == 0
+    assert main(["evaluate", "molecules", "--samples", str(samples), "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["novelty_reference"].startswith(f"the training set of {ckpt}")
+    with open(ckpt, "ab") as f:  # the file no longer holds the model that wrote the samples
+        f.write(b"\0")
+    assert main(["evaluate", "molecules", "--samples", str(samples), "--out", str(tmp_path / "m2.json")]) == 0
+    assert json.loads((tmp_path / "m2.json").read_text())["novelty_reference"] == "QM9's EDM train split"
