@@ -123,9 +123,10 @@ def markdown(payload: dict) -> str:
         f"{payload['licence']}), element set {payload['elements']}, Bemis-Murcko scaffold split "
         f"{payload['split_sizes']['train']}/{payload['split_sizes']['valid']}/{payload['split_sizes']['test']}. "
         f"Model: `configs/molecules/custom_egfr_small.yaml` (EGNN {payload['model']}), trained "
-        f"{b['steps']:,} steps ({b['epochs']} epochs) in {b['cpu_hours']:.2f} CPU-hours on {b['threads']} thread(s); "
-        f"{payload['num_sampled']} samples with {payload['sampler']} {payload['steps']} steps "
-        f"({payload['seconds_per_molecule']:.2f} s per molecule on {payload['threads']} threads).",
+        f"{b['steps']:,} steps ({b['epochs']} epochs) in {b['cpu_hours']:.2f} CPU-hours on {b['threads']} "
+        f"{'thread' if b['threads'] == 1 else 'threads'}; {payload['num_sampled']} samples with {payload['sampler']} "
+        f"{payload['steps']} steps ({payload['seconds_per_molecule']:.2f} s per molecule on {payload['threads']} "
+        f"{'thread' if payload['threads'] == 1 else 'threads'}).",
         "",
         "| molecules | atom stable % | mol stable % | valid % | unique % | novel % (own training set) "
         "| charged atoms % | heavy atoms % (top 6) | atoms per molecule |",
@@ -136,7 +137,7 @@ def markdown(payload: dict) -> str:
                      f"{pct(row['validity'])} | {pct(row['uniqueness'])} | {pct(row.get('novelty'))} | "
                      f"{100 * row['charged_atom_fraction']:.2f} | {elements(row)} | {row['mean_atoms']:.1f} |")
     lines += ["", "The data rows are the collection's own molecules under the same EDM bond rule: its ceiling "
-              "here. The rule reads most aromatic rings and every carboxylate as unsaturated (their bond "
+              "here. The rule reads most aromatic carbons and most carboxylate oxygens as unstable (their bond "
               "lengths fall between EDM's single and double thresholds), so even the real molecules are "
               "rarely all-stable; compare the samples with these rows, not with QM9's."]
     return "\n".join(lines)
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from reporting import write_result
 
     from sci_diffusion.checkpoints import load_module
-    from sci_diffusion_molecules.custom_data import random_split, read_custom_molecules, resolve_source, scaffold_split
+    from sci_diffusion_molecules.custom_data import random_split, read_custom_molecules, scaffold_split
     from sci_diffusion_molecules.elements import ElementSet
     from sci_diffusion_molecules.metrics import evaluate_molecules
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: atom {row['atom_stability']:.3f} mol {row['molecule_stability']:.3f} valid {row['validity']:.3f} "
               f"novel {row.get('novelty')}", flush=True)
     hp = module.hparams
-    payload = {"collection": f"`{data_args['source']}` ({resolve_source(data_args['source']).name})",
+    payload = {"collection": f"`{data_args['source']}`",
                "licence": "BSD 3-clause, shipped in the rdkit wheel", "molecules": len(collection.graphs),
                "elements": collection.elements.describe(), "split": split,
                "split_sizes": {k: len(v) for k, v in parts.items()}, "model": f"{hp.layers} x {hp.hidden}",

@@ -199,3 +199,15 @@ def test_evaluate_finds_the_generating_checkpoint_named_in_the_records_and_check
         f.write(b"\0")
     assert main(["evaluate", "molecules", "--samples", str(samples), "--out", str(tmp_path / "m2.json")]) == 0
     assert json.loads((tmp_path / "m2.json").read_text())["novelty_reference"] == "QM9's EDM train split"
+
+
+def test_the_bundled_custom_checkpoint_keeps_its_element_set_and_samples(tmp_path):
+    from sci_diffusion.checkpoints import load_module
+
+    ckpt = Path(__file__).resolve().parents[2] / "domains" / "molecules" / "checkpoints" / "custom_egfr_small.ckpt"
+    module = load_module(ckpt, domain="molecules")
+    assert module.element_set == ElementSet(tuple(EGFR_ELEMENTS), formal_charges=True)
+    assert module.hparams.normalization_factor == 10 and len(module.training_smiles) > 0
+    out = tmp_path / "bundled.sdf"
+    assert main(["sample", "molecules", "--ckpt", str(ckpt), "--num", "2", "--steps", "3", "--out", str(out)]) == 0
+    assert len(read_molecules(out)) == 2
