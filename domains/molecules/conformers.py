@@ -95,6 +95,9 @@ def inpaint_molecules(module: MoleculeDiffusion, task: InpaintingTask, num: int,
 
     if getattr(module, "model_kind", None) != "edm":
         raise UserError("Inpainting needs a model that diffuses atoms (the EDM-style model), not latents.")
+    if module.hparams.get("types_given", False):
+        raise UserError("A conformer model (types_given) generates positions for given atoms: use it with --smiles, "
+                        "not --fix-atoms.")
     if module.element_set != QM9_ELEMENTS:
         raise UserError(f"Conformers and fragment growth work with QM9's element set only, not with this model's "
                         f"{module.element_set.describe()}.")
@@ -217,10 +220,12 @@ class GraphRestrainedDenoiser:
         mols: RDKit molecules with their hydrogens.
         copies: graphs per molecule, consecutive in the batch.
         iterations: refinement passes over the bounds per network call.
+        types_given: the network is a conformer model (``MoleculeDiffusion(types_given=True)``): it reads
+            the molecules' atom features clean in its input, whatever the state holds there.
     """
 
-    def __init__(self, denoiser, mols: list, copies: int = 1, iterations: int = 50) -> None:
-        self.denoiser, self.iterations = denoiser, iterations
+    def __init__(self, denoiser, mols: list, copies: int = 1, iterations: int = 50, types_given: bool = False) -> None:
+        self.denoiser, self.iterations, self.types_given = denoiser, iterations, types_given
         features, pairs, graph, offset = [], [], [], 0
         for mol in mols:
             z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
@@ -261,6 +266,8 @@ class GraphRestrainedDenoiser:
         return (p - centre[self.batch]).to(pos.dtype)
 
     def __call__(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
+        if self.types_given:
+            x = torch.cat([x[:, :3], self.features.to(x)], dim=1)
         x0 = self.denoiser(x, t, cond)
         with torch.autocast(x0.device.type, enabled=False):
             pos = self.restrain(x0[:, :3].float().cpu()).to(x0)
@@ -292,7 +299,8 @@ def generate_conformers(module: MoleculeDiffusion | None, mols: list, copies: in
             return x
     else:
         network = module.denoiser(context=(batch, len(sizes)))
-    denoiser = GraphRestrainedDenoiser(network, mols, copies)
+    types_given = module is not None and bool(module.hparams.get("types_given", False))
+    denoiser = GraphRestrainedDenoiser(network, mols, copies, types_given=types_given)
     generators = PerSampleGenerator(per_sample_seeds(generator, len(sizes)), device)
     x_T = space.noise(torch.zeros(int(sum(sizes)), STATE_WIDTH, device=device), generators)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

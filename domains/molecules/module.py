@@ -71,6 +71,9 @@ class MoleculeDiffusion(DiffusionModule):
         normalization_factor: EDM's ``normalization_factor``: the EGNN divides its sums over neighbours
             by it (EDM: 1 for QM9 and GEOM). Molecules of 50 to 80 atoms start training far more
             stably with 10 (the sums of untrained messages grow with the atom count).
+        types_given: a conformer model: the atom features are the condition, seen clean at every noise
+            level and left out of the loss (``DiffusionBatch.known``), and only the positions are
+            generated. ``sample molecules --smiles`` with it writes conformers of the given molecule.
         **kwargs: the core's DiffusionModule arguments (schedule, prediction, lr, ema_decay, ...).
             ``cond_dropout`` defaults to 0.1 for a conditional model, so that the one network also
             learns the unconditional prediction that classifier-free guidance needs.
@@ -83,7 +86,7 @@ class MoleculeDiffusion(DiffusionModule):
                  property_mad: list[float] | None = None, init_from: str | None = None, val_molecules: int = 100,
                  edm_layer: bool = False, backbone: str = "egnn", lmax: int = 1,
                  elements: list[str] | None = None, formal_charges: bool = False, normalization_factor: float = 1.0,
-                 **kwargs: Any) -> None:
+                 types_given: bool = False, **kwargs: Any) -> None:
         self.element_set = ElementSet.of(elements, formal_charges)
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}.")
@@ -147,8 +150,12 @@ class MoleculeDiffusion(DiffusionModule):
     def prepare_batch(self, batch: Any) -> DiffusionBatch:
         x0 = centred_atom_state(batch, self.element_set)
         cond = self.condition_from_properties(batch.y) if self._conditioning else None
+        known = None
+        if self.hparams.get("types_given", False):  # the feature columns, for every atom
+            known = torch.zeros(1, x0.shape[1], device=x0.device)
+            known[:, 3:] = 1.0
         return DiffusionBatch(x0, molecule_space(batch.batch, batch.num_graphs, self.state_features), cond,
-                              (batch.batch, batch.num_graphs))
+                              (batch.batch, batch.num_graphs), known=known)
 
     def training_loss(self, batch: Any) -> Tensor:
         """The loss one training step minimises on a PyG batch (benchmarks time it)."""

@@ -40,6 +40,9 @@ class DiffusionBatch:
         cond: the condition (None if unconditional), dropped per sample for CFG training.
         context: passed to the network untouched (e.g. a PyG batch vector).
         mask: optional 0/1 mask broadcastable to ``x0``; the loss averages inside it.
+        known: optional 0/1 mask broadcastable to ``x0`` of entries given as the condition: the
+            network sees them clean (x_t takes x0 there) and the loss leaves them out (e.g. the atom
+            types of a conformer model, which generates positions for given atoms).
     """
 
     x0: Tensor
@@ -47,6 +50,7 @@ class DiffusionBatch:
     cond: Any = None
     context: Any = None
     mask: Tensor | None = None
+    known: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -135,6 +139,11 @@ class DiffusionModule(L.LightningModule):
         sigma = b.space.expand(self.schedule.sigma(t), b.x0)
         eps = b.space.noise(b.x0, generator)
         x_t = alpha * b.x0 + sigma * eps
+        mask = b.mask
+        if b.known is not None:
+            known = b.known.expand_as(b.x0).bool()
+            x_t = torch.where(known, b.x0, x_t)
+            mask = (~known).to(b.x0.dtype) if mask is None else mask * (~known).to(b.x0.dtype)
         cond = b.cond
         if cond is not None and self.hparams.cond_dropout > 0 and self.training:
             drop = torch.rand(n, generator=generator, device=draw_on).to(device) < self.hparams.cond_dropout
@@ -143,7 +152,7 @@ class DiffusionModule(L.LightningModule):
         target = target_for(self.hparams.prediction, b.x0, eps, alpha, sigma)
         snr = torch.exp(2 * self.schedule.log_snr(t))
         weight = b.space.expand(loss_weight(snr, self.hparams.prediction, self.hparams.loss_weighting), b.x0)
-        return diffusion_loss(pred, target, weight=weight, mask=b.mask, kind=self.hparams.loss_type)
+        return diffusion_loss(pred, target, weight=weight, mask=mask, kind=self.hparams.loss_type)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         b = self.prepare_batch(batch)
