@@ -179,3 +179,27 @@ def test_periodic_sampling_at_validation_uses_the_ema_weights(tmp_path):
     averaged = model.net.mlp[0].weight.detach()  # WeightAveraging leaves the average in the module at the end
     assert not torch.allclose(averaged, raw)
     torch.testing.assert_close(Probe.seen[-1], averaged)
+
+
+def test_known_entries_reach_the_network_clean_and_stay_out_of_the_loss():
+    """DiffusionBatch.known: the network sees x0 there at every noise level, and whatever it predicts
+    there does not change the loss (a conformer model's given atom types)."""
+    from sci_diffusion.module import DiffusionBatch
+    from sci_diffusion.state_spaces import EuclideanSpace
+
+    model = MixtureDiffusion(hidden=8, val_num=0)
+    seen = []
+
+    def network(x_t, t, cond=None, context=None):
+        seen.append(x_t.clone())
+        return out.expand_as(x_t)
+
+    model.forward = network
+    x0 = torch.randn(64, 2)
+    known = torch.tensor([[0.0, 1.0]])
+    out = torch.zeros(1, 2)
+    loss = model.diffusion_loss(DiffusionBatch(x0, EuclideanSpace(), known=known), torch.Generator().manual_seed(0))
+    assert torch.equal(seen[-1][:, 1], x0[:, 1]) and not torch.equal(seen[-1][:, 0], x0[:, 0])
+    out = torch.tensor([[0.0, 1e3]])  # a wild prediction in the known column only
+    assert model.diffusion_loss(DiffusionBatch(x0, EuclideanSpace(), known=known),
+                                torch.Generator().manual_seed(0)) == loss
