@@ -7,6 +7,8 @@ atom and are counted), every method draws ``--k`` conformers from the SMILES wit
 - **diffusion**: ``sample molecules --smiles`` (``conformers.generate_conformers`` on the bundled EDM
   model, x0 estimates refined towards the graph's distance bounds, ``--sampler`` with ``--steps``);
 - **bounds refinement alone**: the same sampler loop without the network (the ablation);
+- **conformer model** (with ``--conformer-ckpt``): the same loop on a model trained with the atom types
+  given (``configs/molecules/qm9_edm_small_conformer.yaml``) instead of the unconditional one;
 - **ETKDG**: RDKit's ``EmbedMultipleConfs`` with ETKDGv3; **ETKDG + MMFF**: then MMFF94 optimisation.
 
 Scores, per method: the heavy-atom RMSD to the DFT geometry of the best of the k conformers
@@ -29,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 COVERAGE_A = 0.5
 METHODS = ("diffusion", "bounds refinement alone", "ETKDG", "ETKDG + MMFF")
+CONFORMER_METHOD = "diffusion, conformer model (types given)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampler", default="dpmpp2m_sde")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-molecules", type=int, default=20, help="molecules per diffusion batch (x k graphs)")
+    p.add_argument("--conformer-ckpt", help="a conformer model (types_given) to score as one more row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-readme", action="store_true")
@@ -146,9 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = bundled_checkpoint("unconditional")
     module = load_module(ckpt, domain="molecules").eval()
     results = []
-    for method in METHODS:
+    methods = list(METHODS)
+    conformer_module = None
+    if args.conformer_ckpt:
+        conformer_module = load_module(args.conformer_ckpt, domain="molecules").eval()
+        methods.insert(1, CONFORMER_METHOD)
+    for method in methods:
         if method == "diffusion":
             confs, seconds = diffusion_conformers(mols, args, module)
+        elif method == CONFORMER_METHOD:
+            confs, seconds = diffusion_conformers(mols, args, conformer_module)
         elif method == "bounds refinement alone":
             confs, seconds = diffusion_conformers(mols, args, None)
         else:
@@ -161,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     payload = {"molecules": len(mols), "qm9_rows": rows_qm9, "skipped_smiles": skipped, "k": args.k,
                "sampler": args.sampler, "steps": args.steps, "threads": args.threads, "checkpoint": str(ckpt),
-               "checkpoint_sha256": module.checkpoint_hash, "rows": results}
+               "checkpoint_sha256": module.checkpoint_hash, "rows": results,
+               "conformer_checkpoint": args.conformer_ckpt,
+               "conformer_checkpoint_sha256": None if conformer_module is None else conformer_module.checkpoint_hash}
     write_result("molecules_conformers", payload, markdown(results, args, len(mols)), update_readme=not args.no_readme)
     return 0
 
