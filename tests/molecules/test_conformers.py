@@ -155,3 +155,17 @@ def test_a_conformer_model_sees_the_given_types_clean_and_learns_positions_only(
     assert torch.equal(seen[-1][:, 3:], restrained.features) and torch.equal(seen[-1][:, :3], noisy[:, :3])
     GraphRestrainedDenoiser(network, [mol])(noisy, torch.tensor(0.5))  # the plain model reads the state as it is
     assert torch.equal(seen[-1], noisy)
+
+
+def test_a_conformer_model_without_smiles_is_refused_in_one_sentence(tmp_path, capsys):
+    from sci_diffusion_molecules.datamodule import QM9DataModule
+    from sci_diffusion_molecules.module import MoleculeDiffusion
+
+    from .conftest import fit_tiny
+
+    ckpt = fit_tiny(MoleculeDiffusion(hidden=16, layers=1, val_molecules=0, types_given=True),
+                    QM9DataModule(batch_size=8, limit=16), tmp_path, steps=1)
+    assert main(["sample", "molecules", "--ckpt", str(ckpt), "--num", "2", "--out", str(tmp_path / "x.sdf")]) == 2
+    assert "is a conformer model (atom types given): use it with --smiles." in capsys.readouterr().err
+    assert main(["sample", "molecules", "--ckpt", str(ckpt), "--smiles", "CCO", "--num", "2", "--steps", "3",
+                 "--out", str(tmp_path / "c.sdf")]) == 0
