@@ -388,7 +388,8 @@ def run_sample(args: argparse.Namespace) -> int:
         for name, value in mae.items():
             unit = PROPERTY_UNITS[name]
             extra = f" ({1000 * value:.0f} meV)" if unit == "eV" else ""
-            print(f"MAE of the classifier's {name} against the target: {value:.3f} {unit}{extra} over {len(rows)} molecules; "
+            scored = sum(r[f"predicted_{name} [{unit}]"] != "" for r in rows)  # diverged samples have no prediction
+            print(f"MAE of the classifier's {name} against the target: {value:.3f} {unit}{extra} over {scored} molecules; "
                   f"{100 * summary['stable_fraction']:.0f} % stable")
         print(f"candidates table: {csv_path}")
     diversity = summary["diversity"]
