@@ -83,7 +83,8 @@ def molecule_files(source: str | os.PathLike) -> list[Path]:
     return [source]
 
 
-def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None = None) -> CustomMolecules:
+def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None = None,
+                          formal_charges: bool | None = None) -> CustomMolecules:
     """Every molecule of an SDF/XYZ file or folder as a ``Data`` graph (see ``graphs.py``).
 
     ``idx`` is the molecule's position in the sorted files, counted from 0.
@@ -91,7 +92,7 @@ def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None
     Args:
         source: a file or a folder of files.
         elements: the element set of the graphs; None: the smallest set covering the data, with
-            formal charges if any atom is charged.
+            formal charges as ``formal_charges`` says (None: if any atom is charged).
 
     Raises:
         MoleculeFileError: a missing, empty or malformed file.
@@ -105,8 +106,9 @@ def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None
     if not molecules:
         raise MoleculeFileError(f"{source} holds no molecules.")
     if elements is None:
-        charged = any(np.any(q != 0) for _, _, _, q, _ in molecules)
-        elements = ElementSet.covering([z for z, *_ in molecules], formal_charges=charged)
+        if formal_charges is None:
+            formal_charges = any(np.any(q != 0) for _, _, _, q, _ in molecules)
+        elements = ElementSet.covering([z for z, *_ in molecules], formal_charges=formal_charges)
     labelled = all(all(name in props for name in PROPERTY_NAMES) for _, _, props, _, _ in molecules)
     graphs, smiles = [], []
     for i, (z, pos, props, charges, path) in enumerate(molecules):
@@ -116,20 +118,19 @@ def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None
             raise MoleculeFileError(f"{source}: molecule {i} has a property that is not a number.") from None
         graphs.append(atoms_to_data(z, pos, y=y, idx=i, elements=elements, formal_charges=charges, path=path))
         smiles.append(molecule_smiles(z, pos, largest_fragment=False, charges=charges))
-    file_smiles = [s for path in files for s in _smiles_as_written(path)]
-    file_smiles = [written if path.suffix.lower() == ".sdf" else rebuilt
-                   for written, rebuilt, (*_, path) in zip(file_smiles, smiles, molecules)]
+    file_smiles: list[str | None] = []
+    for path in files:  # an SDF's own bonds; XYZ has none, so its molecules keep the rebuilt SMILES
+        start = len(file_smiles)
+        count = sum(1 for *_, source_path in molecules if source_path == path)
+        file_smiles += _sdf_smiles(path) if path.suffix.lower() == ".sdf" else smiles[start:start + count]
     return CustomMolecules(graphs, elements, smiles, file_smiles)
 
 
-def _smiles_as_written(path: Path) -> list[str | None]:
-    """SMILES of every record of an SDF from its own bond block (None where RDKit cannot sanitize
-    it); ``[None] * M`` for an XYZ file."""
+def _sdf_smiles(path: Path) -> list[str | None]:
+    """SMILES of every record of an SDF from its own bond block (None where RDKit cannot sanitize it)."""
     from rdkit import Chem
     from rdkit.rdBase import BlockLogs
 
-    if path.suffix.lower() != ".sdf":
-        return [None] * len(read_molecules(path))
     with BlockLogs():
         return [None if m is None else Chem.MolToSmiles(m) for m in Chem.SDMolSupplier(str(path), removeHs=False)]
 

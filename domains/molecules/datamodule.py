@@ -95,10 +95,7 @@ class QM9DataModule(L.LightningDataModule):
         wanted = None
         if self.source_elements is not None:
             wanted = ElementSet.of(self.source_elements, bool(self.source_formal_charges))
-        data = read_custom_molecules(self.source, wanted)
-        if wanted is None and self.source_formal_charges is not None and \
-                data.elements.formal_charges != self.source_formal_charges:  # the covering set, charges as asked
-            data = read_custom_molecules(self.source, ElementSet(data.elements.symbols, self.source_formal_charges))
+        data = read_custom_molecules(self.source, wanted, self.source_formal_charges)
         self.element_set = data.elements
         parts = scaffold_split(data.file_smiles) if self.split == "scaffold" else random_split(len(data.graphs))
         parts = {name: p[: self.limit] for name, p in parts.items()}
