@@ -24,8 +24,8 @@ from torch import Tensor
 
 from sci_diffusion.errors import UserError
 
-from .elements import ATOM_TYPES, ATOMIC_NUMBERS, QM9_ELEMENTS
-from .module import CHARGE_SCALE, ONE_HOT_SCALE, MoleculeDiffusion
+from .elements import ATOM_TYPES, QM9_ELEMENTS
+from .module import MoleculeDiffusion, encode_atoms
 
 STATE_WIDTH = 3 + len(ATOM_TYPES) + 1
 
@@ -51,12 +51,9 @@ def molecule_from_smiles(smiles: str):
 
 def atom_state(z: np.ndarray, pos: np.ndarray | None = None) -> Tensor:
     """The EDM state ``(n, 9)`` of atoms with atomic numbers ``z``; positions zero when ``pos`` is None."""
-    index = {ATOMIC_NUMBERS[s]: i for i, s in enumerate(ATOM_TYPES)}
     z = np.asarray(z, dtype=np.int64)
-    one_hot = torch.zeros(len(z), len(ATOM_TYPES))
-    one_hot[torch.arange(len(z)), torch.as_tensor([index[int(a)] for a in z])] = 1.0
     positions = torch.zeros(len(z), 3) if pos is None else torch.as_tensor(np.asarray(pos), dtype=torch.float32)
-    return torch.cat([positions, one_hot * ONE_HOT_SCALE, torch.as_tensor(z, dtype=torch.float32)[:, None] * CHARGE_SCALE], 1)
+    return encode_atoms(positions, torch.from_numpy(QM9_ELEMENTS.one_hot(z)), torch.as_tensor(z, dtype=torch.float32)[:, None])
 
 
 @dataclass
