@@ -25,7 +25,6 @@ from .files import MOLECULE_SUFFIXES, MoleculeFileError, read_molecules
 from .graphs import atoms_to_data
 from .qm9 import PROPERTY_NAMES
 
-SPLITS = ("random", "scaffold")
 SPLIT_SEED = 0
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 

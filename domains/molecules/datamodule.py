@@ -12,6 +12,7 @@ from .graphs import QM9Dataset
 from .qm9 import atom_count_histogram, conditional_halves, edm_split, load_qm9
 
 SUBSETS = ("Da", "Db")
+CUSTOM_SPLITS = ("random", "scaffold")  # how a custom source is split: custom_data.random_split, scaffold_split
 
 
 class QM9DataModule(L.LightningDataModule):
@@ -49,8 +50,6 @@ class QM9DataModule(L.LightningDataModule):
         split: str = "random",
     ):
         super().__init__()
-        from .custom_data import SPLITS
-
         if subset is not None and subset not in SUBSETS:
             raise ValueError(f"subset must be one of {SUBSETS} or None, not {subset!r}.")
         if subset is not None and source is not None:
@@ -58,8 +57,8 @@ class QM9DataModule(L.LightningDataModule):
         if source is None and (source_elements is not None or source_formal_charges or split != "random"):
             raise ValueError("source_elements, source_formal_charges and split apply to a custom source; "
                              "QM9 uses its own.")
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}.")
+        if split not in CUSTOM_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(CUSTOM_SPLITS)}, not {split!r}.")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.num_workers = num_workers

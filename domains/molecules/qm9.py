@@ -86,7 +86,10 @@ class QM9Arrays:
 
 def qm9pack_data_dir() -> Path:
     """The ``data/`` folder of the installed ``qm9pack`` package, found without importing it."""
-    spec = importlib.util.find_spec("qm9pack")
+    try:
+        spec = importlib.util.find_spec("qm9pack")
+    except ImportError:  # an import hook that refuses it counts as absent
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "The qm9pack package is not installed: pip install 'sci-diffusion[molecules]'."
