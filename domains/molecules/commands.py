@@ -352,7 +352,7 @@ def run_sample(args: argparse.Namespace) -> int:
                     if len(drawn) < 16:
                         drawn.append(molecule)
                 if triage is not None:
-                    triage.see(row, z, pos)
+                    triage.see(row, molecule)
             release_freed_memory()  # resident memory bounded however many batches (sci_diffusion.memory)
         progress.close()
     seconds = time.perf_counter() - start
@@ -420,8 +420,8 @@ def _write_triage(table, triage, out: Path, top_png: str | None) -> dict:
             "ranking": triage.ranking.description, "top_png": None}
     best = triage.top.best()
     if top_png and best:
-        draw_grid_png([(z, pos) for z, pos, _ in best], top_png, size=300,
-                      legends=[legend(row, triage.predicted) for _, _, row in best])
+        draw_grid_png([molecule for molecule, _ in best], top_png, size=300,  # with formal charges, if any
+                      legends=[legend(row, triage.predicted) for _, row in best])
         part["top_png"] = str(top_png)
     elif top_png:
         print(f"sci-diffusion: warning: no candidate passed --filter, so {top_png} was not drawn.", file=sys.stderr)

@@ -300,19 +300,20 @@ class TopCandidates:
 
     def __init__(self, n: int = 16):
         self.n = n
-        self._heap: list[tuple] = []  # (negated sort key, z, pos, row): the worst kept one on top
+        self._heap: list[tuple] = []  # (negated sort key, index, molecule, row): the worst kept one on top
 
-    def offer(self, key: float, row: dict, z: np.ndarray, pos: np.ndarray) -> None:
+    def offer(self, key: float, row: dict, molecule: tuple) -> None:
+        """Keep ``molecule`` (``(z, pos)`` or ``(z, pos, formal_charges)``, as sampled) if it ranks among the best."""
         s = sort_key(key, row["index"])
-        item = (tuple(-v for v in s), row["index"], z, pos, row)
+        item = (tuple(-v for v in s), row["index"], molecule, row)
         if len(self._heap) < self.n:
             heapq.heappush(self._heap, item)
         elif item[:2] > self._heap[0][:2]:
             heapq.heapreplace(self._heap, item)
 
-    def best(self) -> list[tuple[np.ndarray, np.ndarray, dict]]:
-        """``[(z, pos, row), ...]``, best first."""
-        return [(z, pos, row) for _, _, z, pos, row in sorted(self._heap, key=lambda item: item[:2], reverse=True)]
+    def best(self) -> list[tuple[tuple, dict]]:
+        """``[(molecule, row), ...]``, best first; each molecule as offered, formal charges included."""
+        return [(molecule, row) for _, _, molecule, row in sorted(self._heap, key=lambda item: item[:2], reverse=True)]
 
 
 @dataclass
@@ -332,15 +333,16 @@ class Triage:
     top: TopCandidates = field(default_factory=TopCandidates)
     keys: dict[int, float] = field(default_factory=dict)
 
-    def see(self, row: dict, z: np.ndarray, pos: np.ndarray) -> None:
-        """Judge one new row (adds ``passes_filter`` to it with a filter) and offer its molecule to ``top``."""
+    def see(self, row: dict, molecule: tuple) -> None:
+        """Judge one new row (adds ``passes_filter`` to it with a filter) and offer its molecule
+        (``(z, pos)`` or ``(z, pos, formal_charges)``) to ``top``."""
         named = row_values(row, self.predicted)
         passes = self.keep is None or self.keep.passes(named)
         if self.keep is not None:
             row["passes_filter"] = int(passes)
         self.keys[row["index"]] = self.ranking.key(named)
         if passes and not row["failed"]:
-            self.top.offer(self.keys[row["index"]], row, z, pos)
+            self.top.offer(self.keys[row["index"]], row, molecule)
 
     def ranked(self, rows: Iterable[dict]) -> list[dict]:
         """Copies of the passing rows, best first, each with its 1-based ``rank``."""

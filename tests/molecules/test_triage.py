@@ -183,13 +183,13 @@ def test_the_default_ranking_is_the_distance_to_the_target_else_qed():
     plain = Triage(None, Ranking.default([], []))
     for triage in (conditional, plain):
         for row in ROWS:
-            triage.see(row, np.ones(1), np.zeros((1, 3)))
+            triage.see(row, (np.ones(1), np.zeros((1, 3))))
     assert [r["index"] for r in conditional.ranked(ROWS)] == [0, 1, 2, 3]  # 0.3, 0.6, 0.7 eV, then no prediction
     assert [r["rank"] for r in conditional.ranked(ROWS)] == [1, 2, 3, 4]
     assert [r["index"] for r in plain.ranked(ROWS)] == [0, 1, 2, 3]  # QED 0.6, 0.4, then empty ones by index
     by_sa = Triage(CandidateExpression.parse("valid"), Ranking("sa", CandidateExpression.parse("sa", "--rank")))
     for row in ROWS:
-        by_sa.see(dict(row), np.ones(1), np.zeros((1, 3)))
+        by_sa.see(dict(row), (np.ones(1), np.zeros((1, 3))))
     assert [r["index"] for r in by_sa.ranked([{**r, "passes_filter": int(r["valid"])} for r in ROWS])] == [0, 1]
 
 
@@ -197,8 +197,10 @@ def test_the_top_candidates_are_the_first_rows_of_the_ranking():
     top = TopCandidates(3)
     keys = [0.5, math.nan, 0.1, 0.9, 0.1, 0.3]
     for index, key in enumerate(keys):
-        top.offer(key, {"index": index}, np.ones(1), np.zeros((1, 3)))
-    assert [row["index"] for _, _, row in top.best()] == [2, 4, 5]
+        charges = np.full(1, index - 2)  # a charged model's molecules keep their formal charges to the PNG
+        top.offer(key, {"index": index}, (np.ones(1), np.zeros((1, 3)), charges))
+    assert [row["index"] for _, row in top.best()] == [2, 4, 5]
+    assert [int(molecule[2][0]) for molecule, _ in top.best()] == [0, 2, 3]
 
 
 def test_diversity_is_zero_for_identical_molecules_and_grows_for_different_ones():
