@@ -265,7 +265,7 @@ def run_sample(args: argparse.Namespace) -> int:
         raise UserError(f"Checkpoint {ckpt} holds a {type(module).__name__}, not a molecule generator.")
     if args.model and kind != args.model:
         raise UserError(f"Checkpoint {ckpt} holds the {kind} model, not the {args.model} one.")
-    if module.hparams.get("types_given", False):
+    if module.types_given:
         raise UserError(f"Checkpoint {ckpt} is a conformer model (atom types given): use it with --smiles.")
     if args.gradient_guidance and kind != "edm":
         raise UserError(f"Checkpoint {ckpt} holds the {kind} model: gradient guidance needs a model that diffuses "

@@ -92,7 +92,7 @@ def inpaint_molecules(module: MoleculeDiffusion, task: InpaintingTask, num: int,
 
     if getattr(module, "model_kind", None) != "edm":
         raise UserError("Inpainting needs a model that diffuses atoms (the EDM-style model), not latents.")
-    if module.hparams.get("types_given", False):
+    if module.types_given:
         raise UserError("A conformer model (types_given) generates positions for given atoms: use it with --smiles, "
                         "not --fix-atoms.")
     if module.element_set != QM9_ELEMENTS:
@@ -296,8 +296,7 @@ def generate_conformers(module: MoleculeDiffusion | None, mols: list, copies: in
             return x
     else:
         network = module.denoiser(context=(batch, len(sizes)))
-    types_given = module is not None and bool(module.hparams.get("types_given", False))
-    denoiser = GraphRestrainedDenoiser(network, mols, copies, types_given=types_given)
+    denoiser = GraphRestrainedDenoiser(network, mols, copies, types_given=module is not None and module.types_given)
     generators = PerSampleGenerator(per_sample_seeds(generator, len(sizes)), device)
     x_T = space.noise(torch.zeros(int(sum(sizes)), STATE_WIDTH, device=device), generators)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

@@ -14,6 +14,7 @@ scaffold groups to one split, so that test molecules have scaffolds unseen in tr
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,11 +118,11 @@ def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None
             raise MoleculeFileError(f"{source}: molecule {i} has a property that is not a number.") from None
         graphs.append(atoms_to_data(z, pos, y=y, idx=i, elements=elements, formal_charges=charges, path=path))
         smiles.append(molecule_smiles(z, pos, largest_fragment=False, charges=charges))
+    per_file = Counter(source_path for *_, source_path in molecules)  # molecules come file by file
     file_smiles: list[str | None] = []
     for path in files:  # an SDF's own bonds; XYZ has none, so its molecules keep the rebuilt SMILES
         start = len(file_smiles)
-        count = sum(1 for *_, source_path in molecules if source_path == path)
-        file_smiles += _sdf_smiles(path) if path.suffix.lower() == ".sdf" else smiles[start:start + count]
+        file_smiles += _sdf_smiles(path) if path.suffix.lower() == ".sdf" else smiles[start:start + per_file[path]]
     return CustomMolecules(graphs, elements, smiles, file_smiles)
 
 

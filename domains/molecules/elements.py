@@ -38,7 +38,7 @@ def _periodic_table():
 
 # Written out rather than read from RDKit's periodic table, so that training on a machine without
 # RDKit (a lent GPU, scripts/device_resume_qm9.sh) can import the data modules;
-# tests/molecules/test_element_sets.py checks it against RDKit.
+# tests/molecules/test_training_without_rdkit.py checks it against RDKit.
 ATOMIC_NUMBERS: dict[str, int] = {"H": 1, "B": 5, "C": 6, "N": 7, "O": 8, "F": 9, "Si": 14, "P": 15,
                                   "S": 16, "Cl": 17, "As": 33, "Br": 35, "I": 53}
 SYMBOLS: dict[int, str] = {number: symbol for symbol, number in ATOMIC_NUMBERS.items()}

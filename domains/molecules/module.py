@@ -134,6 +134,11 @@ class MoleculeDiffusion(DiffusionModule):
         return self.net(x_t, t, cond, batch, num_graphs)
 
     @property
+    def types_given(self) -> bool:
+        """A conformer model: the atom types are given and only the positions are generated."""
+        return bool(self.hparams.get("types_given", False))  # checkpoints older than the option: False
+
+    @property
     def conditioning(self) -> list[str]:
         """The properties this model is conditioned on (empty: unconditional)."""
         return list(self._conditioning)
@@ -151,7 +156,7 @@ class MoleculeDiffusion(DiffusionModule):
         x0 = centred_atom_state(batch, self.element_set)
         cond = self.condition_from_properties(batch.y) if self._conditioning else None
         known = None
-        if self.hparams.get("types_given", False):  # the feature columns, for every atom
+        if self.types_given:  # the feature columns, for every atom
             known = torch.zeros(1, x0.shape[1], device=x0.device)
             known[:, 3:] = 1.0
         return DiffusionBatch(x0, molecule_space(batch.batch, batch.num_graphs, self.state_features), cond,

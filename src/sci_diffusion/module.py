@@ -143,7 +143,8 @@ class DiffusionModule(L.LightningModule):
         if b.known is not None:
             known = b.known.expand_as(b.x0).bool()
             x_t = torch.where(known, b.x0, x_t)
-            mask = (~known).to(b.x0.dtype) if mask is None else mask * (~known).to(b.x0.dtype)
+            unknown = (~known).to(b.x0.dtype)
+            mask = unknown if mask is None else mask * unknown
         cond = b.cond
         if cond is not None and self.hparams.cond_dropout > 0 and self.training:
             drop = torch.rand(n, generator=generator, device=draw_on).to(device) < self.hparams.cond_dropout
