@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import time
 from importlib.resources import files
@@ -62,6 +63,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=1.0, metavar="W",
                    help="classifier-free guidance weight: 1 (default) the plain conditional model, 0 the "
                         "unconditional one, above 1 pushed towards the target")
+    p.add_argument("--guidance-interval", metavar="LO,HI",
+                   help="apply classifier-free guidance only at diffusion times LO <= t <= HI (Kynkaanniemi et al. "
+                        "2024), one network pass elsewhere; 0,0.1 on the bundled gap model: the MAE of guiding every "
+                        "step for about a third of the extra passes")
     p.add_argument("--gradient-guidance", type=float, default=0.0, metavar="S",
                    help="gradient guidance strength from a noise-aware property regressor (EEGSDE); needs --regressor")
     p.add_argument("--regressor", help="a noise-aware property regressor checkpoint, e.g. the bundled "
@@ -72,6 +77,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="molecules sampled together (about 100 keeps a batch's edge tensors in cache)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
                    help="network arithmetic: bfloat16 autocast (fast on AVX512-BF16 CPUs) or float32")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (needs a C++ compiler): about 25 s to compile, "
+                        "then about twice the molecules per second on a CPU; worth it from a few hundred molecules")
     p.add_argument("--bonds", default="edm", choices=("edm", "rdkit"), help="bond rule for the SDF bond block")
     p.add_argument("--novelty", action=argparse.BooleanOptionalAction, default=True,
                    help="flag each candidate as novel or not against the QM9 training SMILES")
@@ -126,8 +134,6 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
     """Everything that can be said about the flags before a checkpoint is read; returns the targets."""
-    import math
-
     from sci_diffusion.atomic import check_writable
 
     from .conditioning import parse_targets
@@ -145,6 +151,7 @@ def _check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None
     for flag, value in (("--guidance", args.guidance), ("--gradient-guidance", args.gradient_guidance)):
         if not math.isfinite(value):
             raise UserError(f"{flag} must be a finite number.")
+    args.guidance_interval = parse_guidance_interval(args.guidance_interval, args.guidance)
     targets = parse_targets(args.condition) if args.condition else None
     if targets is not None and args.condition_from:
         raise UserError("Give either --condition or --condition-from, not both.")
@@ -159,6 +166,22 @@ def _check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None
     if not conditional and (args.guidance != 1.0 or args.gradient_guidance):
         raise UserError("Guidance needs a target: add --condition NAME=VALUE or --condition-from db.")
     return targets
+
+
+def parse_guidance_interval(text: str | None, scale: float) -> tuple[float, float] | None:
+    """``--guidance-interval LO,HI`` as ``(LO, HI)`` (None when not given), or one sentence on what is wrong."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        low = high = math.nan
+    if not 0.0 <= low < high <= 1.0:  # NaN fails too
+        raise UserError(f"--guidance-interval takes two diffusion times LO,HI with 0 <= LO < HI <= 1, such as 0,0.1; "
+                        f"not {text!r}.")
+    if scale in (0.0, 1.0):
+        raise UserError("--guidance-interval limits classifier-free guidance: give a --guidance weight other than 0 and 1.")
+    return low, high
 
 
 TRIAGE_FLAGS = ("filter", "rank", "top_png", "trajectory", "trajectory_molecules", "trajectory_png")
@@ -299,7 +322,7 @@ def run_sample(args: argparse.Namespace) -> int:
         if regressor is not None and not set(conditioning.names) <= set(regressor.properties):
             raise UserError(f"Regressor {args.regressor} predicts {', '.join(regressor.properties)}, not all of "
                             f"{', '.join(conditioning.names)}.")
-        guidance = Guidance(args.guidance, regressor, args.gradient_guidance)
+        guidance = Guidance(args.guidance, regressor, args.gradient_guidance, args.guidance_interval or (0.0, 1.0))
     classifier = None
     if args.classifier and module.element_set != QM9_ELEMENTS:
         raise UserError(f"The property classifiers read QM9's elements only, not this model's "
@@ -321,18 +344,26 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.trajectory or args.trajectory_png:
         recorder = TrajectoryRecorder(module, (args.trajectory_molecules or DEFAULT_MOLECULES) if args.trajectory else 1)
 
+    if args.compile:
+        from sci_diffusion.compilation import compiler_missing
+
+        if compiler_missing():
+            raise UserError(compiler_missing())
     spacing = resolve_spacing(args.sampler, args.spacing)
     tags = {"sampler": args.sampler, "steps": args.steps, "spacing": spacing, "seed": args.seed,
-            "precision": args.precision,
+            "precision": args.precision, "compiled": int(args.compile),
             "checkpoint": str(ckpt), "checkpoint_sha256": module.checkpoint_hash,
             "generator": f"sci-diffusion {sci_diffusion.__version__}", "SYNTHETIC": 1}
     if conditional:
         tags.update({"guidance": args.guidance, "gradient_guidance": args.gradient_guidance})
+        if args.guidance_interval:
+            tags["guidance_interval"] = ",".join(f"{v:g}" for v in args.guidance_interval)
     start, failed, drawn = time.perf_counter(), 0, []
     # No autograd graph while sampling, restored on the way out (an in-process caller keeps its own mode).
     with torch.set_grad_enabled(False), MoleculeWriter(out, chunk_size=args.batch_size, bonds=args.bonds) as writer:
         stream = sample_molecules(module, counts, args.sampler, args.steps, gen, args.batch_size, cond=cond,
-                                  guidance=guidance, precision=args.precision, spacing=spacing, callback=recorder)
+                                  guidance=guidance, precision=args.precision, spacing=spacing, callback=recorder,
+                                  compile_network=args.compile)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]
@@ -443,8 +474,6 @@ def _write_trajectory(recorder, args: argparse.Namespace) -> dict:
 
 def _property_fields(names: list[str], target: list[float] | None, prediction: list[float] | None) -> dict[str, str]:
     """A record's ``target_<p>``, ``predicted_<p>`` (where finite) and ``unit_<p>`` fields."""
-    import math
-
     from .qm9 import PROPERTY_UNITS
 
     fields = {}

@@ -99,7 +99,7 @@ def _molecule(arrays: QM9Arrays, row: int) -> tuple[np.ndarray, np.ndarray]:
 @torch.no_grad()
 def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler: str, steps: int,
                        guidance: Guidance | None, seed: int = 0, batch_size: int = 100, precision: str = "bf16",
-                       train_smiles: frozenset[str] | None = None) -> dict:
+                       train_smiles: frozenset[str] | None = None, compile_network: bool = False) -> dict:
     """Sample ``num`` molecules with sizes and targets drawn jointly from the generator's training
     set (Db), and score them: the classifier's MAE against the targets, and the EDM metrics.
 
@@ -107,6 +107,8 @@ def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler:
         module: a conditional :class:`~.module.MoleculeDiffusion`.
         classifier: the evaluation classifier (trained on Da).
         guidance: classifier-free / gradient guidance, or None for the plain conditional model.
+        compile_network: sample through ``torch.compile`` (``sample_molecules``); the timing then
+            includes a first compilation unless the network was compiled before.
 
     Returns:
         A row: ``mae`` ``{name: value}`` in property units, ``scored`` (molecules with finite
@@ -119,7 +121,7 @@ def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler:
     cond = conditioning.condition(values)
     start = time.perf_counter()
     molecules = list(sample_molecules(module, counts, sampler, steps, gen, batch_size, cond=cond,
-                                      guidance=guidance, precision=precision))
+                                      guidance=guidance, precision=precision, compile_network=compile_network))
     seconds = time.perf_counter() - start
     predictions = predict_properties(classifier, molecules)
     cols = [classifier.properties.index(n) for n in conditioning.names]

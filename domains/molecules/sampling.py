@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sci_diffusion.compilation import compiled_forward
 from sci_diffusion.denoiser import isolate_failed_samples
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
@@ -37,11 +38,16 @@ class Guidance:
         regressor: a noise-aware :class:`~.property_model.PropertyPredictor` for gradient guidance,
             predicting (at least) the properties the model is conditioned on.
         gradient_scale: strength of the gradient guidance (0: none).
+        interval: the diffusion times ``(t_low, t_high)`` at which classifier-free guidance applies
+            (``ClassifierFreeGuidance``); at other times one pass of the conditional model. On the
+            bundled gap model, guidance at t <= 0.1 gives the MAE of guidance at every step, for
+            about a third of the extra network passes (README, conditional table).
     """
 
     scale: float = 1.0
     regressor: Any = None
     gradient_scale: float = 0.0
+    interval: tuple[float, float] = (0.0, 1.0)
 
 
 def paired_condition_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int):
@@ -65,7 +71,7 @@ def guided_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int, s
     if guidance is None:
         return denoiser
     if guidance.scale != 1.0:
-        denoiser = ClassifierFreeGuidance(denoiser, guidance.scale,
+        denoiser = ClassifierFreeGuidance(denoiser, guidance.scale, interval=guidance.interval,
                                           paired=paired_condition_denoiser(module, batch, num_graphs))
     if guidance.gradient_scale:
         if module.model_kind != "edm":
@@ -99,8 +105,8 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
                      steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
                      cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                      progress: bool = False, precision: str = "bf16",
-                     spacing: str | None = None,
-                     callback: BatchCallback | None = None) -> Iterator[tuple]:
+                     spacing: str | None = None, callback: BatchCallback | None = None,
+                     compile_network: bool = False) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size, and for a
     model with formal charges ``(atomic_numbers, positions, formal_charges (n,))``.
 
@@ -132,6 +138,9 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
             of the batch's molecules, whose atoms are the state's rows in that order. It runs under the
             precision's autocast; the first batch holds ``min(batch_size, len(atom_counts))`` molecules
             (``batch_size`` halved by classifier-free guidance).
+        compile_network: run the network through ``torch.compile`` (``sci_diffusion.compilation``; needs
+            a C++ compiler): about 25 s to compile once per process, then about twice the molecules per
+            second on a CPU (``benchmarks/molecules_conditional.py --compile`` measures it).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
@@ -143,21 +152,22 @@ def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], samp
     if guidance is not None:
         batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
     seeds = per_sample_seeds(generator, len(atom_counts))  # molecule i's own seed, whatever its batch
-    for start in range(0, len(atom_counts), batch_size):
-        counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
-        num_graphs = len(counts)
-        batch = torch.repeat_interleave(torch.arange(num_graphs), counts).to(device)
-        space = module.state_space(batch, num_graphs)
-        generators = PerSampleGenerator(seeds[start:start + num_graphs], device)
-        x_T = space.noise(torch.zeros(int(counts.sum()), 3 + module.state_features, device=device), generators)
-        denoiser = isolate_failed_samples(guided_denoiser(module, batch, num_graphs, space, guidance), space)
-        c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
-        watch = None if callback is None or start > 0 else _BatchWatch(callback, counts.tolist())
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress,
-                       spacing=spacing, callback=watch)
-            x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs).float()
-        for part in torch.split(x, counts.tolist()):
-            pos, z = decode_atoms(part, module.element_set)
-            charges = decode_formal_charges(part, module.element_set)
-            yield (z, pos) if charges is None else (z, pos, charges)
+    with compiled_forward(module.net, compile_network):
+        for start in range(0, len(atom_counts), batch_size):
+            counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
+            num_graphs = len(counts)
+            batch = torch.repeat_interleave(torch.arange(num_graphs), counts).to(device)
+            space = module.state_space(batch, num_graphs)
+            generators = PerSampleGenerator(seeds[start:start + num_graphs], device)
+            x_T = space.noise(torch.zeros(int(counts.sum()), 3 + module.state_features, device=device), generators)
+            denoiser = isolate_failed_samples(guided_denoiser(module, batch, num_graphs, space, guidance), space)
+            c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
+            watch = None if callback is None or start > 0 else _BatchWatch(callback, counts.tolist())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress,
+                           spacing=spacing, callback=watch)
+                x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs).float()
+            for part in torch.split(x, counts.tolist()):
+                pos, z = decode_atoms(part, module.element_set)
+                charges = decode_formal_charges(part, module.element_set)
+                yield (z, pos) if charges is None else (z, pos, charges)

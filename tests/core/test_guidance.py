@@ -1,4 +1,5 @@
 """Classifier-free and property-gradient guidance wrap a denoiser into a denoiser."""
+import pytest
 import torch
 
 from sci_diffusion.gaussian_mixture import GaussianMixture
@@ -23,6 +24,28 @@ def test_cfg_scale_above_one_extrapolates_past_the_conditional():
     x, t, c = torch.randn(5, 2), torch.tensor(0.5), torch.full((5, 2), 3.0)
     out = ClassifierFreeGuidance(conditional_denoiser, 2.0)(x, t, c)
     torch.testing.assert_close(out, conditional_denoiser(x, t, None) + 2 * c)
+
+
+def test_cfg_in_a_limited_interval_guides_inside_it_and_is_the_conditional_model_outside():
+    x, c = torch.randn(5, 2), torch.full((5, 2), 3.0)
+    calls = []
+
+    def counted(x_t, t, cond):
+        calls.append(cond is None)
+        return conditional_denoiser(x_t, t, cond)
+
+    cfg = ClassifierFreeGuidance(counted, 2.0, interval=(0.0, 0.3))
+    torch.testing.assert_close(cfg(x, torch.tensor(0.3), c), conditional_denoiser(x, None, None) + 2 * c)
+    assert calls == [False, True]  # both passes inside (the bound belongs to the interval)
+    calls.clear()
+    assert torch.equal(cfg(x, torch.tensor(0.31), c), conditional_denoiser(x, None, c))
+    assert calls == [False]  # outside: the conditional pass alone
+    assert torch.equal(cfg(x, torch.full((5,), 0.8), c), conditional_denoiser(x, None, c))  # one time per sample
+    with pytest.raises(ValueError, match="straddle"):
+        cfg(x, torch.tensor([0.1, 0.1, 0.5, 0.5, 0.5]), c)
+    for bad in [(0.5, 0.5), (-0.1, 0.5), (0.2, 1.5)]:
+        with pytest.raises(ValueError, match="0 <= t_low < t_high <= 1"):
+            ClassifierFreeGuidance(counted, 2.0, interval=bad)
 
 
 def test_gradient_guidance_pulls_samples_towards_the_target_property():

@@ -57,6 +57,15 @@ def test_gradient_guidance_runs_with_a_regressor(conditional_checkpoint, classif
     assert summary["written"] + summary["failed_non_finite"] == 6
 
 
+def test_a_guidance_interval_is_recorded_with_each_molecule_and_in_the_summary(
+        conditional_checkpoint, classifier_checkpoint, tmp_path):
+    out = tmp_path / "i.sdf"
+    argv = ["--condition", "gap=6.5", "--guidance", "3", "--guidance-interval", "0.1,0.5"]
+    assert sample(argv, conditional_checkpoint, classifier_checkpoint, out) == 0
+    assert {m[2]["guidance_interval"] for m in read_molecules(out)} == {"0.1,0.5"}
+    assert json.loads((tmp_path / "i.sdf.json").read_text())["guidance_interval"] == "0.1,0.5"
+
+
 def test_a_target_outside_the_training_range_warns_but_samples(conditional_checkpoint, classifier_checkpoint, tmp_path,
                                                                 capsys):
     assert sample(["--condition", "gap=40"], conditional_checkpoint, classifier_checkpoint, tmp_path / "w.sdf") == 0
@@ -73,6 +82,10 @@ def test_a_target_outside_the_training_range_warns_but_samples(conditional_check
     (["--condition", "gap=6.5", "--gradient-guidance", "2"], "needs --regressor"),
     (["--guidance", "2"], "Guidance needs a target"),
     (["--condition", "gap=6", "--condition-from", "db"], "not both"),
+    (["--condition", "gap=6.5", "--guidance", "2", "--guidance-interval", "0.5,0.2"], "two diffusion times LO,HI"),
+    (["--condition", "gap=6.5", "--guidance", "2", "--guidance-interval", "late"], "two diffusion times LO,HI"),
+    (["--condition", "gap=6.5", "--guidance", "2", "--guidance-interval", "0,nan"], "two diffusion times LO,HI"),
+    (["--condition", "gap=6.5", "--guidance-interval", "0,0.5"], "a --guidance weight other than 0 and 1"),
 ])
 def test_bad_conditions_get_one_sentence_and_exit_2_and_write_nothing(
         argv, message, conditional_checkpoint, classifier_checkpoint, tmp_path, capsys):

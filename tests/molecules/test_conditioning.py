@@ -84,6 +84,27 @@ def test_paired_cfg_matches_two_calls_and_scale_one_is_the_conditional_model():
         assert torch.equal(ClassifierFreeGuidance(denoiser, 1.0)(x, t, cond), denoiser(x, t, cond))
 
 
+def test_a_guidance_interval_reaches_the_sampler_and_outside_it_sampling_is_the_conditional_models():
+    torch.manual_seed(0)
+    model = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0, conditioning=["gap"]).eval()
+    cond = torch.tensor([[1.5, 1.0], [-0.5, 1.0], [0.3, 1.0]])  # normalised targets and the presence flag
+
+    def draw(guidance):
+        """The final state (positions and atom features, before decoding) of the three molecules."""
+        states = []
+        list(sample_molecules(model, [5, 7, 6], "dpmpp2m", 4, torch.Generator().manual_seed(2), cond=cond,
+                              guidance=guidance, precision="fp32", callback=lambda i, t, x, x0, n: states.append(x)))
+        return states[-1]
+
+    plain = draw(None)
+    never = draw(Guidance(3.0, interval=(0.0, 0.0005)))  # the grid's times are >= 1/T = 0.001: never guided
+    always = draw(Guidance(3.0))
+    late = draw(Guidance(3.0, interval=(0.0, 0.5)))  # the grid: 1, 0.927, 0.109, 0.001
+    torch.testing.assert_close(never, plain, atol=1e-5, rtol=1e-5)
+    for a, b in [(always, plain), (late, plain), (late, always)]:
+        assert (a - b).abs().max() > 1e-3
+
+
 class GaussianEps(nn.Module):
     """The exact eps-predictor for data ~ N(0, s^2 I) (positions in the zero-CoM subspace)."""
 
