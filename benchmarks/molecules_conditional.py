@@ -72,6 +72,17 @@ def run_row(label: str, module, classifier, num: int, args, scale: float, gradie
     return row
 
 
+def interval_rows(spec: str, default_interval: str) -> list[tuple[float, tuple[float, float]]]:
+    """``--interval-guidance`` as ``[(W, (t_low, t_high))]``: ``"2,3"`` takes ``--guidance-interval``'s
+    times, ``"2@0.5-1"`` its own."""
+    rows = []
+    for item in (x for x in spec.split(",") if x):
+        weight, _, times = item.partition("@")
+        low, high = (float(v) for v in (times.split("-") if times else default_interval.split(",")))
+        rows.append((float(weight), (low, high)))
+    return rows
+
+
 def time_sampling(module, num: int, args, scale: float, compile_network: bool) -> float:
     """Molecules per second for ``num`` molecules (sizes and targets drawn from Db) at guidance ``scale``."""
     gen = torch.Generator().manual_seed(args.seed)
@@ -215,7 +226,8 @@ def main() -> None:
     p.add_argument("--guidance", default="0,2,4",
                    help="classifier-free guidance weights of the sweep (W = 1 is the protocol row)")
     p.add_argument("--interval-guidance", default="",
-                   help="classifier-free guidance weights of extra sweep rows guided only inside --guidance-interval")
+                   help="classifier-free guidance weights of extra sweep rows guided only inside --guidance-interval; "
+                        "W@LO-HI gives a row its own interval (2@0.5-1: W = 2 for 0.5 <= t <= 1)")
     p.add_argument("--guidance-interval", default="0.1,0.5", metavar="LO,HI",
                    help="the diffusion times of the --interval-guidance rows (ClassifierFreeGuidance's interval)")
     p.add_argument("--gradient", default="1,4", help="gradient-guidance scales of the sweep (at W = 1)")
@@ -260,13 +272,13 @@ def main() -> None:
 
     rows, unit_cost = [], {}
     label = "conditional EDM (Db), W = 1"
-    full, limited = (0.0, 1.0), tuple(float(x) for x in args.guidance_interval.split(","))
+    full = (0.0, 1.0)
     plan = [(label, module, args.num_protocol, 1.0, 0.0, "protocol", label, "generator [g]", full)]
     plan += [(f"conditional EDM (Db), CFG W = {w:g}", module, args.num, w, 0.0, "sweep", label, "generator [g]", full)
              for w in (float(x) for x in args.guidance.split(",") if x)]
-    plan += [(f"conditional EDM (Db), CFG W = {w:g} for {limited[0]:g} <= t <= {limited[1]:g}", module, args.num, w, 0.0,
-              "sweep", label, "generator [g]", limited)
-             for w in (float(x) for x in args.interval_guidance.split(",") if x)]
+    plan += [(f"conditional EDM (Db), CFG W = {w:g} for {lo:g} <= t <= {hi:g}", module, args.num, w, 0.0, "sweep",
+              label, "generator [g]", (lo, hi))
+             for w, (lo, hi) in interval_rows(args.interval_guidance, args.guidance_interval)]
     plan += [(f"conditional EDM (Db), gradient guidance S = {s:g}", module, args.num, 1.0, s, "sweep", label,
               "generator [g] + regressor [r]", full)
              for s in (float(x) for x in args.gradient.split(",") if x)]
