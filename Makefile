@@ -20,7 +20,7 @@ demo: setup
 	$(CLI) demo --out $(OUT)/samplers
 	$(CLI) sample molecules --num 100 --sampler dpmpp2m_sde --steps 50 --out $(OUT)/molecules.sdf --png $(OUT)/molecules.png
 	$(CLI) evaluate molecules --samples $(OUT)/molecules.sdf --out $(OUT)/molecules_metrics.json
-	$(CLI) sample molecules --num 50 --condition gap=6.5 --guidance 4 --steps 50 --out $(OUT)/gap_6.5eV.sdf \
+	$(CLI) sample molecules --num 50 --condition gap=6.5 --guidance 4 --guidance-interval 0.1,0.5 --steps 50 --out $(OUT)/gap_6.5eV.sdf \
 		--png $(OUT)/gap_6.5eV.png
 	$(CLI) phantom --subjects 1 --spacing 2 --seed 99 --out $(OUT)/phantom
 	$(CLI) translate --mr $(OUT)/phantom/1BA001/mr.nii.gz --mask $(OUT)/phantom/1BA001/mask.nii.gz \
