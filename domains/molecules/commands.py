@@ -177,7 +177,7 @@ def parse_guidance_interval(text: str | None, scale: float) -> tuple[float, floa
     except ValueError:
         low = high = math.nan
     if not 0.0 <= low < high <= 1.0:  # NaN fails too
-        raise UserError(f"--guidance-interval takes two diffusion times LO,HI with 0 <= LO < HI <= 1, such as 0,0.1; "
+        raise UserError(f"--guidance-interval takes two diffusion times LO,HI with 0 <= LO < HI <= 1, such as 0.1,0.5; "
                         f"not {text!r}.")
     if scale in (0.0, 1.0):
         raise UserError("--guidance-interval limits classifier-free guidance: give a --guidance weight other than 0 and 1.")
