@@ -29,7 +29,7 @@ from sci_diffusion.memory import keep_freed_memory
 from sci_diffusion_molecules.commands import _property_model, bundled_checkpoint
 from sci_diffusion_molecules.conditional_protocol import baselines, evaluate_generator, normalised_mae
 from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9, train_smiles
-from sci_diffusion_molecules.sampling import Guidance, sample_molecules
+from sci_diffusion_molecules.sampling import Guidance
 
 PROPERTY = "gap"
 # EDM (Table 3), GeoLDM, EEGSDE and GeoBFN as published, gap in meV; training budgets as published.
@@ -84,30 +84,20 @@ def interval_rows(spec: str, default_interval: str) -> list[tuple[float, tuple[f
     return rows
 
 
-def time_sampling(module, num: int, args, scale: float, compile_network: bool) -> float:
-    """Molecules per second for ``num`` molecules (sizes and targets drawn from Db) at guidance ``scale``."""
-    gen = torch.Generator().manual_seed(args.seed)
-    counts, values = module.property_conditioning.draw_joint(num, gen)
-    guidance = Guidance(scale) if scale != 1.0 else None
-    start = time.perf_counter()
-    for _ in sample_molecules(module, counts, args.sampler, args.steps, gen, args.batch_size,
-                              cond=module.property_conditioning.condition(values), guidance=guidance,
-                              compile_network=compile_network):
-        pass
-    return num / (time.perf_counter() - start)
-
-
-def compilation_speed(module, args) -> dict:
+def compilation_speed(module, classifier, args) -> dict:
     """Compile the generator's network once (timed), then time the plain and the compiled network on the
     same ``--speed-molecules`` molecules at W = 1 and at the first CFG weight of the sweep, so that the
-    table's compiled rates have their plain counterparts beside them."""
-    start = time.perf_counter()
-    time_sampling(module, 4, argparse.Namespace(**{**vars(args), "steps": 2}), 2.0, compile_network=True)
-    probe = {"compile_seconds": round(time.perf_counter() - start, 1), "molecules": args.speed_molecules}
+    table's compiled rates have their plain counterparts beside them. The rates are
+    ``evaluate_generator``'s, which times the sampling only."""
+    warm_up = evaluate_generator(module, classifier, 4, args.sampler, 2, Guidance(2.0), seed=args.seed,
+                                 compile_network=True)  # its sampling time is the compilation's
+    probe = {"compile_seconds": warm_up["seconds"], "molecules": args.speed_molecules}
     cfg = next((float(x) for x in args.guidance.split(",") if x and float(x) not in (0.0, 1.0)), 2.0)
     for scale in (1.0, cfg):
         for compiled in (False, True):
-            rate = time_sampling(module, args.speed_molecules, args, scale, compiled)
+            rate = evaluate_generator(module, classifier, args.speed_molecules, args.sampler, args.steps,
+                                      Guidance(scale) if scale != 1.0 else None, seed=args.seed,
+                                      batch_size=args.batch_size, compile_network=compiled)["molecules_per_second"]
             probe[f"W={scale:g} {'compiled' if compiled else 'plain'}"] = round(rate, 2)
             print(f"W = {scale:g}, {'compiled' if compiled else 'plain'} network: {rate:.2f} molecules/s", flush=True)
     return probe
@@ -269,7 +259,7 @@ def main() -> None:
     keep_freed_memory()  # as the CLI does
     deadline = time.perf_counter() + 60 * args.budget_minutes
     if args.compile:
-        meta["compilation"] = compilation_speed(module, args)
+        meta["compilation"] = compilation_speed(module, classifier, args)
 
     arrays = load_qm9()
     halves = conditional_halves(edm_split(arrays)["train"])

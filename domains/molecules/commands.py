@@ -172,16 +172,16 @@ def parse_guidance_interval(text: str | None, scale: float) -> tuple[float, floa
     """``--guidance-interval LO,HI`` as ``(LO, HI)`` (None when not given), or one sentence on what is wrong."""
     if text is None:
         return None
+    from sci_diffusion.guidance import check_interval
+
     try:
-        low, high = (float(part) for part in text.split(","))
+        interval = check_interval(text.split(","))  # refuses a word, NaN, reversed bounds, a third value
     except ValueError:
-        low = high = math.nan
-    if not 0.0 <= low < high <= 1.0:  # NaN fails too
         raise UserError(f"--guidance-interval takes two diffusion times LO,HI with 0 <= LO < HI <= 1, such as 0.1,0.5; "
-                        f"not {text!r}.")
+                        f"not {text!r}.") from None
     if scale in (0.0, 1.0):
         raise UserError("--guidance-interval limits classifier-free guidance: give a --guidance weight other than 0 and 1.")
-    return low, high
+    return interval
 
 
 TRIAGE_FLAGS = ("filter", "rank", "top_png", "trajectory", "trajectory_molecules", "trajectory_png")
@@ -347,8 +347,9 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.compile:
         from sci_diffusion.compilation import compiler_missing
 
-        if compiler_missing():
-            raise UserError(compiler_missing())
+        problem = compiler_missing()
+        if problem:
+            raise UserError(problem)
     spacing = resolve_spacing(args.sampler, args.spacing)
     tags = {"sampler": args.sampler, "steps": args.steps, "spacing": spacing, "seed": args.seed,
             "precision": args.precision, "compiled": int(args.compile),

@@ -20,6 +20,15 @@ def classifier_free_passes(scale: float) -> int:
     return 1 if scale in (0.0, 1.0) else 2
 
 
+def check_interval(interval: Any) -> tuple[float, float]:
+    """A guidance interval ``(t_low, t_high)`` as two floats; ValueError unless ``0 <= t_low < t_high <= 1``
+    (NaN and a wrong number of values included)."""
+    low, high = (float(v) for v in interval)
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"A guidance interval needs 0 <= t_low < t_high <= 1, not {tuple(interval)}.")
+    return low, high
+
+
 class ClassifierFreeGuidance:
     """Classifier-free guidance (Ho & Salimans 2022), diffusers' convention:
     ``D = D(x, t, null) + w (D(x, t, cond) - D(x, t, null))``.
@@ -43,11 +52,8 @@ class ClassifierFreeGuidance:
 
     def __init__(self, denoiser: Denoiser, scale: float, null_cond: Any = None,
                  paired: PairedDenoiser | None = None, interval: tuple[float, float] = (0.0, 1.0)) -> None:
-        low, high = (float(v) for v in interval)
-        if not 0.0 <= low < high <= 1.0:
-            raise ValueError(f"A guidance interval needs 0 <= t_low < t_high <= 1, not {tuple(interval)}.")
         self.denoiser, self.scale, self.null_cond, self.paired = denoiser, scale, null_cond, paired
-        self.interval = (low, high)
+        self.interval = check_interval(interval)
 
     def guides_at(self, t: Tensor) -> bool:
         """Whether guidance applies at time ``t`` (0-d, or one time per sample that all agree on the interval)."""
