@@ -9,12 +9,23 @@ A sample is ``mu + residual_scale * r``, so K samples share the regression's mea
 where the residual model is unsure: their mean is the synthetic CT and their spread the uncertainty.
 A residual model whose residual is zero is exactly the regression model.
 
+**Heteroscedastic residuals** (``scale_channels``): the regression errs little in soft tissue and a
+lot at bone and air edges, but one ``residual_scale`` for every voxel makes the diffusion model learn
+*where* the error lives before it can sample it, and an undertrained one spreads its samples evenly
+(the bundled homoscedastic model's samples have a standard deviation of 0.82 scaled units where the
+true residual's is 0.17). With ``scale_channels`` a small MONAI ``UNet`` predicts a per-voxel scale
+``s(mr, mu)`` of the regression's error (a Laplace fit, ``s = sqrt(2) b``, so that ``(ct - mu) / s``
+has about unit variance), trained beside the diffusion network; the diffused residual is
+``(ct - mu) / s`` and a sample ``mu + s * r``.
+
 The regression network is part of this module (``self.regression``, frozen, in its checkpoint's
 state dict) and its architecture is in the hyperparameters (``regression``), so a trained residual
 checkpoint is self-contained: the regression checkpoint it started from is needed only to train.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,7 +43,9 @@ REGRESSION_KEYS = ("k", "channels", "num_res_units")  # what rebuilds the regres
 
 
 def read_regression_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(architecture, network weights)`` of a trained ``MRItoCTRegression`` checkpoint (EMA weights).
+    """``(architecture, network weights)`` of a trained ``MRItoCTRegression`` checkpoint (EMA weights),
+    or of the frozen regression inside a trained ``MRItoCTResidualDiffusion`` checkpoint (so a new
+    residual model can start from the same mean as a bundled one).
 
     Raises:
         ValueError: the checkpoint holds another kind of model.
@@ -41,11 +54,14 @@ def read_regression_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Ten
 
     ckpt = read_checkpoint(path)
     meta = ckpt["sci_diffusion"]
-    if not meta["module_class"].endswith(f":{MRItoCTRegression.__qualname__}"):
+    if meta["module_class"].endswith(f":{MRItoCTResidualDiffusion.__qualname__}"):
+        architecture, prefix = meta["config"]["regression"], "regression."  # a residual model's frozen regression
+    elif meta["module_class"].endswith(f":{MRItoCTRegression.__qualname__}"):
+        architecture, prefix = meta["config"], "net."
+    else:
         raise ValueError(f"{path} holds a {meta['module_class']}, not an MRItoCTRegression to build residuals on.")
-    architecture = {key: meta["config"][key] for key in REGRESSION_KEYS}
-    weights = {key[len("net."):]: value for key, value in ckpt["state_dict"].items() if key.startswith("net.")}
-    return architecture, weights
+    weights = {key[len(prefix):]: value for key, value in ckpt["state_dict"].items() if key.startswith(prefix)}
+    return {key: architecture[key] for key in REGRESSION_KEYS}, weights
 
 
 class MRItoCTResidualDiffusion(MRItoCTDiffusion):
@@ -60,12 +76,17 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         residual_scale: the residual is divided by this before diffusion, in the [-1, 1] CT units
             (1 unit = 2012 HU). The bundled regression's residual has a standard deviation of about
             0.09 inside the body on a 2 mm phantom, so 0.1 gives the diffusion model data of about
-            unit variance, as its noise schedule assumes.
+            unit variance, as its noise schedule assumes. With ``scale_channels`` it is the scale map's
+            starting point: ``s = residual_scale * exp(net)``, clamped to ``exp([-4, 2])`` times it.
+        scale_channels: the channels of a MONAI ``UNet`` (k MR slices and the mean in, one residual
+            unit of its own) that predicts the per-voxel scale ``s`` of the regression's error, trained
+            with the Laplace negative log-likelihood of ``ct - mu`` in the body mask beside the
+            diffusion loss (module docstring); None: one ``residual_scale`` for every voxel.
         **kwargs: ``MRItoCTDiffusion``'s network size and the core's diffusion arguments.
     """
 
     def __init__(self, regression_ckpt: str | None = None, regression: dict[str, Any] | None = None,
-                 residual_scale: float = 0.1, **kwargs: Any) -> None:
+                 residual_scale: float = 0.1, scale_channels: Sequence[int] | None = None, **kwargs: Any) -> None:
         if residual_scale <= 0:
             raise ValueError(f"residual_scale must be positive, got {residual_scale}.")
         weights = None
@@ -84,6 +105,8 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
             self.regression.load_state_dict(weights)
         self.regression.requires_grad_(False)
         self.regression.eval()
+        # Built here, after the core built ``self.net``: a scale network of its own, trained beside it.
+        self.scale_net = None if scale_channels is None else regression_unet(self.context_channels, scale_channels, 1)
 
     @property
     def context_channels(self) -> int:
@@ -101,21 +124,46 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         """The frozen regression's CT slices ``(B, 1, H, W)`` in [-1, 1] from MR stacks ``(B, k, H, W)``."""
         return self.run_network(mr, net=self.regression).clamp(-1.0, 1.0)
 
+    def residual_scale_map(self, context: Tensor) -> Tensor:
+        """The residual's scale in CT units, ``(B, 1, H, W)`` (or a 0-d tensor without ``scale_channels``),
+        from the context ``(B, k + 1, H, W)``: the MR slices and the regression mean."""
+        scale = torch.tensor(float(self.hparams.residual_scale), dtype=context.dtype, device=context.device)
+        if self.scale_net is None:
+            return scale
+        return scale * self.run_network(context, net=self.scale_net).clamp(-4.0, 2.0).exp()
+
     def prepare_batch(self, batch: dict[str, Any]) -> DiffusionBatch:
         """The diffused state is the scaled residual; the context is the MR stack and the mean."""
         ct, mr, mask = slice_batch(batch)
         mean = self.regression_mean(mr)
-        residual = (ct - mean) / self.hparams.residual_scale
-        return DiffusionBatch(x0=residual, space=EuclideanSpace(), cond=None, context=torch.cat([mr, mean], 1), mask=mask)
+        context = torch.cat([mr, mean], 1)
+        with torch.no_grad():  # the diffusion loss does not train the scale
+            scale = self.residual_scale_map(context)
+        return DiffusionBatch(x0=(ct - mean) / scale, space=EuclideanSpace(), cond=None, context=context, mask=mask)
 
-    def residual_denoiser(self, mr: Tensor, mean: Tensor):
-        """The x0-denoiser of the scaled residual given MR stacks and the regression mean ``(B, 1, H, W)``.
+    def diffusion_loss(self, b: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
+        """The core's diffusion loss, plus (with ``scale_channels``) the scale map's Laplace negative
+        log-likelihood of the regression error ``ct - mu`` in the body mask (``log b + |e| / b``, b = s / sqrt 2)."""
+        loss = super().diffusion_loss(b, generator)
+        if self.scale_net is None:
+            return loss
+        scale = self.residual_scale_map(b.context)
+        error = b.x0 * scale.detach()  # ct - mu, in CT units
+        b_laplace = scale / math.sqrt(2.0)
+        nll = (b_laplace.log() + error.abs() / b_laplace) * b.mask
+        scale_loss = nll.sum() / b.mask.sum().clamp(min=1.0)
+        if self._trainer is not None:
+            self.log(f"{'train' if self.training else 'val'}/scale_nll", scale_loss, batch_size=b.num_samples)
+        return loss + scale_loss
+
+    def residual_denoiser(self, mr: Tensor, mean: Tensor, scale: Tensor):
+        """The x0-denoiser of the scaled residual given MR stacks, the regression mean ``(B, 1, H, W)``
+        and the residual's scale (``residual_scale_map``).
 
         Its estimate is clipped voxel by voxel to ``[(-1 - mean) / s, (1 - mean) / s]``: the residuals
         that keep the CT in its [-1, 1] range (the plain model clips its CT estimate to [-1, 1] the same way).
         """
-        s = self.hparams.residual_scale
-        return self.denoiser(context=torch.cat([mr, mean], 1), clip=((-1.0 - mean) / s, (1.0 - mean) / s))
+        return self.denoiser(context=torch.cat([mr, mean], 1), clip=((-1.0 - mean) / scale, (1.0 - mean) / scale))
 
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
@@ -130,8 +178,9 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         mean = self.regression_mean(mr)
         if noise is None:
             noise = space.noise(mean, generator)
-        scale = self.hparams.residual_scale
+        scale = self.residual_scale_map(torch.cat([mr, mean], 1))
         as_ct = None if callback is None else (lambda i, s, x, x0: callback(i, s, mean + scale * x, mean + scale * x0))  # noqa: E731
-        residual = get_sampler(sampler)(self.residual_denoiser(mr, mean), noise.to(mr), self.schedule, steps, space,
-                                        generator=generator, spacing=resolve_spacing(sampler, spacing), callback=as_ct)
-        return (mean + self.hparams.residual_scale * residual).clamp(-1.0, 1.0)
+        residual = get_sampler(sampler)(self.residual_denoiser(mr, mean, scale), noise.to(mr), self.schedule, steps,
+                                        space, generator=generator, spacing=resolve_spacing(sampler, spacing),
+                                        callback=as_ct)
+        return (mean + scale * residual).clamp(-1.0, 1.0)

@@ -112,5 +112,5 @@ def test_the_residual_estimate_keeps_the_ct_in_range(regression_ckpt):
     torch.nn.init.constant_(model.net.out[-1].conv.bias, 50.0)  # an absurd residual estimate everywhere
     mr = torch.rand(2, 3, 32, 32) * 2 - 1
     mean = model.regression_mean(mr)
-    x0 = model.residual_denoiser(mr, mean)(torch.randn(2, 1, 32, 32), torch.tensor(0.5))
+    x0 = model.residual_denoiser(mr, mean, model.residual_scale_map(mr))(torch.randn(2, 1, 32, 32), torch.tensor(0.5))
     torch.testing.assert_close(mean + 0.2 * x0, torch.ones_like(mean))  # clipped where the CT reaches +1
