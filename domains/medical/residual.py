@@ -64,6 +64,17 @@ def read_regression_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Ten
     return {key: architecture[key] for key in REGRESSION_KEYS}, weights
 
 
+def laplace_scale_nll(error: Tensor, scale: Tensor, mask: Tensor) -> Tensor:
+    """Mean Laplace negative log-likelihood of ``error`` inside ``mask`` (all ``(B, 1, H, W)``), up to a constant,
+    with the scale given as ``scale = sqrt(2) b`` (the Laplace's standard deviation): ``log b + |error| / b``.
+
+    Over a constant ``scale`` it is smallest at ``sqrt(2) * mean |error|``.
+    """
+    b = scale / math.sqrt(2.0)
+    nll = (b.log() + error.abs() / b) * mask
+    return nll.sum() / mask.sum().clamp(min=1.0)
+
+
 class MRItoCTResidualDiffusion(MRItoCTDiffusion):
     """Residual diffusion for MRI-to-CT: ``ct = regression(mr) + residual_scale * r``, ``r`` diffused.
 
@@ -143,15 +154,12 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
 
     def diffusion_loss(self, b: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
         """The core's diffusion loss, plus (with ``scale_channels``) the scale map's Laplace negative
-        log-likelihood of the regression error ``ct - mu`` in the body mask (``log b + |e| / b``, b = s / sqrt 2)."""
+        log-likelihood of the regression error ``ct - mu`` in the body mask (``laplace_scale_nll``)."""
         loss = super().diffusion_loss(b, generator)
         if self.scale_net is None:
             return loss
         scale = self.residual_scale_map(b.context)
-        error = b.x0 * scale.detach()  # ct - mu, in CT units
-        b_laplace = scale / math.sqrt(2.0)
-        nll = (b_laplace.log() + error.abs() / b_laplace) * b.mask
-        scale_loss = nll.sum() / b.mask.sum().clamp(min=1.0)
+        scale_loss = laplace_scale_nll(b.x0 * scale.detach(), scale, b.mask)  # b.x0 * scale: ct - mu, in CT units
         if self._trainer is not None:
             self.log(f"{'train' if self.training else 'val'}/scale_nll", scale_loss, batch_size=b.num_samples)
         return loss + scale_loss

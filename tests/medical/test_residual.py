@@ -1,13 +1,15 @@
 """Residual (CorrDiff-style) MRI->CT diffusion, and the MR intensity augmentation it trains with."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion_medical.regression import MRItoCTRegression
-from sci_diffusion_medical.residual import MRItoCTResidualDiffusion
+from sci_diffusion_medical.residual import MRItoCTResidualDiffusion, laplace_scale_nll
 from sci_diffusion_medical.transforms import augment_mr, mr_intensity_augmentation
 from sci_diffusion_medical.translate import translate_volume
 
@@ -114,3 +116,57 @@ def test_the_residual_estimate_keeps_the_ct_in_range(regression_ckpt):
     mean = model.regression_mean(mr)
     x0 = model.residual_denoiser(mr, mean, model.residual_scale_map(mr))(torch.randn(2, 1, 32, 32), torch.tensor(0.5))
     torch.testing.assert_close(mean + 0.2 * x0, torch.ones_like(mean))  # clipped where the CT reaches +1
+
+
+# ----- heteroscedastic residuals (scale_channels) -----------------------------------------------------
+def test_the_laplace_scale_loss_is_smallest_at_sqrt2_times_the_mean_absolute_error():
+    error = torch.distributions.Laplace(0.0, 0.03).sample((4, 1, 16, 16))
+    mask = (torch.rand(4, 1, 16, 16) > 0.3).float()
+    best = math.sqrt(2.0) * float(error.abs()[mask.bool()].mean())
+    scales = torch.linspace(0.2 * best, 3.0 * best, 281)
+    losses = torch.stack([laplace_scale_nll(error, torch.full_like(error, float(s)), mask) for s in scales])
+    assert float(scales[losses.argmin()]) == pytest.approx(best, rel=0.02)
+
+
+def test_a_heteroscedastic_residual_is_diffused_in_units_of_its_scale_map(regression_ckpt):
+    model = _tiny_residual(regression_ckpt, residual_scale=0.1, scale_channels=(8, 16))
+    ct, mr = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    b = model.prepare_batch({"ct": ct, "mr": mr, "mask": torch.ones_like(ct)})
+    mean = model.regression_mean(mr)
+    scale = model.residual_scale_map(torch.cat([mr, mean], 1))
+    assert scale.shape == ct.shape and not torch.allclose(scale, scale.mean().expand_as(scale))  # a map, not one number
+    torch.testing.assert_close(b.x0, (ct - mean) / scale)
+    model.diffusion_loss(b).backward()
+    assert all(p.grad is not None for p in model.scale_net.parameters())  # the scale trains beside the network
+    for param in model.net.out.parameters():  # a zero residual still gives exactly the regression
+        torch.nn.init.zeros_(param)
+    model.hparams.prediction = "x0"
+    torch.testing.assert_close(model.synthesise(mr, steps=3), model.regression_mean(mr), rtol=0, atol=1e-6)
+
+
+def test_the_scale_map_learns_where_the_regression_errs(regression_ckpt):
+    """Errors 20 times larger in the right half of every slice (marked by the MR): the learnt scale follows."""
+    torch.manual_seed(0)
+    model = _tiny_residual(regression_ckpt, scale_channels=(8, 16)).train()
+    opt = torch.optim.Adam(model.scale_net.parameters(), lr=1e-2)
+    for _ in range(300):
+        mr = torch.rand(4, 3, 32, 32) * 2 - 1
+        mr[..., 16:] += 2.0  # the MR shows which half errs
+        noise = torch.randn(4, 1, 32, 32) * 0.005
+        noise[..., 16:] *= 20
+        ct = model.regression_mean(mr) + noise
+        b = model.prepare_batch({"ct": ct, "mr": mr, "mask": torch.ones_like(ct)})
+        error = b.x0 * model.residual_scale_map(b.context).detach()
+        loss = laplace_scale_nll(error, model.residual_scale_map(b.context), b.mask)
+        opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
+    with torch.no_grad():
+        scale = model.residual_scale_map(b.context)
+    left, right = float(scale[..., :16].median()), float(scale[..., 16:].median())
+    expected = 2 / math.sqrt(math.pi)  # sqrt(2) E|e| / std for Gaussian errors
+    assert left == pytest.approx(0.005 * expected, rel=0.25) and right == pytest.approx(0.1 * expected, rel=0.25)
+
+
+def test_a_new_residual_model_can_start_from_the_regression_inside_a_residual_checkpoint(regression_ckpt, residual_ckpt):
+    from_regression, from_residual = _tiny_residual(regression_ckpt), _tiny_residual(residual_ckpt)
+    mr = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(from_residual.regression_mean(mr), from_regression.regression_mean(mr), rtol=0, atol=1e-5)
