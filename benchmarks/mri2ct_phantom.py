@@ -18,6 +18,10 @@
    between neighbouring axial slices of the sCT against the real CT's), and writes one JSON, a
    Markdown table and a reliability diagram.
 
+With ``--checkpoint NAME=CKPT`` (repeatable) nothing is trained: the given trained checkpoints are
+evaluated as rows named NAME, each with the budget its checkpoint records (``training_budget``), for
+example two residual models trained on the same regression, and the results go to ``--result-name``.
+
 Peak memory is the process's resident-set high-water mark (Linux ``VmHWM``, reset before each row
 through ``/proc/self/clear_refs``); for the trainings it is each child's ``ru_maxrss`` from ``os.wait4``.
 
@@ -46,7 +50,7 @@ TEST_SETS = {"in-domain": "default", "shifted": "shifted"}  # test set -> phanto
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget-cpu-hours", type=float, required=True,
+    p.add_argument("--budget-cpu-hours", type=float,
                    help="the unit of training: each model trains for 2 units of CPU time (the residual model: "
                         "1 unit of its regression plus 1 of its own)")
     p.add_argument("--subjects-train", type=int, default=16, help="training phantoms (2 of them validate)")
@@ -59,17 +63,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="slices per network call at evaluation")
     p.add_argument("--eval-threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--work-dir", default="runs/benchmarks/mri2ct_phantom", help="phantoms, logs, checkpoints, predictions")
-    p.add_argument("--out", default="benchmarks/results/mri2ct_phantom.json")
+    p.add_argument("--out", help="the results JSON (default: benchmarks/results/<--result-name>.json)")
     p.add_argument("--save-diffusion-ckpt", help="also write the trained plain diffusion model here (slim, EMA weights)")
     p.add_argument("--save-regression-ckpt", help="also write the trained regression model here (slim, EMA weights)")
     p.add_argument("--save-residual-ckpt", help="also write the trained residual model here (slim, EMA weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse-training", action="store_true",
                    help="evaluate the checkpoints an earlier run left in --work-dir instead of training again")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=CKPT",
+                   help="evaluate this trained checkpoint as rows named NAME instead of training (repeatable); with any "
+                        "--checkpoint nothing is trained and only the given checkpoints are evaluated")
+    p.add_argument("--result-name", default="mri2ct_phantom",
+                   help="the results JSON (benchmarks/results/NAME.json unless --out) and the README block it fills")
     p.add_argument("--no-readme", action="store_true", help="do not touch README.md")
     p.add_argument("--train-arg", action="append", default=[],
                    help="extra LightningCLI argument for every training, e.g. --train-arg=--data.batch_size=8")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.out = args.out or f"benchmarks/results/{args.result_name}.json"
+    if not args.checkpoint and args.budget_cpu_hours is None:
+        p.error("give --budget-cpu-hours (to train), or --checkpoint NAME=CKPT (to evaluate trained models).")
+    if args.checkpoint and (args.save_diffusion_ckpt or args.save_regression_ckpt or args.save_residual_ckpt
+                            or args.reuse_training):
+        p.error("--checkpoint evaluates trained checkpoints; it does not go with --save-*-ckpt or --reuse-training.")
+    return args
+
+
+MODULE_KINDS = {"MRItoCTRegression": "regression", "MRItoCTDiffusion": "diffusion",
+                "MRItoCTResidualDiffusion": "residual"}  # module class -> model kind
+
+
+def given_checkpoints(specs: list[str]) -> dict[str, dict[str, Any]]:
+    """``{name: facts}`` of ``--checkpoint NAME=CKPT`` arguments: the path, the model kind and the
+    training record the checkpoint carries; exits with one sentence on a bad argument."""
+    from sci_diffusion.checkpoints import read_checkpoint
+    from sci_diffusion.errors import UserError
+
+    facts: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path or name in facts:
+            raise SystemExit(f"--checkpoint takes NAME=CKPT with a new NAME, got {spec!r}.")
+        try:
+            meta = read_checkpoint(path)["sci_diffusion"]
+        except UserError as exc:
+            raise SystemExit(str(exc)) from None
+        kind = MODULE_KINDS.get(meta["module_class"].rpartition(":")[2])
+        if kind is None:
+            raise SystemExit(f"{path} holds a {meta['module_class']}, not an MRI-to-CT model.")
+        facts[name] = {"checkpoint": str(Path(path).resolve()), "kind": kind, "global_step": meta.get("global_step"),
+                       "budget": meta.get("training_budget", "not recorded in the checkpoint"),
+                       "scale_channels": meta["config"].get("scale_channels")}
+    return facts
 
 
 # ----- data -----------------------------------------------------------------------------------------
@@ -211,15 +255,22 @@ def peak_rss_mb(method: str) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def evaluation_plan(args: argparse.Namespace) -> list[tuple[str, int | None, bool]]:
-    """``(model, DDIM steps or None, shared noise)`` of every sampling run; each serves K = 1 and K = samples."""
-    plan: list[tuple[str, int | None, bool]] = [("regression", None, False)]
-    plan += [("diffusion", s, False) for s in args.steps]
-    plan += [("residual", s, shared) for s in args.residual_steps for shared in (False, True)]
+def evaluation_plan(args: argparse.Namespace, kinds: dict[str, str]) -> list[tuple[str, str, int | None, bool]]:
+    """``(model name, kind, DDIM steps or None, shared noise)`` of every sampling run, for the models
+    ``{name: kind}``; each run serves K = 1 and K = samples."""
+    plan: list[tuple[str, str, int | None, bool]] = []
+    for name, kind in kinds.items():
+        if kind == "regression":
+            plan.append((name, kind, None, False))
+        elif kind == "diffusion":
+            plan += [(name, kind, s, False) for s in args.steps]
+        else:
+            plan += [(name, kind, s, shared) for s in args.residual_steps for shared in (False, True)]
     return plan
 
 
-def evaluate(args: argparse.Namespace, facts: dict, test_dirs: dict[str, Path], work: Path) -> tuple[list[dict], str]:
+def evaluate(args: argparse.Namespace, facts: dict, kinds: dict[str, str], test_dirs: dict[str, Path],
+             work: Path) -> tuple[list[dict], str]:
     import nibabel as nib
     import numpy as np
     import torch
@@ -246,10 +297,10 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dirs: dict[str, Path], 
         inputs = {p["id"]: (p, load_inputs(p["mr"], p["mask"], p["ct"])) for p in pairs}
         real_slice_difference = float(np.mean([neighbour_slice_difference(inp["ct"], inp["mask"])
                                                for _, inp in inputs.values()]))
-        for model_kind, steps, shared in evaluation_plan(args):
+        for model_name, model_kind, steps, shared in evaluation_plan(args, kinds):
             if shared and test_set != "in-domain":
                 continue  # the shared-noise variant is a slice-consistency study, on the in-domain set only
-            module = load_translation_model(facts[model_kind]["checkpoint"], device="cpu")
+            module = load_translation_model(facts[model_name]["checkpoint"], device="cpu")
             method = reset_peak_rss()
             k_max = 1 if model_kind == "regression" else args.samples
             runs = {}
@@ -262,11 +313,11 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dirs: dict[str, Path], 
                                                  **slice_geometry(module))[0])
                     secs.append(time.perf_counter() - t)
                 runs[pid] = {"volumes": np.stack(vols), "seconds": secs}
-                print(f"  {test_set} {model_kind} {'' if steps is None else f'ddim {steps} '}{'shared noise ' if shared else ''}"
+                print(f"  {test_set} {model_name} {'' if steps is None else f'ddim {steps} '}{'shared noise ' if shared else ''}"
                       f"{pid}: {np.mean(secs):.1f} s per sample", flush=True)
             peak = peak_rss_mb(method)
             for k in sorted({1, k_max}):
-                name = "regression" if steps is None else f"{model_kind}_ddim{steps}_k{k}{'_shared' if shared else ''}"
+                name = model_name if steps is None else f"{model_name}_ddim{steps}_k{k}{'_shared' if shared else ''}"
                 folder = work / "predictions" / test_set / name
                 secs, slice_differences = [], []
                 for pid, run in runs.items():
@@ -283,7 +334,7 @@ def evaluate(args: argparse.Namespace, facts: dict, test_dirs: dict[str, Path], 
                 report = evaluate_directory(folder, test_dir, folder / "metrics.json")
                 mean_metrics = report["mean"]
                 rows.append({
-                    "test_set": test_set, "name": name, "model": model_kind,
+                    "test_set": test_set, "name": name, "model": model_name, "kind": model_kind,
                     "sampler": None if steps is None else "ddim", "steps": steps, "samples": k, "shared_noise": shared,
                     "nfe_per_slice": 1 if steps is None else steps * k,
                     "mae_hu": mean_metrics["mae"], "psnr_db": mean_metrics["psnr"], "ssim": mean_metrics["ssim"],
@@ -330,6 +381,19 @@ def shift_ratios(rows: list[dict]) -> dict[str, float]:
             for (test_set, name) in by_key if test_set == "shifted" and ("in-domain", name) in by_key}
 
 
+def training_sentence(args: argparse.Namespace, facts: dict[str, dict[str, Any]]) -> str:
+    """How the evaluated models were trained, for the table's header."""
+    if args.checkpoint:
+        return "Given trained checkpoints: " + "; ".join(f"**{name}** (`{Path(f['checkpoint']).name}`): {f['budget']}"
+                                                         for name, f in facts.items()) + "."
+    steps = {name: facts[name]["global_step"] for name in ("regression", "diffusion", "residual")}
+    return (f"{args.subjects_train - args.val_subjects} training subjects. Every model trained for "
+            f"{2 * args.budget_cpu_hours:g} CPU-hours on one thread, with MR intensity augmentation: regression "
+            f"{steps['regression']} steps, diffusion {steps['diffusion']} steps, residual "
+            f"{facts['regression_leg1']['global_step']} steps of its regression ({args.budget_cpu_hours:g} CPU-hours) + "
+            f"{steps['residual']} of its own.")
+
+
 def json_safe(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: json_safe(x) for k, x in v.items()}
@@ -353,14 +417,20 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = os.getloadavg()
     train_dir = work / "phantoms_train"
     test_dirs = {name: work / f"phantoms_test_{scanner}" for name, scanner in TEST_SETS.items()}
-    ensure_phantoms(train_dir, args.subjects_train, args.spacing, args.seed)
+    if not args.checkpoint:
+        ensure_phantoms(train_dir, args.subjects_train, args.spacing, args.seed)
     for offset, (name, scanner) in enumerate(TEST_SETS.items(), start=1):  # other seeds: other subjects
         ensure_phantoms(test_dirs[name], args.subjects_test, args.spacing, args.seed + offset, scanner)
-    facts = {} if args.reuse_training else train_all(args, train_dir, work)
-    facts = collect_training(work, facts, args.budget_cpu_hours)
-    for name in CONFIGS:
+    if args.checkpoint:
+        facts = given_checkpoints(args.checkpoint)
+        kinds = {name: f["kind"] for name, f in facts.items()}
+    else:
+        facts = {} if args.reuse_training else train_all(args, train_dir, work)
+        facts = collect_training(work, facts, args.budget_cpu_hours)
+        kinds = {name: name for name in ("regression", "diffusion", "residual")}
+    for name in kinds:
         print(f"{name}: {facts[name]['global_step']} steps, {facts[name]['budget']}", flush=True)
-    rows, method = evaluate(args, facts, test_dirs, work)
+    rows, method = evaluate(args, facts, kinds, test_dirs, work)
     saved = {}
     for name, dst in (("diffusion", args.save_diffusion_ckpt), ("regression", args.save_regression_ckpt),
                       ("residual", args.save_residual_ckpt)):
@@ -381,11 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine_extra": {"cpus_available": len(os.sched_getaffinity(0)), "load_average_at_start": load_at_start,
                           "monai": monai.__version__},
         "data": {"generator": "sci_diffusion_medical.phantom.make_head_phantom (SYNTHETIC)",
-                 "spacing_mm": args.spacing, "subjects_train": args.subjects_train - args.val_subjects,
+                 "spacing_mm": args.spacing, "subjects_train": None if args.checkpoint else args.subjects_train - args.val_subjects,
                  "subjects_val": args.val_subjects, "subjects_test": args.subjects_test,
                  "train_seed": args.seed, "test_seeds": {name: args.seed + i for i, name in enumerate(TEST_SETS, 1)},
                  "test_scanners": TEST_SETS},
-        "budget_cpu_hours_each": 2 * args.budget_cpu_hours,
+        "budget_cpu_hours_each": None if args.checkpoint else 2 * args.budget_cpu_hours,
         "training": facts,
         "evaluation": {"threads": args.eval_threads, "batch_size": args.batch_size, "sampler": "ddim (eta 0)",
                        "metrics": "SynthRAD2023 Task 1 (MAE, PSNR, SSIM in the body mask); bone MAE on phantom labels",
@@ -396,13 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         "shifted_over_in_domain_mae": ratios,
         "saved_checkpoints": saved,
     }
-    steps = {name: facts[name]["global_step"] for name in ("regression", "diffusion", "residual")}
-    markdown = (f"SYNTHETIC head phantoms at {args.spacing:g} mm: {args.subjects_train - args.val_subjects} train / "
-                f"{args.subjects_test} test subjects per test set (*shifted*: imaged by another MR scanner). Every model "
-                f"trained for {2 * args.budget_cpu_hours:g} CPU-hours on one thread, with MR intensity augmentation: "
-                f"regression {steps['regression']} steps, diffusion {steps['diffusion']} steps, residual "
-                f"{facts['regression_leg1']['global_step']} steps of its regression ({args.budget_cpu_hours:g} CPU-hours) + "
-                f"{steps['residual']} of its own; SynthRAD2023 metrics in the body mask.\n\n" + markdown_table(rows)
+    markdown = (f"SYNTHETIC head phantoms at {args.spacing:g} mm: {args.subjects_test} test subjects per test set "
+                f"(*shifted*: imaged by another MR scanner). {training_sentence(args, facts)} SynthRAD2023 metrics in the "
+                "body mask.\n\n" + markdown_table(rows)
                 + "\n\nShifted MAE / in-domain MAE: " + ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
                 + ".")
     curves = {f"{r['model']} {r['sampler'].upper()} {r['steps']}, K = {r['samples']}": r["reliability_curve"] for r in rows
@@ -413,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         png = draw_reliability_png(curves, Path(args.out).with_name("mri2ct_phantom_reliability.png"))
         payload["reliability_png"] = str(png)
         markdown += f"\n\nReliability diagram of the in-domain K > 1 rows (all test voxels in the mask): `{png}`."
-    write_result("mri2ct_phantom", json_safe(payload), markdown, out=Path(args.out), update_readme=not args.no_readme)
+    write_result(args.result_name, json_safe(payload), markdown, out=Path(args.out), update_readme=not args.no_readme)
     print(markdown)
     print(f"wrote {args.out}")
     return 0
