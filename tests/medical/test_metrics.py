@@ -5,6 +5,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from sci_diffusion_medical.metrics import (
+    calibrated_coverage,
     draw_reliability_png,
     evaluate_directory,
     mae,
@@ -220,3 +221,22 @@ def test_evaluate_directory_pools_every_patient_into_one_reliability_diagram(pha
     assert (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
     plain = evaluate_directory(tmp_path / "pred", phantom_dir, tmp_path / "m2.json")  # no PNG asked: none drawn
     assert "reliability_png" not in plain
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_a_calibrated_sampler_with_k_samples_covers_what_calibrated_coverage_says(k):
+    """Truth and K samples drawn from one Gaussian per voxel: the K-mean's coverage by the samples' std."""
+    from sci_diffusion_medical.translate import mean_and_std
+
+    rng = np.random.default_rng(k)
+    sigma = rng.uniform(5.0, 200.0, size=(40, 40, 40))
+    centre = rng.uniform(-1000, 1000, sigma.shape)
+    ref = centre + rng.normal(size=sigma.shape) * sigma
+    samples = centre + rng.normal(size=(k, *sigma.shape)) * sigma
+    mask = np.ones(sigma.shape, bool)
+    mean, std = mean_and_std(samples, mask)
+    measured, expected = uncertainty_coverage(std, mean, ref, mask), calibrated_coverage(k)
+    for key in ("coverage_1sigma", "coverage_2sigma"):  # 64,000 voxels: s.e. below 0.002
+        assert measured[key] == pytest.approx(expected[key], abs=0.006)
+    assert calibrated_coverage(4) == pytest.approx({"coverage_1sigma": 0.563, "coverage_2sigma": 0.828}, abs=0.001)
+    assert calibrated_coverage(10**6) == pytest.approx({"coverage_1sigma": 0.6827, "coverage_2sigma": 0.9545}, abs=0.001)
