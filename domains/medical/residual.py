@@ -11,9 +11,8 @@ A residual model whose residual is zero is exactly the regression model.
 
 **Heteroscedastic residuals** (``scale_channels``): the regression errs little in soft tissue and a
 lot at bone and air edges, but one ``residual_scale`` for every voxel makes the diffusion model learn
-*where* the error lives before it can sample it, and an undertrained one spreads its samples evenly
-(the bundled homoscedastic model's samples have a standard deviation of 0.82 scaled units where the
-true residual's is 0.17). With ``scale_channels`` a small MONAI ``UNet`` predicts a per-voxel scale
+*where* the error lives before it can sample it, and an undertrained one spreads its samples about
+evenly over the body. With ``scale_channels`` a small MONAI ``UNet`` predicts a per-voxel scale
 ``s(mr, mu)`` of the regression's error (a Laplace fit, ``s = sqrt(2) b``, so that ``(ct - mu) / s``
 has about unit variance), trained beside the diffusion network; the diffused residual is
 ``(ct - mu) / s`` and a sample ``mu + s * r``.
