@@ -5,7 +5,7 @@ U-Net (``regression.MRItoCTRegression``, trained first) predicts the mean CT sli
 conditional MONAI ``DiffusionModelUNet`` learns only the residual ``r = (ct - mu) / residual_scale``,
 conditioned on the k MR slices and on ``mu`` (channel concatenation, ``in_channels = 2 + k``).
 
-A sample is ``mu + residual_scale * r``, so K samples share the regression's mean and differ only
+A sample is ``mu + s * r`` (``s`` = ``residual_scale``, or a per-voxel map below), so K samples share the regression's mean and differ only
 where the residual model is unsure: their mean is the synthetic CT and their spread the uncertainty.
 A residual model whose residual is zero is exactly the regression model.
 
