@@ -2,11 +2,12 @@
 
 After NVIDIA's CorrDiff (``../shared/REFERENCE.md`` §2, docs/protocols.md §2): a frozen regression
 U-Net (``regression.MRItoCTRegression``, trained first) predicts the mean CT slice ``mu``; a
-conditional MONAI ``DiffusionModelUNet`` learns only the residual ``r = (ct - mu) / residual_scale``,
+conditional MONAI ``DiffusionModelUNet`` learns only the residual ``r = (ct - mu) / s``,
 conditioned on the k MR slices and on ``mu`` (channel concatenation, ``in_channels = 2 + k``).
 
-A sample is ``mu + s * r`` (``s`` = ``residual_scale``, or a per-voxel map below), so K samples share the regression's mean and differ only
-where the residual model is unsure: their mean is the synthetic CT and their spread the uncertainty.
+A sample is ``mu + s * r`` (``s`` = ``residual_scale``, or a per-voxel map below), so K samples
+share the regression's mean and differ only where the residual model is unsure: their mean is the
+synthetic CT and their spread the uncertainty.
 A residual model whose residual is zero is exactly the regression model.
 
 **Heteroscedastic residuals** (``scale_channels``): the regression errs little in soft tissue and a
