@@ -95,7 +95,7 @@ MODULE_KINDS = {"MRItoCTRegression": "regression", "MRItoCTDiffusion": "diffusio
 def given_checkpoints(specs: list[str]) -> dict[str, dict[str, Any]]:
     """``{name: facts}`` of ``--checkpoint NAME=CKPT`` arguments: the path, the model kind and the
     training record the checkpoint carries; exits with one sentence on a bad argument."""
-    from sci_diffusion.checkpoints import read_checkpoint
+    from sci_diffusion.checkpoints import module_class_name, read_checkpoint
     from sci_diffusion.errors import UserError
 
     facts: dict[str, dict[str, Any]] = {}
@@ -107,7 +107,7 @@ def given_checkpoints(specs: list[str]) -> dict[str, dict[str, Any]]:
             meta = read_checkpoint(path)["sci_diffusion"]
         except UserError as exc:
             raise SystemExit(str(exc)) from None
-        kind = MODULE_KINDS.get(meta["module_class"].rpartition(":")[2])
+        kind = MODULE_KINDS.get(module_class_name(meta))
         if kind is None:
             raise SystemExit(f"{path} holds a {meta['module_class']}, not an MRI-to-CT model.")
         facts[name] = {"checkpoint": str(Path(path).resolve()), "kind": kind, "global_step": meta.get("global_step"),

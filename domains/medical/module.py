@@ -93,39 +93,7 @@ class SliceTranslation:
 
     def setup(self, stage: str) -> None:
         check_data_matches(self)
-        if stage == "fit":
-            self.start_from_checkpoint()
-
-    def start_from_checkpoint(self) -> None:
-        """A warm start: with ``init_from``, copy that checkpoint's weights into this model once, before training.
-
-        The checkpoint must hold the same class with the same sizes. For a residual model that
-        includes its frozen regression and its scale network. A slim export gives its EMA weights, and
-        a Lightning ``last.ckpt`` its raw training weights. The optimiser, the EMA and the step count
-        start afresh (for an exact continuation, ``fit --ckpt_path`` a ``last.ckpt`` instead).
-
-        Raises:
-            UserError: the checkpoint holds another class, or other sizes (the CLI: one sentence, exit 2).
-        """
-        path = self.hparams.get("init_from")
-        if not path or getattr(self, "_initialised_from", None) == path:
-            return
-        from sci_diffusion.checkpoints import read_checkpoint
-        from sci_diffusion.errors import UserError
-
-        ckpt = read_checkpoint(path)
-        held = ckpt["sci_diffusion"]["module_class"]
-        if held.rpartition(":")[2] != type(self).__qualname__:
-            raise UserError(f"init_from {path} holds a {held}, not a {type(self).__qualname__} to start from.")
-        mine = self.state_dict()
-        theirs = ckpt["state_dict"]
-        differ = sorted(k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs
-                        or mine[k].shape != theirs[k].shape)
-        if differ:
-            raise UserError(f"init_from {path} has other network sizes than this model (first difference: {differ[0]}); "
-                             "give the model the sizes it was trained with.")
-        self.load_state_dict(theirs)
-        self._initialised_from = path
+        super().setup(stage)  # DiffusionModule's: the warm start from ``init_from``
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -161,9 +129,8 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
             by ``norm_num_groups``. The default (about 1.1 M parameters) is sized so that a 2 mm
             head (96 x 112 x 96) translates in under a minute with 20 DDIM steps on one CPU thread.
         val_slices: slices sampled at validation for an HU error (0: none).
-        init_from: a checkpoint of this same model whose weights start training (a warm start,
-            ``SliceTranslation.start_from_checkpoint``); None: random initialisation.
-        **kwargs: the core DiffusionModule's arguments; here the defaults are v-prediction,
+        **kwargs: the core DiffusionModule's arguments (``init_from``, a warm start from a checkpoint of
+            this same model, among them); here the defaults are v-prediction,
             the cosine schedule and T = 1000.
     """
 
@@ -179,7 +146,6 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
         num_head_channels: int = 32,
         norm_num_groups: int = 8,
         val_slices: int = 8,
-        init_from: str | None = None,
         **kwargs: Any,
     ) -> None:
         if k < 1 or k % 2 == 0:

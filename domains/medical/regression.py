@@ -38,9 +38,8 @@ class MRItoCTRegression(SliceTranslation, DiffusionModule):
         k: odd number of MR slices in (the data module's ``k``).
         channels, num_res_units: ``monai.networks.nets.UNet`` size (strides of 2 between levels);
             the default has about 1.1 M parameters, like ``MRItoCTDiffusion``'s default.
-        init_from: a regression checkpoint whose weights start training (a warm start,
-            ``SliceTranslation.start_from_checkpoint``); None: random initialisation.
-        **kwargs: the core's optimiser and EMA arguments (``lr``, ``ema_decay``, ``lr_warmup_steps``, ...);
+        **kwargs: the core's optimiser, EMA and warm-start arguments (``lr``, ``ema_decay``, ``lr_warmup_steps``,
+            ``init_from``, ...);
             ``loss_type`` defaults to ``l1``.
     """
 
@@ -48,7 +47,7 @@ class MRItoCTRegression(SliceTranslation, DiffusionModule):
     deterministic = True
 
     def __init__(self, k: int = 3, channels: Sequence[int] = (32, 64, 128, 160), num_res_units: int = 2,
-                 init_from: str | None = None, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         if k < 1 or k % 2 == 0:
             raise ValueError(f"k must be a positive odd number, got {k}.")
         kwargs.setdefault("loss_type", "l1")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,13 +51,14 @@ def read_regression_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Ten
     Raises:
         ValueError: the checkpoint holds another kind of model.
     """
-    from sci_diffusion.checkpoints import read_checkpoint
+    from sci_diffusion.checkpoints import module_class_name, read_checkpoint
 
     ckpt = read_checkpoint(path)
     meta = ckpt["sci_diffusion"]
-    if meta["module_class"].endswith(f":{MRItoCTResidualDiffusion.__qualname__}"):
+    held = module_class_name(meta)
+    if held == MRItoCTResidualDiffusion.__qualname__:
         architecture, prefix = meta["config"]["regression"], "regression."  # a residual model's frozen regression
-    elif meta["module_class"].endswith(f":{MRItoCTRegression.__qualname__}"):
+    elif held == MRItoCTRegression.__qualname__:
         architecture, prefix = meta["config"], "net."
     else:
         raise ValueError(f"{path} holds a {meta['module_class']}, not an MRItoCTRegression to build residuals on.")
@@ -73,6 +75,15 @@ def laplace_scale_nll(error: Tensor, scale: Tensor, mask: Tensor) -> Tensor:
     b = scale / math.sqrt(2.0)
     nll = (b.log() + error.abs() / b) * mask
     return nll.sum() / mask.sum().clamp(min=1.0)
+
+
+@dataclass
+class ResidualBatch(DiffusionBatch):
+    """A residual model's training batch: ``x0`` is ``(ct - mean) / s`` with ``s`` detached, and ``scale``
+    is the scale map ``s`` ``(B, 1, H, W)`` with its gradient (None without ``scale_channels``), so the
+    Laplace loss trains the scale network from the same forward pass."""
+
+    scale: Tensor | None = None
 
 
 class MRItoCTResidualDiffusion(MRItoCTDiffusion):
@@ -143,23 +154,22 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
             return scale
         return scale * self.run_network(context, net=self.scale_net).clamp(-4.0, 2.0).exp()
 
-    def prepare_batch(self, batch: dict[str, Any]) -> DiffusionBatch:
+    def prepare_batch(self, batch: dict[str, Any]) -> ResidualBatch:
         """The diffused state is the scaled residual; the context is the MR stack and the mean."""
         ct, mr, mask = slice_batch(batch)
         mean = self.regression_mean(mr)
         context = torch.cat([mr, mean], 1)
-        with torch.no_grad():  # the diffusion loss does not train the scale
-            scale = self.residual_scale_map(context)
-        return DiffusionBatch(x0=(ct - mean) / scale, space=EuclideanSpace(), cond=None, context=context, mask=mask)
+        scale = self.residual_scale_map(context)  # with its gradient, for the Laplace loss only
+        return ResidualBatch(x0=(ct - mean) / scale.detach(), space=EuclideanSpace(), cond=None, context=context,
+                             mask=mask, scale=None if self.scale_net is None else scale)
 
-    def diffusion_loss(self, b: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
+    def diffusion_loss(self, b: ResidualBatch, generator: torch.Generator | None = None) -> Tensor:
         """The core's diffusion loss, plus (with ``scale_channels``) the scale map's Laplace negative
         log-likelihood of the regression error ``ct - mu`` in the body mask (``laplace_scale_nll``)."""
         loss = super().diffusion_loss(b, generator)
-        if self.scale_net is None:
+        if b.scale is None:
             return loss
-        scale = self.residual_scale_map(b.context)
-        scale_loss = laplace_scale_nll(b.x0 * scale.detach(), scale, b.mask)  # b.x0 * scale: ct - mu, in CT units
+        scale_loss = laplace_scale_nll(b.x0 * b.scale.detach(), b.scale, b.mask)  # b.x0 * scale: ct - mu, in CT units
         if self._trainer is not None:
             self.log(f"{'train' if self.training else 'val'}/scale_nll", scale_loss, batch_size=b.num_samples)
         return loss + scale_loss

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sci_diffusion.errors import UserError
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
 from sci_diffusion.state_spaces import EuclideanSpace, ProductSpace, ZeroCoMSpace
 
@@ -54,11 +55,6 @@ class MoleculeDiffusion(DiffusionModule):
             one value per name; by default the training set's mean and mean absolute deviation
             (Db's in the conditional protocol), computed when training starts and stored in the
             checkpoint.
-        init_from: a molecules checkpoint whose network starts this one when training begins
-            (fine-tuning, e.g. a conditional model from the unconditional bundled one). Every layer
-            keeps its shape but the input layer, which gains the condition's columns: they start at
-            zero, so the fine-tuned model starts as exactly the model it came from. Resuming a run
-            restores its own weights over these.
         val_molecules: molecules sampled at validation for stability metrics (0: none); a
             conditional model samples them with targets drawn jointly with their sizes from the
             training set.
@@ -75,6 +71,11 @@ class MoleculeDiffusion(DiffusionModule):
             level and left out of the loss (``DiffusionBatch.known``), and only the positions are
             generated. ``sample molecules --smiles`` with it writes conformers of the given molecule.
         **kwargs: the core's DiffusionModule arguments (schedule, prediction, lr, ema_decay, ...).
+            Among them ``init_from``: a molecules checkpoint whose network starts this one when training
+            begins (fine-tuning, e.g. a conditional model from the unconditional bundled one). Every
+            layer keeps its shape but the input layer, which gains the condition's columns: they start
+            at zero, so the fine-tuned model starts as exactly the model it came from
+            (:meth:`copy_initial_weights`).
             ``cond_dropout`` defaults to 0.1 for a conditional model, so that the one network also
             learns the unconditional prediction that classifier-free guidance needs.
     """
@@ -83,7 +84,7 @@ class MoleculeDiffusion(DiffusionModule):
 
     def __init__(self, hidden: int = 256, layers: int = 9, attention: bool = True,
                  conditioning: list[str] | None = None, property_mean: list[float] | None = None,
-                 property_mad: list[float] | None = None, init_from: str | None = None, val_molecules: int = 100,
+                 property_mad: list[float] | None = None, val_molecules: int = 100,
                  edm_layer: bool = False, backbone: str = "egnn", lmax: int = 1,
                  elements: list[str] | None = None, formal_charges: bool = False, normalization_factor: float = 1.0,
                  types_given: bool = False, **kwargs: Any) -> None:
@@ -166,12 +167,20 @@ class MoleculeDiffusion(DiffusionModule):
         """The loss one training step minimises on a PyG batch (benchmarks time it)."""
         return self.diffusion_loss(self.prepare_batch(batch))
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_from and not getattr(self, "_initialised_from", None):
-            from sci_diffusion.checkpoints import read_checkpoint
+    def copy_initial_weights(self, checkpoint: dict[str, Any], path: str) -> None:
+        """The warm start (``init_from``) copies the network only, widening the input layer
+        (:func:`load_widened_weights`); the atom-count table and conditioning come from the data.
 
-            load_widened_weights(self.net, read_checkpoint(self.hparams.init_from)["state_dict"], prefix="net.")
-            self._initialised_from = self.hparams.init_from
+        Raises:
+            UserError: a weight is missing or of another shape.
+        """
+        try:
+            load_widened_weights(self.net, checkpoint["state_dict"], prefix="net.")
+        except ValueError as exc:
+            raise UserError(f"init_from {path} does not fit this model: {exc}") from None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)  # DiffusionModule's: the warm start from ``init_from``
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return

@@ -61,6 +61,12 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def module_class_name(record: dict) -> str:
+    """The class name of the module a checkpoint's ``sci_diffusion`` record holds (``"MRItoCTRegression"``
+    of ``"sci_diffusion_medical.regression:MRItoCTRegression"``)."""
+    return record["module_class"].rpartition(":")[2]
+
+
 def load_module(path: str | Path, domain: str | None = None) -> torch.nn.Module:
     """Rebuild the trained module of a checkpoint (EMA weights when EMA was on), in eval mode.
 

@@ -11,8 +11,8 @@ A domain subclasses it and supplies three things:
 
 Everything else is shared: time sampling, the forward process, the loss with optional SNR
 weighting, condition dropout for classifier-free guidance, EMA (Lightning's
-``WeightAveraging`` with a warm-up decay), the loss-curve PNG, and checkpoints that record the config, the
-domain and the package version.
+``WeightAveraging`` with a warm-up decay), the loss-curve PNG, a warm start from a trained checkpoint
+(``init_from``), and checkpoints that record the config, the domain and the package version.
 """
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from .checkpoints import training_record
+from .checkpoints import module_class_name, read_checkpoint, training_record
 from .denoiser import PredictionDenoiser
+from .errors import UserError
 from .parameterisation import diffusion_loss, loss_weight, target_for
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
@@ -74,6 +75,8 @@ class DiffusionModule(L.LightningModule):
         val_sampler, val_steps: sampler used by ``validation_metrics``.
         sample_every_n_epochs: run ``validation_metrics`` every n validation epochs (0: never).
         lr_warmup_steps: linear learning-rate warm-up.
+        init_from: a trained checkpoint of this domain whose weights start training (a warm start,
+            :meth:`start_from_checkpoint`); None: random initialisation.
     """
 
     domain = "core"
@@ -93,11 +96,13 @@ class DiffusionModule(L.LightningModule):
         val_steps: int = 20,
         sample_every_n_epochs: int = 1,
         lr_warmup_steps: int = 0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.schedule = NoiseSchedule.from_name(schedule, timesteps)
         self.net = self.build_network()
+        self._initialised_from: str | None = None
 
     # ----- what a domain supplies -------------------------------------------------------------
     def build_network(self) -> torch.nn.Module:
@@ -194,6 +199,53 @@ class DiffusionModule(L.LightningModule):
         if self.hparams.ema_decay > 0:
             callbacks.append(WeightAveraging(multi_avg_fn=ema_with_warmup(self.hparams.ema_decay)))
         return callbacks
+
+    # ----- a warm start ----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self.start_from_checkpoint()
+
+    def start_from_checkpoint(self) -> None:
+        """A warm start: with ``init_from``, copy that checkpoint's weights into this model once, before
+        training (``setup("fit")`` calls it, so the EMA starts from them too).
+
+        A slim export gives its EMA weights, and a Lightning ``last.ckpt`` its raw training weights. The
+        optimiser, the EMA and the step count start afresh; for an exact continuation, ``fit
+        --ckpt_path`` a ``last.ckpt`` instead. Resuming a run restores its own weights over these.
+
+        Raises:
+            UserError: the checkpoint is of another domain, or :meth:`copy_initial_weights` refuses it
+                (the CLI: one sentence, exit 2).
+        """
+        path = self.hparams.get("init_from")
+        if not path or self._initialised_from == path:
+            return
+        checkpoint = read_checkpoint(path)
+        held = checkpoint["sci_diffusion"]["domain"]
+        if held != self.domain:
+            raise UserError(f"init_from {path} holds a model of the {held!r} domain, not {self.domain!r}.")
+        self.copy_initial_weights(checkpoint, path)
+        self._initialised_from = path
+
+    def copy_initial_weights(self, checkpoint: dict[str, Any], path: str) -> None:
+        """The warm start's policy: by default the checkpoint must hold this same class with the same
+        sizes, and every weight is copied. A domain overrides it to allow more (molecules: a wider
+        input layer, so a conditional model can start from an unconditional one).
+
+        Raises:
+            UserError: another class, or other sizes.
+        """
+        held = checkpoint["sci_diffusion"]["module_class"]
+        if module_class_name(checkpoint["sci_diffusion"]) != type(self).__qualname__:
+            raise UserError(f"init_from {path} holds a {held}, not a {type(self).__qualname__} to start from.")
+        mine, theirs = self.state_dict(), checkpoint["state_dict"]
+        differ = sorted(k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs
+                        or mine[k].shape != theirs[k].shape)
+        if differ:
+            raise UserError(f"init_from {path} has other network sizes than this model (first difference: "
+                            f"{differ[0]}); give the model the sizes it was trained with.")
+        self.load_state_dict(theirs)
 
     # ----- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -136,6 +136,8 @@ def test_a_heteroscedastic_residual_is_diffused_in_units_of_its_scale_map(regres
     scale = model.residual_scale_map(torch.cat([mr, mean], 1))
     assert scale.shape == ct.shape and not torch.allclose(scale, scale.mean().expand_as(scale))  # a map, not one number
     torch.testing.assert_close(b.x0, (ct - mean) / scale)
+    torch.testing.assert_close(b.scale, scale)
+    assert b.scale.requires_grad and not b.x0.requires_grad  # the diffusion loss does not train the scale
     model.diffusion_loss(b).backward()
     assert all(p.grad is not None for p in model.scale_net.parameters())  # the scale trains beside the network
     for param in model.net.out.parameters():  # a zero residual still gives exactly the regression
@@ -156,8 +158,7 @@ def test_the_scale_map_learns_where_the_regression_errs(regression_ckpt):
         noise[..., 16:] *= 20
         ct = model.regression_mean(mr) + noise
         b = model.prepare_batch({"ct": ct, "mr": mr, "mask": torch.ones_like(ct)})
-        error = b.x0 * model.residual_scale_map(b.context).detach()
-        loss = laplace_scale_nll(error, model.residual_scale_map(b.context), b.mask)
+        loss = laplace_scale_nll(b.x0 * b.scale.detach(), b.scale, b.mask)  # the batch carries the map with its gradient
         opt.zero_grad(); loss.backward(); opt.step()  # noqa: E702
     with torch.no_grad():
         scale = model.residual_scale_map(b.context)

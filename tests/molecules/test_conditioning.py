@@ -176,18 +176,31 @@ def test_targets_parse_from_several_words_or_one_comma_list():
     assert parse_targets(["gap=6.5", "homo=-6.1"]) == parse_targets(["gap=6.5,homo=-6.1"]) == {"gap": 6.5, "homo": -6.1}
 
 
-def test_a_conditional_model_fine_tuned_from_an_unconditional_one_starts_as_it():
-    from sci_diffusion_molecules.module import load_widened_weights
+def _saved(module: MoleculeDiffusion, path, domain: str = "molecules"):
+    """``module`` as a minimal sci-diffusion checkpoint file (weights and the record the warm start reads)."""
+    torch.save({"state_dict": module.state_dict(),
+                "sci_diffusion": {"domain": domain, "module_class": f"{type(module).__module__}:{type(module).__qualname__}",
+                                  "config": {}}}, path)
+    return str(path)
 
+
+def test_a_conditional_model_fine_tuned_from_an_unconditional_one_starts_as_it(tmp_path):
     torch.manual_seed(0)
     plain = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0).eval()
-    conditional = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0, conditioning=["gap"]).eval()
-    load_widened_weights(conditional.net, plain.state_dict(), prefix="net.")
+    conditional = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0, conditioning=["gap"],
+                                    init_from=_saved(plain, tmp_path / "plain.ckpt")).eval()
+    conditional.start_from_checkpoint()  # what setup("fit") does
     batch = torch.tensor([0, 0, 0, 1, 1])
     x = molecule_space(batch, 2).noise(torch.zeros(5, 9), torch.Generator().manual_seed(0))
     cond = torch.tensor([[1.2, 1.0], [-0.7, 1.0]])
     with torch.no_grad():
         torch.testing.assert_close(conditional(x, torch.tensor(0.4), cond, (batch, 2)),
                                    plain(x, torch.tensor(0.4), None, (batch, 2)))
-    with pytest.raises(ValueError, match="net.embed.weight"):
-        load_widened_weights(MoleculeDiffusion(hidden=32, layers=2).net, plain.state_dict(), prefix="net.")
+
+
+def test_a_warm_start_that_does_not_fit_is_refused_in_one_sentence(tmp_path):
+    plain = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0)
+    with pytest.raises(UserError, match="does not fit this model: net.embed.weight"):
+        MoleculeDiffusion(hidden=32, layers=2, init_from=_saved(plain, tmp_path / "a.ckpt")).start_from_checkpoint()
+    with pytest.raises(UserError, match="holds a model of the 'medical' domain"):
+        MoleculeDiffusion(hidden=16, layers=2, init_from=_saved(plain, tmp_path / "b.ckpt", "medical")).start_from_checkpoint()
