@@ -12,7 +12,8 @@
      leg: its budget counts the regression's first leg, as CorrDiff's cost includes its regression.
    All three train with MONAI's random MR intensity augmentation (the configs' ``mr_augmentation``).
 3. Translates every test subject of both test sets: regression once; the diffusion models with DDIM,
-   K = 1 (the first sample) and K = ``--samples`` (the mean, with the per-voxel std).
+   K = 1 (the first sample) and each K of ``--samples`` (the mean of the first K samples, with the
+   per-voxel std).
 4. Scores them with the SynthRAD2023 metrics (MAE, PSNR, SSIM in the body mask; bone MAE on the
    phantom labels; std-|error| correlation and 1σ / 2σ coverage; the mean absolute difference
    between neighbouring axial slices of the sCT against the real CT's), and writes one JSON, a
@@ -59,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spacing", type=float, default=2.0, help="phantom voxel size in mm (2: 96 x 112 x 96)")
     p.add_argument("--steps", type=int, nargs="+", default=[20], help="DDIM step counts of the plain diffusion model")
     p.add_argument("--residual-steps", type=int, nargs="+", default=[10], help="DDIM step counts of the residual model")
-    p.add_argument("--samples", type=int, default=4, help="K of the multi-sample rows")
+    p.add_argument("--samples", type=int, nargs="+", default=[4],
+                   help="K of the multi-sample rows, one row per K (the first K samples of the largest K)")
     p.add_argument("--batch-size", type=int, default=32, help="slices per network call at evaluation")
     p.add_argument("--eval-threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--work-dir", default="runs/benchmarks/mri2ct_phantom", help="phantoms, logs, checkpoints, predictions")
@@ -80,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra LightningCLI argument for every training, e.g. --train-arg=--data.batch_size=8")
     args = p.parse_args(argv)
     args.out = args.out or f"benchmarks/results/{args.result_name}.json"
+    if min(args.samples) < 1:
+        p.error("--samples takes K of at least 1.")
     if not args.checkpoint and args.budget_cpu_hours is None:
         p.error("give --budget-cpu-hours (to train), or --checkpoint NAME=CKPT (to evaluate trained models).")
     if args.checkpoint and (args.save_diffusion_ckpt or args.save_regression_ckpt or args.save_residual_ckpt
@@ -257,7 +261,7 @@ def peak_rss_mb(method: str) -> float:
 
 def evaluation_plan(args: argparse.Namespace, kinds: dict[str, str]) -> list[tuple[str, str, int | None, bool]]:
     """``(model name, kind, DDIM steps or None, shared noise)`` of every sampling run, for the models
-    ``{name: kind}``; each run serves K = 1 and K = samples."""
+    ``{name: kind}``; each run serves K = 1 and every K of ``--samples``."""
     plan: list[tuple[str, str, int | None, bool]] = []
     for name, kind in kinds.items():
         if kind == "regression":
@@ -302,7 +306,7 @@ def evaluate(args: argparse.Namespace, facts: dict, kinds: dict[str, str], test_
                 continue  # the shared-noise variant is a slice-consistency study, on the in-domain set only
             module = load_translation_model(facts[model_name]["checkpoint"], device="cpu")
             method = reset_peak_rss()
-            k_max = 1 if model_kind == "regression" else args.samples
+            k_max = 1 if model_kind == "regression" else max(args.samples)
             runs = {}
             for pid, (_, inp) in inputs.items():
                 vols, secs = [], []
@@ -316,7 +320,7 @@ def evaluate(args: argparse.Namespace, facts: dict, kinds: dict[str, str], test_
                 print(f"  {test_set} {model_name} {'' if steps is None else f'ddim {steps} '}{'shared noise ' if shared else ''}"
                       f"{pid}: {np.mean(secs):.1f} s per sample", flush=True)
             peak = peak_rss_mb(method)
-            for k in sorted({1, k_max}):
+            for k in sorted({1, *(k for k in args.samples if k <= k_max)}):
                 name = model_name if steps is None else f"{model_name}_ddim{steps}_k{k}{'_shared' if shared else ''}"
                 folder = work / "predictions" / test_set / name
                 secs, slice_differences = [], []
@@ -381,15 +385,17 @@ def shift_ratios(rows: list[dict]) -> dict[str, float]:
             for (test_set, name) in by_key if test_set == "shifted" and ("in-domain", name) in by_key}
 
 
-def calibration_sentence(samples: int) -> str:
-    """What a calibrated sampler's 1σ / 2σ coverage is with K = ``samples``, beside the table."""
+def calibration_sentence(samples: list[int]) -> str:
+    """What a calibrated sampler's 1σ / 2σ coverage is with each K of ``samples``, beside the table."""
     from sci_diffusion_medical.metrics import calibrated_coverage
 
-    c = calibrated_coverage(samples)
-    return (f"a calibrated sampler covers {100 * c['coverage_1sigma']:.0f} / {100 * c['coverage_2sigma']:.0f} % with "
-            f"K = {samples} samples (Gaussian errors: the K-mean's error is sqrt(1 + 1/K) times a Student t with "
-            "K - 1 degrees of freedom in units of the samples' std; `metrics.calibrated_coverage`), and 68 / 95 % only "
-            "as K grows; more is underconfident, less overconfident.")
+    covers = []
+    for k in sorted(k for k in set(samples) if k > 1):
+        c = calibrated_coverage(k)
+        covers.append(f"{100 * c['coverage_1sigma']:.0f} / {100 * c['coverage_2sigma']:.0f} % with K = {k} samples")
+    return (f"a calibrated sampler covers {', '.join(covers)} (Gaussian errors: the K-mean's error is "
+            "sqrt(1 + 1/K) times a Student t with K - 1 degrees of freedom in units of the samples' std; "
+            "`metrics.calibrated_coverage`), and 68 / 95 % only as K grows; more is underconfident, less overconfident.")
 
 
 def training_sentence(args: argparse.Namespace, facts: dict[str, dict[str, Any]]) -> str:
@@ -471,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_cpu_hours_each": None if args.checkpoint else 2 * args.budget_cpu_hours,
         "training": facts,
         "evaluation": {"threads": args.eval_threads, "batch_size": args.batch_size, "sampler": "ddim (eta 0)",
-                       "calibrated_coverage_at_k": calibrated_coverage(args.samples),
+                       "calibrated_coverage_at_k": {str(k): calibrated_coverage(k) for k in args.samples if k > 1},
                        "metrics": "SynthRAD2023 Task 1 (MAE, PSNR, SSIM in the body mask); bone MAE on phantom labels",
                        "slice_difference": "mean |sCT[z+1] - sCT[z]| (HU) over voxel pairs inside the mask, axial; "
                                            "the CT's own figure beside it",
