@@ -116,7 +116,7 @@ def given_checkpoints(specs: list[str]) -> dict[str, dict[str, Any]]:
             raise SystemExit(f"{path} holds a {meta['module_class']}, not an MRI-to-CT model.")
         facts[name] = {"checkpoint": str(Path(path).resolve()), "kind": kind, "global_step": meta.get("global_step"),
                        "budget": meta.get("training_budget", "not recorded in the checkpoint"),
-                       "scale_channels": meta["config"].get("scale_channels")}
+                       "config": meta["config"], "data_config": meta.get("data_config")}  # what rebuilds it
     return facts
 
 
