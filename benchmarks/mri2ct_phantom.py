@@ -386,13 +386,16 @@ def shift_ratios(rows: list[dict]) -> dict[str, float]:
 
 
 def calibration_sentence(samples: list[int]) -> str:
-    """What a calibrated sampler's 1σ / 2σ coverage is with each K of ``samples``, beside the table."""
+    """What a calibrated sampler's 1σ / 2σ coverage is with each K of ``samples``, beside the table
+    ("" when no K is above 1: no row then has a std to cover with)."""
     from sci_diffusion_medical.metrics import calibrated_coverage
 
     covers = []
     for k in sorted(k for k in set(samples) if k > 1):
         c = calibrated_coverage(k)
         covers.append(f"{100 * c['coverage_1sigma']:.0f} / {100 * c['coverage_2sigma']:.0f} % with K = {k} samples")
+    if not covers:
+        return ""
     return (f"a calibrated sampler covers {', '.join(covers)} (Gaussian errors: the K-mean's error is "
             "sqrt(1 + 1/K) times a Student t with K - 1 degrees of freedom in units of the samples' std; "
             "`metrics.calibrated_coverage`), and 68 / 95 % only as K grows; more is underconfident, less overconfident.")
@@ -486,10 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         "shifted_over_in_domain_mae": ratios,
         "saved_checkpoints": saved,
     }
+    coverage = calibration_sentence(args.samples)
     markdown = (f"SYNTHETIC head phantoms at {args.spacing:g} mm: {args.subjects_test} test subjects per test set "
                 f"(*shifted*: imaged by another MR scanner). {training_sentence(args, facts)} SynthRAD2023 metrics in the "
                 "body mask.\n\n" + markdown_table(rows)
-                + f"\n\nWithin 1σ / 2σ: {calibration_sentence(args.samples)}"
+                + (f"\n\nWithin 1σ / 2σ: {coverage}" if coverage else "")
                 + "\n\nShifted MAE / in-domain MAE: " + ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
                 + ".")
     curves = {f"{r['model']} {r['sampler'].upper()} {r['steps']}, K = {r['samples']}": r["reliability_curve"] for r in rows
