@@ -135,8 +135,8 @@ def subject_folders(root: Path) -> list[Path]:
 # ----- describing the synthetic data ---------------------------------------------------------------
 def load_at_model_grid(folder: Path) -> dict[str, Any]:
     """A subject's CT (HU), normalised MR and labels at 4 mm, as numpy (X, Y, Z)."""
-    from sci_diffusion_medical.synthesis import plain_tensor
-    from sci_diffusion_medical.transforms import mri2ct_transforms, unit_to_ct
+    from sci_diffusion_medical.data.transforms import mri2ct_transforms, unit_to_ct
+    from sci_diffusion_medical.models.synthesis import plain_tensor
 
     keys = ("mr", "ct", "mask", "labels")
     data = mri2ct_transforms(keys, spacing_mm=MODEL_SPACING_MM)({k: str(folder / f"{k}.nii.gz") for k in keys})
@@ -151,8 +151,8 @@ def describe(synthetic: list[dict], real: list[dict], seed: int = 0) -> dict[str
     import numpy as np
     from scipy.stats import wasserstein_distance
 
-    from sci_diffusion_medical.metrics import neighbour_slice_difference, ssim
-    from sci_diffusion_medical.phantom import TISSUE_LABELS
+    from sci_diffusion_medical.data.phantom import TISSUE_LABELS
+    from sci_diffusion_medical.evaluation.metrics import neighbour_slice_difference, ssim
 
     rng = np.random.default_rng(seed)
 
@@ -190,9 +190,9 @@ def describe(synthetic: list[dict], real: list[dict], seed: int = 0) -> dict[str
 # ----- the downstream evaluation -----------------------------------------------------------------
 def evaluate_downstream(ckpt: Path, test_dir: Path, out: Path) -> dict[str, float]:
     """Translate every test subject with ``ckpt`` and score it (SynthRAD2023 metrics in the body mask)."""
-    from sci_diffusion_medical.metrics import evaluate_directory
-    from sci_diffusion_medical.pairs import find_synthrad_pairs
-    from sci_diffusion_medical.translate import translate_file
+    from sci_diffusion_medical.data.pairs import find_synthrad_pairs
+    from sci_diffusion_medical.evaluation.metrics import evaluate_directory
+    from sci_diffusion_medical.translation.translate import translate_file
 
     for pair in find_synthrad_pairs(test_dir):
         translate_file(pair["mr"], out / f"{pair['id']}.nii.gz", mask=pair["mask"], ckpt=str(ckpt))
@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from reporting import RESULTS, write_result
 
-    from sci_diffusion_medical.audit import audit_directories
-    from sci_diffusion_medical.phantom import write_phantom_dataset
+    from sci_diffusion_medical.data.phantom import write_phantom_dataset
+    from sci_diffusion_medical.evaluation.audit import audit_directories
 
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from reporting import write_result
 
-from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.checkpoints import bundled_checkpoint, load_module, read_checkpoint
 from sci_diffusion.guidance import classifier_free_passes
 from sci_diffusion.memory import keep_freed_memory
-from sci_diffusion_molecules.commands import _property_model, bundled_checkpoint
-from sci_diffusion_molecules.conditional_protocol import baselines, evaluate_generator, normalised_mae
-from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9, train_smiles
-from sci_diffusion_molecules.sampling import Guidance
+from sci_diffusion_molecules.cli.commands import _property_model
+from sci_diffusion_molecules.data.qm9 import conditional_halves, edm_split, load_qm9, train_smiles
+from sci_diffusion_molecules.evaluation.conditional_protocol import baselines, evaluate_generator, normalised_mae
+from sci_diffusion_molecules.generation.sampling import Guidance
 
 PROPERTY = "gap"
 # EDM (Table 3), GeoLDM, EEGSDE and GeoBFN as published, gap in meV; training budgets as published.
@@ -242,9 +242,9 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the results here instead of benchmarks/results/ (pilot runs)")
     args = p.parse_args()
 
-    ckpt = args.ckpt or bundled_checkpoint("gap")
-    classifier_path = args.classifier or bundled_checkpoint("classifier")
-    regressor_path = args.regressor or bundled_checkpoint("regressor")
+    ckpt = args.ckpt or bundled_checkpoint("sci_diffusion_molecules", "gap")
+    classifier_path = args.classifier or bundled_checkpoint("sci_diffusion_molecules", "classifier")
+    regressor_path = args.regressor or bundled_checkpoint("sci_diffusion_molecules", "regressor")
     module = load_module(ckpt, domain="molecules")
     classifier = _property_model(classifier_path, "property_classifier")
     regressor = _property_model(regressor_path, "property_regressor")

@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def test_molecules(count: int):
     """``(rows, mols, references, skipped)``: QM9 test molecules with their DFT geometry in the SMILES's atom order."""
-    from sci_diffusion_molecules.conformers import match_connectivity, molecule_from_smiles, with_conformer
-    from sci_diffusion_molecules.qm9 import edm_split, load_qm9
+    from sci_diffusion_molecules.data.qm9 import edm_split, load_qm9
+    from sci_diffusion_molecules.generation.conformers import match_connectivity, molecule_from_smiles, with_conformer
 
     arrays = load_qm9()
     rows, mols, references, skipped = [], [], [], []
@@ -73,7 +73,7 @@ def test_molecules(count: int):
 def diffusion_conformers(mols, args, module) -> tuple[list[list[np.ndarray]], float]:
     import torch
 
-    from sci_diffusion_molecules.conformers import generate_conformers
+    from sci_diffusion_molecules.generation.conformers import generate_conformers
 
     out, start = [], time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
@@ -104,7 +104,7 @@ def score(mols, references, conformers) -> dict:
     from rdkit import Chem
     from rdkit.Chem import rdMolAlign
 
-    from sci_diffusion_molecules.conformers import graph_bonds, perceived_bonds, with_conformer
+    from sci_diffusion_molecules.generation.conformers import graph_bonds, perceived_bonds, with_conformer
 
     best, right, total = [], 0, 0
     for mol, ref, confs in zip(mols, references, conformers):
@@ -140,14 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from reporting import write_result
 
-    from sci_diffusion.checkpoints import load_module
-    from sci_diffusion_molecules.commands import bundled_checkpoint
+    from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 
     torch.set_num_threads(args.threads)
     rows_qm9, mols, references, skipped = test_molecules(args.molecules)
     print(f"{len(mols)} test molecules ({len(skipped)} skipped: their DFT geometry's perceived connectivity "
           "differs from their SMILES)", flush=True)
-    ckpt = bundled_checkpoint("unconditional")
+    ckpt = bundled_checkpoint("sci_diffusion_molecules", "unconditional")
     module = load_module(ckpt, domain="molecules").eval()
     results = []
     methods = list(METHODS)

@@ -77,7 +77,7 @@ def train(args: argparse.Namespace) -> tuple[Path, dict]:
 
 def data_row(collection, rows) -> dict:
     """The EDM metrics of the collection's own molecules ``rows`` (novelty left out)."""
-    from sci_diffusion_molecules.metrics import evaluate_molecules
+    from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules
 
     molecules = [(g.z.numpy(), g.pos.numpy().astype(np.float64), g.formal_charge.numpy().ravel().astype(np.int64))
                  for g in (collection.graphs[i] for i in rows)]
@@ -86,7 +86,7 @@ def data_row(collection, rows) -> dict:
 
 def composition(molecules) -> dict:
     """Heavy-atom element fractions and the fraction of charged atoms of ``(z, pos, charges)`` molecules."""
-    from sci_diffusion_molecules.elements import SYMBOLS
+    from sci_diffusion_molecules.chem.elements import SYMBOLS
 
     counts = Counter(SYMBOLS[int(n)] for z, *_ in molecules for n in z if n != 1)
     heavy = sum(counts.values())
@@ -99,7 +99,7 @@ def composition(molecules) -> dict:
 def sample(module, args) -> tuple[list, float]:
     import torch
 
-    from sci_diffusion_molecules.sampling import draw_atom_counts, sample_molecules
+    from sci_diffusion_molecules.generation.sampling import draw_atom_counts, sample_molecules
 
     gen = torch.Generator().manual_seed(args.seed)
     counts = draw_atom_counts(module.atom_count_histogram, args.num, gen)
@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     from reporting import write_result
 
     from sci_diffusion.checkpoints import load_module
-    from sci_diffusion_molecules.custom_data import random_split, read_custom_molecules, scaffold_split
-    from sci_diffusion_molecules.elements import ElementSet
-    from sci_diffusion_molecules.metrics import evaluate_molecules
+    from sci_diffusion_molecules.chem.elements import ElementSet
+    from sci_diffusion_molecules.data.custom_data import random_split, read_custom_molecules, scaffold_split
+    from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     data_args = cfg["data"]["init_args"]

@@ -29,14 +29,13 @@ import time
 import torch
 from reporting import RESULTS, write_result
 
-from sci_diffusion.checkpoints import load_module, read_checkpoint
+from sci_diffusion.checkpoints import bundled_checkpoint, load_module, read_checkpoint
 from sci_diffusion.memory import keep_freed_memory
 from sci_diffusion.samplers import function_evaluations
-from sci_diffusion_molecules.commands import bundled_checkpoint
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.metrics import evaluate_molecules
-from sci_diffusion_molecules.qm9 import train_smiles
-from sci_diffusion_molecules.sampling import draw_atom_counts, sample_molecules
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.data.qm9 import train_smiles
+from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules
+from sci_diffusion_molecules.generation.sampling import draw_atom_counts, sample_molecules
 
 # (sampler, steps, network precision). DPM-Solver++ runs in both forms: the SDE one (the CLI's
 # default) and the ODE one. The last row repeats the default in float32 as a control for bf16.
@@ -86,8 +85,8 @@ def measure_training(module, steps: int = 20, precision: str = "bf16") -> dict:
 def test_split_reconstruction(module, batch_size: int = 256) -> dict:
     """A latent model's autoencoder on the whole QM9 test split: each molecule encoded (a latent drawn
     at sigma_0, as in training) and decoded; atom-type accuracy over atoms, RMSD per molecule."""
-    from sci_diffusion_molecules.latent import reconstruction_quality
-    from sci_diffusion_molecules.module import centred_atom_state
+    from sci_diffusion_molecules.models.diffusion import centred_atom_state
+    from sci_diffusion_molecules.models.latent import reconstruction_quality
 
     gen = torch.Generator().manual_seed(0)
     right = atoms = molecules = 0
@@ -283,7 +282,7 @@ def main() -> None:
         compare_models(args)
         return
 
-    ckpt = args.ckpt or bundled_checkpoint()
+    ckpt = args.ckpt or bundled_checkpoint("sci_diffusion_molecules", "unconditional")
     module = load_module(ckpt, domain="molecules")
     meta = read_checkpoint(ckpt)["sci_diffusion"]
     budget = meta.get("training_budget", "unknown")

@@ -122,7 +122,7 @@ def given_checkpoints(specs: list[str]) -> dict[str, dict[str, Any]]:
 
 # ----- data -----------------------------------------------------------------------------------------
 def ensure_phantoms(folder: Path, subjects: int, spacing: float, seed: int, scanner: str = "default") -> None:
-    from sci_diffusion_medical.phantom import write_phantom_dataset
+    from sci_diffusion_medical.data.phantom import write_phantom_dataset
 
     meta = folder / "dataset.json"
     if meta.is_file():
@@ -279,10 +279,10 @@ def evaluate(args: argparse.Namespace, facts: dict, kinds: dict[str, str], test_
     import numpy as np
     import torch
 
-    from sci_diffusion_medical.metrics import evaluate_directory, neighbour_slice_difference
-    from sci_diffusion_medical.nifti import save_like
-    from sci_diffusion_medical.pairs import find_synthrad_pairs
-    from sci_diffusion_medical.translate import (
+    from sci_diffusion_medical.data.pairs import find_synthrad_pairs
+    from sci_diffusion_medical.evaluation.metrics import evaluate_directory, neighbour_slice_difference
+    from sci_diffusion_medical.io.nifti import save_like
+    from sci_diffusion_medical.translation.translate import (
         load_inputs,
         load_translation_model,
         mean_and_std,
@@ -388,7 +388,7 @@ def shift_ratios(rows: list[dict]) -> dict[str, float]:
 def calibration_sentence(samples: list[int]) -> str:
     """What a calibrated sampler's 1σ / 2σ coverage is with each K of ``samples``, beside the table
     ("" when no K is above 1: no row then has a std to cover with)."""
-    from sci_diffusion_medical.metrics import calibrated_coverage
+    from sci_diffusion_medical.evaluation.metrics import calibrated_coverage
 
     covers = []
     for k in sorted(k for k in set(samples) if k > 1):
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     from reporting import write_result
 
     from sci_diffusion.checkpoints import export_for_inference
-    from sci_diffusion_medical.metrics import calibrated_coverage
+    from sci_diffusion_medical.evaluation.metrics import calibrated_coverage
 
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": started,
         "machine_extra": {"cpus_available": len(os.sched_getaffinity(0)), "load_average_at_start": load_at_start,
                           "monai": monai.__version__},
-        "data": {"generator": "sci_diffusion_medical.phantom.make_head_phantom (SYNTHETIC)",
+        "data": {"generator": "sci_diffusion_medical.data.phantom.make_head_phantom (SYNTHETIC)",
                  "spacing_mm": args.spacing,
                  "subjects_train": None if args.checkpoint else args.subjects_train - args.val_subjects,
                  "subjects_val": args.val_subjects, "subjects_test": args.subjects_test,
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = {f"{r['model']} {r['sampler'].upper()} {r['steps']}, K = {r['samples']}": r["reliability_curve"] for r in rows
               if r["reliability_curve"] and r["test_set"] == "in-domain" and not r["shared_noise"]}
     if curves:
-        from sci_diffusion_medical.metrics import draw_reliability_png
+        from sci_diffusion_medical.evaluation.metrics import draw_reliability_png
 
         png = draw_reliability_png(curves, Path(args.out).with_name(f"{args.result_name}_reliability.png"))
         payload["reliability_png"] = str(png)

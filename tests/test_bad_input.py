@@ -17,7 +17,7 @@ BUNDLED_QM9 = REPO / "domains" / "molecules" / "checkpoints" / "qm9_edm_small.ck
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Every bad input of the table below, built once."""
-    from sci_diffusion_medical.phantom import write_phantom_dataset
+    from sci_diffusion_medical.data.phantom import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("bad")
     pair = write_phantom_dataset(root / "ph", 1, 4.0, seed=1)[0]
@@ -39,9 +39,9 @@ def files(tmp_path_factory):
     (root / "garbage.sdf").write_text("garbage\nnot an sdf\n")
     (root / "unknown_element.xyz").write_text("3\n\nC 0 0 0\nX 1 1 1\nH 0 1 0\n")
     (root / "nan.xyz").write_text("2\n\nC 0 0 nan\nH 0 1 0\n")
-    (root / "unknown_key.yaml").write_text("model:\n  class_path: sci_diffusion_molecules.module.MoleculeDiffusion\n"
+    (root / "unknown_key.yaml").write_text("model:\n  class_path: sci_diffusion_molecules.models.diffusion.MoleculeDiffusion\n"
                                            "  init_args:\n    hiden: 3\n")
-    (root / "wrong_type.yaml").write_text("model:\n  class_path: sci_diffusion_molecules.module.MoleculeDiffusion\n"
+    (root / "wrong_type.yaml").write_text("model:\n  class_path: sci_diffusion_molecules.models.diffusion.MoleculeDiffusion\n"
                                           "  init_args:\n    hidden: many\n")
     checkpoint = BUNDLED_QM9.read_bytes()
     (root / "truncated.ckpt").write_bytes(checkpoint[: len(checkpoint) // 3])

@@ -1,0 +1,21 @@
+"""The medical-imaging domain of sci-diffusion, in layers (each imports only the ones above it in this list):
+
+- ``io``: NIfTI and other image files, grids and resampling, figures;
+- ``data``: SynthRAD pairs, MONAI transforms, 2.5-D slices, the data modules, the head phantom;
+- ``models``: the MONAI U-Net models (diffusion, regression, residual, paired synthesis);
+- ``translation``: whole-volume MRI-to-CT with a trained model (``translate``);
+- ``synthetic``: SYNTHETIC paired data sets (``synthesize medical``) and the nnU-Net export;
+- ``evaluation``: the SynthRAD metrics (``evaluate mri2ct``) and the memorisation audit;
+- ``cli``: the verbs.
+
+See ``docs/architecture.md``.
+"""
+
+# The trained models that ship in checkpoints/ (its README.md gives each one's training budget), by the name
+# ``sci_diffusion.checkpoints.bundled_checkpoint`` takes.
+BUNDLED_CHECKPOINTS = {
+    "translation": "mri2ct_residual.ckpt",
+    "regression": "mri2ct_regression.ckpt",
+    "diffusion": "mri2ct_phantom.ckpt",
+    "synthesis": "paired_synthesis.ckpt",
+}

@@ -1,7 +1,7 @@
 """The medical domain's plug-in object (entry point ``sci_diffusion.domains: medical``)."""
 from sci_diffusion.domains import Command, Domain
 
-from .commands import (
+from .cli.commands import (
     add_audit_arguments,
     add_evaluate_arguments,
     add_phantom_arguments,

@@ -1,0 +1,22 @@
+"""The 3D molecules domain of sci-diffusion, in layers (each imports only the ones above it in this list):
+
+- ``chem``: elements, bonds, molecule files, SMILES, per-molecule checks (RDKit);
+- ``data``: QM9, custom SDF/XYZ sets, PyG graphs, the data module, property conditioning, the atom state;
+- ``generation``: drawing molecules from a trained model (batches, guidance), conformers, trajectories;
+- ``models``: the networks (EGNN, e3nn) and the LightningModules that train them (EDM, GeoLDM, property models);
+- ``evaluation``: the EDM metrics, the conditional protocol, candidate tables and triage;
+- ``cli``: the ``sample molecules`` and ``evaluate molecules`` verbs.
+
+See ``docs/architecture.md``.
+"""
+
+# The trained models that ship in checkpoints/ (its README.md gives each one's training budget), by the name
+# ``sci_diffusion.checkpoints.bundled_checkpoint`` takes.
+BUNDLED_CHECKPOINTS = {
+    "unconditional": "qm9_edm_small.ckpt",
+    "latent": "qm9_geoldm_small.ckpt",
+    "gap": "qm9_edm_small_cond_gap.ckpt",
+    "classifier": "qm9_gap_classifier.ckpt",
+    "regressor": "qm9_gap_regressor.ckpt",
+    "custom_egfr": "custom_egfr_small.ckpt",
+}

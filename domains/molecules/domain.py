@@ -1,7 +1,7 @@
 """The molecules domain's plug-in object (entry point ``sci_diffusion.domains: molecules``)."""
 from sci_diffusion.domains import Command, Domain
 
-from .commands import add_evaluate_arguments, add_sample_arguments, run_evaluate, run_sample
+from .cli.commands import add_evaluate_arguments, add_sample_arguments, run_evaluate, run_sample
 
 DOMAIN = Domain(
     "molecules",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import pickle
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,26 @@ def training_record(module: L.LightningModule, domain: str) -> dict:
     }
 
 
+def bundled_checkpoint(package: str, model: str, flag: str = "--ckpt") -> Path:
+    """The file of a trained model that ships inside a domain package: ``<package>/checkpoints/<name>``,
+    where ``<name>`` is the package's ``BUNDLED_CHECKPOINTS[model]`` (its ``checkpoints/README.md`` says how
+    each was trained). The one way every domain finds its bundled models.
+
+    Args:
+        package: the domain package, e.g. ``"sci_diffusion_molecules"``.
+        model: a key of its ``BUNDLED_CHECKPOINTS`` table, e.g. ``"unconditional"``.
+        flag: the command-line flag that passes another checkpoint, named in the error.
+
+    Raises:
+        UserError: the file is not there (an install without the package data).
+    """
+    name = importlib.import_module(package).BUNDLED_CHECKPOINTS[model]
+    path = Path(str(files(package).joinpath("checkpoints"))) / name  # an absolute ``name`` stays as it is
+    if not path.is_file():
+        raise UserError(f"The bundled {model} model {path} is missing; pass {flag} with a checkpoint of your own.")
+    return path
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Read a sci-diffusion checkpoint file; UserError if it is missing or not one."""
     path = Path(path)
@@ -61,9 +82,29 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+# Where the classes of checkpoints written before House II (issue 27) live now: ``old module -> new module``.
+# A checkpoint names its class as ``module:Class``; a user's old checkpoint keeps loading through this table.
+MOVED_MODULES = {
+    "sci_diffusion_molecules.module": "sci_diffusion_molecules.models.diffusion",
+    "sci_diffusion_molecules.latent": "sci_diffusion_molecules.models.latent",
+    "sci_diffusion_molecules.property_model": "sci_diffusion_molecules.models.property_model",
+    "sci_diffusion_medical.module": "sci_diffusion_medical.models.diffusion",
+    "sci_diffusion_medical.regression": "sci_diffusion_medical.models.regression",
+    "sci_diffusion_medical.residual": "sci_diffusion_medical.models.residual",
+    "sci_diffusion_medical.synthesis": "sci_diffusion_medical.models.synthesis",
+}
+
+
+def module_class_path(record: dict) -> tuple[str, str]:
+    """``(module, class name)`` of the module a checkpoint's ``sci_diffusion`` record holds, with a module
+    that has moved since the checkpoint was written mapped to where it is now (:data:`MOVED_MODULES`)."""
+    module_name, _, class_name = record["module_class"].partition(":")
+    return MOVED_MODULES.get(module_name, module_name), class_name
+
+
 def module_class_name(record: dict) -> str:
     """The class name of the module a checkpoint's ``sci_diffusion`` record holds (``"MRItoCTRegression"``
-    of ``"sci_diffusion_medical.regression:MRItoCTRegression"``)."""
+    of ``"sci_diffusion_medical.models.regression:MRItoCTRegression"``)."""
     return record["module_class"].rpartition(":")[2]
 
 
@@ -81,7 +122,7 @@ def load_module(path: str | Path, domain: str | None = None) -> torch.nn.Module:
     meta = ckpt["sci_diffusion"]
     if domain is not None and meta["domain"] != domain:
         raise UserError(f"Checkpoint {path} belongs to the {meta['domain']!r} domain, not {domain!r}.")
-    module_name, _, cls_name = meta["module_class"].partition(":")
+    module_name, cls_name = module_class_path(meta)
     cls = getattr(importlib.import_module(module_name), cls_name)
     module = cls(**{k: v for k, v in meta["config"].items() if not k.startswith("_")})
     module.load_state_dict(ckpt["state_dict"])

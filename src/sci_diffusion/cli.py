@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "_command", None) is None:
             parser.print_help()
             return 0 if not argv else 2
-        return args._command.run(args) or 0
+        return args._command.runner()(args) or 0
     except (UserError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
             PermissionError) as exc:
         if debug:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,14 +29,23 @@ class Command:
     ``verb`` is the first CLI word. With ``target`` set the command is ``sci-diffusion VERB TARGET``
     (``sample molecules``); without it, the verb stands alone (``phantom``, ``translate``).
     ``add_arguments`` must stay cheap (no heavy imports); ``run`` does the work and returns an
-    exit code (None means 0).
+    exit code (None means 0). ``run`` may be given as ``"package.module:function"``: it is imported only
+    when the command runs, so ``sci-diffusion --help`` never imports torch or a domain's models, while
+    the module that holds it imports what it needs at its top.
     """
 
     verb: str
     target: str | None
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int | None]
+    run: Callable[[argparse.Namespace], int | None] | str
+
+    def runner(self) -> Callable[[argparse.Namespace], int | None]:
+        """``run``, imported first when it is given by name."""
+        if callable(self.run):
+            return self.run
+        module, _, function = self.run.partition(":")
+        return getattr(importlib.import_module(module), function)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sci_diffusion_medical.phantom import make_head_phantom, write_phantom_dataset
+from sci_diffusion_medical.data.phantom import make_head_phantom, write_phantom_dataset
 
 
 @pytest.fixture(scope="session")

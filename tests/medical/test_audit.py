@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from sci_diffusion.cli import main
-from sci_diffusion_medical.audit import audit_directories, volume_signature
-from sci_diffusion_medical.nifti import load_volume, save_like
-from sci_diffusion_medical.phantom import write_phantom_dataset
+from sci_diffusion_medical.data.phantom import write_phantom_dataset
+from sci_diffusion_medical.evaluation.audit import audit_directories, volume_signature
+from sci_diffusion_medical.io.nifti import load_volume, save_like
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_the_audit_flags_copies_and_passes_an_unrelated_subject(phantom_dir, syn
 
 
 def test_signatures_ignore_gain_and_offset_and_refuse_a_constant_volume():
-    from sci_diffusion_medical.nifti import MedicalInputError
+    from sci_diffusion_medical.io.nifti import MedicalInputError
 
     v = np.random.default_rng(1).normal(size=(20, 24, 16))
     np.testing.assert_allclose(volume_signature(3 * v + 7), volume_signature(v))

@@ -57,8 +57,9 @@ def test_translate_rejects_a_mask_of_another_shape(phantom_dir, diffusion_ckpt, 
 
 def test_translate_rejects_a_checkpoint_of_another_domain(phantom_dir, tmp_path, capsys):
     ckpt = tmp_path / "molecules.ckpt"
-    torch.save({"state_dict": {}, "sci_diffusion": {"domain": "molecules", "config": {},
-                                                     "module_class": "sci_diffusion_molecules.module:MoleculeDiffusion"}}, ckpt)
+    record = {"domain": "molecules", "config": {},
+              "module_class": "sci_diffusion_molecules.models.diffusion:MoleculeDiffusion"}
+    torch.save({"state_dict": {}, "sci_diffusion": record}, ckpt)
     err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt", str(ckpt),
                                "--out", str(tmp_path / "o.nii.gz")], capsys)
     assert str(ckpt) in err and "molecules" in err
@@ -72,10 +73,10 @@ def test_translate_reports_a_missing_input_file(diffusion_ckpt, tmp_path, capsys
 
 
 def test_translate_without_ckpt_explains_the_missing_bundled_model(phantom_dir, tmp_path, capsys, monkeypatch):
-    from sci_diffusion_medical import translate
+    import sci_diffusion_medical
 
-    absent = tmp_path / "checkpoints" / "mri2ct_phantom.ckpt"
-    monkeypatch.setattr(translate, "BUNDLED_CHECKPOINT", absent)
+    absent = tmp_path / "checkpoints" / "mri2ct_residual.ckpt"
+    monkeypatch.setitem(sci_diffusion_medical.BUNDLED_CHECKPOINTS, "translation", str(absent))
     err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"),
                                "--out", str(tmp_path / "o.nii.gz")], capsys)
     assert str(absent) in err and "--ckpt" in err
@@ -90,9 +91,9 @@ def test_translate_rejects_inconsistent_flags_before_any_work(phantom_dir, diffu
 
 
 def test_translate_without_ckpt_uses_the_bundled_model(phantom_dir, diffusion_ckpt, tmp_path, monkeypatch):
-    from sci_diffusion_medical import translate
+    import sci_diffusion_medical
 
-    monkeypatch.setattr(translate, "BUNDLED_CHECKPOINT", diffusion_ckpt)
+    monkeypatch.setitem(sci_diffusion_medical.BUNDLED_CHECKPOINTS, "translation", str(diffusion_ckpt))
     out = tmp_path / "sct.nii.gz"
     assert main(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--steps", "1", "--out", str(out)]) == 0
     assert json.loads((tmp_path / "sct.json").read_text())["checkpoint"] == str(diffusion_ckpt)

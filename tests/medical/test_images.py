@@ -11,10 +11,10 @@ import pytest
 from scipy import ndimage
 
 from sci_diffusion.cli import main
-from sci_diffusion_medical.images import load_for_model, read_volume, save_on_input_grid, to_input_grid
-from sci_diffusion_medical.nifti import MedicalInputError
-from sci_diffusion_medical.pairs import find_synthrad_pairs, pairs_from_triplets
-from sci_diffusion_medical.phantom import make_head_phantom
+from sci_diffusion_medical.data.pairs import find_synthrad_pairs, pairs_from_triplets
+from sci_diffusion_medical.data.phantom import make_head_phantom
+from sci_diffusion_medical.io.images import load_for_model, read_volume, save_on_input_grid, to_input_grid
+from sci_diffusion_medical.io.nifti import MedicalInputError
 
 from .conftest import assert_one_sentence_naming
 
@@ -316,7 +316,7 @@ def test_translate_names_a_mask_whose_shape_differs_from_the_mha_mr(regression_c
 
 def test_training_reads_the_synthrad2025_layout_as_it_reads_nifti(phantom_dir, tmp_path):
     """One pipeline for training and inference: a patient stored as .mha gives the same training slices."""
-    from sci_diffusion_medical.slices import SliceDataset
+    from sci_diffusion_medical.data.slices import SliceDataset
 
     nifti_pair = find_synthrad_pairs(phantom_dir)[0]
     folder = tmp_path / "Task1" / nifti_pair["id"]

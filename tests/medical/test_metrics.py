@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from sci_diffusion_medical.metrics import (
+from sci_diffusion_medical.data.pairs import find_synthrad_pairs
+from sci_diffusion_medical.evaluation.metrics import (
     calibrated_coverage,
     draw_reliability_png,
     evaluate_directory,
@@ -16,8 +17,7 @@ from sci_diffusion_medical.metrics import (
     uncertainty_coverage,
     uncertainty_error_correlation,
 )
-from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_like, save_volume
-from sci_diffusion_medical.pairs import find_synthrad_pairs
+from sci_diffusion_medical.io.nifti import MedicalInputError, load_volume, save_like, save_volume
 
 from .conftest import assert_one_sentence_naming
 
@@ -199,7 +199,7 @@ def test_evaluate_directory_names_a_prediction_on_another_grid(phantom_dir, tmp_
 
 
 def test_neighbour_slice_difference_measures_stripes_between_slices():
-    from sci_diffusion_medical.metrics import neighbour_slice_difference
+    from sci_diffusion_medical.evaluation.metrics import neighbour_slice_difference
 
     z = np.arange(6, dtype=float)
     ramp = np.broadcast_to(10.0 * z, (4, 5, 6))  # 10 HU per slice along the axial axis
@@ -226,7 +226,7 @@ def test_evaluate_directory_pools_every_patient_into_one_reliability_diagram(pha
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_a_calibrated_sampler_with_k_samples_covers_what_calibrated_coverage_says(k):
     """Truth and K samples drawn from one Gaussian per voxel: the K-mean's coverage by the samples' std."""
-    from sci_diffusion_medical.translate import mean_and_std
+    from sci_diffusion_medical.translation.translate import mean_and_std
 
     rng = np.random.default_rng(k)
     sigma = rng.uniform(5.0, 200.0, size=(40, 40, 40))

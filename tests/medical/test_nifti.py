@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_like, save_volume
+from sci_diffusion_medical.io.nifti import MedicalInputError, load_volume, save_like, save_volume
 
 from .conftest import assert_one_sentence_naming
 

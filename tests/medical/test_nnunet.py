@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from sci_diffusion_medical.nifti import MedicalInputError, save_like, save_volume
-from sci_diffusion_medical.nnunet import nnunet_labels, write_nnunet_dataset
-from sci_diffusion_medical.phantom import TISSUE_LABELS, write_phantom_dataset
+from sci_diffusion_medical.data.phantom import TISSUE_LABELS, write_phantom_dataset
+from sci_diffusion_medical.io.nifti import MedicalInputError, save_like, save_volume
+from sci_diffusion_medical.synthetic.nnunet import nnunet_labels, write_nnunet_dataset
 
 from .conftest import assert_one_sentence_naming
 

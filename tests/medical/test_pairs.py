@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from sci_diffusion_medical.nifti import MedicalInputError, save_volume
-from sci_diffusion_medical.pairs import find_synthrad_pairs, pairs_from_triplets, validate_pair
+from sci_diffusion_medical.data.pairs import find_synthrad_pairs, pairs_from_triplets, validate_pair
+from sci_diffusion_medical.io.nifti import MedicalInputError, save_volume
 
 from .conftest import assert_one_sentence_naming
 

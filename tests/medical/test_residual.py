@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
-from sci_diffusion_medical.regression import MRItoCTRegression
-from sci_diffusion_medical.residual import MRItoCTResidualDiffusion, laplace_scale_nll
-from sci_diffusion_medical.transforms import augment_mr, mr_intensity_augmentation
-from sci_diffusion_medical.translate import translate_volume
+from sci_diffusion_medical.data.transforms import augment_mr, mr_intensity_augmentation
+from sci_diffusion_medical.models.regression import MRItoCTRegression
+from sci_diffusion_medical.models.residual import MRItoCTResidualDiffusion, laplace_scale_nll
+from sci_diffusion_medical.translation.translate import translate_volume
 
 
 def _tiny_residual(regression_ckpt, **kwargs) -> MRItoCTResidualDiffusion:
@@ -90,7 +90,7 @@ def test_mr_augmentation_changes_the_signal_and_keeps_the_conventions():
 
 
 def test_only_training_slices_are_augmented(phantom_dir):
-    from sci_diffusion_medical.datamodule import MRItoCTDataModule
+    from sci_diffusion_medical.data.datamodule import MRItoCTDataModule
 
     dm = MRItoCTDataModule(root=str(phantom_dir), val_subjects=1, crop_size=None, mr_augmentation=1.0)
     dm.setup("fit")

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sci_diffusion_medical.nifti import load_volume
-from sci_diffusion_medical.pairs import find_synthrad_pairs
-from sci_diffusion_medical.slices import SliceDataset, neighbour_slices, unpad_slice
-from sci_diffusion_medical.transforms import ct_to_unit
+from sci_diffusion_medical.data.pairs import find_synthrad_pairs
+from sci_diffusion_medical.data.slices import SliceDataset, neighbour_slices, unpad_slice
+from sci_diffusion_medical.data.transforms import ct_to_unit
+from sci_diffusion_medical.io.nifti import load_volume
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_k_must_be_odd(phantom_dir):
 
 
 def test_memory_mapped_volumes_give_the_same_items_and_are_reused(phantom_dir, tmp_path):
-    from sci_diffusion_medical.pairs import find_synthrad_pairs
+    from sci_diffusion_medical.data.pairs import find_synthrad_pairs
 
     pairs = find_synthrad_pairs(phantom_dir)
     in_memory = SliceDataset(pairs, k=3)

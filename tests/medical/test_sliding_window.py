@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sci_diffusion_medical.module import MRItoCTDiffusion
-from sci_diffusion_medical.regression import MRItoCTRegression
-from sci_diffusion_medical.translate import translate_volume
+from sci_diffusion_medical.models.diffusion import MRItoCTDiffusion
+from sci_diffusion_medical.models.regression import MRItoCTRegression
+from sci_diffusion_medical.translation.translate import translate_volume
 
 
 class TimeTimesFirstChannel(torch.nn.Module):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from sci_diffusion.cli import main
-from sci_diffusion_medical.nifti import MedicalInputError
-from sci_diffusion_medical.pairs import find_synthrad_pairs
-from sci_diffusion_medical.synthesis import (
+from sci_diffusion_medical.data.pairs import find_synthrad_pairs
+from sci_diffusion_medical.io.nifti import MedicalInputError
+from sci_diffusion_medical.models.synthesis import (
     PairedSliceSynthesis,
     PairedVolumeSlices,
     bits_to_labels,

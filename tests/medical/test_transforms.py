@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from sci_diffusion_medical.nifti import MedicalInputError, load_volume, save_volume
-from sci_diffusion_medical.pairs import find_synthrad_pairs
-from sci_diffusion_medical.transforms import ct_to_unit, mri2ct_transforms, normalise_mr, unit_to_ct
+from sci_diffusion_medical.data.pairs import find_synthrad_pairs
+from sci_diffusion_medical.data.transforms import ct_to_unit, mri2ct_transforms, normalise_mr, unit_to_ct
+from sci_diffusion_medical.io.nifti import MedicalInputError, load_volume, save_volume
 
 
 def test_ct_to_unit_maps_the_metric_window_onto_minus_one_to_one_and_clips():

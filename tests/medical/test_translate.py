@@ -4,7 +4,7 @@ import numpy as np
 
 def test_the_trajectory_ends_on_the_translated_slice(phantom_dir, residual_ckpt, tmp_path):
     """translate --trajectory-png: one frame per step, and the last estimate is the slice the volume got."""
-    from sci_diffusion_medical.translate import (
+    from sci_diffusion_medical.translation.translate import (
         load_inputs,
         load_translation_model,
         slice_geometry,

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sci_diffusion.checkpoints import read_checkpoint
-from sci_diffusion_medical.module import MRItoCTDiffusion
-from sci_diffusion_medical.regression import MRItoCTRegression
-from sci_diffusion_medical.residual import MRItoCTResidualDiffusion
+from sci_diffusion_medical.models.diffusion import MRItoCTDiffusion
+from sci_diffusion_medical.models.regression import MRItoCTRegression
+from sci_diffusion_medical.models.residual import MRItoCTResidualDiffusion
 
 from .conftest import TINY_FIT, _tiny_fit
 

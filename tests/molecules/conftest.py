@@ -6,9 +6,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.module import MoleculeDiffusion
-from sci_diffusion_molecules.property_model import PropertyPredictor
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
+from sci_diffusion_molecules.models.property_model import PropertyPredictor
 
 
 def permuted_first_molecule(qm9_batch):

@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 from e3nn import o3
 
-from sci_diffusion_molecules.bonds import bond_orders, to_rdkit_mol
-from sci_diffusion_molecules.elements import UnknownElementError
-from sci_diffusion_molecules.metrics import (
+from sci_diffusion_molecules.chem.bonds import bond_orders, to_rdkit_mol
+from sci_diffusion_molecules.chem.elements import UnknownElementError
+from sci_diffusion_molecules.data.qm9 import edm_split, load_qm9, rebuilt_smiles
+from sci_diffusion_molecules.evaluation.metrics import (
     atom_stability,
     evaluate_molecules,
     molecule_smiles,
     molecule_stability,
     stable_atoms,
 )
-from sci_diffusion_molecules.qm9 import edm_split, load_qm9, rebuilt_smiles
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_qm9_data_reproduces_the_published_data_row(qm9):
 
 @pytest.mark.slow
 def test_whole_train_split_reproduces_the_data_row_and_is_not_novel(qm9):
-    from sci_diffusion_molecules.qm9 import train_smiles
+    from sci_diffusion_molecules.data.qm9 import train_smiles
 
     rows = edm_split(qm9)["train"]
     result = evaluate_molecules((qm9.molecule(int(r)) for r in rows), train_smiles())

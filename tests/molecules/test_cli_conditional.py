@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sci_diffusion.cli import main
-from sci_diffusion_molecules.files import read_molecules
+from sci_diffusion_molecules.chem.files import read_molecules
 
 
 def sample(argv, conditional_checkpoint, classifier_checkpoint, out):
@@ -97,8 +97,8 @@ def test_bad_conditions_get_one_sentence_and_exit_2_and_write_nothing(
 
 
 def test_a_condition_for_an_unconditional_checkpoint_is_refused(tmp_path, capsys, classifier_checkpoint):
-    from sci_diffusion_molecules.datamodule import QM9DataModule
-    from sci_diffusion_molecules.module import MoleculeDiffusion
+    from sci_diffusion_molecules.data.datamodule import QM9DataModule
+    from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
     from tests.molecules.conftest import fit_tiny
 
     plain = fit_tiny(MoleculeDiffusion(hidden=16, layers=2, ema_decay=0, val_molecules=0),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sci_diffusion.cli import main
-from sci_diffusion_molecules.files import read_molecules
+from sci_diffusion_molecules.chem.files import read_molecules
 
 
 def test_sample_writes_a_tagged_sdf_that_reads_back(tiny_checkpoint, tmp_path, capsys):
@@ -85,7 +85,7 @@ def test_rdkit_bond_perception_is_available_for_the_sdf(tiny_checkpoint, tmp_pat
 
 
 def test_an_output_under_a_file_is_refused_before_any_sampling(tmp_path, capsys, monkeypatch):
-    import sci_diffusion_molecules.sampling as sampling
+    import sci_diffusion_molecules.generation.sampling as sampling
     from sci_diffusion.cli import main
 
     def never(*args, **kwargs):
@@ -105,7 +105,7 @@ def test_a_diverged_sample_counts_as_a_failure_and_stays_in_the_denominator(tiny
 
     import numpy as np
 
-    import sci_diffusion_molecules.sampling as sampling
+    import sci_diffusion_molecules.generation.sampling as sampling
 
     real = sampling.sample_molecules
 

@@ -8,7 +8,7 @@ import torch
 
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.compilation import compiled_forward
-from sci_diffusion_molecules.sampling import Guidance, sample_molecules
+from sci_diffusion_molecules.generation.sampling import Guidance, sample_molecules
 from tests.molecules.test_cli_conditional import sample
 
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's CPU backend needs g++")

@@ -28,7 +28,7 @@ def test_config_builds_its_model_and_names_real_callbacks(config):
 
 
 def test_the_latent_configs_hold_latent_models():
-    from sci_diffusion_molecules.latent import LatentMoleculeDiffusion
+    from sci_diffusion_molecules.models.latent import LatentMoleculeDiffusion
 
     for name in ("qm9_geoldm", "qm9_geoldm_small", "qm9_geoldm_small_two_stage"):
         cfg = yaml.safe_load((CONFIGS[0].parent / f"{name}.yaml").read_text())

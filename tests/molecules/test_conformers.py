@@ -8,9 +8,9 @@ import pytest
 import torch
 from rdkit import Chem
 
+from sci_diffusion.checkpoints import bundled_checkpoint
 from sci_diffusion.cli import main
-from sci_diffusion_molecules.commands import bundled_checkpoint
-from sci_diffusion_molecules.conformers import (
+from sci_diffusion_molecules.generation.conformers import (
     GraphRestrainedDenoiser,
     InpaintingTask,
     bound_violation,
@@ -28,7 +28,7 @@ from sci_diffusion_molecules.conformers import (
 def edm_model():
     from sci_diffusion.checkpoints import load_module
 
-    return load_module(bundled_checkpoint("unconditional"), domain="molecules").eval()
+    return load_module(bundled_checkpoint("sci_diffusion_molecules", "unconditional"), domain="molecules").eval()
 
 
 def test_the_bounds_refinement_reaches_the_graphs_connectivity():
@@ -132,9 +132,9 @@ def test_a_conformer_model_sees_the_given_types_clean_and_learns_positions_only(
     denoiser hands the network the molecule's own features whatever the state holds there."""
     import torch
 
-    from sci_diffusion_molecules.conformers import GraphRestrainedDenoiser, molecule_from_smiles
-    from sci_diffusion_molecules.datamodule import QM9DataModule
-    from sci_diffusion_molecules.module import MoleculeDiffusion
+    from sci_diffusion_molecules.data.datamodule import QM9DataModule
+    from sci_diffusion_molecules.generation.conformers import GraphRestrainedDenoiser, molecule_from_smiles
+    from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 
     dm = QM9DataModule(batch_size=4, limit=4)
     dm.setup()
@@ -158,8 +158,8 @@ def test_a_conformer_model_sees_the_given_types_clean_and_learns_positions_only(
 
 
 def test_a_conformer_model_without_smiles_is_refused_in_one_sentence(tmp_path, capsys):
-    from sci_diffusion_molecules.datamodule import QM9DataModule
-    from sci_diffusion_molecules.module import MoleculeDiffusion
+    from sci_diffusion_molecules.data.datamodule import QM9DataModule
+    from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 
     from .conftest import fit_tiny
 

@@ -5,10 +5,10 @@ import torch
 from e3nn import o3
 
 from sci_diffusion.checkpoints import load_module
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.e3nn_backbone import E3nnDenoiser
-from sci_diffusion_molecules.module import MoleculeDiffusion, encode_atoms, molecule_space
-from sci_diffusion_molecules.sampling import sample_molecules
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.generation.sampling import sample_molecules
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion, encode_atoms, molecule_space
+from sci_diffusion_molecules.models.e3nn_backbone import E3nnDenoiser
 
 from .conftest import fit_tiny, permuted_first_molecule
 
@@ -118,7 +118,7 @@ def test_a_condition_enters_as_invariant_input(qm9_batch):
 
 
 def test_an_unknown_backbone_or_lmax_is_refused_and_the_default_stays_the_egnn():
-    from sci_diffusion_molecules.egnn import EGNN
+    from sci_diffusion_molecules.models.egnn import EGNN
 
     with pytest.raises(ValueError, match="backbone"):
         MoleculeDiffusion(backbone="painn")
@@ -140,7 +140,7 @@ def test_a_tiny_e3nn_fit_saves_a_checkpoint_that_loads_and_samples(tmp_path):
 
 def test_a_checkpoint_without_a_backbone_hparam_loads_as_an_egnn(tiny_checkpoint, tmp_path):
     """Checkpoints saved before the option existed hold no ``backbone``: they stay EGNNs."""
-    from sci_diffusion_molecules.egnn import EGNN
+    from sci_diffusion_molecules.models.egnn import EGNN
 
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
     for key in ("backbone", "lmax"):

@@ -7,10 +7,10 @@ from e3nn import o3
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.denoiser import failed_samples, isolate_failed_samples
 from sci_diffusion.names import SAMPLER_NAMES
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.egnn import fully_connected_edges
-from sci_diffusion_molecules.module import MoleculeDiffusion, encode_atoms
-from sci_diffusion_molecules.sampling import sample_molecules
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.generation.sampling import sample_molecules
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion, encode_atoms
+from sci_diffusion_molecules.models.egnn import fully_connected_edges
 
 from .conftest import permuted_first_molecule
 
@@ -39,7 +39,7 @@ def predict(model, batch, x):
 
 def centred_state(batch):
     x = encode_atoms(batch.pos, batch.one_hot, batch.charges).double()
-    model_space = __import__("sci_diffusion_molecules.module", fromlist=["molecule_space"]).molecule_space
+    model_space = __import__("sci_diffusion_molecules.models.diffusion", fromlist=["molecule_space"]).molecule_space
     return model_space(batch.batch, batch.num_graphs).project(x)
 
 
@@ -164,7 +164,7 @@ def dense_weights(block):
 
 @pytest.mark.parametrize("edm_coords_range", [True, False])
 def test_one_egnn_layer_follows_edm_equations(edm_coords_range, qm9_batch):
-    from sci_diffusion_molecules.egnn import EGNN
+    from sci_diffusion_molecules.models.egnn import EGNN
     torch.manual_seed(0)
     layers = 3
     net = EGNN(feature_dim=6, hidden=16, layers=layers, edm_coords_range=edm_coords_range).double()
@@ -206,9 +206,9 @@ def test_training_positions_are_centred(qm9_batch):
 
 @pytest.fixture(scope="module")
 def bundled_model():
-    from sci_diffusion_molecules.commands import bundled_checkpoint
+    from sci_diffusion.checkpoints import bundled_checkpoint
 
-    return load_module(bundled_checkpoint(), "molecules")
+    return load_module(bundled_checkpoint("sci_diffusion_molecules", "unconditional"), "molecules")
 
 
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)

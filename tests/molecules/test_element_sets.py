@@ -11,18 +11,18 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from sci_diffusion.cli import main
-from sci_diffusion_molecules.custom_data import murcko_scaffold, random_split, read_custom_molecules, scaffold_split
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.elements import (
+from sci_diffusion_molecules.chem.elements import (
     QM9_ELEMENTS,
     VALENCES,
     ElementSet,
     UnknownElementError,
     allowed_valences,
 )
-from sci_diffusion_molecules.files import MoleculeWriter, read_molecules
-from sci_diffusion_molecules.metrics import evaluate_molecules, molecule_smiles, stable_atoms
-from sci_diffusion_molecules.module import MoleculeDiffusion, decode_atoms, decode_formal_charges, encode_atoms
+from sci_diffusion_molecules.chem.files import MoleculeWriter, read_molecules
+from sci_diffusion_molecules.data.custom_data import murcko_scaffold, random_split, read_custom_molecules, scaffold_split
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules, molecule_smiles, stable_atoms
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion, decode_atoms, decode_formal_charges, encode_atoms
 
 from .conftest import fit_tiny
 

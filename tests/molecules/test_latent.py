@@ -5,16 +5,16 @@ from e3nn import o3
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion.state_spaces import ZeroCoMSpace
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.latent import (
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.generation.sampling import Guidance, sample_molecules
+from sci_diffusion_molecules.models.diffusion import centred_atom_state
+from sci_diffusion_molecules.models.latent import (
     EquivariantAutoencoder,
     LatentMoleculeDiffusion,
     MoleculeAutoencoder,
     reconstruction_loss,
     reconstruction_quality,
 )
-from sci_diffusion_molecules.module import centred_atom_state
-from sci_diffusion_molecules.sampling import Guidance, sample_molecules
 
 from .conftest import fit_tiny
 
@@ -219,7 +219,7 @@ def cli_sample(argv, out):
 def test_sample_molecules_takes_a_latent_checkpoint_and_says_which_model_it_holds(latent_checkpoint, tmp_path):
     import json
 
-    from sci_diffusion_molecules.files import read_molecules
+    from sci_diffusion_molecules.chem.files import read_molecules
 
     out = tmp_path / "latent.sdf"
     assert cli_sample(["--ckpt", str(latent_checkpoint)], out) == 0
@@ -247,9 +247,9 @@ def test_a_model_that_is_not_the_one_asked_for_is_refused(argv, message, latent_
 def test_the_bundled_latent_model_is_what_model_latent_samples(tmp_path):
     import json
 
-    from sci_diffusion_molecules.commands import bundled_checkpoint
+    from sci_diffusion.checkpoints import bundled_checkpoint
 
-    path = bundled_checkpoint("latent")
+    path = bundled_checkpoint("sci_diffusion_molecules", "latent")
     assert path.stat().st_size < 10 * 2**20  # at most 10 MB, as shipped
     record = read_checkpoint(path)["sci_diffusion"]
     assert record["module_class"].endswith(":LatentMoleculeDiffusion") and "CPU-hours" in record["training_budget"]

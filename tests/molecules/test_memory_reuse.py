@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent("""
     from sci_diffusion.memory import keep_freed_memory
     if sys.argv[1] == "tuned":
         assert keep_freed_memory()
-    from sci_diffusion_molecules.egnn import EGNN
+    from sci_diffusion_molecules.models.egnn import EGNN
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
     net = EGNN(hidden=128, layers=6, cond_dim=2)  # the bundled models' size

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from sci_diffusion_molecules.custom_data import load_custom_molecules
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.elements import UnknownElementError
-from sci_diffusion_molecules.evaluate import evaluate_file
-from sci_diffusion_molecules.files import MoleculeFileError, MoleculeWriter, draw_grid_png, read_molecules
-from sci_diffusion_molecules.metrics import evaluate_molecules
-from sci_diffusion_molecules.qm9 import PROPERTY_NAMES, load_qm9
+from sci_diffusion_molecules.chem.elements import UnknownElementError
+from sci_diffusion_molecules.chem.files import MoleculeFileError, MoleculeWriter, draw_grid_png, read_molecules
+from sci_diffusion_molecules.data.custom_data import load_custom_molecules
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.data.qm9 import PROPERTY_NAMES, load_qm9
+from sci_diffusion_molecules.evaluation.evaluate_file import evaluate_file
+from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules
 
 PROPS = {"sampler": "dpmpp2m", "steps": 50, "seed": 7, "checkpoint": "ab12cd", "SYNTHETIC": 1, "note": "a b"}
 

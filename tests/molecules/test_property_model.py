@@ -7,7 +7,10 @@ from e3nn import o3
 from torch_geometric.data import Batch
 
 from sci_diffusion.checkpoints import load_module
-from sci_diffusion_molecules.conditional_protocol import (
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.data.graphs import atoms_to_data
+from sci_diffusion_molecules.data.qm9 import conditional_halves, edm_split, load_qm9
+from sci_diffusion_molecules.evaluation.conditional_protocol import (
     atom_count_predictor,
     baselines,
     evaluate_generator,
@@ -15,11 +18,8 @@ from sci_diffusion_molecules.conditional_protocol import (
     normalised_mae,
     predict_from_atom_count,
 )
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.graphs import atoms_to_data
-from sci_diffusion_molecules.property_model import PropertyPredictor, predict_properties
-from sci_diffusion_molecules.qm9 import conditional_halves, edm_split, load_qm9
-from sci_diffusion_molecules.sampling import Guidance
+from sci_diffusion_molecules.generation.sampling import Guidance
+from sci_diffusion_molecules.models.property_model import PropertyPredictor, predict_properties
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_the_classifier_is_invariant_to_rotations_translations_and_atom_order(qm
 
 def test_a_molecule_with_non_finite_coordinates_gets_no_prediction(qm9):
     model = PropertyPredictor(["gap"], hidden=16, layers=1).eval()
-    from sci_diffusion_molecules.conditioning import PropertyConditioning
+    from sci_diffusion_molecules.data.conditioning import PropertyConditioning
 
     model.normalisation = PropertyConditioning(["gap"], np.zeros(1), np.ones(1), np.array([1]), np.zeros((1, 1)))
     z, pos = qm9.molecule(3)

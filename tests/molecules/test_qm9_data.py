@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.elements import ATOM_TYPES
-from sci_diffusion_molecules.graphs import QM9Dataset, atoms_to_data
-from sci_diffusion_molecules.qm9 import (
+from sci_diffusion_molecules.chem.elements import ATOM_TYPES
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.data.graphs import QM9Dataset, atoms_to_data
+from sci_diffusion_molecules.data.qm9 import (
     NUM_MOLECULES,
     PROPERTY_NAMES,
     PROPERTY_UNITS,
@@ -79,7 +79,7 @@ def test_missing_qm9pack_without_cache_says_how_to_install(tmp_path, monkeypatch
 
 
 def test_cache_folder_follows_the_environment_variable(tmp_path, monkeypatch):
-    from sci_diffusion_molecules.qm9 import default_cache_dir
+    from sci_diffusion_molecules.data.qm9 import default_cache_dir
 
     monkeypatch.setenv("SCI_DIFFUSION_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "qm9"

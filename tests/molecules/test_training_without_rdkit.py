@@ -15,8 +15,8 @@ import textwrap
 
 from rdkit import Chem
 
-from sci_diffusion_molecules.elements import ATOMIC_NUMBERS
-from sci_diffusion_molecules.qm9 import default_cache_dir, load_qm9
+from sci_diffusion_molecules.chem.elements import ATOMIC_NUMBERS
+from sci_diffusion_molecules.data.qm9 import default_cache_dir, load_qm9
 
 REFUSE_IMPORTS = """
 import sys
@@ -29,8 +29,8 @@ sys.meta_path.insert(0, _Refuse())
 
 TRAIN_A_FEW_STEPS = """
 import lightning as L
-from sci_diffusion_molecules.datamodule import QM9DataModule
-from sci_diffusion_molecules.module import MoleculeDiffusion
+from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 model = MoleculeDiffusion(hidden=16, layers=2, conditioning=['gap'], val_molecules=0)
 data = QM9DataModule(batch_size=8, limit=32, subset='Db')
 trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

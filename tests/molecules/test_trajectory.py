@@ -7,10 +7,10 @@ import torch
 
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.cli import main
-from sci_diffusion_molecules.files import read_molecules
-from sci_diffusion_molecules.latent import LatentMoleculeDiffusion
-from sci_diffusion_molecules.sampling import sample_molecules
-from sci_diffusion_molecules.trajectory import TrajectoryRecorder, strip_frames
+from sci_diffusion_molecules.chem.files import read_molecules
+from sci_diffusion_molecules.generation.sampling import sample_molecules
+from sci_diffusion_molecules.generation.trajectory import TrajectoryRecorder, strip_frames
+from sci_diffusion_molecules.models.latent import LatentMoleculeDiffusion
 
 
 def frames_by_molecule(path):
@@ -98,7 +98,7 @@ def test_strip_frames_are_evenly_spaced_and_keep_the_last():
     (["--trajectory-png", "blocker/s.png"], "--trajectory-png blocker/s.png cannot be written"),
 ])
 def test_bad_trajectory_flags_get_one_sentence_and_exit_2_before_sampling(argv, message, tmp_path, capsys, monkeypatch):
-    import sci_diffusion_molecules.sampling as sampling
+    import sci_diffusion_molecules.generation.sampling as sampling
 
     def never(*args, **kwargs):
         raise AssertionError("sampling started before the flags were checked")

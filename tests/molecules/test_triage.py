@@ -13,8 +13,8 @@ from rdkit.Chem import QED, AllChem
 
 from sci_diffusion.cli import main
 from sci_diffusion.errors import UserError
-from sci_diffusion_molecules.candidates import CandidateTable
-from sci_diffusion_molecules.triage import (
+from sci_diffusion_molecules.evaluation.candidates import CandidateTable
+from sci_diffusion_molecules.evaluation.triage import (
     CandidateExpression,
     Ranking,
     TopCandidates,
@@ -64,7 +64,7 @@ def test_the_candidates_table_holds_the_descriptors_of_a_valid_molecule():
 
 
 def test_without_rdkits_sa_score_the_column_stays_empty_after_one_warning(tmp_path, monkeypatch, capsys):
-    from sci_diffusion_molecules import triage
+    from sci_diffusion_molecules.evaluation import triage
 
     monkeypatch.setattr(RDConfig, "RDContribDir", str(tmp_path))  # an RDKit without its Contrib folder
     triage._sascorer.cache_clear()
@@ -164,7 +164,7 @@ def test_a_bad_filter_gets_one_sentence_and_exit_2_before_any_checkpoint_is_read
 
 def test_a_filter_on_a_property_the_run_lacks_is_refused_before_sampling(tiny_checkpoint, tmp_path, capsys,
                                                                           monkeypatch):
-    import sci_diffusion_molecules.sampling as sampling
+    import sci_diffusion_molecules.generation.sampling as sampling
 
     def never(*args, **kwargs):
         raise AssertionError("sampling started before the filter was checked")

@@ -1,0 +1,166 @@
+"""The medical CLI verbs: ``phantom``, ``translate`` and ``evaluate mri2ct``.
+
+``add_*_arguments`` only declare flags (no MONAI, nibabel or torch import at CLI start);
+``run_*`` import what they need and do the work.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
+
+
+def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subjects", type=int, required=True, help="number of paired head phantoms to write")
+    p.add_argument("--out", required=True, help="output folder (SynthRAD layout <out>/<id>/{mr,ct,mask,labels}.nii.gz)")
+    p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2: 96 x 112 x 96)")
+    p.add_argument("--seed", type=int, default=0, help="subject i is drawn from the seed (seed, i)")
+    p.add_argument("--scanner", choices=("default", "shifted"), default="default",
+                   help="how the MR is imaged: 'shifted' is another scanner (tissue contrasts, stronger bias field, "
+                        "more noise), for robustness tests; the anatomy and CT of a seed do not change")
+
+
+def run_phantom(args: argparse.Namespace) -> int:
+    from ..data.phantom import write_phantom_dataset
+    from ..io.nifti import MedicalInputError
+
+    if args.subjects < 1:
+        raise MedicalInputError(f"--subjects must be at least 1, got {args.subjects}.")
+    if args.spacing <= 0:
+        raise MedicalInputError(f"--spacing must be positive, got {args.spacing}.")
+    from sci_diffusion.atomic import check_writable
+
+    check_writable(Path(args.out) / "dataset.json", "--out")
+    print(f"Writing {args.subjects} SYNTHETIC head phantoms ({args.scanner} scanner) at {args.spacing:g} mm to "
+          f"{args.out} ...", file=sys.stderr)
+    pairs = write_phantom_dataset(args.out, args.subjects, args.spacing, args.seed, args.scanner)
+    print(f"Wrote {len(pairs)} subjects ({pairs[0]['id']} .. {pairs[-1]['id']}) and {args.out}/dataset.json.")
+    return 0
+
+
+def add_translate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mr", required=True, help="input T1 MR volume: .nii.gz/.nii, .mha/.mhd, .nrrd or a DICOM series folder; "
+                                            "resampled to the model's voxel size, and the sCT written back on its grid")
+    p.add_argument("--out", required=True, help="output synthetic CT in HU (.nii.gz, .nii or .mha) on the MR's grid; a .json "
+                                             "sidecar is written beside it")
+    p.add_argument("--mask", help="body mask on the MR grid (any --mr format); derived from the MR (SynthRAD recipe) "
+                                   "when absent")
+    p.add_argument("--ckpt", help="model checkpoint (residual, plain diffusion or regression); default: the bundled residual "
+                                   "diffusion model (checkpoints/README.md)")
+    p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
+    p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz or .mha; "
+                                          "needs --samples >= 2)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the model's own, the count it was validated with; "
+                                             "10 for the bundled residual model)")
+    p.add_argument("--shared-noise", action="store_true",
+                   help="start every slice of a sample from the same noise, for slices that agree with each other")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES, help="core sampler (default ddim)")
+    p.add_argument("--spacing", choices=SPACINGS, help="the sampler's time grid (not the voxel size): uniform, "
+                                                        "quadratic or logsnr (default: the sampler's own; ddim: uniform)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per network call (default 16)")
+    p.add_argument("--png", help="write an MR / sCT / CT / |error| / std panel here (.png)")
+    p.add_argument("--ct", help="reference CT on the MR grid (any --mr format), for the panel's CT and error images")
+    p.add_argument("--trajectory-png", help="draw how the body's middle slice forms: the sampler's state and its CT "
+                                            "estimate at a few evenly spaced steps (.png; diffusion models only)")
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    from ..translation.translate import translate_file
+
+    if args.batch_size < 1:
+        from sci_diffusion.errors import UserError
+
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    info = translate_file(args.mr, args.out, mask=args.mask, ckpt=args.ckpt, samples=args.samples,
+                          uncertainty=args.uncertainty, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
+                          seed=args.seed, batch_size=args.batch_size, png=args.png, ct=args.ct,
+                          shared_noise=args.shared_noise, trajectory_png=args.trajectory_png)
+    written = [args.out] + [p for p in (args.uncertainty, args.png, args.trajectory_png) if p]
+    print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")
+    return 0
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="folder of synthetic CTs: <id>.nii.gz or <id>/sct.nii.gz (or .mha; HU)")
+    p.add_argument("--ref", required=True, help="SynthRAD-layout reference folder: <id>/{ct,mask}.nii.gz (2023) or .mha (2025)")
+    p.add_argument("--out", required=True, help="metrics report (.json)")
+    p.add_argument("--allow-missing", action="store_true", help="score the patients that have a prediction, list the rest")
+    p.add_argument("--png", help="with <id>_std files: draw the calibration (reliability) diagram here (.png)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation.metrics import evaluate_directory
+
+    if args.png is not None:
+        from sci_diffusion.atomic import check_writable
+
+        check_writable(args.png, "--png")
+    report = evaluate_directory(args.pred, args.ref, args.out, allow_missing=args.allow_missing, reliability_png=args.png)
+    mean = report["mean"]
+    print(f"{report['n_patients']} patients: MAE {mean['mae']:.1f} HU, PSNR {mean['psnr']:.2f} dB, "
+          f"SSIM {mean['ssim']:.4f}, bone MAE {mean.get('tissue_mae.bone', float('nan')):.1f} HU -> {args.out}")
+    if "coverage_1sigma" in mean:
+        print(f"uncertainty: std-|error| r {mean['uncertainty_error_r']:.3f}, within 1σ {100 * mean['coverage_1sigma']:.1f} %, "
+              f"within 2σ {100 * mean['coverage_2sigma']:.1f} % (calibrated: 68.3 %, 95.4 %)"
+              + (f"; reliability diagram {report['reliability_png']}" if "reliability_png" in report else ""))
+    return 0
+
+
+def add_audit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--synthetic", required=True, help="folder of synthetic subjects (SynthRAD layout, any readable format)")
+    p.add_argument("--train", required=True, help="folder of the generator's training subjects (SynthRAD layout)")
+    p.add_argument("--out", required=True, help="audit report (.json)")
+    p.add_argument("--png", help="draw the closest synthetic / training pairs here (.png)")
+    p.add_argument("--modality", choices=("ct", "mr"), default="ct", help="which volume of each subject to compare (default ct)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="correlation from which a synthetic volume is a near copy (default 0.95)")
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from sci_diffusion.atomic import check_writable
+
+    from ..evaluation.audit import NEAR_COPY_CORRELATION, audit_directories
+
+    check_writable(args.out, "--out")
+    if args.png is not None:
+        check_writable(args.png, "--png")
+    threshold = NEAR_COPY_CORRELATION if args.threshold is None else args.threshold
+    report = audit_directories(args.synthetic, args.train, args.out, png=args.png, modality=args.modality,
+                               threshold=threshold)
+    c, ref = report["correlation"], report["training_reference"]
+    print(f"{report['n_synthetic']} synthetic against {report['n_training']} training subjects ({args.modality}): nearest "
+          f"correlation median {c['median']:.3f}, max {c['max']:.3f}; {len(report['near_copies'])} near copies "
+          f"(r >= {threshold:g})" + ("" if ref is None else f"; between training subjects the nearest-other correlation "
+                                     f"reaches {ref['max']:.3f}") + f" -> {args.out}")
+    return 0
+
+
+def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num", type=int, required=True, help="number of synthetic subjects")
+    p.add_argument("--out", required=True, help="output folder: SynthRAD layout <out>/<id>/{mr,ct,mask,labels}.nii.gz, "
+                                             "dataset.json and contact_sheet.png")
+    p.add_argument("--seed", type=int, default=0, help="subject i is drawn from the seed sequence (seed, i) (default 0)")
+    p.add_argument("--ckpt", help="paired synthesis checkpoint (default: the bundled one, checkpoints/README.md)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES,
+                   help="core sampler (default ddpm, ancestral; deterministic ones give noise-like slices on the bundled model)")
+    p.add_argument("--format", choices=("synthrad", "nnunet"), default="synthrad",
+                   help="nnunet: also write the nnU-Net v2 layout (imagesTr, labelsTr, dataset.json) in <out>/nnunet")
+    p.add_argument("--png", help="contact sheet (.png; default <out>/contact_sheet.png)")
+    p.add_argument("--spacing", type=float, help="write the subjects at this isotropic voxel size in mm (MONAI Spacingd: "
+                                                 "linear images, nearest labels); default: the model's grid (4 mm)")
+
+
+def run_synthesize(args: argparse.Namespace) -> int:
+    from ..synthetic.dataset import write_synthetic_dataset
+
+    info = write_synthetic_dataset(args.out, args.num, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
+                                   fmt=args.format, png=args.png, sampler=args.sampler, spacing_mm=args.spacing)
+    extra = f"; nnU-Net layout in {info['nnunet']}" if "nnunet" in info else ""
+    print(f"Wrote {info['subjects']} SYNTHETIC subjects at {'x'.join(f'{v:g}' for v in info['spacing_mm'])} mm to "
+          f"{info['out']} ({info['seconds_per_subject']:.1f} s per subject, peak RSS {info['peak_rss_mb']:.0f} MB); "
+          f"contact sheet {info['png']}{extra}.")
+    return 0

@@ -1,0 +1,81 @@
+"""``evaluate_file``: the EDM metrics of a samples file, written to JSON (``sci-diffusion evaluate molecules``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from sci_diffusion.atomic import write_json
+
+from ..chem.files import MoleculeFileError, read_molecules
+from .metrics import evaluate_molecules
+
+
+def evaluate_file(
+    samples_path: str | os.PathLike,
+    out_json: str | os.PathLike,
+    train_smiles: Iterable[str] | None = None,
+    classifier=None,
+    novelty_reference: str | None = None,
+) -> dict:
+    """Evaluate every molecule of an SDF/XYZ file with the EDM metrics and write them as JSON.
+
+    Bonds in the file are ignored; they are re-derived from the coordinates. An SDF's formal
+    charges count (an N+ with four bonds is stable).
+
+    Args:
+        samples_path: a ``.sdf`` or ``.xyz`` file of generated molecules.
+        out_json: where to write the metrics (atomically).
+        train_smiles: the novelty reference, e.g. ``qm9.train_smiles()``; None reports
+            novelty as null.
+        classifier: a property classifier (``property_model.PropertyPredictor``); with it, the
+            molecules whose records carry ``target_<property>`` (as ``sample molecules --condition``
+            writes them) are scored: ``property_mae`` ``{property: MAE}`` in property units, over
+            ``property_scored`` molecules.
+        novelty_reference: what ``train_smiles`` are, recorded in the JSON (e.g. "QM9's EDM train split").
+
+    Returns:
+        The metrics of ``metrics.evaluate_molecules`` plus ``samples`` (the path) and
+        ``sample_properties`` (the SD/comment properties that all molecules share,
+        e.g. the sampler and its settings).
+
+    Raises:
+        MoleculeFileError: missing, not SDF/XYZ, malformed or empty (a ValueError).
+        UnknownElementError: an element without EDM bond lengths (a ValueError).
+    """
+    molecules = read_molecules(samples_path, with_charges=True)
+    if not molecules:
+        raise MoleculeFileError(f"{samples_path} holds no molecules.")
+    results = evaluate_molecules(((z, pos, charges) for z, pos, _, charges in molecules), train_smiles)
+    shared = dict(molecules[0][2])
+    for _, _, props, _ in molecules[1:]:
+        shared = {k: v for k, v in shared.items() if props.get(k) == v}
+    results = {"samples": str(Path(samples_path)), **results, "novelty_reference": novelty_reference,
+               "sample_properties": shared}
+    if classifier is not None:
+        results.update(_property_errors(molecules, classifier))
+    write_json(out_json, results)
+    return results
+
+
+def _property_errors(molecules: list, classifier) -> dict:
+    """MAE of the classifier's predictions against the records' ``target_<property>`` fields."""
+    import numpy as np
+
+    from ..models.property_model import predict_properties
+    from .conditional_protocol import mean_absolute_error
+
+    predictions = predict_properties(classifier, ((z, pos) for z, pos, *_ in molecules))
+    out: dict = {"property_mae": {}, "property_scored": {}, "classifier_sha256": classifier.checkpoint_hash}
+    for k, name in enumerate(classifier.properties):
+        rows = [i for i, (_, _, props, _) in enumerate(molecules) if f"target_{name}" in props]
+        if not rows:
+            continue
+        try:
+            targets = np.array([[float(molecules[i][2][f"target_{name}"])] for i in rows])
+        except ValueError:
+            raise MoleculeFileError(f"A target_{name} field is not a number.") from None
+        mae, scored = mean_absolute_error(predictions[rows][:, [k]], targets)
+        out["property_mae"][name], out["property_scored"][name] = float(mae[0]), scored
+    return out

@@ -1,0 +1,174 @@
+"""Drawing molecules from a trained :class:`~.module.MoleculeDiffusion` with any core sampler."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sci_diffusion.compilation import compiled_forward
+from sci_diffusion.denoiser import isolate_failed_samples
+from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
+from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
+from sci_diffusion.samplers import get_sampler, resolve_spacing
+
+from ..models.diffusion import MoleculeDiffusion, decode_atoms, decode_formal_charges
+
+PRECISIONS = ("bf16", "fp32")
+# callback(i, t, x_t, x0_hat, counts): the core samplers' callback plus the batch's atom counts.
+BatchCallback = Callable[[int, float, Tensor, Tensor, list[int]], None]
+
+
+def draw_atom_counts(histogram: dict[int, int], num: int, generator: torch.Generator) -> list[int]:
+    """``num`` molecule sizes drawn from an atom-count histogram ``{n_atoms: count}``."""
+    sizes = torch.tensor(sorted(histogram), dtype=torch.long)
+    weights = torch.tensor([histogram[int(s)] for s in sizes], dtype=torch.float64)
+    return sizes[torch.multinomial(weights, num, replacement=True, generator=generator)].tolist()
+
+
+@dataclass
+class Guidance:
+    """How to steer a conditional model while sampling.
+
+    Attributes:
+        scale: classifier-free guidance weight ``w`` (1: the plain conditional model, 0: the
+            unconditional one, above 1: pushed further towards the condition).
+        regressor: a noise-aware :class:`~.property_model.PropertyPredictor` for gradient guidance,
+            predicting (at least) the properties the model is conditioned on.
+        gradient_scale: strength of the gradient guidance (0: none).
+        interval: the diffusion times ``(t_low, t_high)`` at which classifier-free guidance applies
+            (``ClassifierFreeGuidance``); at other times one pass of the conditional model. On the
+            bundled gap model guidance acts between t = 0.1 and 0.5: there it lowers the gap MAE as
+            much as at every step, at 20 of the 50 steps of the default grid (README,
+            conditional table).
+    """
+
+    scale: float = 1.0
+    regressor: Any = None
+    gradient_scale: float = 0.0
+    interval: tuple[float, float] = (0.0, 1.0)
+
+
+def paired_condition_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int):
+    """``f(x_t, t, cond, null) -> (D(x_t, t, cond), D(x_t, t, null))`` in one network call: the
+    molecules are stacked twice into one graph batch, once with each condition (``null`` None
+    is the all-zero, dropped condition)."""
+    stacked = torch.cat([batch, batch + num_graphs])
+    denoiser = module.denoiser(context=(stacked, 2 * num_graphs))
+
+    def paired(x_t: Tensor, t: Tensor, cond: Tensor, null: Tensor | None) -> tuple[Tensor, Tensor]:
+        null = torch.zeros_like(cond) if null is None else null
+        both = denoiser(torch.cat([x_t, x_t]), t, torch.cat([cond, null]))
+        return both[: len(x_t)], both[len(x_t):]
+
+    return paired
+
+
+def guided_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int, space, guidance: Guidance | None):
+    """The module's denoiser for one batch, wrapped in the requested guidance (CFG, then gradient)."""
+    denoiser = module.denoiser(context=(batch, num_graphs))
+    if guidance is None:
+        return denoiser
+    if guidance.scale != 1.0:
+        denoiser = ClassifierFreeGuidance(denoiser, guidance.scale, interval=guidance.interval,
+                                          paired=paired_condition_denoiser(module, batch, num_graphs))
+    if guidance.gradient_scale:
+        if module.model_kind != "edm":
+            raise ValueError("Gradient guidance needs a model that diffuses atoms, not latents: the regressor "
+                             "reads atom positions and types.")
+        regressor, conditioning = guidance.regressor, module.property_conditioning
+        cols = [regressor.properties.index(n) for n in conditioning.names]
+
+        def property_fn(x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+            predicted = regressor.to_units(regressor.predict_noisy(x_t, t, batch, num_graphs).double())
+            return conditioning.normalise(predicted[:, cols])  # in the generator's normalisation, as cond
+
+        denoiser = PropertyGradientGuidance(denoiser, property_fn, lambda cond: cond[:, :-1].double(),
+                                            guidance.gradient_scale, module.schedule, space.project)
+    return denoiser
+
+
+@dataclass
+class _BatchWatch:
+    """The core samplers' ``callback(i, t, x_t, x0_hat)`` that passes the batch's atom counts on."""
+
+    callback: BatchCallback
+    counts: list[int]
+
+    def __call__(self, i: int, t: float, x_t: Tensor, x0: Tensor) -> None:
+        self.callback(i, t, x_t, x0, self.counts)
+
+
+@torch.no_grad()
+def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], sampler: str = "dpmpp2m",
+                     steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
+                     cond: torch.Tensor | None = None, guidance: Guidance | None = None,
+                     progress: bool = False, precision: str = "bf16",
+                     spacing: str | None = None, callback: BatchCallback | None = None,
+                     compile_network: bool = False) -> Iterator[tuple]:
+    """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size, and for a
+    model with formal charges ``(atomic_numbers, positions, formal_charges (n,))``.
+
+    Molecules are sampled ``batch_size`` at a time, as one sparse PyG-style batch each, so memory
+    stays bounded however many are asked for. Classifier-free guidance stacks every batch twice
+    (conditional and unconditional) into one network call, so it samples ``batch_size // 2``
+    molecules at a time and the network always sees at most ``batch_size`` graphs: larger calls
+    are slower per graph on a CPU (the edge tensors leave the caches).
+
+    Args:
+        module: the trained model (in eval mode).
+        atom_counts: the size of every molecule to draw.
+        sampler, steps: a core sampler name and its step count.
+        spacing: the sampler's time grid (``sci_diffusion.time_grids.SPACINGS``); None: the sampler's default.
+        generator: makes the draw deterministic. One seed per molecule is drawn from it first, and
+            each molecule's noise comes from its own generator (``generators.PerSampleGenerator``),
+            so molecule i is the same whatever ``batch_size`` (up to float rounding, as matrix
+            kernels may round differently for another batch shape).
+        cond: ``(len(atom_counts), P + 1)`` condition rows (``PropertyConditioning.condition``), or None.
+        guidance: classifier-free and/or gradient guidance (needs ``cond``); None samples the
+            model as it is.
+        precision: ``"bf16"`` runs the network's matrix products under bfloat16 autocast (faster
+            on CPUs with AVX512-BF16; the sampler's state and updates stay float32), or ``"fp32"``.
+            ``benchmarks/molecules_qm9.py`` measures both on the bundled model.
+        callback: watches the FIRST batch form: called after each sampler step as
+            ``callback(i, t, x_t, x0_hat, counts)``, the core samplers' ``callback(i, t, x_t, x0_hat)``
+            (step ``i`` from 0, time ``t`` after the step, the state ``(N, 3 + F)`` and the data estimate,
+            in the model's state space: latents for the latent model) plus ``counts``, the atom counts
+            of the batch's molecules, whose atoms are the state's rows in that order. It runs under the
+            precision's autocast; the first batch holds ``min(batch_size, len(atom_counts))`` molecules
+            (``batch_size`` halved by classifier-free guidance).
+        compile_network: run the network through ``torch.compile`` (``sci_diffusion.compilation``; needs
+            a C++ compiler): seconds to compile once per process, then about 1.1x the molecules per second
+            on this CPU (``benchmarks/molecules_conditional.py --compile`` measures it).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+    if guidance is not None and cond is None:
+        raise ValueError("Guidance needs a condition to guide towards.")
+    sample = get_sampler(sampler)
+    spacing = resolve_spacing(sampler, spacing)
+    device = next(module.parameters()).device
+    if guidance is not None:
+        batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
+    seeds = per_sample_seeds(generator, len(atom_counts))  # molecule i's own seed, whatever its batch
+    with compiled_forward(module.net, compile_network):
+        for start in range(0, len(atom_counts), batch_size):
+            counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
+            num_graphs = len(counts)
+            batch = torch.repeat_interleave(torch.arange(num_graphs), counts).to(device)
+            space = module.state_space(batch, num_graphs)
+            generators = PerSampleGenerator(seeds[start:start + num_graphs], device)
+            x_T = space.noise(torch.zeros(int(counts.sum()), 3 + module.state_features, device=device), generators)
+            denoiser = isolate_failed_samples(guided_denoiser(module, batch, num_graphs, space, guidance), space)
+            c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
+            watch = None if callback is None or start > 0 else _BatchWatch(callback, counts.tolist())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress,
+                           spacing=spacing, callback=watch)
+                x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs).float()
+            for part in torch.split(x, counts.tolist()):
+                pos, z = decode_atoms(part, module.element_set)
+                charges = decode_formal_charges(part, module.element_set)
+                yield (z, pos) if charges is None else (z, pos, charges)
