@@ -20,12 +20,19 @@ from monai.transforms import (
     AsDiscreted,
     Compose,
     MapTransform,
+    RandAdjustContrast,
+    RandBiasField,
+    RandGibbsNoise,
+    RandHistogramShift,
+    RandRicianNoise,
     ScaleIntensityRanged,
 )
 
-from ..evaluation.metrics import SYNTHRAD_HU_RANGE
+from ..io.images import LoadAnyImaged, model_grid_transform
 from ..io.nifti import MedicalInputError
 
+# The official SynthRAD2023 metric window (HU); ``evaluation.metrics`` clips to it for PSNR and SSIM.
+SYNTHRAD_HU_RANGE: tuple[float, float] = (-1024.0, 3000.0)
 CT_RANGE_HU: tuple[float, float] = SYNTHRAD_HU_RANGE  # model window = official metric window
 MR_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
@@ -145,8 +152,6 @@ def mri2ct_transforms(
         raise ValueError(f"Unknown keys {sorted(unknown)}; expected a subset of mr, ct, mask, labels.")
     if "mr" in keys and "mask" not in keys:
         raise ValueError("MR normalisation needs the body mask: add 'mask' to keys.")
-    from ..io.images import LoadAnyImaged, model_grid_transform
-
     # The geometric half is inference's own (images.load_for_model): the same reading, RAS and resampling.
     steps: list = [LoadAnyImaged(keys), *model_grid_transform(keys, spacing_mm).transforms]
     if "mask" in keys:
@@ -168,14 +173,6 @@ def mr_intensity_augmentation(prob: float = 0.5, seed: int = 0) -> Compose:
     Rician noise (std up to 0.03 of the intensity range). The k slices of a stack get the same
     field, gamma and remapping. Apply it through ``augment_mr``, which keeps the MR's conventions.
     """
-    from monai.transforms import (
-        RandAdjustContrast,
-        RandBiasField,
-        RandGibbsNoise,
-        RandHistogramShift,
-        RandRicianNoise,
-    )
-
     augment = Compose([
         RandBiasField(degree=3, coeff_range=(0.0, 0.3), prob=prob),
         RandAdjustContrast(gamma=(0.7, 1.5), prob=prob),

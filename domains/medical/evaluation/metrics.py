@@ -29,9 +29,9 @@ from skimage.util import crop
 
 from sci_diffusion.atomic import write_json
 
+from ..data.transforms import SYNTHRAD_HU_RANGE
 from ..io.nifti import MedicalInputError
 
-SYNTHRAD_HU_RANGE: tuple[float, float] = (-1024.0, 3000.0)
 SYNTHRAD_DATA_RANGE = SYNTHRAD_HU_RANGE[1] - SYNTHRAD_HU_RANGE[0]  # 4024 HU
 SSIM_CROP = 3  # half of skimage's default 7-voxel window
 
