@@ -136,7 +136,7 @@ def subject_folders(root: Path) -> list[Path]:
 def load_at_model_grid(folder: Path) -> dict[str, Any]:
     """A subject's CT (HU), normalised MR and labels at 4 mm, as numpy (X, Y, Z)."""
     from sci_diffusion_medical.data.transforms import mri2ct_transforms, unit_to_ct
-    from sci_diffusion_medical.models.synthesis import plain_tensor
+    from sci_diffusion_medical.data.paired_slices import plain_tensor
 
     keys = ("mr", "ct", "mask", "labels")
     data = mri2ct_transforms(keys, spacing_mm=MODEL_SPACING_MM)({k: str(folder / f"{k}.nii.gz") for k in keys})
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                "synthesis_speed": synth_speed, "png": str(png.relative_to(REPO)),
                "synthetic_helps": {str(n): bool(v["real+synthetic"] < v["real"]) for n, v in helps.items()}}
     write_result("augmentation_utility", json.loads(json.dumps(payload, default=float)),
-                 markdown(rows, described, synth_speed, args), update_readme=not args.no_readme)
+                 markdown(rows, described, synth_speed, args), update_page=not args.no_readme)
     print(json.dumps(payload["synthetic_helps"]))
     return 0
 

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         lines.append(f"\nSkipped (budget spent): {'; '.join(skipped)}.")
     write_result("memory", {"budget_minutes": args.budget_minutes, "rows": rows, "skipped": skipped},
-                 "\n".join(lines), update_readme=not args.no_readme)
+                 "\n".join(lines), update_page=not args.no_readme)
     return 0 if all(r["exit_status"] == 0 for r in rows) else 1
 
 

@@ -10,7 +10,8 @@ molecules; the guidance sweep (classifier-free W = 0, 2, 4 and gradient guidance
 and the extra rows draw ``--num`` each, so the cost of guidance in molecule stability shows beside
 its MAE. Every MAE is also given as (MAE - lower bound) / (#atoms - lower bound), which does not
 depend on how good the classifier is. A row that would overrun ``--budget-minutes`` draws fewer
-molecules and says so. Writes benchmarks/results/<--result-name>.json (default molecules_conditional) and its README table.
+molecules and says so. Writes benchmarks/results/<--result-name>.json (default molecules_conditional)
+and its table in docs/results/molecules_conditional.md.
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ def compiled_note(meta: dict) -> str:
 
 
 def render(rows: list[dict], base: dict, meta: dict, goals: dict, published: bool = True) -> str:
-    """The README block: our rows, their budgets and, when ``published``, the published rows and the targets."""
+    """The results block: our rows, their budgets and, when ``published``, the published rows and the targets."""
     lower, atoms, naive = (1000 * base[k][PROPERTY] for k in ("lower_bound", "atoms", "naive"))
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = [f"Conditional QM9 protocol on the HOMO-LUMO gap. Our classifier: EDM's EGNN trained on Da "
@@ -237,7 +238,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("--result-name", default=RESULT_NAME,
-                   help="write benchmarks/results/<name>.json and the README block of that name; another name than "
+                   help="write benchmarks/results/<name>.json and the docs/results block of that name; another name than "
                         "the default leaves out the published rows and the targets (a study beside the main table)")
     p.add_argument("--json", type=Path, help="write the results here instead of benchmarks/results/ (pilot runs)")
     args = p.parse_args()
@@ -300,7 +301,7 @@ def main() -> None:
                                            "baselines": base, "rows": rows, "targets": goals,
                                            "published_gap_mev": [dict(zip(("method", "budget", "mae_mev"), r))
                                                                  for r in PUBLISHED]},
-                 markdown, out=args.json, update_readme=not args.no_readme)
+                 markdown, out=args.json, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

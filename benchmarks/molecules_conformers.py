@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                "checkpoint_sha256": module.checkpoint_hash, "rows": results,
                "conformer_checkpoint": args.conformer_ckpt,
                "conformer_checkpoint_sha256": None if conformer_module is None else conformer_module.checkpoint_hash}
-    write_result("molecules_conformers", payload, markdown(results, args, len(mols)), update_readme=not args.no_readme)
+    write_result("molecules_conformers", payload, markdown(results, args, len(mols)), update_page=not args.no_readme)
     return 0
 
 

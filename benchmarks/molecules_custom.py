@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                "seed": args.seed, "threads": args.threads, "seconds": seconds,
                "seconds_per_molecule": seconds / max(args.num, 1), "novelty_reference_size": len(reference),
                "rows": rows}
-    write_result("molecules_custom", payload, markdown(payload), update_readme=not args.no_readme)
+    write_result("molecules_custom", payload, markdown(payload), update_page=not args.no_readme)
     return 0
 
 

@@ -7,7 +7,7 @@ The second form compares models (the EDM-style and the GeoLDM-style latent one, 
 the same CPU time) with one sampler setting: the EDM metric on ``--num`` molecules each, molecules
 per second, training steps per second, and for a latent model its autoencoder's reconstruction of the
 QM9 test split (atom-type accuracy and coordinate RMSD). It writes
-benchmarks/results/<--result-name>.json (default molecules_qm9_models) and its own README table.
+benchmarks/results/<--result-name>.json (default molecules_qm9_models) and its own table in docs/results/molecules_qm9.md.
 
 For each sampler setting it draws ``--num`` molecules (sizes from the training histogram), scores
 them with the EDM metric (novelty against the QM9 training SMILES), and records molecules per second
@@ -16,7 +16,7 @@ under bf16 autocast, as the CLI does by default; a last float32 row is the contr
 training throughput (steps per second in bf16 and float32, and the data loader's own rate). Rows run in order,
 cheapest first; once the rows before have measured the cost of one network evaluation, a row
 that would overrun ``--budget-minutes`` draws fewer molecules and is marked ``complete: false``. Writes
-benchmarks/results/molecules_qm9.json and the README table.
+benchmarks/results/molecules_qm9.json and its table in docs/results/molecules_qm9.md.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def measure_training(module, steps: int = 20, precision: str = "bf16") -> dict:
 def test_split_reconstruction(module, batch_size: int = 256) -> dict:
     """A latent model's autoencoder on the whole QM9 test split: each molecule encoded (a latent drawn
     at sigma_0, as in training) and decoded; atom-type accuracy over atoms, RMSD per molecule."""
-    from sci_diffusion_molecules.models.diffusion import centred_atom_state
+    from sci_diffusion_molecules.data.atom_state import centred_atom_state
     from sci_diffusion_molecules.models.latent import reconstruction_quality
 
     gen = torch.Generator().manual_seed(0)
@@ -171,11 +171,11 @@ def compare_models(args) -> None:
     markdown = render_models(rows, args.parallel)
     print(markdown)
     write_result(args.result_name, {"num_per_model": args.num, "budget_minutes": args.budget_minutes,
-                                    "parallel": args.parallel, "rows": rows}, markdown, update_readme=not args.no_readme)
+                                    "parallel": args.parallel, "rows": rows}, markdown, update_page=not args.no_readme)
 
 
 def render_models(rows: list[dict], parallel: bool = False) -> str:
-    """The README block of the ``--models`` form."""
+    """The results block (docs/results/) of the ``--models`` form."""
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = ["| model | training budget | steps | sampler | molecules | atom % | mol % | valid % | V x U % | "
              "novelty % | mol/s | train steps/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -219,7 +219,7 @@ def stability_gap(rows: list[dict], sampler: str, steps: int, precision: str = "
 
 
 def render(rows: list[dict], training: dict, training_fp32: dict, budget: str) -> str:
-    """The README block: published rows, ours, the 2-point target and the training throughput."""
+    """The results block (docs/results/molecules_qm9.md): published rows, ours, the 2-point target and the training throughput."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     lines = ["| model | training budget | sampler | atom % | mol % | valid % | V x U % | novelty % | mol/s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -266,7 +266,7 @@ def main() -> None:
     p.add_argument("--sampler", default="dpmpp2m_sde", help="with --models: the sampler")
     p.add_argument("--steps", type=int, default=50, help="with --models: its steps")
     p.add_argument("--result-name", default="molecules_qm9_models",
-                   help="with --models: results/<name>.json and the README block <!-- results:<name> -->")
+                   help="with --models: results/<name>.json and the block <!-- results:<name> --> of a docs/results page")
     p.add_argument("--append", action="store_true",
                    help="with --models: keep the other models' rows of an earlier run of the same --result-name")
     p.add_argument("--parallel", action="store_true",
@@ -276,7 +276,7 @@ def main() -> None:
     args = p.parse_args()
     keep_freed_memory()  # as the CLI does: the EGNN's large edge tensors reuse freed memory
     if args.from_json:
-        rerender(args.from_json, update_readme=not args.no_readme)
+        rerender(args.from_json, update_page=not args.no_readme)
         return
     if args.models:
         compare_models(args)
@@ -331,15 +331,15 @@ def main() -> None:
                                    "training_fp32": training_fp32, "targets": targets(rows),
                                    "published": [dict(zip(("model", "budget", "sampler", "atom", "mol", "valid", "vxu",
                                                            "novelty"), r)) for r in PUBLISHED]},
-                 markdown, update_readme=not args.no_readme)
+                 markdown, update_page=not args.no_readme)
 
 
 def targets(rows: list[dict]) -> list[dict]:
     return [g for g in (stability_gap(rows, "dpmpp2m_sde", 50), stability_gap(rows, "dpmpp2m", 50)) if g]
 
 
-def rerender(path: str, update_readme: bool) -> None:
-    """Rewrite a saved run's README block and derived fields from its own rows (no sampling)."""
+def rerender(path: str, update_page: bool) -> None:
+    """Rewrite a saved run's results block and derived fields from its own rows (no sampling)."""
     with open(path) as fh:
         record = json.load(fh)
     record["targets"] = targets(record["rows"])
@@ -347,7 +347,7 @@ def rerender(path: str, update_readme: bool) -> None:
     print(markdown)
     provenance = {k: record.pop(k) for k in ("command", "machine", "date")}
     record.pop("benchmark", None)
-    write_result("molecules_qm9", record, markdown, update_readme=update_readme, provenance=provenance)
+    write_result("molecules_qm9", record, markdown, update_page=update_page, provenance=provenance)
 
 
 if __name__ == "__main__":

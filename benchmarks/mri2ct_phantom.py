@@ -76,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="evaluate this trained checkpoint as rows named NAME instead of training (repeatable); with any "
                         "--checkpoint nothing is trained and only the given checkpoints are evaluated")
     p.add_argument("--result-name", default="mri2ct_phantom",
-                   help="the results JSON (benchmarks/results/NAME.json unless --out) and the README block it fills")
-    p.add_argument("--no-readme", action="store_true", help="do not touch README.md")
+                   help="the results JSON (benchmarks/results/NAME.json unless --out) and the docs/results block it fills")
+    p.add_argument("--no-readme", action="store_true", help="do not touch docs/results/mri2ct_phantom.md")
     p.add_argument("--train-arg", action="append", default=[],
                    help="extra LightningCLI argument for every training, e.g. --train-arg=--data.batch_size=8")
     args = p.parse_args(argv)
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         png = draw_reliability_png(curves, Path(args.out).with_name(f"{args.result_name}_reliability.png"))
         payload["reliability_png"] = str(png)
         markdown += f"\n\nReliability diagram of the in-domain K > 1 rows (all test voxels in the mask): `{png}`."
-    write_result(args.result_name, json_safe(payload), markdown, out=Path(args.out), update_readme=not args.no_readme)
+    write_result(args.result_name, json_safe(payload), markdown, out=Path(args.out), update_page=not args.no_readme)
     print(markdown)
     print(f"wrote {args.out}")
     return 0

@@ -15,7 +15,7 @@ own callbacks (EMA, end-of-training checkpoint), without validation or a logger.
   and how many times per step the host waits for a tensor's value (``aten::_local_scalar_dense``:
   ``.item()``, ``bool(tensor)``, ``if tensor:``), which on a GPU is a synchronisation each.
 
-It writes ``benchmarks/results/<result-name>.json`` and the README block of that name.
+It writes ``benchmarks/results/<result-name>.json`` and the block of that name in docs/results/profile_training.md.
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def main() -> int:
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("--before", metavar="RESULT_JSON", help="an earlier run of this script to show beside this one")
     p.add_argument("--before-label", default="an earlier commit", help="what --before measured")
-    p.add_argument("--from-json", metavar="RESULT_JSON", help="re-render a saved run's README block, keeping its provenance")
+    p.add_argument("--from-json", metavar="RESULT_JSON", help="re-render a saved run's results block, keeping its provenance")
     args = p.parse_args()
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
@@ -184,7 +184,7 @@ def main() -> int:
         before = {**json.loads(Path(args.before).read_text()), "label": args.before_label}
         result["before"] = {k: before[k] for k in ("label", "steps_per_second", "molecules_per_second", "parts_ms",
                                                    "operators_per_step", "host_waits_per_step", "command", "date")}
-    path = write_result(args.result_name, result, markdown(result, before), update_readme=not args.no_readme)
+    path = write_result(args.result_name, result, markdown(result, before), update_page=not args.no_readme)
     print(markdown(result, before))
     print(f"wrote {path}")
     return 0

@@ -1,8 +1,11 @@
-"""What every benchmark shares: the machine record, the result JSON and the README table.
+"""What every benchmark shares: the machine record, the result JSON and its study page's table.
 
 Each benchmark writes ``benchmarks/results/<name>.json`` (with the exact command and the machine)
 and replaces the Markdown between ``<!-- results:<name> -->`` and ``<!-- /results:<name> -->`` in
-README.md, so the README's table is always the output of the last run.
+the study page of ``docs/results/`` that holds those markers, so each page's table is always the
+output of the last run. The page is found by its markers, not by a table of names: a study page
+names its own blocks (``mri2ct_phantom.md`` holds ``mri2ct_phantom``, ``mri2ct_residual_scale`` and
+``mri2ct_equal_budget_2h``), and a new ``--result-name`` needs only its markers added to a page.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from sci_diffusion.atomic import atomic_path, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+PAGES = ROOT / "docs" / "results"  # one Markdown page per study
 
 
 def machine() -> dict:
@@ -44,9 +48,9 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [shown, *sys.argv[1:]])
 
 
-def write_result(name: str, payload: dict, markdown: str, out: Path | None = None, update_readme: bool = True,
+def write_result(name: str, payload: dict, markdown: str, out: Path | None = None, update_page: bool = True,
                  provenance: dict | None = None) -> Path:
-    """Write ``results/<name>.json`` (adding command, machine, date) and refresh the README table.
+    """Write ``results/<name>.json`` (adding command, machine, date) and refresh its table in ``docs/results/``.
 
     ``provenance`` (``{"command", "machine", "date"}`` of an earlier run) replaces this process's
     own when a saved run is only re-rendered, so the record still names the run that measured it.
@@ -55,20 +59,23 @@ def write_result(name: str, payload: dict, markdown: str, out: Path | None = Non
     record = {"benchmark": name, "command": "python " + command_line(), "machine": machine(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **(provenance or {}), **payload}
     write_json(out, record)
-    if update_readme:
-        replace_readme_block(name, markdown + f"\n\n<sub>`{record['command']}` on {record['machine']['cpu']}, "
-                             f"{record['machine']['cores']} cores, {record['date']}.</sub>")
+    if update_page:
+        replace_results_block(name, markdown + f"\n\n<sub>`{record['command']}` on {record['machine']['cpu']}, "
+                              f"{record['machine']['cores']} cores, {record['date']}.</sub>")
     return out
 
 
-def replace_readme_block(name: str, markdown: str, readme: Path = ROOT / "README.md") -> None:
-    """Replace the text between this benchmark's README markers (which must exist)."""
-    text = readme.read_text()
+def replace_results_block(name: str, markdown: str, pages: Path = PAGES) -> Path | None:
+    """Replace the text between this benchmark's markers in the page of ``pages`` (a folder of ``*.md``) that
+    holds them; returns that page, or None (with one warning line) when no page holds both markers."""
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        print(f"README.md has no {start} block; the table was not updated.", file=sys.stderr)
-        return
-    new = pattern.sub(lambda _: f"{start}\n{markdown}\n{end}", text)
-    with atomic_path(readme, suffix=".md") as tmp:
-        tmp.write_text(new)
+    for page in sorted(pages.glob("*.md")):
+        text = page.read_text()
+        if pattern.search(text):
+            with atomic_path(page, suffix=".md") as tmp:
+                tmp.write_text(pattern.sub(lambda _: f"{start}\n{markdown}\n{end}", text))
+            return page
+    shown = pages.relative_to(ROOT) if pages.is_relative_to(ROOT) else pages
+    print(f"No page in {shown}/ has a {start} ... {end} block; the table was not updated.", file=sys.stderr)
+    return None

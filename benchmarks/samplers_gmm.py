@@ -2,7 +2,7 @@
 
     python benchmarks/samplers_gmm.py [--num 20000] [--schedule polynomial_2]
 
-Writes benchmarks/results/samplers_gmm.json and the README table. No network is trained: the
+Writes benchmarks/results/samplers_gmm.json and the table in docs/results/samplers_gmm.md. No network is trained: the
 distance measures the samplers alone.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--num", type=int, default=20000)
     p.add_argument("--schedule", default="polynomial_2")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-readme", action="store_true", help="do not touch README.md")
+    p.add_argument("--no-readme", action="store_true", help="do not touch docs/results/samplers_gmm.md")
     args = p.parse_args()
     rows, _ = compare_samplers(list(SAMPLERS), STEPS, args.num, args.schedule, args.seed)
     floor = rows[0]["distance"]
@@ -37,7 +37,7 @@ def main() -> None:
     markdown = "\n".join(lines)
     print(markdown)
     write_result("samplers_gmm", {"metric": DISTANCE_NAME, "schedule": args.schedule, "num": args.num,
-                                  "exact_floor": floor, "rows": rows[1:]}, markdown, update_readme=not args.no_readme)
+                                  "exact_floor": floor, "rows": rows[1:]}, markdown, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":
