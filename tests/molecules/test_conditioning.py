@@ -8,10 +8,11 @@ from torch import nn
 from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion.errors import UserError
 from sci_diffusion.guidance import ClassifierFreeGuidance
+from sci_diffusion_molecules.data.atom_state import molecule_space
 from sci_diffusion_molecules.data.conditioning import PropertyConditioning, parse_targets
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.generation.sampling import Guidance, paired_condition_denoiser, sample_molecules
-from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion, molecule_space
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 
 
 def test_a_conditional_checkpoint_stores_its_training_sets_mean_and_mad(conditional_checkpoint):

@@ -5,9 +5,10 @@ import torch
 from e3nn import o3
 
 from sci_diffusion.checkpoints import load_module
+from sci_diffusion_molecules.data.atom_state import encode_atoms, molecule_space
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.generation.sampling import sample_molecules
-from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion, encode_atoms, molecule_space
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 from sci_diffusion_molecules.models.e3nn_backbone import E3nnDenoiser
 
 from .conftest import fit_tiny, permuted_first_molecule

@@ -7,9 +7,10 @@ from e3nn import o3
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.denoiser import failed_samples, isolate_failed_samples
 from sci_diffusion.names import SAMPLER_NAMES
+from sci_diffusion_molecules.data.atom_state import encode_atoms, molecule_space
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.generation.sampling import sample_molecules
-from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion, encode_atoms
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 from sci_diffusion_molecules.models.egnn import fully_connected_edges
 
 from .conftest import permuted_first_molecule
@@ -39,8 +40,7 @@ def predict(model, batch, x):
 
 def centred_state(batch):
     x = encode_atoms(batch.pos, batch.one_hot, batch.charges).double()
-    model_space = __import__("sci_diffusion_molecules.models.diffusion", fromlist=["molecule_space"]).molecule_space
-    return model_space(batch.batch, batch.num_graphs).project(x)
+    return molecule_space(batch.batch, batch.num_graphs).project(x)
 
 
 def test_fully_connected_edges_cover_every_ordered_pair_inside_each_graph():

@@ -19,10 +19,13 @@ from sci_diffusion_molecules.chem.elements import (
     allowed_valences,
 )
 from sci_diffusion_molecules.chem.files import MoleculeWriter, read_molecules
+from sci_diffusion_molecules.chem.smiles import molecule_smiles
+from sci_diffusion_molecules.chem.stability import stable_atoms
+from sci_diffusion_molecules.data.atom_state import decode_atoms, decode_formal_charges, encode_atoms
 from sci_diffusion_molecules.data.custom_data import murcko_scaffold, random_split, read_custom_molecules, scaffold_split
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
-from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules, molecule_smiles, stable_atoms
-from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion, decode_atoms, decode_formal_charges, encode_atoms
+from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules
+from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 
 from .conftest import fit_tiny
 

@@ -5,9 +5,9 @@ from e3nn import o3
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion.state_spaces import ZeroCoMSpace
+from sci_diffusion_molecules.data.atom_state import centred_atom_state
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.generation.sampling import Guidance, sample_molecules
-from sci_diffusion_molecules.models.diffusion import centred_atom_state
 from sci_diffusion_molecules.models.latent import (
     EquivariantAutoencoder,
     LatentMoleculeDiffusion,

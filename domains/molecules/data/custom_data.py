@@ -9,6 +9,9 @@ properties (SD fields or ``key=value`` XYZ comments named as in ``qm9.PROPERTY_N
 
 Splits: ``random_split`` (the default) or ``scaffold_split`` (Bemis-Murcko scaffolds, whole
 scaffold groups to one split, so that test molecules have scaffolds unseen in training).
+
+RDKit reads the files, so this module needs it; ``datamodule.py`` imports it only for a custom
+source, and QM9 training runs without RDKit.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rdkit import Chem, RDConfig
+from rdkit.Chem.Scaffolds import MurckoScaffold
+from rdkit.rdBase import BlockLogs
 from torch_geometric.data import Data
 
 from ..chem.elements import ElementSet
 from ..chem.files import MOLECULE_SUFFIXES, MoleculeFileError, read_molecules
+from ..chem.smiles import molecule_smiles
 from .graphs import atoms_to_data
 from .qm9 import PROPERTY_NAMES
 
@@ -59,8 +66,6 @@ def resolve_source(source: str | os.PathLike) -> Path:
     wheel installs (e.g. ``rdkit-contrib:PBF/testData/egfr.sdf``), so configs name it on any machine."""
     text = os.fspath(source)
     if text.startswith(RDKIT_CONTRIB):
-        from rdkit import RDConfig
-
         return Path(RDConfig.RDContribDir) / text[len(RDKIT_CONTRIB):]
     return Path(text)
 
@@ -99,8 +104,6 @@ def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None
         UnknownElementError: an element without bond lengths, or outside ``elements`` (names the
             element and file).
     """
-    from ..evaluation.metrics import molecule_smiles
-
     files = molecule_files(source)
     molecules = [(*m, path) for path in files for m in read_molecules(path, with_charges=True)]
     if not molecules:
@@ -128,9 +131,6 @@ def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None
 
 def _sdf_smiles(path: Path) -> list[str | None]:
     """SMILES of every record of an SDF from its own bond block (None where RDKit cannot sanitize it)."""
-    from rdkit import Chem
-    from rdkit.rdBase import BlockLogs
-
     with BlockLogs():
         return [None if m is None else Chem.MolToSmiles(m) for m in Chem.SDMolSupplier(str(path), removeHs=False)]
 
@@ -159,9 +159,6 @@ def murcko_scaffold(smiles: str | None) -> str:
     """The Bemis-Murcko scaffold SMILES of a molecule ("" for an acyclic one; "" if ``smiles`` is None)."""
     if smiles is None:
         return ""
-    from rdkit import Chem
-    from rdkit.Chem.Scaffolds import MurckoScaffold
-
     mol = Chem.MolFromSmiles(smiles)
     return "" if mol is None else MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)
 

@@ -88,7 +88,7 @@ class QM9DataModule(L.LightningDataModule):
         return {name: QM9Dataset(arrays, r[: self.limit]) for name, r in rows.items()}
 
     def _custom_splits(self) -> dict[str, Dataset]:
-        # imported here: it needs RDKit to read the files, which QM9 training does not
+        # RDKit: custom_data reads the files with it; QM9 training runs without it (test_training_without_rdkit.py)
         from .custom_data import random_split, read_custom_molecules, scaffold_split
 
         wanted = None

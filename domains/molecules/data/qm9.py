@@ -201,7 +201,8 @@ def rebuilt_smiles(arrays: QM9Arrays, rows: np.ndarray) -> list[str]:
     As EDM's ``compute_qm9_smiles``: the SMILES of the whole sanitized molecule
     (explicit H kept), and molecules that fail sanitizing are left out.
     """
-    from ..evaluation.metrics import molecule_smiles
+    # RDKit: optional; training runs without it (tests/molecules/test_training_without_rdkit.py)
+    from ..chem.smiles import molecule_smiles
 
     out = []
     for row in rows:

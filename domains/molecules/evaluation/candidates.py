@@ -14,8 +14,8 @@ import numpy as np
 
 from sci_diffusion.atomic import atomic_path
 
+from ..chem.stability import molecule_report
 from ..data.qm9 import PROPERTY_UNITS
-from .metrics import molecule_report
 from .triage import DESCRIPTOR_COLUMNS, descriptors
 
 BASE_COLUMNS = ("index", "smiles", "stable", "valid", "novel", "failed", *DESCRIPTOR_COLUMNS)

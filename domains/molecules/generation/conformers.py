@@ -20,12 +20,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from rdkit import Chem
+from rdkit.Chem import rdDetermineBonds, rdDistGeom
 from torch import Tensor
 
+from sci_diffusion.denoiser import isolate_failed_samples
 from sci_diffusion.errors import UserError
+from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
+from sci_diffusion.inpainting import inpaint
+from sci_diffusion.samplers import get_sampler, resolve_spacing
+from sci_diffusion.schedules import NoiseSchedule
 
 from ..chem.elements import ATOM_TYPES, QM9_ELEMENTS
-from ..models.diffusion import MoleculeDiffusion, encode_atoms
+from ..data.atom_state import decode_atoms, encode_atoms, molecule_space
+from .sampling import MoleculeGenerator
 
 STATE_WIDTH = 3 + len(ATOM_TYPES) + 1
 
@@ -37,8 +45,6 @@ def molecule_from_smiles(smiles: str):
         UserError: not a SMILES RDKit can read, or elements outside H, C, N, O, F. Formal charges
             (a nitro group's N+ and O-) are kept in the written records; the model sees elements only.
     """
-    from rdkit import Chem
-
     mol = Chem.MolFromSmiles(smiles) if smiles and smiles.strip() else None
     if mol is None:
         raise UserError(f"--smiles {smiles!r} is not a SMILES that RDKit can read.")
@@ -76,7 +82,7 @@ class InpaintingTask:
         return cls(known, mask)
 
 
-def inpaint_molecules(module: MoleculeDiffusion, task: InpaintingTask, num: int, steps: int = 50, resample: int = 1,
+def inpaint_molecules(module: MoleculeGenerator, task: InpaintingTask, num: int, steps: int = 50, resample: int = 1,
                       generator: torch.Generator | None = None, batch_size: int = 100,
                       precision: str = "bf16") -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``num`` molecules ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` that complete ``task``.
@@ -84,12 +90,6 @@ def inpaint_molecules(module: MoleculeDiffusion, task: InpaintingTask, num: int,
     Molecule i draws its noise from its own generator (``per_sample_seeds``), so it does not depend on
     ``batch_size``.
     """
-    from sci_diffusion.denoiser import isolate_failed_samples
-    from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
-    from sci_diffusion.inpainting import inpaint
-
-    from ..models.diffusion import decode_atoms
-
     if getattr(module, "model_kind", None) != "edm":
         raise UserError("Inpainting needs a model that diffuses atoms (the EDM-style model), not latents.")
     if module.types_given:
@@ -119,8 +119,6 @@ def inpaint_molecules(module: MoleculeDiffusion, task: InpaintingTask, num: int,
 
 def skeleton(z: np.ndarray, bonds: set[tuple[int, int]]):
     """An RDKit graph of elements ``z`` joined by single bonds ``bonds``: connectivity without bond orders."""
-    from rdkit import Chem
-
     mol = Chem.RWMol()
     for number in z:
         atom = Chem.Atom(int(number))
@@ -133,8 +131,6 @@ def skeleton(z: np.ndarray, bonds: set[tuple[int, int]]):
 
 def perceived_bonds(z: np.ndarray, pos: np.ndarray) -> set[tuple[int, int]]:
     """Bonded atom pairs ``(i < j)`` that RDKit perceives from distances (covalent radii)."""
-    from rdkit.Chem import rdDetermineBonds
-
     mol = with_conformer(skeleton(z, set()), pos)
     rdDetermineBonds.DetermineConnectivity(mol)
     return graph_bonds(mol)
@@ -166,8 +162,6 @@ def match_connectivity(mol, z: np.ndarray, pos: np.ndarray) -> np.ndarray | None
 
 def with_conformer(mol, pos: np.ndarray):
     """A copy of ``mol`` whose only conformer has positions ``pos (n, 3)`` Angstrom."""
-    from rdkit import Chem
-
     out = Chem.Mol(mol)
     out.RemoveAllConformers()
     conformer = Chem.Conformer(out.GetNumAtoms())
@@ -191,8 +185,6 @@ def distance_bounds(mol) -> tuple[Tensor, Tensor]:
     for bonded pairs, angle ranges for 1-3 pairs, torsion ranges for 1-4 pairs and van der Waals contact
     for the rest; the same bounds ETKDG embeds from.
     """
-    from rdkit.Chem import rdDistGeom
-
     bounds = torch.as_tensor(rdDistGeom.GetMoleculeBoundsMatrix(mol), dtype=torch.float32)
     upper, lower = torch.triu(bounds, 1), torch.tril(bounds, -1)
     return lower + lower.T, upper + upper.T
@@ -271,7 +263,7 @@ class GraphRestrainedDenoiser:
         return torch.cat([pos, self.features.to(x0)], dim=1)
 
 
-def generate_conformers(module: MoleculeDiffusion | None, mols: list, copies: int, sampler: str = "dpmpp2m_sde",
+def generate_conformers(module: MoleculeGenerator | None, mols: list, copies: int, sampler: str = "dpmpp2m_sde",
                         steps: int = 50, generator: torch.Generator | None = None,
                         precision: str = "bf16") -> list[list[np.ndarray]]:
     """``copies`` conformers ``(n, 3)`` Angstrom (atoms in each molecule's own order) of every molecule.
@@ -280,16 +272,11 @@ def generate_conformers(module: MoleculeDiffusion | None, mols: list, copies: in
     ``GraphRestrainedDenoiser``. ``module=None`` replaces the network by a denoiser that predicts the
     current state itself: the bounds refinement alone, the ablation that shows what the network adds.
     """
-    from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
-    from sci_diffusion.samplers import get_sampler, resolve_spacing
-
     if module is not None and getattr(module, "model_kind", None) != "edm":
         raise UserError("Conformers need a model that diffuses atoms (the EDM-style model), not latents.")
     sizes = [mol.GetNumAtoms() for mol in mols for _ in range(copies)]
     device = torch.device("cpu") if module is None else next(module.parameters()).device
     batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(sizes)).to(device)
-    from ..models.diffusion import molecule_space
-
     space = molecule_space(batch, len(sizes))
     if module is None:
         def network(x, t, cond):  # noqa: ANN001 - the ablation's "denoiser": the state is its own estimate
@@ -306,9 +293,7 @@ def generate_conformers(module: MoleculeDiffusion | None, mols: list, copies: in
     return [parts[m * copies:(m + 1) * copies] for m in range(len(mols))]
 
 
-def _default_schedule():
-    from sci_diffusion.schedules import NoiseSchedule
-
+def _default_schedule() -> NoiseSchedule:
     return NoiseSchedule.from_name("polynomial_2", 1000)
 
 

@@ -1,24 +1,72 @@
-"""Drawing molecules from a trained :class:`~.module.MoleculeDiffusion` with any core sampler."""
+"""Drawing molecules from a trained model (``models/diffusion.py``, ``models/latent.py``) with any core sampler.
+
+This layer sits under the models: it knows a model only through :class:`MoleculeGenerator`, the
+interface a trained molecule model offers, and never imports ``models`` (the models import it, to
+sample at validation).
+"""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from sci_diffusion.compilation import compiled_forward
-from sci_diffusion.denoiser import isolate_failed_samples
+from sci_diffusion.denoiser import PredictionDenoiser, isolate_failed_samples
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler, resolve_spacing
+from sci_diffusion.schedules import NoiseSchedule
+from sci_diffusion.state_spaces import StateSpace
 
-from ..models.diffusion import MoleculeDiffusion, decode_atoms, decode_formal_charges
+from ..chem.elements import ElementSet
+from ..data.atom_state import decode_atoms, decode_formal_charges
+from ..data.conditioning import PropertyConditioning
 
 PRECISIONS = ("bf16", "fp32")
 # callback(i, t, x_t, x0_hat, counts): the core samplers' callback plus the batch's atom counts.
 BatchCallback = Callable[[int, float, Tensor, Tensor, list[int]], None]
+
+
+class MoleculeGenerator(Protocol):
+    """What drawing molecules needs of a trained model: ``MoleculeDiffusion`` (``models/diffusion.py``)
+    and ``LatentMoleculeDiffusion`` (``models/latent.py``) offer it.
+
+    Attributes:
+        model_kind: ``"edm"`` (diffuses atoms) or ``"latent"`` (diffuses an autoencoder's latents).
+        schedule: the noise schedule the model was trained with.
+        element_set: the elements of its one-hot columns (and whether it diffuses formal charges).
+        property_conditioning: the normalisation of its condition; None for an unconditional model.
+        net: the network, which ``compile_network`` compiles.
+    """
+
+    model_kind: str
+    schedule: NoiseSchedule
+    element_set: ElementSet
+    property_conditioning: PropertyConditioning | None
+    net: torch.nn.Module
+
+    @property
+    def state_features(self) -> int:
+        """Invariant columns of the diffused state per atom (the state is ``(N, 3 + state_features)``)."""
+
+    @property
+    def types_given(self) -> bool:
+        """A conformer model: the atom types are given and only the positions are generated."""
+
+    def denoiser(self, context: Any = None) -> PredictionDenoiser:
+        """The x0-denoiser ``D(x_t, t, cond)`` for a batch ``context = (batch (N,), num_graphs)``."""
+
+    def state_space(self, batch: Tensor, num_graphs: int) -> StateSpace:
+        """The space the diffusion runs in, for a batch vector ``(N,)``."""
+
+    def decode_state(self, x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        """The atom state ``(N, 3 + F)`` (``data/atom_state.py``) of a sampled state."""
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The model's parameters (their device is the sampling device)."""
 
 
 def draw_atom_counts(histogram: dict[int, int], num: int, generator: torch.Generator) -> list[int]:
@@ -51,7 +99,7 @@ class Guidance:
     interval: tuple[float, float] = (0.0, 1.0)
 
 
-def paired_condition_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int):
+def paired_condition_denoiser(module: MoleculeGenerator, batch: Tensor, num_graphs: int):
     """``f(x_t, t, cond, null) -> (D(x_t, t, cond), D(x_t, t, null))`` in one network call: the
     molecules are stacked twice into one graph batch, once with each condition (``null`` None
     is the all-zero, dropped condition)."""
@@ -66,7 +114,7 @@ def paired_condition_denoiser(module: MoleculeDiffusion, batch: Tensor, num_grap
     return paired
 
 
-def guided_denoiser(module: MoleculeDiffusion, batch: Tensor, num_graphs: int, space, guidance: Guidance | None):
+def guided_denoiser(module: MoleculeGenerator, batch: Tensor, num_graphs: int, space, guidance: Guidance | None):
     """The module's denoiser for one batch, wrapped in the requested guidance (CFG, then gradient)."""
     denoiser = module.denoiser(context=(batch, num_graphs))
     if guidance is None:
@@ -102,7 +150,7 @@ class _BatchWatch:
 
 
 @torch.no_grad()
-def sample_molecules(module: MoleculeDiffusion, atom_counts: Sequence[int], sampler: str = "dpmpp2m",
+def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], sampler: str = "dpmpp2m",
                      steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
                      cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                      progress: bool = False, precision: str = "bf16",

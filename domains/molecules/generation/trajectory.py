@@ -2,7 +2,7 @@
 
 :class:`TrajectoryRecorder` is a ``sampling.sample_molecules`` callback: after every sampler step of
 the first batch it decodes the first few molecules twice, from the state ``x_t`` and from the
-network's data estimate ``x0_hat``, into elements and positions (``module.decode_atoms``: the
+network's data estimate ``x0_hat``, into elements and positions (``atom_state.decode_atoms``: the
 argmax of the type scores). For the latent model the two are first decoded by the autoencoder's
 decoder (``decode_state``), on the recorded molecules only: a few molecules per step, cheap beside
 the denoiser's pass over the whole batch.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..models.diffusion import decode_atoms
+from ..data.atom_state import decode_atoms
 
 STATES = ("x_t", "x0")  # the sampler's state, the network's data estimate
 DEFAULT_MOLECULES = 4

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from sci_diffusion.module import DiffusionBatch
 
 from ..chem.elements import ATOM_TYPES
-from .diffusion import FEATURE_DIM, MoleculeDiffusion, centred_atom_state, molecule_space
+from ..data.atom_state import FEATURE_DIM, centred_atom_state, molecule_space
+from .diffusion import MoleculeDiffusion
 from .egnn import EGNN
 
 NUM_TYPES = len(ATOM_TYPES)
@@ -83,7 +84,7 @@ def reconstruction_loss(decoded: Tensor, x0: Tensor) -> Tensor:
 
     Args:
         decoded: ``(N, 3 + 6)`` from :meth:`EquivariantAutoencoder.decode`.
-        x0: ``(N, 3 + 6)`` the atom state (:func:`~.module.encode_atoms`, positions zero-CoM).
+        x0: ``(N, 3 + 6)`` the atom state (``data/atom_state.py``, positions zero-CoM).
     """
     pos_err = (decoded[:, :3] - x0[:, :3]).float().pow(2).sum(1)
     type_err = F.cross_entropy(decoded[:, 3:3 + NUM_TYPES].float(), x0[:, 3:3 + NUM_TYPES].argmax(1), reduction="none")
@@ -129,7 +130,7 @@ class LatentMoleculeDiffusion(MoleculeDiffusion):
             recipe): its weights are loaded when training starts and stay frozen. None (default):
             GeoLDM's joint recipe.
         recon_weight: the reconstruction loss's weight beside the diffusion loss (GeoLDM: 1).
-        **kwargs: :class:`~.module.MoleculeDiffusion`'s (the denoiser, conditioning, schedule, ...).
+        **kwargs: :class:`~.diffusion.MoleculeDiffusion`'s (the denoiser, conditioning, schedule, ...).
     """
 
     model_kind = "latent"

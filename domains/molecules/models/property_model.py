@@ -32,10 +32,10 @@ from sci_diffusion.checkpoints import training_record
 from sci_diffusion.schedules import NoiseSchedule
 
 from ..chem.elements import ATOM_TYPES
+from ..data.atom_state import FEATURE_DIM, encode_atoms, molecule_space
 from ..data.conditioning import PropertyConditioning, check_property_names
 from ..data.graphs import atoms_to_data
 from ..data.qm9 import PROPERTY_NAMES, PROPERTY_UNITS
-from .diffusion import FEATURE_DIM, encode_atoms, molecule_space
 from .egnn import GraphConvolution, fully_connected_edges
 
 
