@@ -135,8 +135,8 @@ def subject_folders(root: Path) -> list[Path]:
 # ----- describing the synthetic data ---------------------------------------------------------------
 def load_at_model_grid(folder: Path) -> dict[str, Any]:
     """A subject's CT (HU), normalised MR and labels at 4 mm, as numpy (X, Y, Z)."""
-    from sci_diffusion_medical.data.transforms import mri2ct_transforms, unit_to_ct
     from sci_diffusion_medical.data.paired_slices import plain_tensor
+    from sci_diffusion_medical.data.transforms import mri2ct_transforms, unit_to_ct
 
     keys = ("mr", "ct", "mask", "labels")
     data = mri2ct_transforms(keys, spacing_mm=MODEL_SPACING_MM)({k: str(folder / f"{k}.nii.gz") for k in keys})
