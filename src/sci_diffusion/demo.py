@@ -14,7 +14,7 @@ import torch
 from .atomic import atomic_path, write_json
 from .errors import UserError
 from .gaussian_mixture import GaussianMixture, sliced_wasserstein
-from .samplers import SAMPLERS, function_evaluations, get_sampler
+from .samplers import SAMPLERS, function_evaluations, get_sampler, sampler_times
 from .schedules import SCHEDULE_NAMES, NoiseSchedule
 from .state_spaces import EuclideanSpace
 
@@ -41,8 +41,9 @@ def compare_samplers(samplers: list[str], steps_list: list[int], num: int = 2000
         for steps in steps_list:
             gen = torch.Generator().manual_seed(seed)
             x_T = space.noise(torch.zeros(num, 2, dtype=torch.float64), gen)
+            times = sampler_times(name, sched, steps)
             start = time.perf_counter()
-            x = get_sampler(name)(gmm.exact_denoiser(sched), x_T, sched, steps, space, generator=gen)
+            x = get_sampler(name)(gmm.exact_denoiser(sched), x_T, sched, times, space, generator=gen)
             seconds = time.perf_counter() - start
             rows.append({"sampler": name, "steps": steps, "nfe": function_evaluations(name, steps),
                          "distance": sliced_wasserstein(x, reference), "seconds": round(seconds, 4)})

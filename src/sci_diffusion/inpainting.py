@@ -23,20 +23,20 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .samplers import Callback, _denoise, _grid, _steps, ddpm_step, step_coefficients
+from .samplers import Callback, _denoise, ddpm_step, grid_steps
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
 
 
-def inpaint(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace,
+def inpaint(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace,
             known: Tensor, mask: Tensor, *, resample: int = 1, cond: Any = None,
-            generator: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None,
-            spacing: str = "uniform") -> Tensor:
+            generator: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None) -> Tensor:
     """Ancestral sampling of ``x`` with the entries where ``mask`` is 1 held to ``known``.
 
     Args:
-        denoiser, x_T, schedule, steps, space, cond, generator, progress, callback, spacing: as for
-            every sampler (``sci_diffusion.samplers``); ``x_T`` is the starting noise.
+        denoiser, x_T, schedule, times, space, cond, generator, progress, callback: as for every sampler
+            (``sci_diffusion.samplers``); ``x_T`` is the starting noise. RePaint steps on a uniform grid
+            (``time_grid(schedule, steps, "uniform")``).
         known: x-shaped tensor holding the known values (ignored where ``mask`` is 0).
         mask: 0/1, broadcastable to ``x``: 1 where the value is known.
         resample: passes per step (RePaint's r; 1: plain replacement). Each extra pass costs one
@@ -50,20 +50,17 @@ def inpaint(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int
         raise ValueError(f"resample must be at least 1, got {resample}.")
     mask = mask.to(x_T.dtype).expand_as(x_T)
     known = known.to(x_T.dtype)
-    times = _grid(schedule, steps, spacing)
 
     def with_known(x: Tensor, a: float, s: float) -> Tensor:
         noised = a * known + (s * space.noise(x, generator) if s > 0 else 0.0)
         return space.project_moving(mask * noised + (1 - mask) * x, mask)
 
-    a_1, s_1, _ = step_coefficients(schedule, times[0])
-    x = with_known(x_T, a_1, s_1)
-    for i, (t, s) in _steps(times, progress, "inpaint"):
-        a_t, s_t, _ = step_coefficients(schedule, t)
-        a_s, s_s, _ = step_coefficients(schedule, s)
-        last = i == len(times) - 2
+    x = None
+    for step in grid_steps(schedule, times, progress, "inpaint"):
+        a_t, s_t, a_s, s_s, last = step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s, step.last
+        x = with_known(x_T, a_t, s_t) if x is None else x  # the known part noised to the grid's first time
         for r in range(1 if last else resample):
-            x0 = _denoise(denoiser, x, t, cond)
+            x0 = _denoise(denoiser, x, step.t, cond)
             noise = None if last else space.noise(x, generator)
             x_s = with_known(space.project(ddpm_step(x, x0, a_t, s_t, a_s, s_s, noise)), a_s, s_s)
             if r < resample - 1 and not last:  # back to t with q(x_t | x_s), and step again
@@ -72,5 +69,5 @@ def inpaint(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int
             else:
                 x = x_s
         if callback:
-            callback(i, float(s), x, x0)
+            callback(step.index, float(step.s), x, x0)
     return x

@@ -9,13 +9,15 @@ A domain subclasses it and supplies three things:
 - optionally ``validation_metrics()``: periodic sampling at validation (with the EMA weights),
   returning scalars to log.
 
-Everything else is shared: time sampling, the forward process, the loss with optional SNR
-weighting, condition dropout for classifier-free guidance, EMA (Lightning's
+Everything else is shared: the training loss (``build_loss``: by default the core's
+:class:`~sci_diffusion.losses.DenoisingLoss`, with the time draw, the forward process, condition dropout
+for classifier-free guidance and the SNR weighting in it), EMA (Lightning's
 ``WeightAveraging`` with a warm-up decay), the loss-curve PNG, a warm start from a trained checkpoint
 (``init_from``), and checkpoints that record the config, the domain and the package version.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +28,7 @@ from torch import Tensor
 from .checkpoints import module_class_name, read_checkpoint, training_record
 from .denoiser import PredictionDenoiser
 from .errors import UserError
-from .parameterisation import diffusion_loss, loss_weight, target_for
+from .losses import DenoisingLoss
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
 
@@ -102,6 +104,7 @@ class DiffusionModule(L.LightningModule):
         self.save_hyperparameters()
         self.schedule = NoiseSchedule.from_name(schedule, timesteps)
         self.net = self.build_network()
+        self.loss_fn = self.build_loss()
         self._initialised_from: str | None = None
 
     # ----- what a domain supplies -------------------------------------------------------------
@@ -110,6 +113,13 @@ class DiffusionModule(L.LightningModule):
 
     def prepare_batch(self, batch: Any) -> DiffusionBatch:
         raise NotImplementedError("A DiffusionModule subclass must turn its batches into a DiffusionBatch.")
+
+    def build_loss(self) -> Callable[[DiffusionModule, DiffusionBatch, torch.Generator | None], Tensor]:
+        """The training loss ``loss_fn(model, batch, generator) -> scalar`` (called once in ``__init__``): the
+        diffusion loss of the hyperparameters (``losses.DenoisingLoss``). A domain overrides it for another
+        loss (the MRI-to-CT regression's L1, the residual model's extra scale term)."""
+        h = self.hparams
+        return DenoisingLoss(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout)
 
     def drop_condition(self, cond: Any, drop: Tensor, batch: DiffusionBatch) -> Any:
         """Replace the condition of samples where ``drop`` is True by the null condition.
@@ -132,44 +142,16 @@ class DiffusionModule(L.LightningModule):
         return PredictionDenoiser(lambda x, t, c: self(x, t, c, context), self.schedule, self.hparams.prediction, clip)
 
     # ----- training --------------------------------------------------------------------------
-    def diffusion_loss(self, b: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
-        """The training loss on one prepared batch (eps/x0/v regression at a random time)."""
-        n, T, device = b.num_samples, self.schedule.T, b.x0.device
-        # Draws come from ``generator`` where it lives (validation: a fixed CPU generator), else on the
-        # data's device: with the schedule's tables on that device too, a GPU step never waits on the host.
-        draw_on = generator.device if generator is not None else device
-        step = torch.randint(1, T + 1, (n,), generator=generator, device=draw_on).to(device)
-        t = step.double() / T
-        alpha = b.space.expand(self.schedule.alpha(t), b.x0)
-        sigma = b.space.expand(self.schedule.sigma(t), b.x0)
-        eps = b.space.noise(b.x0, generator)
-        x_t = alpha * b.x0 + sigma * eps
-        mask = b.mask
-        if b.known is not None:
-            known = b.known.expand_as(b.x0).bool()
-            x_t = torch.where(known, b.x0, x_t)
-            unknown = (~known).to(b.x0.dtype)
-            mask = unknown if mask is None else mask * unknown
-        cond = b.cond
-        if cond is not None and self.hparams.cond_dropout > 0 and self.training:
-            drop = torch.rand(n, generator=generator, device=draw_on).to(device) < self.hparams.cond_dropout
-            cond = self.drop_condition(cond, drop, b)
-        pred = self(x_t, t.float(), cond, b.context)
-        target = target_for(self.hparams.prediction, b.x0, eps, alpha, sigma)
-        snr = torch.exp(2 * self.schedule.log_snr(t))
-        weight = b.space.expand(loss_weight(snr, self.hparams.prediction, self.hparams.loss_weighting), b.x0)
-        return diffusion_loss(pred, target, weight=weight, mask=mask, kind=self.hparams.loss_type)
-
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         b = self.prepare_batch(batch)
-        loss = self.diffusion_loss(b)
+        loss = self.loss_fn(self, b)
         self.log("train/loss", loss, prog_bar=True, batch_size=b.num_samples)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         b = self.prepare_batch(batch)
         # A fixed generator per batch keeps the validation loss comparable across epochs.
-        loss = self.diffusion_loss(b, generator=torch.Generator().manual_seed(batch_idx))
+        loss = self.loss_fn(self, b, torch.Generator().manual_seed(batch_idx))
         self.log("val/loss", loss, prog_bar=True, batch_size=b.num_samples, sync_dist=True)
         return loss
 

@@ -1,4 +1,5 @@
-"""The forward process ``q(x_t | x_0)``, the eps / x0 / v parameterisations, and the loss.
+"""The forward process ``q(x_t | x_0)``, the eps / x0 / v parameterisations, their loss weights and the
+masked mean error the losses (``losses.py``) reduce to.
 
 With ``x_t = alpha_t x_0 + sigma_t eps`` (``alpha^2 + sigma^2 = 1``):
 
@@ -84,7 +85,7 @@ def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: 
     return (w / per_prediction[prediction]).float()
 
 
-def diffusion_loss(
+def masked_mean_error(
     pred: Tensor,
     target: Tensor,
     weight: Tensor | None = None,

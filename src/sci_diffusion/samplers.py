@@ -1,26 +1,25 @@
 """Samplers: pure functions with one signature.
 
-``sampler(denoiser, x_T, schedule, steps, space, *, cond=None, generator=None, progress=False,
+``sampler(denoiser, x_T, schedule, times, space, *, cond=None, generator=None, progress=False,
 callback=None, **options) -> x_0``
 
 - ``denoiser(x_t, t, cond) -> x0_hat``: ``t`` is a 0-d float32 tensor in [0, 1]; the result has
   ``x_t``'s shape. Wrap an eps/x0/v network with :class:`sci_diffusion.denoiser.PredictionDenoiser`;
   guidance wrappers (``sci_diffusion.guidance``) return denoisers too, so no sampler knows
   whether it is guided.
-- ``steps``: the number of steps (independent of the training T), or an explicit decreasing
-  time grid (1-D tensor from ~1 to 0).
-- ``spacing``: how ``steps`` are laid out in time, one of :data:`~sci_diffusion.time_grids.SPACINGS`
-  (``uniform``, ``quadratic``, ``logsnr``; built by :func:`~sci_diffusion.time_grids.time_grid`,
-  which keeps every network evaluation at ``t >= 1/T``); each sampler has its own default,
-  ``DEFAULT_SPACING``. Ignored when ``steps`` is a grid.
+- ``times``: the decreasing time grid ``(N + 1,)`` float64 from 1 to 0 that the sampler steps through,
+  built outside it, as k-diffusion passes ``sigmas`` and NVlabs/edm ``t_steps``: by
+  :func:`~sci_diffusion.time_grids.time_grid` (``N`` steps, independent of the training T, laid out by a
+  ``spacing`` of :data:`~sci_diffusion.time_grids.SPACINGS`), or for a named sampler with its own default
+  spacing (``DEFAULT_SPACING``) by :func:`sampler_times`. A sampler is only its update rule.
 - ``space``: the :class:`~sci_diffusion.state_spaces.StateSpace`; all noise comes from it.
 - ``generator``: a ``torch.Generator``; with it, sampling is deterministic.
 - ``callback(i, t, x_t, x0_hat)``: called after each step with the intermediate state.
 """
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,12 +35,6 @@ from .time_grids import time_grid
 Callback = Callable[[int, float, Tensor, Tensor], None]
 
 
-def _grid(schedule: NoiseSchedule, steps: int | Tensor, spacing: str) -> Tensor:
-    if isinstance(steps, Tensor):
-        return steps.to(torch.float64)
-    return time_grid(schedule, steps, spacing)
-
-
 def step_coefficients(schedule: NoiseSchedule, t: Tensor) -> tuple[float, float, float]:
     """``(alpha, sigma, lambda)`` at a scalar grid time, as Python floats (float64 math).
 
@@ -53,9 +46,33 @@ def step_coefficients(schedule: NoiseSchedule, t: Tensor) -> tuple[float, float,
     return float(schedule.alpha(t)), float(schedule.sigma(t)), float(schedule.log_snr(t))
 
 
-def _steps(times: Tensor, progress: bool, name: str):
+@dataclass(frozen=True)
+class Step:
+    """One step of a time grid, from ``t`` down to ``s < t``, with the schedule's coefficients at both ends
+    (:func:`step_coefficients`: Python floats) and whether it is the grid's last step."""
+
+    index: int
+    t: Tensor  # 0-d float64
+    s: Tensor
+    alpha_t: float
+    sigma_t: float
+    lambda_t: float
+    alpha_s: float
+    sigma_s: float
+    lambda_s: float
+    last: bool
+
+
+def grid_steps(schedule: NoiseSchedule, times: Tensor, progress: bool = False, name: str = "") -> Iterator[Step]:
+    """The steps of the grid ``times`` ``(N + 1,)``, with a progress bar named ``name`` when ``progress``: the
+    head every sampler loop shares, so that a sampler is only its update rule."""
+    if not isinstance(times, Tensor) or times.dim() != 1 or len(times) < 2:
+        raise TypeError("A sampler takes a time grid, a 1-D tensor of at least 2 times from 1 to 0 "
+                        "(sci_diffusion.time_grids.time_grid or samplers.sampler_times build one).")
+    times = times.to(torch.float64)
     pairs = list(zip(times[:-1], times[1:]))
-    return tqdm(list(enumerate(pairs)), desc=name, disable=not progress, leave=False)
+    for i, (t, s) in tqdm(list(enumerate(pairs)), desc=name, disable=not progress, leave=False):
+        yield Step(i, t, s, *step_coefficients(schedule, t), *step_coefficients(schedule, s), last=i == len(pairs) - 1)
 
 
 def _denoise(denoiser: Denoiser, x: Tensor, t: Tensor, cond: Any) -> Tensor:
@@ -80,37 +97,31 @@ def ddim_step(x: Tensor, x0: Tensor, a_t: float, s_t: float, a_s: float, s_s: fl
     return out if (noise is None or std == 0) else out + std * noise
 
 
-def ddpm(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+def ddpm(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace, *,
          cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-         callback: Callback | None = None, spacing: str = "uniform") -> Tensor:
+         callback: Callback | None = None) -> Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) on any time grid; no noise on the last step."""
     x = x_T
-    times = _grid(schedule, steps, spacing)
-    for i, (t, s) in _steps(times, progress, "ddpm"):
-        a_t, s_t, _ = step_coefficients(schedule, t)
-        a_s, s_s, _ = step_coefficients(schedule, s)
-        x0 = _denoise(denoiser, x, t, cond)
-        last = i == len(times) - 2
-        noise = None if last else space.noise(x, generator)
-        x = space.project(ddpm_step(x, x0, a_t, s_t, a_s, s_s, noise))
+    for step in grid_steps(schedule, times, progress, "ddpm"):
+        x0 = _denoise(denoiser, x, step.t, cond)
+        noise = None if step.last else space.noise(x, generator)
+        x = space.project(ddpm_step(x, x0, step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s, noise))
         if callback:
-            callback(i, float(s), x, x0)
+            callback(step.index, float(step.s), x, x0)
     return x
 
 
-def ddim(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+def ddim(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace, *,
          cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-         callback: Callback | None = None, spacing: str = "uniform", eta: float = 0.0) -> Tensor:
+         callback: Callback | None = None, eta: float = 0.0) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021); ``eta = 0`` is deterministic, ``eta = 1`` is DDPM-like."""
     x = x_T
-    for i, (t, s) in _steps(_grid(schedule, steps, spacing), progress, "ddim"):
-        a_t, s_t, _ = step_coefficients(schedule, t)
-        a_s, s_s, _ = step_coefficients(schedule, s)
-        x0 = _denoise(denoiser, x, t, cond)
+    for step in grid_steps(schedule, times, progress, "ddim"):
+        x0 = _denoise(denoiser, x, step.t, cond)
         noise = space.noise(x, generator) if eta > 0 else None
-        x = space.project(ddim_step(x, x0, a_t, s_t, a_s, s_s, eta, noise))
+        x = space.project(ddim_step(x, x0, step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s, eta, noise))
         if callback:
-            callback(i, float(s), x, x0)
+            callback(step.index, float(step.s), x, x0)
     return x
 
 
@@ -129,11 +140,12 @@ def dpmpp_2m_step(x: Tensor, d0: Tensor, d_prev: Tensor | None, s_t: float, a_s:
     return (s_s / s_t) * x + coef * d
 
 
-def dpmpp2m(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+def dpmpp2m(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace, *,
             cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-            callback: Callback | None = None, spacing: str = "logsnr") -> Tensor:
-    """DPM-Solver++(2M), multistep in x0-prediction; first order on the first and last step."""
-    return _dpmpp2m_loop(denoiser, x_T, schedule, steps, space, cond, generator, progress, callback, spacing, False)
+            callback: Callback | None = None) -> Tensor:
+    """DPM-Solver++(2M), multistep in x0-prediction; first order on the first and last step. Its default grid
+    is ``"logsnr"``, as DPM-Solver advises (``DEFAULT_SPACING``)."""
+    return _dpmpp2m_loop(denoiser, x_T, schedule, times, space, cond, generator, progress, callback, False)
 
 
 def dpmpp_2m_sde_step(x: Tensor, d0: Tensor, d_prev: Tensor | None, s_t: float, a_s: float, s_s: float,
@@ -153,75 +165,69 @@ def dpmpp_2m_sde_step(x: Tensor, d0: Tensor, d_prev: Tensor | None, s_t: float, 
     return out + s_s * one_minus_decay2 ** 0.5 * noise
 
 
-def dpmpp2m_sde(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+def dpmpp2m_sde(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace, *,
                 cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-                callback: Callback | None = None, spacing: str = "quadratic") -> Tensor:
+                callback: Callback | None = None) -> Tensor:
     """SDE-DPM-Solver++(2M): the stochastic DPM-Solver++, one evaluation per step. Fresh noise at
     every step corrects the errors of an imperfect denoiser as ancestral sampling does, which the
     ODE solver (:func:`dpmpp2m`) cannot; first order and noise-free on the last step.
 
-    The default ``"quadratic"`` time grid crowds the steps near t = 0, where a molecule's bond
+    Its default ``"quadratic"`` time grid (``DEFAULT_SPACING``) crowds the steps near t = 0, where a molecule's bond
     lengths are settled: on the bundled QM9 model it keeps more molecules stable than the
     ``"logsnr"`` grid (``benchmarks/molecules_qm9.py`` measures it)."""
-    return _dpmpp2m_loop(denoiser, x_T, schedule, steps, space, cond, generator, progress, callback, spacing, True)
+    return _dpmpp2m_loop(denoiser, x_T, schedule, times, space, cond, generator, progress, callback, True)
 
 
-def _dpmpp2m_loop(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace,
+def _dpmpp2m_loop(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace,
                   cond: Any, generator: torch.Generator | None, progress: bool, callback: Callback | None,
-                  spacing: str, stochastic: bool) -> Tensor:
+                  stochastic: bool) -> Tensor:
     """The multistep loop shared by the ODE and SDE forms of DPM-Solver++(2M)."""
     x = x_T
-    times = _grid(schedule, steps, spacing)
     d_prev, h_prev = None, None
-    for i, (t, s) in _steps(times, progress, "dpmpp2m_sde" if stochastic else "dpmpp2m"):
-        _, s_t, lam_t = step_coefficients(schedule, t)
-        a_s, s_s, lam_s = step_coefficients(schedule, s)
-        h = lam_s - lam_t
-        d0 = _denoise(denoiser, x, t, cond)
-        last = i == len(times) - 2
-        d_used = None if last else d_prev
+    for step in grid_steps(schedule, times, progress, "dpmpp2m_sde" if stochastic else "dpmpp2m"):
+        h = step.lambda_s - step.lambda_t
+        d0 = _denoise(denoiser, x, step.t, cond)
+        d_used = None if step.last else d_prev
         if stochastic:
-            noise = None if last else space.noise(x, generator)
-            x = space.project(dpmpp_2m_sde_step(x, d0, d_used, s_t, a_s, s_s, h, h_prev, noise))
+            noise = None if step.last else space.noise(x, generator)
+            x = space.project(dpmpp_2m_sde_step(x, d0, d_used, step.sigma_t, step.alpha_s, step.sigma_s, h, h_prev, noise))
         else:
-            x = space.project(dpmpp_2m_step(x, d0, d_used, s_t, a_s, s_s, h, h_prev))
+            x = space.project(dpmpp_2m_step(x, d0, d_used, step.sigma_t, step.alpha_s, step.sigma_s, h, h_prev))
         d_prev, h_prev = d0, h
         if callback:
-            callback(i, float(s), x, d0)
+            callback(step.index, float(step.s), x, d0)
     return x
 
 
-def heun(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+def heun(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace, *,
          cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-         callback: Callback | None = None, spacing: str = "logsnr") -> Tensor:
+         callback: Callback | None = None) -> Tensor:
     """Heun's 2nd-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1).
 
     Integrates ``dy/dsigma = (y - D(y; sigma)) / sigma`` in the variance-exploding variables
     ``y = x / alpha``, ``sigma = sigma_t / alpha_t``; Euler on the last step. NFE = 2 steps - 1.
     """
-    times = _grid(schedule, steps, spacing)
-    y = x_T / step_coefficients(schedule, times[0])[0]
-    for i, (t, s) in _steps(times, progress, "heun"):
-        a_t, s_t, _ = step_coefficients(schedule, t)
-        a_s, s_s, _ = step_coefficients(schedule, s)
-        sig_t, sig_s = s_t / a_t, s_s / a_s
-        x0 = _denoise(denoiser, y * a_t, t, cond)
+    y, a_s = None, None
+    for step in grid_steps(schedule, times, progress, "heun"):
+        a_t, a_s = step.alpha_t, step.alpha_s
+        y = x_T / a_t if y is None else y
+        sig_t, sig_s = step.sigma_t / a_t, step.sigma_s / a_s
+        x0 = _denoise(denoiser, y * a_t, step.t, cond)
         d = (y - x0) / sig_t
         y_next = y + (sig_s - sig_t) * d
-        if i < len(times) - 2 and sig_s > 0:
-            x0_next = _denoise(denoiser, y_next * a_s, s, cond)
+        if not step.last and sig_s > 0:
+            x0_next = _denoise(denoiser, y_next * a_s, step.s, cond)
             d_next = (y_next - x0_next) / sig_s
             y_next = y + (sig_s - sig_t) * 0.5 * (d + d_next)
         y = space.project(y_next)
         if callback:
-            callback(i, float(s), y * a_s, x0)
-    return y * step_coefficients(schedule, times[-1])[0]
+            callback(step.index, float(step.s), y * a_s, x0)
+    return y * a_s
 
 
-def pc(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Tensor, space: StateSpace, *,
+def pc(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace, *,
        cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
-       callback: Callback | None = None, spacing: str = "uniform", corrector_steps: int = 1,
-       snr: float = 0.16) -> Tensor:
+       callback: Callback | None = None, corrector_steps: int = 1, snr: float = 0.16) -> Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 5 for VP SDEs).
 
     Predictor: an ancestral step. Corrector: ``corrector_steps`` Langevin steps at the new time
@@ -231,25 +237,22 @@ def pc(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int | Te
     is the coarse-step analogue of their ``1 - beta_i``.
     """
     x = x_T
-    times = _grid(schedule, steps, spacing)
-    for i, (t, s) in _steps(times, progress, "pc"):
-        a_t, s_t, _ = step_coefficients(schedule, t)
-        a_s, s_s, _ = step_coefficients(schedule, s)
-        x0 = _denoise(denoiser, x, t, cond)
-        last = i == len(times) - 2
-        x = space.project(ddpm_step(x, x0, a_t, s_t, a_s, s_s, None if last else space.noise(x, generator)))
-        if not last and s_s > 1e-3:
+    for step in grid_steps(schedule, times, progress, "pc"):
+        a_t, s_t, a_s, s_s = step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s
+        x0 = _denoise(denoiser, x, step.t, cond)
+        x = space.project(ddpm_step(x, x0, a_t, s_t, a_s, s_s, None if step.last else space.noise(x, generator)))
+        if not step.last and s_s > 1e-3:
             # Song et al.'s step 2 a (snr ||z|| / ||score||)^2 with the score at its noise-level norm,
             # ||score|| = ||z|| / sigma_s: one step size for every sample. Their code measures both norms
             # and averages them over the batch, which makes a sample depend on the batch it is in.
-            step = 2 * (a_t**2 / a_s**2) * (snr * s_s) ** 2
+            langevin = 2 * (a_t**2 / a_s**2) * (snr * s_s) ** 2
             for _ in range(corrector_steps):
-                x0_s = _denoise(denoiser, x, s, cond)
+                x0_s = _denoise(denoiser, x, step.s, cond)
                 score = -(x - a_s * x0_s) / s_s**2
                 z = space.noise(x, generator)
-                x = space.project(x + step * score + (2 * step) ** 0.5 * z)
+                x = space.project(x + langevin * score + (2 * langevin) ** 0.5 * z)
         if callback:
-            callback(i, float(s), x, x0)
+            callback(step.index, float(step.s), x, x0)
     return x
 
 
@@ -259,9 +262,12 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp
 
 assert tuple(SAMPLERS) == SAMPLER_NAMES  # the CLI offers the names before it imports torch
 
-# Each sampler's default time grid, read from its signature.
-DEFAULT_SPACING: dict[str, str] = {name: inspect.signature(f).parameters["spacing"].default
-                                   for name, f in SAMPLERS.items()}
+# Each sampler's default time grid (``time_grids.SPACINGS``): uniform in t for the ancestral, DDIM and PC
+# samplers (DDPM/DDIM practice), uniform in log-SNR for the ODE solvers (DPM-Solver's advice), and quadratic
+# for the stochastic DPM-Solver++ (its steps crowd near t = 0, where a molecule's bond lengths settle).
+DEFAULT_SPACING: dict[str, str] = {"ddpm": "uniform", "ddim": "uniform", "dpmpp2m": "logsnr",
+                                   "dpmpp2m_sde": "quadratic", "heun": "logsnr", "pc": "uniform"}
+assert tuple(DEFAULT_SPACING) == SAMPLER_NAMES
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
@@ -277,6 +283,17 @@ def resolve_spacing(sampler: str, spacing: str | None = None) -> str:
     (the one place the default is filled in, so that what a run records is what it used)."""
     get_sampler(sampler)
     return spacing or DEFAULT_SPACING[sampler]
+
+
+def sampler_times(sampler: str, schedule: NoiseSchedule, steps: int, spacing: str | None = None) -> Tensor:
+    """The time grid ``(steps + 1,)`` float64 a run of ``sampler`` steps through: ``steps`` laid out by
+    ``spacing``, or by the sampler's default (:data:`DEFAULT_SPACING`) when None. What ``--steps`` and
+    ``--spacing`` turn into before any sampler runs.
+
+    Raises:
+        ValueError: an unknown sampler or spacing, or a step count that is not a whole number >= 1.
+    """
+    return time_grid(schedule, steps, resolve_spacing(sampler, spacing))
 
 
 def function_evaluations(name: str, steps: int, corrector_steps: int = 1) -> int:

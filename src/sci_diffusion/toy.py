@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .gaussian_mixture import GaussianMixture, sliced_wasserstein
 from .module import DiffusionBatch, DiffusionModule
-from .samplers import get_sampler
+from .samplers import get_sampler, sampler_times
 from .state_spaces import EuclideanSpace
 
 
@@ -66,8 +66,8 @@ class MixtureDiffusion(DiffusionModule):
         gen = torch.Generator().manual_seed(0)
         space = EuclideanSpace()
         x_T = space.noise(torch.zeros(self.hparams.val_num, 2), gen)
-        x = get_sampler(self.hparams.val_sampler)(self.denoiser(), x_T, self.schedule, self.hparams.val_steps,
-                                                  space, generator=gen)
+        times = sampler_times(self.hparams.val_sampler, self.schedule, self.hparams.val_steps)
+        x = get_sampler(self.hparams.val_sampler)(self.denoiser(), x_T, self.schedule, times, space, generator=gen)
         ref = GaussianMixture.default_2d().sample(self.hparams.val_num, torch.Generator().manual_seed(1))
         return {"sliced_w2": sliced_wasserstein(x, ref)}
 

@@ -4,7 +4,7 @@ import torch
 
 from sci_diffusion.gaussian_mixture import GaussianMixture
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance
-from sci_diffusion.samplers import dpmpp2m
+from sci_diffusion.samplers import dpmpp2m, sampler_times
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace, ZeroCoMSpace
 
@@ -54,9 +54,10 @@ def test_gradient_guidance_pulls_samples_towards_the_target_property():
     first_coordinate = lambda x, t, cond: gmm.posterior_mean(x, sched.alpha(t), sched.sigma(t))[:, 0]  # noqa: E731
     target = torch.tensor(1.5, dtype=torch.float64)
     x_T = space.noise(torch.zeros(4000, 2, dtype=torch.float64), torch.Generator().manual_seed(0))
-    plain = dpmpp2m(gmm.exact_denoiser(sched), x_T, sched, 20, space)
+    times = sampler_times("dpmpp2m", sched, 20)
+    plain = dpmpp2m(gmm.exact_denoiser(sched), x_T, sched, times, space)
     guided_denoiser = PropertyGradientGuidance(gmm.exact_denoiser(sched), first_coordinate, target, 1.0, sched)
-    guided = dpmpp2m(guided_denoiser, x_T, sched, 20, space)
+    guided = dpmpp2m(guided_denoiser, x_T, sched, times, space)
     assert (guided[:, 0] - 1.5).abs().mean() < 0.8 * (plain[:, 0] - 1.5).abs().mean()
 
 

@@ -9,6 +9,7 @@ from sci_diffusion.gaussian_mixture import GaussianMixture
 from sci_diffusion.inpainting import inpaint
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace, ProductSpace, ZeroCoMSpace
+from sci_diffusion.time_grids import time_grid
 
 
 def w1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -42,7 +43,7 @@ def test_repaint_samples_the_exact_conditional_of_the_mixture_and_plain_replacem
     def run(resample: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(0)
         x_T = torch.randn(n, 2, dtype=torch.float64, generator=g)
-        return inpaint(gmm.exact_denoiser(schedule), x_T, schedule, 100, EuclideanSpace(), known, mask,
+        return inpaint(gmm.exact_denoiser(schedule), x_T, schedule, time_grid(schedule, 100), EuclideanSpace(), known, mask,
                        resample=resample, generator=g, callback=record)
 
     repaint, replaced = run(5), run(1)
@@ -70,7 +71,8 @@ def test_in_a_zero_com_space_the_known_fragment_keeps_its_shape_and_the_graph_it
         return space.project(a / (a**2 + s**2) * x)
 
     g = torch.Generator().manual_seed(0)
-    x = inpaint(gaussian_denoiser, space.noise(known, g), schedule, 20, space, known, mask, resample=2, generator=g)
+    x = inpaint(gaussian_denoiser, space.noise(known, g), schedule, time_grid(schedule, 20), space, known, mask, resample=2,
+                generator=g)
     positions, features = x[:, :3], x[:, 3:]
     for graph in (0, 1):
         rows = (batch == graph).nonzero().flatten()

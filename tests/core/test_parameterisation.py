@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sci_diffusion.parameterisation import PREDICTIONS, diffusion_loss, loss_weight, target_for, to_eps, to_x0
+from sci_diffusion.parameterisation import PREDICTIONS, loss_weight, masked_mean_error, target_for, to_eps, to_x0
 from sci_diffusion.schedules import NoiseSchedule
 
 
@@ -58,7 +58,7 @@ def test_masked_loss_ignores_elements_outside_the_mask():
     pred, target = torch.zeros(2, 4), torch.ones(2, 4)
     target[:, 2:] = 100.0
     mask = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    assert float(diffusion_loss(pred, target, mask=mask)) == pytest.approx(1.0)
+    assert float(masked_mean_error(pred, target, mask=mask)) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("prediction, diffusers_name", [("eps", "epsilon"), ("x0", "sample"), ("v", "v_prediction")])

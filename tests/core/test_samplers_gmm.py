@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sci_diffusion.gaussian_mixture import GaussianMixture, mixture_statistics, sliced_wasserstein
-from sci_diffusion.samplers import SAMPLERS, function_evaluations
+from sci_diffusion.samplers import SAMPLERS, function_evaluations, sampler_times
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace
 from sci_diffusion.time_grids import time_grid
@@ -22,7 +22,8 @@ def reference():
 def run(name, steps, seed=0, **kw):
     g = torch.Generator().manual_seed(seed)
     x_T = SPACE.noise(torch.zeros(N, 2, dtype=torch.float64), g)
-    return SAMPLERS[name](GMM.exact_denoiser(SCHEDULE), x_T, SCHEDULE, steps, SPACE, generator=g, **kw)
+    return SAMPLERS[name](GMM.exact_denoiser(SCHEDULE), x_T, SCHEDULE, sampler_times(name, SCHEDULE, steps), SPACE, generator=g,
+                          **kw)
 
 
 # 50 steps for the ODE solvers, 200 for the stochastic ones (DDPM's coarse steps shrink variance).
@@ -72,7 +73,7 @@ def test_a_sampler_draws_its_noise_from_its_generator_and_nowhere_else(name):
 
     def draw(seed, global_seed):
         torch.manual_seed(global_seed)  # the global RNG must not matter
-        return SAMPLERS[name](GMM.exact_denoiser(SCHEDULE), x_T, SCHEDULE, 6, SPACE,
+        return SAMPLERS[name](GMM.exact_denoiser(SCHEDULE), x_T, SCHEDULE, sampler_times(name, SCHEDULE, 6), SPACE,
                               generator=torch.Generator().manual_seed(seed))
 
     a, b, c = draw(3, 100), draw(3, 200), draw(4, 100)
@@ -92,7 +93,7 @@ def test_function_evaluations_counts_the_denoiser_calls(name, steps):
         calls.append(float(t))
         return GMM.exact_denoiser(SCHEDULE)(x, t)
 
-    SAMPLERS[name](spy, torch.randn(10, 2, dtype=torch.float64), SCHEDULE, steps, SPACE,
+    SAMPLERS[name](spy, torch.randn(10, 2, dtype=torch.float64), SCHEDULE, sampler_times(name, SCHEDULE, steps), SPACE,
                    generator=torch.Generator().manual_seed(0))
     assert len(calls) == function_evaluations(name, steps)
     assert all(0 < t <= 1 for t in calls)  # never at t = 0, where sigma = 0
@@ -106,7 +107,7 @@ def test_step_count_is_independent_of_training_T():
         times.append(float(t))
         return GMM.exact_denoiser(SCHEDULE)(x, t)
 
-    SAMPLERS["ddim"](spy, torch.randn(10, 2, dtype=torch.float64), SCHEDULE, 37, SPACE)
+    SAMPLERS["ddim"](spy, torch.randn(10, 2, dtype=torch.float64), SCHEDULE, sampler_times("ddim", SCHEDULE, 37), SPACE)
     assert len(times) == 37
     assert all(a > b for a, b in zip(times, times[1:]))
 
@@ -198,7 +199,8 @@ def test_float32_sampling_recovers_the_mixture_too(name, reference):
     g = torch.Generator().manual_seed(0)
     x_T = SPACE.noise(torch.zeros(N, 2, dtype=torch.float32), g)
     denoiser = GMM.exact_denoiser(SCHEDULE)
-    x = SAMPLERS[name](lambda x, t, c=None: denoiser(x.double(), t).float(), x_T, SCHEDULE, STEPS[name], SPACE,
+    x = SAMPLERS[name](lambda x, t, c=None: denoiser(x.double(), t).float(), x_T, SCHEDULE,
+                       sampler_times(name, SCHEDULE, STEPS[name]), SPACE,
                        generator=g)
     assert x.dtype == torch.float32 and torch.isfinite(x).all()
     assert sliced_wasserstein(x.double(), reference) < THRESHOLDS["sliced_w2"]
@@ -206,7 +208,8 @@ def test_float32_sampling_recovers_the_mixture_too(name, reference):
 
 def test_callback_reports_every_intermediate_state_and_progress_bar_runs(capsys):
     seen = []
-    x = SAMPLERS["dpmpp2m"](GMM.exact_denoiser(SCHEDULE), torch.randn(50, 2, dtype=torch.float64), SCHEDULE, 8, SPACE,
+    x = SAMPLERS["dpmpp2m"](GMM.exact_denoiser(SCHEDULE), torch.randn(50, 2, dtype=torch.float64), SCHEDULE,
+                            sampler_times("dpmpp2m", SCHEDULE, 8), SPACE,
                             progress=True, callback=lambda i, t, xt, x0: seen.append((i, t, xt.clone())))
     assert [s[0] for s in seen] == list(range(8))
     assert seen[-1][1] == 0.0 and torch.equal(seen[-1][2], x)
@@ -217,3 +220,27 @@ def test_explicit_time_grid_is_accepted():
     grid = torch.tensor([1.0, 0.6, 0.3, 0.1, 0.0], dtype=torch.float64)
     x = SAMPLERS["ddim"](GMM.exact_denoiser(SCHEDULE), torch.randn(10, 2, dtype=torch.float64), SCHEDULE, grid, SPACE)
     assert x.shape == (10, 2) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_a_sampler_steps_through_exactly_the_grid_it_is_given(name):
+    """The grid is built outside the sampler (k-diffusion's ``sigmas``, EDM's ``t_steps``): a sampler evaluates
+    the denoiser at the grid's times, in order, and reports each step's end time, nothing of its own."""
+    grid = torch.tensor([1.0, 0.7, 0.45, 0.2, 0.0], dtype=torch.float64)
+    asked, ends = [], []
+
+    def spy(x, t, cond=None):
+        asked.append(float(t))
+        return GMM.exact_denoiser(SCHEDULE)(x, t)
+
+    SAMPLERS[name](spy, torch.randn(10, 2, dtype=torch.float64), SCHEDULE, grid, SPACE,
+                   generator=torch.Generator().manual_seed(0), callback=lambda i, t, x, x0: ends.append(t))
+    assert ends == grid[1:].tolist()
+    # every grid time but the last (0: the data itself) is asked, in decreasing order, and no other time
+    # (heun and pc evaluate a second time at a step's end, which is the next grid time)
+    assert sorted(set(asked), reverse=True) == grid[:-1].float().tolist() and asked == sorted(asked, reverse=True)
+
+
+def test_a_step_count_where_a_grid_belongs_is_one_sentence():
+    with pytest.raises(TypeError, match="takes a time grid"):
+        SAMPLERS["ddim"](GMM.exact_denoiser(SCHEDULE), torch.randn(4, 2, dtype=torch.float64), SCHEDULE, 10, SPACE)

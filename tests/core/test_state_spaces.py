@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sci_diffusion.samplers import SAMPLERS
+from sci_diffusion.samplers import SAMPLERS, sampler_times
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace, ProductSpace, ZeroCoMSpace
 
@@ -48,7 +48,8 @@ def test_every_sampler_keeps_zero_com_per_graph(name):
     g = torch.Generator().manual_seed(0)
     x_T = space.noise(torch.zeros(len(batch), 5, dtype=torch.float64), g)
     states = []
-    x = SAMPLERS[name](ShrinkingDenoiser(), x_T, NoiseSchedule.from_name("polynomial_2"), 10, space, generator=g,
+    schedule = NoiseSchedule.from_name("polynomial_2")
+    x = SAMPLERS[name](ShrinkingDenoiser(), x_T, schedule, sampler_times(name, schedule, 10), space, generator=g,
                        callback=lambda i, t, xt, x0: states.append(xt))
     assert per_graph_mean(x[:, :3], batch).abs().max() < 1e-6
     assert max(per_graph_mean(s[:, :3], batch).abs().max() for s in states) < 1e-6

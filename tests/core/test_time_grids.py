@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sci_diffusion.samplers import DEFAULT_SPACING, SAMPLERS, resolve_spacing
+from sci_diffusion.samplers import DEFAULT_SPACING, SAMPLERS, resolve_spacing, sampler_times
 from sci_diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
 from sci_diffusion.state_spaces import EuclideanSpace
 from sci_diffusion.time_grids import SPACINGS, time_grid
@@ -76,22 +76,24 @@ def test_no_sampler_evaluates_the_network_below_the_first_training_time(name, sp
     """Training draws t from {1..T}/T: every sampler, on every spacing, stays at t >= 1/T and ends at 0."""
     schedule = NoiseSchedule.from_name("polynomial_2", T)
     denoiser, ends = RecordingDenoiser(), []
-    SAMPLERS[name](denoiser, torch.randn(4, 2), schedule, steps, EuclideanSpace(), spacing=spacing,
+    SAMPLERS[name](denoiser, torch.randn(4, 2), schedule, time_grid(schedule, steps, spacing), EuclideanSpace(),
                    generator=torch.Generator().manual_seed(0), callback=lambda i, t, x, x0: ends.append(t))
     assert min(denoiser.times) >= np.float32(1.0 / T)  # the network is handed t in float32
     assert max(denoiser.times) == 1.0 and ends[-1] == 0.0
 
 
-def test_each_sampler_uses_its_default_spacing():
+def test_each_samplers_grid_has_its_default_spacing():
     schedule = NoiseSchedule.from_name("polynomial_2", T)
     assert DEFAULT_SPACING == {"ddpm": "uniform", "ddim": "uniform", "dpmpp2m": "logsnr",
                                "dpmpp2m_sde": "quadratic", "heun": "logsnr", "pc": "uniform"}
     for name, spacing in DEFAULT_SPACING.items():
         first_steps = RecordingDenoiser()
-        SAMPLERS[name](first_steps, torch.randn(4, 2), schedule, 10, EuclideanSpace(), generator=torch.Generator())
+        SAMPLERS[name](first_steps, torch.randn(4, 2), schedule, sampler_times(name, schedule, 10), EuclideanSpace(),
+                       generator=torch.Generator())
         expected = time_grid(schedule, 10, spacing)[:2].float()
         assert first_steps.times[:2] == expected.tolist(), name
         assert resolve_spacing(name) == spacing and resolve_spacing(name, "uniform") == "uniform"
+        assert torch.equal(sampler_times(name, schedule, 10, "uniform"), time_grid(schedule, 10, "uniform"))
     with pytest.raises(ValueError, match="Unknown sampler"):
         resolve_spacing("euler")
 
@@ -104,7 +106,8 @@ def test_the_last_step_returns_the_data_estimate_even_where_the_schedule_keeps_n
     schedule = NoiseSchedule.from_name("polynomial_2", T)
     assert float(schedule.sigma(0.0)) > 1e-3
     c = torch.tensor([[0.25, -1.5]], dtype=torch.float64).expand(8, 2)
-    out = SAMPLERS[name](lambda x, t, cond=None: c.clone(), torch.randn(8, 2, dtype=torch.float64), schedule, 5,
+    out = SAMPLERS[name](lambda x, t, cond=None: c.clone(), torch.randn(8, 2, dtype=torch.float64), schedule,
+                         sampler_times(name, schedule, 5),
                          EuclideanSpace(), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, c, rtol=0, atol=1e-12)
 

@@ -198,8 +198,8 @@ def test_known_entries_reach_the_network_clean_and_stay_out_of_the_loss():
     x0 = torch.randn(64, 2)
     known = torch.tensor([[0.0, 1.0]])
     out = torch.zeros(1, 2)
-    loss = model.diffusion_loss(DiffusionBatch(x0, EuclideanSpace(), known=known), torch.Generator().manual_seed(0))
+    loss = model.loss_fn(model, DiffusionBatch(x0, EuclideanSpace(), known=known), torch.Generator().manual_seed(0))
     assert torch.equal(seen[-1][:, 1], x0[:, 1]) and not torch.equal(seen[-1][:, 0], x0[:, 0])
     out = torch.tensor([[0.0, 1e3]])  # a wild prediction in the known column only
-    assert model.diffusion_loss(DiffusionBatch(x0, EuclideanSpace(), known=known),
-                                torch.Generator().manual_seed(0)) == loss
+    assert model.loss_fn(model, DiffusionBatch(x0, EuclideanSpace(), known=known),
+                         torch.Generator().manual_seed(0)) == loss

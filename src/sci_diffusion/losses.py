@@ -1,0 +1,112 @@
+"""Training losses: small callables apart from the training loop, as NVlabs/edm's ``training/loss.py``.
+
+A loss is called as ``loss_fn(model, batch, generator=None) -> scalar`` with ``model`` the
+:class:`~sci_diffusion.module.DiffusionModule` (its network is ``model(x_t, t, cond, context)``) and
+``batch`` the model's :class:`~sci_diffusion.module.DiffusionBatch`. ``DiffusionModule.build_loss``
+chooses one; a domain overrides it for a loss of its own (the MRI-to-CT regression, the residual
+model's extra scale term).
+
+:class:`DenoisingLoss` is the diffusion loss. Everything that happens between a clean batch and the
+regression error lives in it, in this order:
+
+1. the time draw: ``t`` uniform on ``{1..T} / T``, one per sample;
+2. the forward process ``x_t = alpha_t x0 + sigma_t eps``, with ``eps`` from the batch's state space;
+3. the known mask: entries given as the condition are seen clean and left out of the loss;
+4. condition dropout (classifier-free guidance), in training only;
+5. the prediction's target (eps, x0 or v) and its SNR weighting, then the masked mean error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .parameterisation import loss_weight, masked_mean_error, target_for
+from .schedules import NoiseSchedule
+
+if TYPE_CHECKING:  # annotations only: module.py imports this file
+    from .module import DiffusionBatch, DiffusionModule
+
+
+@dataclass
+class NoisedBatch:
+    """One draw of the forward process for a batch: what the network sees and what it should answer.
+
+    Attributes:
+        t: ``(num_samples,)`` float64 times in ``(0, 1]``.
+        x_t: the noised state, ``x0``'s shape, with known entries clean.
+        eps: the noise drawn, ``x0``'s shape.
+        alpha, sigma: the schedule at ``t``, broadcastable to ``x0``.
+        mask: where the loss is averaged (the batch's mask, without the known entries), or None: everywhere.
+    """
+
+    t: Tensor
+    x_t: Tensor
+    eps: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    mask: Tensor | None
+
+
+@dataclass
+class DenoisingLoss:
+    """The diffusion training loss: eps / x0 / v regression at a random time (module docstring, steps 1-5).
+
+    Args:
+        schedule: the noise schedule the model is trained with.
+        prediction: what the network predicts, ``eps``, ``x0`` or ``v``.
+        kind: ``l2`` or ``l1``.
+        weighting: ``none``, ``min_snr`` or ``snr`` (``parameterisation.loss_weight``).
+        cond_dropout: probability of replacing a sample's condition by the null condition in training
+            (``model.drop_condition``), so that one network also learns the unconditional prediction.
+    """
+
+    schedule: NoiseSchedule
+    prediction: str = "eps"
+    kind: str = "l2"
+    weighting: str = "none"
+    cond_dropout: float = 0.0
+
+    def __call__(self, model: DiffusionModule, batch: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
+        """The mean loss over ``batch`` (a 0-d tensor); ``generator`` fixes every draw (validation)."""
+        noised = self.noise(batch, generator)
+        cond = self.condition(model, batch, generator)
+        pred = model(noised.x_t, noised.t.float(), cond, batch.context)
+        target = target_for(self.prediction, batch.x0, noised.eps, noised.alpha, noised.sigma)
+        snr = torch.exp(2 * self.schedule.log_snr(noised.t))
+        weight = batch.space.expand(loss_weight(snr, self.prediction, self.weighting), batch.x0)
+        return masked_mean_error(pred, target, weight=weight, mask=noised.mask, kind=self.kind)
+
+    def noise(self, batch: DiffusionBatch, generator: torch.Generator | None = None) -> NoisedBatch:
+        """Steps 1-3: a time per sample, the noised state and the mask the loss averages in."""
+        x0, space = batch.x0, batch.space
+        step = torch.randint(1, self.schedule.T + 1, (batch.num_samples,), generator=generator,
+                             device=_draw_device(generator, x0)).to(x0.device)
+        t = step.double() / self.schedule.T
+        alpha, sigma = space.expand(self.schedule.alpha(t), x0), space.expand(self.schedule.sigma(t), x0)
+        eps = space.noise(x0, generator)
+        x_t, mask = alpha * x0 + sigma * eps, batch.mask
+        if batch.known is not None:
+            known = batch.known.expand_as(x0).bool()
+            x_t = torch.where(known, x0, x_t)
+            unknown = (~known).to(x0.dtype)
+            mask = unknown if mask is None else mask * unknown
+        return NoisedBatch(t, x_t, eps, alpha, sigma, mask)
+
+    def condition(self, model: DiffusionModule, batch: DiffusionBatch, generator: torch.Generator | None = None) -> Any:
+        """Step 4: the batch's condition with each sample's dropped (``model.drop_condition``) with probability
+        ``cond_dropout``, in training only."""
+        if batch.cond is None or self.cond_dropout <= 0 or not model.training:
+            return batch.cond
+        x0 = batch.x0
+        drop = torch.rand(batch.num_samples, generator=generator, device=_draw_device(generator, x0)).to(x0.device)
+        return model.drop_condition(batch.cond, drop < self.cond_dropout, batch)
+
+
+def _draw_device(generator: torch.Generator | None, x0: Tensor) -> torch.device:
+    """Where a random draw happens: on ``generator``'s device where one is given (validation: a fixed CPU
+    generator), else on the data's, so that with the schedule's tables there too a GPU step never waits on
+    the host."""
+    return generator.device if generator is not None else x0.device
