@@ -11,16 +11,12 @@ import pytest
 import torch
 
 from sci_diffusion.cli import main
+from sci_diffusion_medical.data.label_bits import bits_to_labels, label_codewords, labels_to_bits
+from sci_diffusion_medical.data.paired_slices import PairedVolumeSlices
 from sci_diffusion_medical.data.pairs import find_synthrad_pairs
 from sci_diffusion_medical.io.nifti import MedicalInputError
-from sci_diffusion_medical.models.synthesis import (
-    PairedSliceSynthesis,
-    PairedVolumeSlices,
-    bits_to_labels,
-    correlated_slice_noise,
-    label_codewords,
-    labels_to_bits,
-)
+from sci_diffusion_medical.models.slice_space import correlated_slice_noise
+from sci_diffusion_medical.models.synthesis import PairedSliceSynthesis
 
 from .test_cli_medical import run_expecting_error
 

@@ -1,4 +1,5 @@
-"""``MRItoCTDataModule``: 2.5-D MR->CT slices from a SynthRAD-layout folder, split by patient.
+"""The data modules, split by patient: ``MRItoCTDataModule`` (2.5-D MR->CT slices, ``slices.SliceDataset``) and
+``PairedSynthesisDataModule`` (joint MR / CT / label slices, ``paired_slices.PairedVolumeSlices``).
 
 If the folder does not exist it is filled with head phantoms first (``phantom.write_phantom_dataset``),
 so ``sci-diffusion fit --config configs/medical/mri2ct_phantom.yaml`` runs on a fresh checkout.
@@ -7,12 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from ..io.nifti import MedicalInputError
+from .paired_slices import PairedVolumeSlices
+from .pairs import find_synthrad_pairs
+from .phantom import write_phantom_dataset
+from .slices import SliceDataset
+from .transforms import mr_intensity_augmentation
 
 
 def split_patients(ids: Sequence[str], val_subjects: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -31,8 +39,6 @@ def split_patients(ids: Sequence[str], val_subjects: int, seed: int = 0) -> tupl
 def write_phantoms_if_missing(root: str, subjects: int, spacing_mm: float, seed: int) -> None:
     """Fill ``root`` with ``subjects`` head phantoms when it does not exist (a fresh checkout's data)."""
     if not Path(root).exists():
-        from .phantom import write_phantom_dataset
-
         print(f"Writing {subjects} head phantoms to {root} ...", flush=True)
         write_phantom_dataset(root, subjects, spacing_mm, seed)
 
@@ -91,9 +97,6 @@ class MRItoCTDataModule(L.LightningDataModule):
         write_phantoms_if_missing(h.root, h.phantom_subjects, h.phantom_spacing_mm, h.phantom_seed)
 
     def setup(self, stage: str | None = None) -> None:
-        from .pairs import find_synthrad_pairs
-        from .slices import SliceDataset
-
         if getattr(self, "train_set", None) is not None:
             return
         pairs = find_synthrad_pairs(self.hparams.root)
@@ -105,10 +108,6 @@ class MRItoCTDataModule(L.LightningDataModule):
         common = dict(k=h.k, axis=h.axis, divisible=h.divisible, spacing_mm=h.spacing_mm, cache_dir=h.cache_dir)
         augment = None
         if h.mr_augmentation > 0:
-            import torch
-
-            from .transforms import mr_intensity_augmentation
-
             augment = mr_intensity_augmentation(h.mr_augmentation, seed=torch.initial_seed() % 2**32)
         self.train_set = SliceDataset([p for p in pairs if p["id"] in self.train_ids],
                                       crop_size=None if h.crop_size is None else tuple(h.crop_size), augment=augment,
@@ -132,11 +131,62 @@ class MRItoCTDataModule(L.LightningDataModule):
         if self.val_set is None:
             return []
         # Shuffled once with a fixed seed so that limit_val_batches sees slices from every height.
-        import torch
-
         order = torch.randperm(len(self.val_set), generator=torch.Generator().manual_seed(0)).tolist()
         return DataLoader(torch.utils.data.Subset(self.val_set, order), batch_size=self._batch_size(self.val_set, False),
                           num_workers=self.hparams.num_workers)
 
     def state_dict(self) -> dict:
         return {"train_ids": self.train_ids, "val_ids": self.val_ids}
+
+
+class PairedSynthesisDataModule(L.LightningDataModule):
+    """Slices of paired MR / CT / label volumes for ``PairedSliceSynthesis``, split by subject.
+
+    Args:
+        root: SynthRAD-layout folder with ``labels`` per subject; filled with head phantoms first when
+            it does not exist (``phantom_*``), as ``MRItoCTDataModule`` does.
+        val_subjects: subjects held out for the validation loss (0: no validation).
+        spacing_mm: the model's voxel size; every volume is resampled to it on loading.
+        divisible: in-plane padding multiple.
+        flip: left-right mirroring of training slices.
+        batch_size, num_workers: DataLoader settings.
+    """
+
+    def __init__(self, root: str = "data/phantom_2mm", phantom_subjects: int = 20, phantom_spacing_mm: float = 2.0,
+                 phantom_seed: int = 0, val_subjects: int = 2, split_seed: int = 0, spacing_mm: float | None = 4.0,
+                 divisible: int = 8, flip: bool = True, batch_size: int = 16, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set: PairedVolumeSlices | None = None
+        self.val_set: PairedVolumeSlices | None = None
+
+    def prepare_data(self) -> None:
+        h = self.hparams
+        write_phantoms_if_missing(h.root, h.phantom_subjects, h.phantom_spacing_mm, h.phantom_seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        h = self.hparams
+        pairs = find_synthrad_pairs(h.root)
+        if len(pairs) <= h.val_subjects:
+            raise MedicalInputError(f"{h.root} holds {len(pairs)} subjects, too few to hold out {h.val_subjects}.")
+        train_ids, val_ids = split_patients([p["id"] for p in pairs], h.val_subjects, h.split_seed)
+        common = dict(spacing_mm=h.spacing_mm, divisible=h.divisible)
+        self.train_set = PairedVolumeSlices([p for p in pairs if p["id"] in train_ids], flip=h.flip, **common)
+        self.val_set = PairedVolumeSlices([p for p in pairs if p["id"] in val_ids], **common) if val_ids else None
+
+    @property
+    def grid(self) -> dict[str, Any]:
+        """What a sampler needs to write volumes like the training ones: shape, affine and in-plane padding."""
+        s = self.train_set
+        return {"shape": list(s.shape), "affine": s.affine.tolist(), "pad": s.pad}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
+                          drop_last=len(self.train_set) > self.hparams.batch_size, num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)

@@ -22,8 +22,9 @@ import torch
 from sci_diffusion.atomic import write_json
 from sci_diffusion.errors import UserError
 
-from ..models.synthesis import MR_ARBITRARY_UNITS, PairedSliceSynthesis, iterate_subjects
+from ..models.synthesis import PairedSliceSynthesis, iterate_subjects
 
+MR_ARBITRARY_UNITS = 1000.0  # a synthetic MR is written as (x + 1) / 2 * this: [0, 1000] a.u.
 SYNTHETIC_CENTRE = "S"  # SynthRAD ids of synthetic subjects: 1BS001, 1BS002, ...
 FORMATS = ("synthrad", "nnunet")
 
