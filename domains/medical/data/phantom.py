@@ -228,10 +228,235 @@ def body_mask_from_mr(mr: np.ndarray, spacing_mm: float | Sequence[float] = 1.0)
     return mask
 
 
+@dataclass(frozen=True)
+class HeadPose:
+    """Where a subject's head lies on its grid, and its size and shape.
+
+    Attributes:
+        shape: (X, Y, Z) voxels of the fixed field of view.
+        affine: (4, 4) float64 RAS+ voxel-to-world affine in mm (its origin drawn per subject).
+        voxel_mm: the mean voxel size (mm), the width of the partial-volume ramps.
+        frame: (x, y, z), each (X, Y, Z) float32: every voxel's position in the template head frame
+            (mm; x left->right, y posterior->anterior, z inferior->superior), after the head's rotation,
+            translation, size and smooth deformation.
+    """
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    voxel_mm: float
+    frame: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    def ellipsoid(self, centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+        """Signed distance (mm, negative inside, (X, Y, Z)) to an ellipsoid of the head frame."""
+        return _ellipsoid_distance(self.frame, centre, radii)
+
+
+def draw_head_pose(rng: np.random.Generator, spacing: np.ndarray) -> HeadPose:
+    """Draw the grid's origin, the head's rotation, position, size and proportions, and a smooth
+    random deformation (a few mm, wavelengths 80-160 mm), in this order of draws from ``rng``."""
+    shape = tuple(int(round(f / s)) for f, s in zip(FIELD_OF_VIEW_MM, spacing))
+    affine = phantom_affine(spacing, shape, origin_offset_mm=rng.uniform(-20.0, 20.0, 3))
+    rotation = Rotation.from_euler("xyz", rng.uniform([-10, -6, -10], [10, 6, 10]), degrees=True).as_matrix()
+    grid_centre = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0) + affine[:3, 3]
+    head_centre = grid_centre + np.array([0.0, 0.0, 6.0]) + rng.uniform([-5, -5, -3], [5, 5, 3])
+    # phantom_affine is diagonal, so world coordinates separate per axis.
+    world = [affine[a, a] * np.arange(n, dtype=np.float32) + (affine[a, 3] - head_centre[a]) for a, n in enumerate(shape)]
+    world = [world[0][:, None, None], world[1][None, :, None], world[2][None, None, :]]
+    size = rng.uniform(0.93, 1.04) * rng.uniform(0.97, 1.03, 3)  # head size and proportions
+    q = [sum(rotation[j, a] * world[j] for j in range(3)) / size[a] for a in range(3)]
+    q = [np.ascontiguousarray(np.broadcast_to(qa, shape), dtype=np.float32) for qa in q]
+    displacement = [np.zeros(shape, np.float32) for _ in range(3)]
+    for a in range(3):  # smooth random deformation, a few mm, wavelengths 80-160 mm
+        for _ in range(3):
+            direction = rng.normal(size=3)
+            wavenumber = direction / np.linalg.norm(direction) * 2 * np.pi / rng.uniform(80.0, 160.0)
+            phase = sum(k * qi for k, qi in zip(wavenumber, q)) + rng.uniform(0, 2 * np.pi)
+            displacement[a] += np.float32(rng.uniform(0.5, 1.5)) * np.sin(phase)
+    x, y, z = (qa + da for qa, da in zip(q, displacement))
+    return HeadPose(shape, affine, float(np.mean(spacing)), (x, y, z))
+
+
+@dataclass(frozen=True)
+class HeadAnatomy:
+    """One subject's anatomy: layer thicknesses (mm) and the sizes of its structures.
+
+    Attributes:
+        t_skin, t_fat, t_outer, t_diploe, t_inner, t_csf, t_grey: thicknesses of the scalp's skin and
+            fat, the skull's outer table, diploe and inner table, the subarachnoid CSF and the cortex.
+        t_plate: thickness of the skull base.
+        folds: (X, Y, Z) float32 Gaussian random field of unit std (~4 mm correlation): the cortical folding.
+        fissure_half_width: half width of the interhemispheric fissure.
+        ventricle_size, frontal, maxillary: scale factors of the ventricles and of the frontal and
+            maxillary sinuses.
+    """
+
+    t_skin: float
+    t_fat: float
+    t_outer: float
+    t_diploe: float
+    t_inner: float
+    t_csf: float
+    t_grey: float
+    t_plate: float
+    folds: np.ndarray
+    fissure_half_width: float
+    ventricle_size: float
+    frontal: float
+    maxillary: float
+
+
+def draw_anatomy(rng: np.random.Generator, pose: HeadPose) -> HeadAnatomy:
+    """Draw a subject's anatomy, in the order of the fields of ``HeadAnatomy``."""
+    t_skin, t_fat = rng.uniform(2.0, 3.0), rng.uniform(3.5, 5.5)
+    t_outer, t_diploe, t_inner = rng.uniform(2.5, 3.5), rng.uniform(3.0, 5.0), rng.uniform(2.5, 3.5)
+    t_csf, t_grey = rng.uniform(2.0, 3.5), rng.uniform(4.0, 6.0)
+    t_plate = rng.uniform(8.0, 11.0)
+    folds = _smooth_noise(rng, pose.shape, sigma_vox=4.0 / pose.voxel_mm)
+    fissure_half_width = rng.uniform(1.0, 1.8)
+    ventricle_size = rng.uniform(0.7, 1.5)
+    frontal = rng.uniform(0.6, 1.3)
+    maxillary = rng.uniform(0.85, 1.15)
+    return HeadAnatomy(t_skin, t_fat, t_outer, t_diploe, t_inner, t_csf, t_grey, t_plate, folds, fissure_half_width,
+                       ventricle_size, frontal, maxillary)
+
+
+# ----- painting the tissues: deterministic given the pose and the anatomy ------------------------
+SKULL_BASE_SLOPE = 0.18  # the skull base rises towards the front
+
+
+def paint_scalp_and_skull(canvas: _Canvas, pose: HeadPose, anatomy: HeadAnatomy) -> np.ndarray:
+    """Skin, fat and muscle over a skull of two cortical tables around the diploe: the cranium smoothly
+    joined to the face and neck. Returns the inner skull surface's signed distance (mm)."""
+    a = anatomy
+    cranium = pose.ellipsoid((0.0, 0.0, 0.0), (78.0, 96.0, 74.0))
+    lower_head = pose.ellipsoid((0.0, 8.0, -68.0), (62.0, 78.0, 62.0))
+    join = 10.0
+    skin_surface = -join * np.logaddexp(-cranium / join, -lower_head / join)
+    canvas.paint("skin", skin_surface)
+    canvas.paint("fat", skin_surface + a.t_skin)
+    canvas.paint("skin", skin_surface + a.t_skin + a.t_fat)  # muscle under the fat
+    depth = a.t_skin + a.t_fat
+    canvas.paint("cortical_bone", cranium + depth)
+    canvas.paint("diploe", cranium + depth + a.t_outer)
+    canvas.paint("cortical_bone", cranium + depth + a.t_outer + a.t_diploe)
+    return cranium + depth + a.t_outer + a.t_diploe + a.t_inner
+
+
+def paint_skull_base(canvas: _Canvas, pose: HeadPose, anatomy: HeadAnatomy, inner_skull: np.ndarray) -> np.ndarray:
+    """A plate sloping up towards the front closes the brain cavity below. Returns the cavity's signed distance (mm)."""
+    _, y, z = pose.frame
+    slope = SKULL_BASE_SLOPE
+    floor = (-32.0 + slope * y - z) / np.sqrt(1.0 + slope**2)  # > 0 below the cavity floor
+    t_plate, t_inner, t_outer = anatomy.t_plate, anatomy.t_inner, anatomy.t_outer
+    canvas.paint("skin", inner_skull)  # soft tissue under the skull base (pharynx, muscles)
+    canvas.paint("cortical_bone", np.maximum(inner_skull, np.maximum(-floor, floor - t_plate)))
+    canvas.paint("diploe", np.maximum(inner_skull, np.maximum(t_inner - floor, floor - t_plate + t_outer)))
+    return np.maximum(inner_skull, floor)
+
+
+def paint_brain(canvas: _Canvas, pose: HeadPose, anatomy: HeadAnatomy, cavity: np.ndarray) -> None:
+    """CSF, folded cortex, white matter, deep nuclei, the interhemispheric fissure and the ventricles."""
+    x, _, z = pose.frame
+    a = anatomy
+    pial = cavity + a.t_csf + 2.0 * a.folds
+    white = np.maximum(cavity + a.t_csf + a.t_grey + 6.0 * a.folds, pial + 2.0)  # cortex >= 2 mm
+    canvas.paint("csf", cavity)
+    canvas.paint("grey_matter", pial)
+    canvas.paint("white_matter", white)
+    for side in (-1.0, 1.0):
+        canvas.paint("grey_matter", pose.ellipsoid((side * 17.0, 0.0, 2.0), (8.0, 15.0, 10.0)))
+    canvas.paint("csf", np.maximum(np.maximum(np.abs(x) - a.fissure_half_width, 14.0 - z), cavity))
+    v = a.ventricle_size
+    for side in (-1.0, 1.0):
+        canvas.paint("ventricle", pose.ellipsoid((side * 9.0, 0.0, 10.0), (5.0 * v, 26.0, 8.0 * v)))
+        canvas.paint("ventricle", pose.ellipsoid((side * 7.0, 22.0, 12.0), (3.0 * v, 8.0, 5.0 * v)))
+    canvas.paint("ventricle", pose.ellipsoid((0.0, -4.0, -4.0), (1.5 * v, 10.0, 7.0)))
+
+
+def paint_sinuses(canvas: _Canvas, pose: HeadPose, anatomy: HeadAnatomy) -> None:
+    """Frontal, sphenoid and maxillary sinuses and the nasal cavity: air walled by cortical bone."""
+    frontal, maxillary = anatomy.frontal, anatomy.maxillary
+    canvas.paint("cortical_bone", pose.ellipsoid((0.0, 80.0, -8.0), (6.0 + 15.0 * frontal, 11.0, 5.0 + 8.0 * frontal)))
+    canvas.paint("sinus_air", pose.ellipsoid((0.0, 81.0, -8.0), (15.0 * frontal, 6.0, 8.0 * frontal)))
+    sphenoid_z = -32.0 + SKULL_BASE_SLOPE * 22.0 - anatomy.t_plate - 10.0
+    canvas.paint("cortical_bone", pose.ellipsoid((0.0, 22.0, sphenoid_z), (14.0, 12.0, 11.0)))
+    canvas.paint("sinus_air", pose.ellipsoid((0.0, 22.0, sphenoid_z), (11.0, 9.0, 8.0)))
+    canvas.paint("diploe", pose.ellipsoid((0.0, 50.0, -64.0), (34.0, 22.0, 24.0)))
+    cavities = [((side * 18.0, 50.0, -63.0), (11.0 * maxillary, 14.0 * maxillary, 15.0 * maxillary)) for side in (-1.0, 1.0)]
+    cavities.append(((0.0, 56.0, -58.0), (4.5, 21.0, 16.0)))  # nasal cavity
+    for centre, radii in cavities:
+        canvas.paint("cortical_bone", pose.ellipsoid(centre, [r + 3.0 for r in radii]))
+    for centre, radii in cavities:
+        canvas.paint("sinus_air", pose.ellipsoid(centre, radii))
+
+
+def paint_cervical_spine(canvas: _Canvas, pose: HeadPose, anatomy: HeadAnatomy) -> None:
+    """The vertebral column (cortex around marrow) and the spinal canal, below the skull base."""
+    x, y, z = pose.frame
+    column_top = -32.0 + SKULL_BASE_SLOPE * (-8.0) - anatomy.t_plate - 6.0
+    body = np.maximum(np.sqrt(x**2 + (y + 8.0) ** 2) - 11.0, z - column_top)
+    canvas.paint("cortical_bone", body)
+    canvas.paint("diploe", body + 2.5)
+    canal_radius = np.sqrt(x**2 + (y + 28.0) ** 2)
+    canvas.paint("cortical_bone", np.maximum(canal_radius - 9.5, z - column_top))
+    canvas.paint("csf", np.maximum(canal_radius - 6.0, z - column_top + 3.0))
+
+
+def tissue_fractions(pose: HeadPose, anatomy: HeadAnatomy) -> np.ndarray:
+    """Partial-volume tissue fractions ``(len(TISSUE_LABELS), X, Y, Z)`` float32 of a head, painted outside in."""
+    canvas = _Canvas(pose.shape, pose.voxel_mm)
+    inner_skull = paint_scalp_and_skull(canvas, pose, anatomy)
+    cavity = paint_skull_base(canvas, pose, anatomy, inner_skull)
+    paint_brain(canvas, pose, anatomy, cavity)
+    paint_sinuses(canvas, pose, anatomy)
+    paint_cervical_spine(canvas, pose, anatomy)
+    return canvas.fractions
+
+
+# ----- imaging: CT and MR of the tissue fractions ------------------------------------------------
+def tissue_images(rng: np.random.Generator, pose: HeadPose, fractions: np.ndarray,
+                  scanner: Scanner) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free ``(ct HU, mr T1)`` (X, Y, Z) float32: each tissue's per-subject mean, with texture within the
+    tissue, weighted by its fractions. Draws the two textures, then each tissue's CT and T1 mean in label order."""
+    ct_texture = _smooth_noise(rng, pose.shape, sigma_vox=3.0 / pose.voxel_mm)
+    mr_texture = _smooth_noise(rng, pose.shape, sigma_vox=3.0 / pose.voxel_mm)
+    ct = np.zeros(pose.shape, np.float32)
+    mr = np.zeros(pose.shape, np.float32)
+    for index, name in TISSUE_LABELS.items():
+        hu_mean = rng.uniform(*TISSUE_CT_HU[name])
+        hu_spread = 0.05 * abs(hu_mean) if name in ("cortical_bone", "diploe") else 2.0  # texture, HU
+        t1_mean = scanner.t1[name] * rng.uniform(0.95, 1.05)
+        ct += fractions[index] * (hu_mean + hu_spread * ct_texture)
+        mr += fractions[index] * (t1_mean * (1.0 + 0.03 * mr_texture))
+    return ct, mr
+
+
+def mr_scanner(rng: np.random.Generator, pose: HeadPose, mr: np.ndarray, scanner: Scanner) -> np.ndarray:
+    """The MR as ``scanner`` images it: a smooth multiplicative bias field (quadratic in the head frame, up to
+    about +-25 % for the default scanner), a gain, and Rician noise. ``mr`` is scaled in place."""
+    u = [qa / 100.0 for qa in pose.frame]
+    basis = [u[0], u[1], u[2], u[0] * u[1], u[1] * u[2], u[0] * u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2]
+    log_bias = sum(np.float32(c) * b for c, b in zip(rng.normal(0.0, scanner.bias_sd, len(basis)), basis))
+    mr *= np.exp(np.clip(log_bias, -scanner.bias_clip, scanner.bias_clip)) * np.float32(rng.uniform(0.85, 1.15))
+    sigma = np.float32(rng.uniform(*scanner.noise) * scanner.t1["white_matter"])
+    real = mr + sigma * rng.standard_normal(pose.shape, np.float32)
+    return np.sqrt(real ** 2 + (sigma * rng.standard_normal(pose.shape, np.float32)) ** 2)
+
+
+def ct_scanner(rng: np.random.Generator, ct: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The CT as a scanner stores it: Gaussian noise, integer HU in [-1024, 3071], -1000 HU outside ``mask``."""
+    ct += np.float32(rng.uniform(4.0, 10.0)) * rng.standard_normal(ct.shape, np.float32)
+    return np.where(mask, np.clip(np.round(ct), CT_MIN_HU, CT_MAX_HU), CT_BACKGROUND_HU).astype(np.float32)
+
+
 def make_head_phantom(
     rng: np.random.Generator, spacing_mm: float | Sequence[float] = 2.0, scanner: str = "default"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw one paired head: T1 MR, CT, body mask and tissue labels on one RAS grid.
+
+    The steps, each drawing from ``rng`` in turn: the pose (``draw_head_pose``), the anatomy
+    (``draw_anatomy``, painted into tissue fractions by ``tissue_fractions``), then the imaging
+    (``tissue_images``, ``mr_scanner``, the body mask, ``ct_scanner``).
 
     Args:
         rng: source of all randomness; the same generator state gives the same subject.
@@ -251,131 +476,14 @@ def make_head_phantom(
         raise ValueError(f"scanner must be one of {sorted(SCANNERS)}, got {scanner!r}.")
     imaging = SCANNERS[scanner]
     spacing = _spacing3(spacing_mm)
-    shape = tuple(int(round(f / s)) for f, s in zip(FIELD_OF_VIEW_MM, spacing))
-    affine = phantom_affine(spacing, shape, origin_offset_mm=rng.uniform(-20.0, 20.0, 3))
-    voxel_mm = float(np.mean(spacing))
-
-    # --- pose and shape: world -> template head frame --------------------------------------
-    rotation = Rotation.from_euler("xyz", rng.uniform([-10, -6, -10], [10, 6, 10]), degrees=True).as_matrix()
-    grid_centre = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0) + affine[:3, 3]
-    head_centre = grid_centre + np.array([0.0, 0.0, 6.0]) + rng.uniform([-5, -5, -3], [5, 5, 3])
-    # phantom_affine is diagonal, so world coordinates separate per axis.
-    world = [affine[a, a] * np.arange(n, dtype=np.float32) + (affine[a, 3] - head_centre[a]) for a, n in enumerate(shape)]
-    world = [world[0][:, None, None], world[1][None, :, None], world[2][None, None, :]]
-    size = rng.uniform(0.93, 1.04) * rng.uniform(0.97, 1.03, 3)  # head size and proportions
-    q = [sum(rotation[j, a] * world[j] for j in range(3)) / size[a] for a in range(3)]
-    q = [np.ascontiguousarray(np.broadcast_to(qa, shape), dtype=np.float32) for qa in q]
-    displacement = [np.zeros(shape, np.float32) for _ in range(3)]
-    for a in range(3):  # smooth random deformation, a few mm, wavelengths 80-160 mm
-        for _ in range(3):
-            direction = rng.normal(size=3)
-            wavenumber = direction / np.linalg.norm(direction) * 2 * np.pi / rng.uniform(80.0, 160.0)
-            phase = sum(k * qi for k, qi in zip(wavenumber, q)) + rng.uniform(0, 2 * np.pi)
-            displacement[a] += np.float32(rng.uniform(0.5, 1.5)) * np.sin(phase)
-    q = [qa + da for qa, da in zip(q, displacement)]
-    x, y, z = q
-
-    def ellipsoid(centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
-        return _ellipsoid_distance(q, centre, radii)
-
-    canvas = _Canvas(shape, voxel_mm)
-
-    # --- outer head: cranium smoothly joined to the face and neck ------------------------------
-    cranium = ellipsoid((0.0, 0.0, 0.0), (78.0, 96.0, 74.0))
-    lower_head = ellipsoid((0.0, 8.0, -68.0), (62.0, 78.0, 62.0))
-    join = 10.0
-    skin_surface = -join * np.logaddexp(-cranium / join, -lower_head / join)
-    t_skin, t_fat = rng.uniform(2.0, 3.0), rng.uniform(3.5, 5.5)
-    t_outer, t_diploe, t_inner = rng.uniform(2.5, 3.5), rng.uniform(3.0, 5.0), rng.uniform(2.5, 3.5)
-    t_csf, t_grey = rng.uniform(2.0, 3.5), rng.uniform(4.0, 6.0)
-    canvas.paint("skin", skin_surface)
-    canvas.paint("fat", skin_surface + t_skin)
-    canvas.paint("skin", skin_surface + t_skin + t_fat)  # muscle under the fat
-    depth = t_skin + t_fat
-    canvas.paint("cortical_bone", cranium + depth)
-    canvas.paint("diploe", cranium + depth + t_outer)
-    canvas.paint("cortical_bone", cranium + depth + t_outer + t_diploe)
-    inner_skull = cranium + depth + t_outer + t_diploe + t_inner
-
-    # --- skull base: a plate sloping up towards the front closes the brain cavity below --------
-    slope = 0.18
-    floor = (-32.0 + slope * y - z) / np.sqrt(1.0 + slope**2)  # > 0 below the cavity floor
-    t_plate = rng.uniform(8.0, 11.0)
-    canvas.paint("skin", inner_skull)  # soft tissue under the skull base (pharynx, muscles)
-    canvas.paint("cortical_bone", np.maximum(inner_skull, np.maximum(-floor, floor - t_plate)))
-    canvas.paint("diploe", np.maximum(inner_skull, np.maximum(t_inner - floor, floor - t_plate + t_outer)))
-    cavity = np.maximum(inner_skull, floor)
-
-    # --- brain: CSF, folded cortex, white matter, deep nuclei, fissure, ventricles -------------
-    folds = _smooth_noise(rng, shape, sigma_vox=4.0 / voxel_mm)
-    pial = cavity + t_csf + 2.0 * folds
-    white = np.maximum(cavity + t_csf + t_grey + 6.0 * folds, pial + 2.0)  # cortex >= 2 mm
-    canvas.paint("csf", cavity)
-    canvas.paint("grey_matter", pial)
-    canvas.paint("white_matter", white)
-    for side in (-1.0, 1.0):
-        canvas.paint("grey_matter", ellipsoid((side * 17.0, 0.0, 2.0), (8.0, 15.0, 10.0)))
-    fissure_half_width = rng.uniform(1.0, 1.8)
-    canvas.paint("csf", np.maximum(np.maximum(np.abs(x) - fissure_half_width, 14.0 - z), cavity))
-    ventricle_size = rng.uniform(0.7, 1.5)
-    for side in (-1.0, 1.0):
-        canvas.paint("ventricle", ellipsoid((side * 9.0, 0.0, 10.0), (5.0 * ventricle_size, 26.0, 8.0 * ventricle_size)))
-        canvas.paint("ventricle", ellipsoid((side * 7.0, 22.0, 12.0), (3.0 * ventricle_size, 8.0, 5.0 * ventricle_size)))
-    canvas.paint("ventricle", ellipsoid((0.0, -4.0, -4.0), (1.5 * ventricle_size, 10.0, 7.0)))
-
-    # --- sinuses: air walled by cortical bone ----------------------------------------------------
-    frontal = rng.uniform(0.6, 1.3)
-    canvas.paint("cortical_bone", ellipsoid((0.0, 80.0, -8.0), (6.0 + 15.0 * frontal, 11.0, 5.0 + 8.0 * frontal)))
-    canvas.paint("sinus_air", ellipsoid((0.0, 81.0, -8.0), (15.0 * frontal, 6.0, 8.0 * frontal)))
-    sphenoid_z = -32.0 + slope * 22.0 - t_plate - 10.0
-    canvas.paint("cortical_bone", ellipsoid((0.0, 22.0, sphenoid_z), (14.0, 12.0, 11.0)))
-    canvas.paint("sinus_air", ellipsoid((0.0, 22.0, sphenoid_z), (11.0, 9.0, 8.0)))
-    maxillary = rng.uniform(0.85, 1.15)
-    canvas.paint("diploe", ellipsoid((0.0, 50.0, -64.0), (34.0, 22.0, 24.0)))
-    cavities = [((side * 18.0, 50.0, -63.0), (11.0 * maxillary, 14.0 * maxillary, 15.0 * maxillary)) for side in (-1.0, 1.0)]
-    cavities.append(((0.0, 56.0, -58.0), (4.5, 21.0, 16.0)))  # nasal cavity
-    for centre, radii in cavities:
-        canvas.paint("cortical_bone", ellipsoid(centre, [r + 3.0 for r in radii]))
-    for centre, radii in cavities:
-        canvas.paint("sinus_air", ellipsoid(centre, radii))
-
-    # --- cervical spine: vertebral column and spinal canal ---------------------------------------
-    column_top = -32.0 + slope * (-8.0) - t_plate - 6.0
-    body = np.maximum(np.sqrt(x**2 + (y + 8.0) ** 2) - 11.0, z - column_top)
-    canvas.paint("cortical_bone", body)
-    canvas.paint("diploe", body + 2.5)
-    canal_radius = np.sqrt(x**2 + (y + 28.0) ** 2)
-    canvas.paint("cortical_bone", np.maximum(canal_radius - 9.5, z - column_top))
-    canvas.paint("csf", np.maximum(canal_radius - 6.0, z - column_top + 3.0))
-
-    fractions = canvas.fractions
+    pose = draw_head_pose(rng, spacing)
+    fractions = tissue_fractions(pose, draw_anatomy(rng, pose))
     labels = np.argmax(fractions, axis=0).astype(np.uint8)
-
-    # --- imaging: tissue values with per-subject and within-tissue variation ---------------------
-    ct_texture = _smooth_noise(rng, shape, sigma_vox=3.0 / voxel_mm)
-    mr_texture = _smooth_noise(rng, shape, sigma_vox=3.0 / voxel_mm)
-    ct = np.zeros(shape, np.float32)
-    mr = np.zeros(shape, np.float32)
-    for index, name in TISSUE_LABELS.items():
-        hu_mean = rng.uniform(*TISSUE_CT_HU[name])
-        hu_spread = 0.05 * abs(hu_mean) if name in ("cortical_bone", "diploe") else 2.0  # texture, HU
-        t1_mean = imaging.t1[name] * rng.uniform(0.95, 1.05)
-        ct += fractions[index] * (hu_mean + hu_spread * ct_texture)
-        mr += fractions[index] * (t1_mean * (1.0 + 0.03 * mr_texture))
-
-    # Bias field: a smooth multiplicative field of up to about +-25%, quadratic in the head frame.
-    u = [qa / 100.0 for qa in (x, y, z)]
-    basis = [u[0], u[1], u[2], u[0] * u[1], u[1] * u[2], u[0] * u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2]
-    log_bias = sum(np.float32(c) * b for c, b in zip(rng.normal(0.0, imaging.bias_sd, len(basis)), basis))
-    mr *= np.exp(np.clip(log_bias, -imaging.bias_clip, imaging.bias_clip)) * np.float32(rng.uniform(0.85, 1.15))
-    sigma = np.float32(rng.uniform(*imaging.noise) * imaging.t1["white_matter"])
-    real = mr + sigma * rng.standard_normal(shape, np.float32)
-    mr = np.sqrt(real ** 2 + (sigma * rng.standard_normal(shape, np.float32)) ** 2)
-
+    ct, mr = tissue_images(rng, pose, fractions, imaging)
+    mr = mr_scanner(rng, pose, mr, imaging)
     mask = body_mask_from_mr(mr, spacing) | (labels > 0)  # the body outline always covers the body
-    ct += np.float32(rng.uniform(4.0, 10.0)) * rng.standard_normal(shape, np.float32)
-    ct = np.where(mask, np.clip(np.round(ct), CT_MIN_HU, CT_MAX_HU), CT_BACKGROUND_HU).astype(np.float32)
-    return mr.astype(np.float32), ct, mask.astype(np.float32), labels, affine
+    ct = ct_scanner(rng, ct, mask)
+    return mr.astype(np.float32), ct, mask.astype(np.float32), labels, pose.affine
 
 
 def patient_id(index: int, site: str = "B", centre: str = "A") -> str:
