@@ -3,7 +3,8 @@
 The state is one CT slice ``(B, 1, H, W)`` in [-1, 1] (``transforms.ct_to_unit``); the
 condition is the stack of k MR slices ``(B, k, H, W)`` centred on it (2.5-D, ``slices.SliceDataset``),
 concatenated to ``x_t`` on the channel axis before MONAI's ``DiffusionModelUNet`` ("concat"
-conditioning, ``in_channels = 1 + k``). Training, EMA, schedules and samplers are the core's.
+conditioning, ``in_channels = 1 + k``; ``unet.DiffusionUNet``). Training, EMA, schedules and samplers are
+the core's. ``SliceTranslation`` holds what it shares with the regression baseline (``regression.py``).
 """
 from __future__ import annotations
 
@@ -12,12 +13,22 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from monai.inferers import SlidingWindowInferer
 from torch import Tensor
 
 from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
 from sci_diffusion.samplers import get_sampler, resolve_spacing
 from sci_diffusion.state_spaces import EuclideanSpace
+
+from ..data.transforms import unit_to_ct
+from .unet import DiffusionUNet
+
+
+def check_mr_slices(k: int) -> None:
+    """Refuse a number of MR slices per stack that has no centre slice."""
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"k must be a positive odd number, got {k}.")
 
 
 def slice_batch(batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -76,8 +87,6 @@ class SliceTranslation:
             inputs = torch.cat([inputs, timesteps.to(inputs.dtype).view(-1, 1, 1, 1).expand(-1, 1, *inputs.shape[2:])], 1)
         if self.window is None or all(n <= w for n, w in zip(inputs.shape[2:], self.window)):
             return call(inputs)
-        from monai.inferers import SlidingWindowInferer
-
         inferer = SlidingWindowInferer(self.window, sw_batch_size=max(1, inputs.shape[0]), overlap=self._window_overlap,
                                        mode="gaussian")
         return inferer(inputs, call)
@@ -110,8 +119,6 @@ class SliceTranslation:
         """MAE in HU inside the body mask of the kept validation slices (sampled with ``val_sampler``)."""
         if self._val_example is None:
             return {}
-        from ..data.transforms import unit_to_ct
-
         ct, mr, mask = self._val_example
         pred = self.synthesise(mr, sampler=self.hparams.val_sampler, steps=self.hparams.val_steps,
                                generator=torch.Generator().manual_seed(0))
@@ -119,14 +126,14 @@ class SliceTranslation:
         return {"mae_hu": float(err.sum() / mask.sum().clamp(min=1))}
 
 
-class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
+class MRItoCTDiffusion(SliceTranslation, DiffusionUNet, DiffusionModule):
     """MRI-to-CT translation by conditional diffusion (2.5-D, slice by slice).
 
     Args:
         k: odd number of MR slices in the condition (the data module's ``k``).
         channels, attention_levels, num_res_blocks, num_head_channels, norm_num_groups: the
-            ``monai.networks.nets.DiffusionModelUNet`` size; every channel count must be divisible
-            by ``norm_num_groups``. The default (about 1.1 M parameters) is sized so that a 2 mm
+            ``monai.networks.nets.DiffusionModelUNet`` size (``unet.DiffusionUNet``); every channel count
+            must be divisible by ``norm_num_groups``. The default (about 1.1 M parameters) is sized so that a 2 mm
             head (96 x 112 x 96) translates in under a minute with 20 DDIM steps on one CPU thread.
         val_slices: slices sampled at validation for an HU error (0: none).
         **kwargs: the core DiffusionModule's arguments (``init_from``, a warm start from a checkpoint of
@@ -148,10 +155,7 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
         val_slices: int = 8,
         **kwargs: Any,
     ) -> None:
-        if k < 1 or k % 2 == 0:
-            raise ValueError(f"k must be a positive odd number, got {k}.")
-        if len(channels) != len(attention_levels):
-            raise ValueError("channels and attention_levels must have the same length.")
+        check_mr_slices(k)
         kwargs.setdefault("schedule", "cosine")
         kwargs.setdefault("prediction", "v")
         kwargs.setdefault("timesteps", 1000)
@@ -163,21 +167,14 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionModule):
         """Channels concatenated to ``x_t``: the k MR slices."""
         return int(self.hparams.k)
 
-    def build_network(self) -> torch.nn.Module:
-        from monai.networks.nets import DiffusionModelUNet
-
-        h = self.hparams
-        return DiffusionModelUNet(
-            spatial_dims=2, in_channels=1 + self.context_channels, out_channels=1, channels=tuple(h.channels),
-            attention_levels=tuple(h.attention_levels), num_res_blocks=h.num_res_blocks,
-            num_head_channels=h.num_head_channels, norm_num_groups=h.norm_num_groups,
-        )
+    @property
+    def unet_channels(self) -> tuple[int, int]:
+        """The CT state and its context in, one CT channel out."""
+        return 1 + self.context_channels, 1
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Any = None, context: Tensor | None = None) -> Tensor:
         """Network output (v or eps) for ``x_t (B, 1, H, W)``, ``t`` in [0, 1] (0-d or ``(B,)``), MR ``context (B, k, H, W)``."""
-        t = t.to(x_t.device, torch.float32)
-        timesteps = (t.expand(x_t.shape[0]) if t.dim() == 0 else t) * self.schedule.T
-        return self.run_network(torch.cat([x_t, context.to(x_t.dtype)], dim=1), timesteps)
+        return self.run_network(torch.cat([x_t, context.to(x_t.dtype)], dim=1), self.unet_timesteps(t, x_t))
 
     # ----- inference -----------------------------------------------------------------------------
     @torch.no_grad()

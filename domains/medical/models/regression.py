@@ -15,18 +15,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from monai.networks.nets import UNet
 from torch import Tensor
 
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
 from sci_diffusion.parameterisation import diffusion_loss
 
-from .diffusion import SliceTranslation
+from .diffusion import SliceTranslation, check_mr_slices
 
 
 def regression_unet(k: int, channels: Sequence[int], num_res_units: int) -> torch.nn.Module:
     """The regression network: a 2-D MONAI ``UNet`` from k MR slices to one CT slice (strides of 2)."""
-    from monai.networks.nets import UNet
-
     return UNet(spatial_dims=2, in_channels=k, out_channels=1, channels=tuple(channels),
                 strides=(2,) * (len(channels) - 1), num_res_units=num_res_units)
 
@@ -48,8 +47,7 @@ class MRItoCTRegression(SliceTranslation, DiffusionModule):
 
     def __init__(self, k: int = 3, channels: Sequence[int] = (32, 64, 128, 160), num_res_units: int = 2,
                  **kwargs: Any) -> None:
-        if k < 1 or k % 2 == 0:
-            raise ValueError(f"k must be a positive odd number, got {k}.")
+        check_mr_slices(k)
         kwargs.setdefault("loss_type", "l1")
         kwargs.setdefault("prediction", "x0")
         kwargs.setdefault("sample_every_n_epochs", 1)

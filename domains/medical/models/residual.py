@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sci_diffusion.checkpoints import module_class_name, read_checkpoint
 from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.module import DiffusionBatch
 from sci_diffusion.samplers import get_sampler, resolve_spacing
@@ -51,8 +52,6 @@ def read_regression_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Ten
     Raises:
         ValueError: the checkpoint holds another kind of model.
     """
-    from sci_diffusion.checkpoints import module_class_name, read_checkpoint
-
     ckpt = read_checkpoint(path)
     meta = ckpt["sci_diffusion"]
     held = module_class_name(meta)
