@@ -191,7 +191,7 @@ def describe(synthetic: list[dict], real: list[dict], seed: int = 0) -> dict[str
 def evaluate_downstream(ckpt: Path, test_dir: Path, out: Path) -> dict[str, float]:
     """Translate every test subject with ``ckpt`` and score it (SynthRAD2023 metrics in the body mask)."""
     from sci_diffusion_medical.data.pairs import find_synthrad_pairs
-    from sci_diffusion_medical.evaluation.metrics import evaluate_directory
+    from sci_diffusion_medical.evaluation.directory import evaluate_directory
     from sci_diffusion_medical.translation.translate import translate_file
 
     for pair in find_synthrad_pairs(test_dir):

@@ -280,7 +280,8 @@ def evaluate(args: argparse.Namespace, facts: dict, kinds: dict[str, str], test_
     import torch
 
     from sci_diffusion_medical.data.pairs import find_synthrad_pairs
-    from sci_diffusion_medical.evaluation.metrics import evaluate_directory, neighbour_slice_difference
+    from sci_diffusion_medical.evaluation.directory import evaluate_directory
+    from sci_diffusion_medical.evaluation.metrics import neighbour_slice_difference
     from sci_diffusion_medical.io.nifti import save_like
     from sci_diffusion_medical.translation.translate import (
         load_inputs,
@@ -499,9 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     curves = {f"{r['model']} {r['sampler'].upper()} {r['steps']}, K = {r['samples']}": r["reliability_curve"] for r in rows
               if r["reliability_curve"] and r["test_set"] == "in-domain" and not r["shared_noise"]}
     if curves:
-        from sci_diffusion_medical.evaluation.metrics import draw_reliability_png
+        from sci_diffusion_medical.io.figures import reliability_diagram
 
-        png = draw_reliability_png(curves, Path(args.out).with_name(f"{args.result_name}_reliability.png"))
+        png = reliability_diagram(curves, Path(args.out).with_name(f"{args.result_name}_reliability.png"))
         payload["reliability_png"] = str(png)
         markdown += f"\n\nReliability diagram of the in-domain K > 1 rows (all test voxels in the mask): `{png}`."
     write_result(args.result_name, json_safe(payload), markdown, out=Path(args.out), update_page=not args.no_readme)

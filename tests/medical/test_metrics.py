@@ -5,10 +5,9 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from sci_diffusion_medical.data.pairs import find_synthrad_pairs
+from sci_diffusion_medical.evaluation.directory import evaluate_directory
 from sci_diffusion_medical.evaluation.metrics import (
     calibrated_coverage,
-    draw_reliability_png,
-    evaluate_directory,
     mae,
     psnr,
     reliability_curve,
@@ -17,6 +16,7 @@ from sci_diffusion_medical.evaluation.metrics import (
     uncertainty_coverage,
     uncertainty_error_correlation,
 )
+from sci_diffusion_medical.io.figures import reliability_diagram
 from sci_diffusion_medical.io.nifti import MedicalInputError, load_volume, save_like, save_volume
 
 from .conftest import assert_one_sentence_naming
@@ -133,7 +133,7 @@ def test_coverage_of_gaussian_errors_with_their_true_std_is_68_and_95_percent(tm
     np.testing.assert_allclose(curve["rmse"], curve["predicted_std"], rtol=0.03)  # on the diagonal
     doubled = reliability_curve(2 * sigma, pred, ref, mask, bins=8)  # underconfident: below it
     np.testing.assert_allclose(np.array(doubled["rmse"]) / doubled["predicted_std"], 0.5, rtol=0.03)
-    png = draw_reliability_png({"calibrated": curve, "2x std": doubled}, tmp_path / "reliability.png")
+    png = reliability_diagram({"calibrated": curve, "2x std": doubled}, tmp_path / "reliability.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -92,7 +92,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation.metrics import evaluate_directory
+    from ..evaluation.directory import evaluate_directory
 
     if args.png is not None:
         from sci_diffusion.atomic import check_writable

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,9 @@ from scipy import ndimage
 
 from sci_diffusion.atomic import write_json
 
+from ..data.pairs import find_synthrad_pairs
+from ..io.figures import closest_pairs_panel
+from ..io.images import load_for_model
 from ..io.nifti import MedicalInputError
 
 AUDIT_GRID = (48, 56, 48)  # voxels of the common grid: 4 mm over a 192 x 224 x 192 mm head
@@ -64,15 +66,12 @@ def training_reference(training: np.ndarray) -> np.ndarray:
 
 def _volumes(folder: str | os.PathLike, modality: str) -> dict[str, str]:
     """``{id: path}`` of the ``modality`` volume of every patient under a SynthRAD-layout ``folder``."""
-    from ..data.pairs import find_synthrad_pairs
-
     pairs = find_synthrad_pairs(folder, require=(modality,))
     return {p["id"]: p[modality] for p in pairs}
 
 
 def _signatures(paths: dict[str, str], grid: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from ..io.images import load_for_model
-
+    """The signatures ``(N, prod(grid))`` of the volumes at ``paths`` and their middle axial slices ``{id: (X, Y)}``."""
     signatures, middles = [], {}
     for pid, path in paths.items():
         volume = load_for_model({"image": path}).arrays["image"]
@@ -140,30 +139,6 @@ def audit_directories(synthetic_dir: str | os.PathLike, train_dir: str | os.Path
         order = np.argsort(-corr)[:pairs_in_png]
         ids = list(synthetic_paths)
         shown = [(ids[i], train_ids[index[i]], float(corr[i])) for i in order]
-        report["png"] = str(draw_closest_pairs(shown, synthetic_middles, train_middles, png))
+        report["png"] = str(closest_pairs_panel(shown, synthetic_middles, train_middles, png))
     write_json(out_json, report)
     return report
-
-
-def draw_closest_pairs(pairs: list[tuple[str, str, float]], synthetic: dict[str, np.ndarray],
-                       training: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """One row per (synthetic id, training id, correlation): the two middle axial slices side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sci_diffusion.atomic import atomic_path
-
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(5, 2.6 * len(pairs)), squeeze=False)
-    for row, (sid, tid, c) in enumerate(pairs):
-        for col, (image, title) in enumerate(((synthetic[sid], f"synthetic {sid}"), (training[tid], f"training {tid}"))):
-            axes[row, col].imshow(np.rot90(image), cmap="gray")
-            axes[row, col].set_title(f"{title}" + (f"\nr = {c:.3f}" if col == 0 else ""), fontsize=8)
-            axes[row, col].axis("off")
-    fig.suptitle("SYNTHETIC vs nearest training subject", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    return Path(path)

@@ -1,4 +1,5 @@
-"""SynthRAD2023 Task 1 image metrics (MAE, PSNR, SSIM) and sCT diagnostics.
+"""SynthRAD2023 Task 1 image metrics (MAE, PSNR, SSIM) and sCT diagnostics, one volume at a time
+(``directory.evaluate_directory`` scores a folder with them).
 
 `mae`, `psnr` and `ssim` follow the official challenge code (SynthRAD2023/metrics,
 functions/image_metrics.py, class ImageMetrics) and docs/protocols.md §2:
@@ -18,19 +19,12 @@ Arrays are (X, Y, Z) in HU on the same grid; SSIM's result does not depend on ax
 
 from __future__ import annotations
 
-import os
-import warnings
-from pathlib import Path
-from typing import Any
-
 import numpy as np
+from scipy import stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import crop
 
-from sci_diffusion.atomic import write_json
-
 from ..data.transforms import SYNTHRAD_HU_RANGE
-from ..io.nifti import MedicalInputError
 
 SYNTHRAD_DATA_RANGE = SYNTHRAD_HU_RANGE[1] - SYNTHRAD_HU_RANGE[0]  # 4024 HU
 SSIM_CROP = 3  # half of skimage's default 7-voxel window
@@ -194,8 +188,6 @@ def calibrated_coverage(samples: int, widths: tuple[float, ...] = (1.0, 2.0)) ->
     Returns:
         ``{"coverage_1sigma": .., ...}`` as ``uncertainty_coverage``; NaN for K < 2 (no std).
     """
-    from scipy import stats
-
     if samples < 2:
         return {f"coverage_{w:g}sigma": float("nan") for w in widths}
     inflation = np.sqrt(1.0 + 1.0 / samples)
@@ -238,163 +230,3 @@ def neighbour_slice_difference(volume: np.ndarray, mask: np.ndarray, axis: int =
     if not both.any():
         return float("nan")
     return float(np.abs(volume[1:] - volume[:-1])[both].mean())
-
-
-def draw_reliability_png(curves: dict[str, dict[str, list[float]]], path: str | os.PathLike) -> Path:
-    """Draw reliability diagrams (``{label: reliability_curve(...)}``) on one PNG, with the diagonal."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sci_diffusion.atomic import atomic_path
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    top = 1.05 * max([1.0] + [max(c["predicted_std"] + c["rmse"]) for c in curves.values()])
-    ax.plot([0, top], [0, top], color="0.6", linestyle="--", label="calibrated")
-    for label, c in curves.items():
-        ax.plot(c["predicted_std"], c["rmse"], marker="o", label=label)
-    ax.set(xlabel="predicted std (HU)", ylabel="RMS error (HU)", xlim=(0, top), ylim=(0, top),
-           title="Reliability (equal-count bins of std)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def _find_prediction(pred_dir: Path, pid: str) -> tuple[Path | None, Path | None]:
-    """(prediction, std) paths of one patient in either supported layout, or None."""
-    suffixes = (".nii.gz", ".nii", ".mha")  # what `translate` writes (images.OUTPUT_SUFFIXES)
-    flat = [pred_dir / f"{pid}{s}" for s in suffixes]
-    nested = [pred_dir / pid / f"sct{s}" for s in suffixes]
-    found = [p for p in flat + nested if p.is_file()]
-    if len(found) > 1:
-        raise MedicalInputError(f"Patient {pid} has more than one prediction ({', '.join(map(str, found))}); keep one.")
-    if not found:
-        return None, None
-    pred = found[0]
-    std_candidates = [pred_dir / f"{pid}_std{s}" for s in suffixes] if pred in flat else [
-        pred_dir / pid / f"sct_std{s}" for s in suffixes
-    ]
-    std = next((p for p in std_candidates if p.is_file()), None)
-    return pred, std
-
-
-def _load_on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, ref_path: str) -> np.ndarray:
-    from ..io.images import read_volume  # MONAI and ITK load only when files are read
-
-    array, aff = read_volume(path)
-    if array.shape != shape:
-        raise MedicalInputError(f"{path} has shape {array.shape} but its reference {ref_path} has shape {shape}.")
-    if not np.allclose(aff, affine, atol=1e-3):
-        raise MedicalInputError(f"{path} has a different affine from its reference {ref_path}.")
-    return array
-
-
-def evaluate_directory(
-    pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out_json: str | os.PathLike, allow_missing: bool = False,
-    reliability_png: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Score a folder of synthetic CTs against a SynthRAD-layout reference folder.
-
-    Layouts:
-        ref_dir: `<ref>/<id>/ct.nii.gz` and `mask.nii.gz` (SynthRAD2023) or `ct.mha` and `mask.mha`
-            (SynthRAD2025); the mr is ignored; found at any depth, so `Task1/brain` or `Task1` both
-            work (``pairs.find_synthrad_pairs``). An optional `labels` volume (phantoms) gives the
-            tissue classes; otherwise they come from the reference CT.
-        pred_dir: either `<pred>/<id>.nii.gz` or `<pred>/<id>/sct.nii.gz` (`.nii` and `.mha` too), in
-            HU, on the reference grid (same shape; affines, RAS+, within 1e-3 mm, whatever the formats).
-            An optional `<id>_std.nii.gz` / `<id>/sct_std.nii.gz` (per-voxel std in HU) adds the
-            uncertainty-error correlation and the 1- and 2-sigma coverage.
-
-    Args:
-        pred_dir, ref_dir: folders as above.
-        out_json: the report, written atomically (NaN/inf as null).
-        allow_missing: score the patients that have a prediction and list the others;
-            by default a reference patient without a prediction is an error.
-        reliability_png: where std files exist, draw the reliability diagram of all their patients'
-            voxels together (``reliability_curve``, ``draw_reliability_png``) here.
-
-    Returns:
-        {"protocol", "hu_range", "n_patients", "patients": {id: metrics}, "mean": .., "std": ..,
-        "missing_predictions": [ids]}; metrics are mae, psnr, ssim, tissue_mae.{air,
-        soft_tissue,bone}, and uncertainty_error_r, coverage_1sigma and coverage_2sigma when a std
-        file exists; then also "reliability_curve" over every patient's voxels in the mask.
-
-    Raises:
-        MedicalInputError: no reference patients, a missing prediction (unless allowed),
-            no prediction at all, an unreadable file, or a shape or affine mismatch.
-    """
-    from ..data.pairs import find_synthrad_pairs  # pairs imports nothing from here; keeps import light
-    from ..io.images import read_volume  # MONAI and ITK load only when files are read
-
-    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    if not pred_dir.is_dir():
-        raise MedicalInputError(f"Prediction folder {pred_dir} does not exist.")
-    refs = find_synthrad_pairs(ref_dir, require=("ct", "mask"))
-    patients: dict[str, dict[str, Any]] = {}
-    missing = []
-    pooled: list[tuple[np.ndarray, ...]] = []  # (std, pred, ct) in the mask, for the reliability curve
-    for ref in refs:
-        pid = ref["id"]
-        pred_path, std_path = _find_prediction(pred_dir, pid)
-        if pred_path is None:
-            if not allow_missing:
-                raise MedicalInputError(
-                    f"No prediction for patient {pid}: expected {pred_dir / (pid + '.nii.gz')} "
-                    f"or {pred_dir / pid / 'sct.nii.gz'}."
-                )
-            missing.append(pid)
-            continue
-        ct, affine = read_volume(ref["ct"])
-        mask = _load_on_grid(Path(ref["mask"]), ct.shape, affine, ref["ct"])
-        pred = _load_on_grid(pred_path, ct.shape, affine, ref["ct"])
-        classes_from = _load_on_grid(Path(ref["labels"]), ct.shape, affine, ref["ct"]) if "labels" in ref else ct
-        scores: dict[str, Any] = score_patient(pred, ct, mask)
-        scores["tissue_mae"] = tissue_mae(pred, ct, classes_from, mask)
-        if std_path is not None:
-            std = _load_on_grid(std_path, ct.shape, affine, ref["ct"])
-            scores["uncertainty_error_r"] = uncertainty_error_correlation(std, pred, ct, mask)
-            scores.update(uncertainty_coverage(std, pred, ct, mask))
-            inside = mask > 0
-            pooled.append((std[inside], pred[inside], ct[inside]))
-        scores["prediction"] = str(pred_path)
-        patients[pid] = scores
-    if not patients:
-        raise MedicalInputError(f"No predictions in {pred_dir} match the {len(refs)} patients of {ref_dir}.")
-
-    def summary(reduce) -> dict[str, Any]:  # over patients; NaN entries (empty class) skipped
-        flat: dict[str, list[float]] = {}
-        for scores in patients.values():
-            for key, value in scores.items():
-                if isinstance(value, dict):
-                    for sub, v in value.items():
-                        flat.setdefault(f"{key}.{sub}", []).append(v)
-                elif isinstance(value, float):
-                    flat.setdefault(key, []).append(value)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN -> null
-            return {k: float(reduce(np.asarray(v, dtype=np.float64))) for k, v in flat.items()}
-
-    report = {
-        "protocol": "SynthRAD2023 Task 1 image metrics (MAE, PSNR, SSIM in the body mask)",
-        "hu_range": list(SYNTHRAD_HU_RANGE),
-        "synthetic_predictions": True,
-        "pred_dir": str(pred_dir),
-        "ref_dir": str(ref_dir),
-        "n_patients": len(patients),
-        "patients": patients,
-        "mean": summary(np.nanmean),
-        "std": summary(np.nanstd),
-        "missing_predictions": missing,
-    }
-    if pooled:
-        std, pred, ct = (np.concatenate(column) for column in zip(*pooled))
-        report["reliability_curve"] = reliability_curve(std, pred, ct)
-        if reliability_png is not None:
-            report["reliability_png"] = str(draw_reliability_png({f"{len(pooled)} patients": report["reliability_curve"]},
-                                                                 reliability_png))
-    write_json(out_json, report)
-    return report

@@ -1,7 +1,14 @@
-"""The MR / sCT / CT / |error| / uncertainty panel that ``translate --png`` draws."""
+"""The pictures the medical verbs draw, as PNG files: the MR / sCT / CT / |error| / uncertainty panel
+(``translate --png``), the sampling trajectory strip (``translate --trajectory-png``), the contact sheet of
+synthetic subjects (``synthesize medical``), the reliability diagram (``evaluate mri2ct --png``) and the
+closest synthetic / training pairs (``audit medical --png``).
+
+matplotlib is imported only when a figure is drawn (``pyplot``): the verbs that draw nothing never load it.
+"""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -11,15 +18,30 @@ CT_WINDOW_HU = (-1000.0, 1600.0)
 ERROR_MAX_HU = 500.0
 
 
-def save_figure(fig, out_png: str | os.PathLike, title: str, dpi: int = 100) -> None:
-    """Title, lay out and write a matplotlib figure atomically (no half-written PNG), then close it."""
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend."""
+    # matplotlib: only when a PNG is asked for (heavy to import; the verbs that draw nothing never load it)
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    return plt
+
+
+def write_png(fig, out_png: str | os.PathLike, dpi: int) -> Path:
+    """Write a matplotlib figure atomically (no half-written PNG), then close it."""
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
+    pyplot().close(fig)
+    return Path(out_png)
+
+
+def save_figure(fig, out_png: str | os.PathLike, title: str, dpi: int = 100) -> Path:
+    """Title, lay out and write a matplotlib figure atomically, then close it."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return write_png(fig, out_png, dpi)
 
 
 def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png: str | os.PathLike,
@@ -31,11 +53,7 @@ def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png
         ct: the reference CT (HU), adds the CT and |sCT - CT| panels.
         std: per-voxel standard deviation (HU) over samples, adds the uncertainty panel.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     body = np.asarray(mask) > 0
     z = int(round(np.nonzero(body)[2].mean())) if body.any() else mr.shape[2] // 2
 
@@ -67,11 +85,7 @@ def contact_sheet(subjects: list[tuple[str, dict[str, np.ndarray]]], out_png: st
     Args:
         subjects: ``(id, {"mr": (X, Y, Z), "ct": (X, Y, Z) HU, "labels": (X, Y, Z) int})`` per row.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = [("MR", "mr", "gray", None), ("CT (HU)", "ct", "gray", CT_WINDOW_HU), ("labels", "labels", "tab10", (0, 9))]
     rows = max(1, len(subjects))
     fig, axes = plt.subplots(rows, 2 * len(columns), figsize=(2.2 * 2 * len(columns), 2.4 * rows), squeeze=False)
@@ -93,13 +107,9 @@ def trajectory_strip(frames: list[dict], out_png: str | os.PathLike, title: str 
     """A strip of ``columns`` evenly spaced sampler steps of one slice: the state (top) and its CT estimate (bottom).
 
     Args:
-        frames: ``translate.slice_trajectory``'s list, one dict per step with (h, w) HU images.
+        frames: ``translation.volume.slice_trajectory``'s list, one dict per step with (h, w) HU images.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     picked = sorted({round(i) for i in np.linspace(0, len(frames) - 1, min(columns, len(frames)))})
     fig, axes = plt.subplots(2, len(picked), figsize=(2.2 * len(picked), 4.6), squeeze=False)
     for col, index in enumerate(picked):
@@ -110,3 +120,29 @@ def trajectory_strip(frames: list[dict], out_png: str | os.PathLike, title: str 
             ax.set_title(f"{name}, step {frame['step']} (t={frame['t']:.2f})", fontsize=7)
             ax.axis("off")
     save_figure(fig, out_png, f"SYNTHETIC  {title}", dpi=90)
+
+
+def reliability_diagram(curves: dict[str, dict[str, list[float]]], out_png: str | os.PathLike) -> Path:
+    """Reliability diagrams (``{label: evaluation.metrics.reliability_curve(...)}``, HU) on one PNG, with the diagonal."""
+    fig, ax = pyplot().subplots(figsize=(4.5, 4.5))
+    top = 1.05 * max([1.0] + [max(c["predicted_std"] + c["rmse"]) for c in curves.values()])
+    ax.plot([0, top], [0, top], color="0.6", linestyle="--", label="calibrated")
+    for label, c in curves.items():
+        ax.plot(c["predicted_std"], c["rmse"], marker="o", label=label)
+    ax.set(xlabel="predicted std (HU)", ylabel="RMS error (HU)", xlim=(0, top), ylim=(0, top),
+           title="Reliability (equal-count bins of std)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return write_png(fig, out_png, dpi=100)
+
+
+def closest_pairs_panel(pairs: list[tuple[str, str, float]], synthetic: dict[str, np.ndarray],
+                        training: dict[str, np.ndarray], out_png: str | os.PathLike) -> Path:
+    """One row per (synthetic id, training id, correlation): the two middle axial slices (``{id: (X, Y)}``) side by side."""
+    fig, axes = pyplot().subplots(len(pairs), 2, figsize=(5, 2.6 * len(pairs)), squeeze=False)
+    for row, (sid, tid, c) in enumerate(pairs):
+        for col, (image, title) in enumerate(((synthetic[sid], f"synthetic {sid}"), (training[tid], f"training {tid}"))):
+            axes[row, col].imshow(np.rot90(image), cmap="gray")
+            axes[row, col].set_title(f"{title}" + (f"\nr = {c:.3f}" if col == 0 else ""), fontsize=8)
+            axes[row, col].axis("off")
+    return save_figure(fig, out_png, "SYNTHETIC vs nearest training subject", dpi=80)
