@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -41,8 +43,6 @@ def check_writable(path: str | os.PathLike, flag: str = "--out") -> None:
     """Raise ``UserError`` (one sentence) if ``path`` could not be written: a folder on its way is a
     file, or the nearest existing folder is not writable. Called before any work starts, so that a
     long run never ends in a failed write."""
-    from .errors import UserError
-
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name.")

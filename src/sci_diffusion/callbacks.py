@@ -94,7 +94,7 @@ class CpuTimeBudget(L.Callback):
 
 def plot_loss_curve(metrics_csv: Path, out_png: Path) -> None:
     """Plot every ``*loss*`` column of a CSVLogger file against the step."""
-    import matplotlib
+    import matplotlib  # only when a picture is drawn: matplotlib takes about a second to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

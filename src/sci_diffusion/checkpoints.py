@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import __version__
+from .atomic import atomic_path
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -32,8 +34,6 @@ def training_record(module: L.LightningModule, domain: str) -> dict:
     module (:func:`load_module`), and the datamodule's config. Any LightningModule of the package
     (a diffusion model, a property classifier) writes it from ``on_save_checkpoint``.
     """
-    from . import __version__
-
     trainer = module._trainer
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
     return {
@@ -134,13 +134,19 @@ def load_module(path: str | Path, domain: str | None = None) -> torch.nn.Module:
     return module
 
 
+def run_export(args) -> int:
+    """``sci-diffusion export --ckpt C --out O [--budget TEXT]``: :func:`export_for_inference`, and one line
+    saying what was written."""
+    out = export_for_inference(args.ckpt, args.out, {"training_budget": args.budget} if args.budget else None)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, sha256 {file_sha256(out)})")
+    return 0
+
+
 def export_for_inference(src: str | Path, dst: str | Path, extra: dict | None = None) -> Path:
     """Write a slim copy of a training checkpoint: the (EMA) weights and the sci-diffusion record,
     without optimizer state or the raw weights. This is what ships inside the package.
 
     ``extra`` is merged into the record (e.g. ``training_budget``)."""
-    from .atomic import atomic_path
-
     ckpt = read_checkpoint(src)
     slim = {"state_dict": {k: v.clone() for k, v in ckpt["state_dict"].items()},
             "sci_diffusion": {**ckpt["sci_diffusion"], "global_step": ckpt.get("global_step"),

@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from argparse import ArgumentError
 from collections.abc import Sequence
+from pathlib import Path
 
 from .domains import Command, available_domains
 from .errors import UserError
 from .memory import keep_freed_memory
+from .names import SAMPLER_NAMES, SCHEDULE_NAMES
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
@@ -24,8 +27,8 @@ LIGHTNING_VERBS = ("fit", "validate", "test")
 def run_lightning(argv: Sequence[str]) -> int:
     """Run LightningCLI on ``argv`` (``fit --config ...``), the way ``lightning`` itself would; a config
     that does not parse becomes one sentence (:func:`config_error_sentence`)."""
-    from argparse import ArgumentError
-
+    # Lightning and jsonargparse take seconds to import and only the training verbs need them: `--help`,
+    # `demo` and the domains' verbs start without them.
     import lightning as L
     from jsonargparse import lazy_instance
     from lightning.pytorch.cli import LightningCLI
@@ -58,8 +61,6 @@ def newest_last_checkpoint(trainer) -> str:
     """What ``--ckpt_path last`` resumes: the newest ``last*.ckpt`` of this run's name, across the logger's
     versions (a killed run's ``runs/<name>/version_3/checkpoints/last.ckpt`` when the new run is
     ``version_4``; Lightning alone looks only in the new, empty folder and starts from scratch)."""
-    from pathlib import Path
-
     logger = trainer.logger
     folders = []
     if logger is not None and getattr(logger, "save_dir", None) is not None:
@@ -89,26 +90,25 @@ def config_error_sentence(message: str, argv: Sequence[str]) -> str:
 
 
 def _core_commands() -> list[Command]:
-    from .demo import add_demo_arguments, run_demo
-
     return [Command("demo", None, "Run every sampler on an analytic 2-D Gaussian mixture and plot the result.",
-                    add_demo_arguments, run_demo),
+                    add_demo_arguments, "sci_diffusion.demo:run_demo"),
             Command("export", None, "Slim a training checkpoint to its (EMA) weights and record, for shipping.",
-                    _add_export_arguments, _run_export)]
+                    add_export_arguments, "sci_diffusion.checkpoints:run_export")]
 
 
-def _add_export_arguments(p: argparse.ArgumentParser) -> None:
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samplers", default=",".join(SAMPLER_NAMES), help="comma-separated sampler names")
+    p.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts")
+    p.add_argument("--num", type=int, default=5000, help="samples per run")
+    p.add_argument("--schedule", default="polynomial_2", choices=SCHEDULE_NAMES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/demo", help="folder for demo.json and demo.png")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="a training checkpoint (.ckpt)")
     p.add_argument("--out", required=True, help="the slim checkpoint to write")
     p.add_argument("--budget", help="the training budget, recorded as training_budget (e.g. '2 h on 2 CPU cores')")
-
-
-def _run_export(args: argparse.Namespace) -> int:
-    from .checkpoints import export_for_inference, file_sha256
-
-    out = export_for_inference(args.ckpt, args.out, {"training_budget": args.budget} if args.budget else None)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, sha256 {file_sha256(out)})")
-    return 0
 
 
 class OneLineParser(argparse.ArgumentParser):

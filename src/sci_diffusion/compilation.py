@@ -26,7 +26,7 @@ _COMPILED_ATTRIBUTE = "_sci_diffusion_compiled_forward"
 
 def compiler_missing() -> str | None:
     """None when Inductor's CPU backend can build code here, else one sentence saying why not."""
-    from torch._inductor import cpp_builder
+    from torch._inductor import cpp_builder  # Inductor: seconds to import, and only --compile needs it
 
     compiler = cpp_builder.get_cpp_compiler()
     if shutil.which(compiler) is None:

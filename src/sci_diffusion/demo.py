@@ -15,7 +15,7 @@ from .atomic import atomic_path, write_json
 from .errors import UserError
 from .gaussian_mixture import GaussianMixture, sliced_wasserstein
 from .samplers import SAMPLERS, function_evaluations, get_sampler, sampler_times
-from .schedules import SCHEDULE_NAMES, NoiseSchedule
+from .schedules import NoiseSchedule
 from .state_spaces import EuclideanSpace
 
 DISTANCE_NAME = "sliced 2-Wasserstein distance to exact mixture samples (256 projections)"
@@ -54,7 +54,7 @@ def compare_samplers(samplers: list[str], steps_list: list[int], num: int = 2000
 
 def plot_samples(kept: dict, out_png: Path) -> None:
     """A grid of scatter plots, one per (sampler, steps)."""
-    import matplotlib
+    import matplotlib  # only when a picture is drawn: matplotlib takes about a second to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,15 +76,6 @@ def plot_samples(kept: dict, out_png: Path) -> None:
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
-
-
-def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated sampler names")
-    p.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts")
-    p.add_argument("--num", type=int, default=5000, help="samples per run")
-    p.add_argument("--schedule", default="polynomial_2", choices=SCHEDULE_NAMES)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/demo", help="folder for demo.json and demo.png")
 
 
 def run_demo(args: argparse.Namespace) -> int:

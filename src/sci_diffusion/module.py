@@ -23,8 +23,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
+from .callbacks import CheckpointAtTrainEnd, LossCurvePlot, ema_with_warmup
 from .checkpoints import module_class_name, read_checkpoint, training_record
 from .denoiser import PredictionDenoiser
 from .errors import UserError
@@ -173,10 +175,6 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self):
-        from lightning.pytorch.callbacks import WeightAveraging
-
-        from .callbacks import CheckpointAtTrainEnd, LossCurvePlot, ema_with_warmup
-
         callbacks = [CheckpointAtTrainEnd(), LossCurvePlot()]  # before WeightAveraging: see its docstring
         if self.hparams.ema_decay > 0:
             callbacks.append(WeightAveraging(multi_avg_fn=ema_with_warmup(self.hparams.ema_decay)))

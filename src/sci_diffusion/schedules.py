@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SCHEDULE_NAMES = ("linear", "cosine", "polynomial_2", "sigmoid")
+from .names import SCHEDULE_NAMES
 
 
 def _linear_alpha_bar(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
