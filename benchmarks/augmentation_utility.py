@@ -242,21 +242,9 @@ def markdown(rows: list[dict], described: dict, synth_speed: dict, args: argpars
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from reporting import RESULTS, write_result
-
-    from sci_diffusion_medical.data.phantom import write_phantom_dataset
-    from sci_diffusion_medical.evaluation.audit import audit_directories
-
-    work = args.work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    pool_dir, test_dir = work / "real_pool", work / "real_test"
-    for folder, count, seed in ((pool_dir, max(args.n_real), args.seed), (test_dir, args.test_subjects, args.seed + 1000)):
-        if not (folder / "dataset.json").is_file():
-            write_phantom_dataset(folder, count, 2.0, seed)
-    pool = subject_folders(pool_dir)
-
+def plan_jobs(args: argparse.Namespace, work: Path, pool: list[Path]) -> tuple[list[Job], dict[int, dict[str, Path]]]:
+    """The runs of the study, in the order they start: per n_real a generator, the real-only downstream arm,
+    the synthesis and the two arms that use it; and each arm's training folder."""
     jobs, plan = [], {}
     for n in args.n_real:
         real = link_subjects(pool[:n], work / f"n{n}" / "real")
@@ -283,8 +271,13 @@ def main(argv: list[str] | None = None) -> int:
             "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import augmentation_utility as a; "
             f"a.link_subjects(a.subject_folders(Path('{plan[n]['real']}')) + a.subject_folders(Path('{plan[n]['synthetic']}')), "
             f"Path('{plan[n]['real+synthetic']}'))")], after=[f"synthesize_n{n}"]))
-    # runs in plan order: generators first (they gate the most), real arms next, the rest as they unlock
-    done = run_jobs(jobs, work, args.jobs)
+    return jobs, plan
+
+
+def score_arms(args: argparse.Namespace, work: Path, plan: dict, done: dict, test_dir: Path) -> tuple[list, dict, dict]:
+    """Each downstream arm scored on the real test subjects, and each generator's synthetic data described
+    (fidelity, diversity, memorisation audit, synthesis speed): ``(rows, described, synthesis speed)``."""
+    from sci_diffusion_medical.evaluation.audit import audit_directories
 
     rows, described, synth_speed = [], {}, {}
     test_subjects = [load_at_model_grid(f) for f in subject_folders(test_dir)]
@@ -311,6 +304,25 @@ def main(argv: list[str] | None = None) -> int:
                          **scores, "global_step": global_step(ckpt),
                          "training": done[f"downstream_n{n}_{arm}"].facts})
             print(f"  n_real {n} {arm}: MAE {scores['mae_hu']:.1f} HU", flush=True)
+    return rows, described, synth_speed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from reporting import RESULTS, write_result
+
+    from sci_diffusion_medical.data.phantom import write_phantom_dataset
+
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    pool_dir, test_dir = work / "real_pool", work / "real_test"
+    for folder, count, seed in ((pool_dir, max(args.n_real), args.seed), (test_dir, args.test_subjects, args.seed + 1000)):
+        if not (folder / "dataset.json").is_file():
+            write_phantom_dataset(folder, count, 2.0, seed)
+    jobs, plan = plan_jobs(args, work, subject_folders(pool_dir))
+    # runs in plan order: generators first (they gate the most), real arms next, the rest as they unlock
+    done = run_jobs(jobs, work, args.jobs)
+    rows, described, synth_speed = score_arms(args, work, plan, done, test_dir)
     png = RESULTS / "augmentation_utility.png"
     draw_utility_png(rows, png)
     generators = {n: {**done[f"generator_n{n}"].facts, "global_step": global_step(last_checkpoint(work, f"generator_n{n}"))}

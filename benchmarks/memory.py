@@ -46,8 +46,7 @@ def earlier_molecule_rows() -> list[dict]:
     return [{**r, "measured": r.get("measured", earlier["date"])} for r in earlier["rows"] if r["run"] != "translate"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-minutes", type=float, required=True, help="no run starts after this")
     p.add_argument("--molecules", type=int, nargs="*", default=[1000, 10000],
                    help="sample molecules --num values; none (`--molecules` alone) keeps the molecule rows of the last "
@@ -57,21 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="translate --steps (memory does not depend on it)")
     p.add_argument("--work-dir", default="runs/benchmarks/memory")
     p.add_argument("--no-readme", action="store_true")
-    args = p.parse_args(argv)
-    work = ROOT / args.work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    deadline = time.perf_counter() + 60 * args.budget_minutes
-    rows, skipped = [], []
 
-    def budget_left(what: str) -> bool:
-        if time.perf_counter() < deadline:
-            return True
-        skipped.append(what)
-        print(f"skipping {what}: the budget is spent", flush=True)
-        return False
 
-    if not args.molecules:
-        rows.extend(earlier_molecule_rows())
+def molecule_rows(args: argparse.Namespace, work: Path, budget_left) -> list[dict]:
+    """``sample molecules`` at each ``--molecules`` size, then ``evaluate molecules`` on the largest, each in a
+    child process of its own (its peak RSS is the child's)."""
+    rows = []
     largest = max(args.molecules, default=0)
     for num in sorted(args.molecules):
         if not budget_left(f"sample molecules --num {num}"):
@@ -93,24 +83,30 @@ def main(argv: list[str] | None = None) -> int:
             evaluated["metrics"] = json.loads(report.read_text())
             rows.append(evaluated)
             print(json.dumps(evaluated), flush=True)
+    return rows
 
-    if budget_left(f"translate at {args.translate_mm:g} mm"):
-        phantom = work / f"phantom_{args.translate_mm:g}mm"
-        if not (phantom / "1BA001" / "mr.nii.gz").is_file():
-            made = run_child(["phantom", "--subjects", "1", "--spacing", str(args.translate_mm), "--seed", "99",
-                              "--out", str(phantom)], work / "phantom.log")
-            if made["exit_status"] != 0:
-                raise SystemExit(f"writing the phantom failed; see {work / 'phantom.log'}")
-        import nibabel as nib
 
-        shape = nib.load(phantom / "1BA001" / "mr.nii.gz").shape
-        row = {"run": "translate", "size": f"{' x '.join(map(str, shape))} voxels at {args.translate_mm:g} mm",
-               **run_child(["translate", "--mr", str(phantom / "1BA001" / "mr.nii.gz"), "--mask",
-                            str(phantom / "1BA001" / "mask.nii.gz"), "--samples", str(args.samples), "--steps",
-                            str(args.steps), "--out", str(work / "sct.nii.gz")], work / "translate.log")}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+def translate_row(args: argparse.Namespace, work: Path) -> dict:
+    """``translate`` of a one-subject phantom at ``--translate-mm`` (written first if it is not there yet)."""
+    import nibabel as nib  # the medical extra: only the translate row needs it
 
+    phantom = work / f"phantom_{args.translate_mm:g}mm"
+    if not (phantom / "1BA001" / "mr.nii.gz").is_file():
+        made = run_child(["phantom", "--subjects", "1", "--spacing", str(args.translate_mm), "--seed", "99",
+                          "--out", str(phantom)], work / "phantom.log")
+        if made["exit_status"] != 0:
+            raise SystemExit(f"writing the phantom failed; see {work / 'phantom.log'}")
+    shape = nib.load(phantom / "1BA001" / "mr.nii.gz").shape
+    row = {"run": "translate", "size": f"{' x '.join(map(str, shape))} voxels at {args.translate_mm:g} mm",
+           **run_child(["translate", "--mr", str(phantom / "1BA001" / "mr.nii.gz"), "--mask",
+                        str(phantom / "1BA001" / "mask.nii.gz"), "--samples", str(args.samples), "--steps",
+                        str(args.steps), "--out", str(work / "sct.nii.gz")], work / "translate.log")}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def render(rows: list[dict], skipped: list[str], args: argparse.Namespace) -> str:
+    """The results table: one row per run, with its peak RSS, time, exit status and what it produced."""
     lines = ["| run | size | peak RSS (MB) | seconds | exit | notes |", "|---|---|---|---|---|---|"]
     for r in rows:
         if r["run"] == "sample molecules":
@@ -129,8 +125,30 @@ def main(argv: list[str] | None = None) -> int:
                      f"| {note} |")
     if skipped:
         lines.append(f"\nSkipped (budget spent): {'; '.join(skipped)}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    work = ROOT / args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    deadline = time.perf_counter() + 60 * args.budget_minutes
+    rows, skipped = [], []
+
+    def budget_left(what: str) -> bool:
+        if time.perf_counter() < deadline:
+            return True
+        skipped.append(what)
+        print(f"skipping {what}: the budget is spent", flush=True)
+        return False
+
+    rows.extend(molecule_rows(args, work, budget_left) if args.molecules else earlier_molecule_rows())
+    if budget_left(f"translate at {args.translate_mm:g} mm"):
+        rows.append(translate_row(args, work))
     write_result("memory", {"budget_minutes": args.budget_minutes, "rows": rows, "skipped": skipped},
-                 "\n".join(lines), update_page=not args.no_readme)
+                 render(rows, skipped, args), update_page=not args.no_readme)
     return 0 if all(r["exit_status"] == 0 for r in rows) else 1
 
 

@@ -209,8 +209,7 @@ def render(rows: list[dict], base: dict, meta: dict, goals: dict, published: boo
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", help="the gap-conditioned generator trained on Db (default: bundled)")
     p.add_argument("--classifier", help="the evaluation classifier trained on Da (default: bundled)")
     p.add_argument("--regressor", help="the noise-aware regressor for gradient guidance (default: bundled)")
@@ -241,6 +240,37 @@ def main() -> None:
                    help="write benchmarks/results/<name>.json and the docs/results block of that name; another name than "
                         "the default leaves out the published rows and the targets (a study beside the main table)")
     p.add_argument("--json", type=Path, help="write the results here instead of benchmarks/results/ (pilot runs)")
+
+
+def sweep_plan(module, args: argparse.Namespace, meta: dict, budget_of) -> list[tuple]:
+    """The rows to sample, in order: ``(name, model, molecules, W, S, kind, reference row, budget, interval)``:
+    the protocol row (W = 1), the guidance sweeps, and the extra checkpoints' rows."""
+    label = "conditional EDM (Db), W = 1"
+    full = (0.0, 1.0)
+    plan = [(label, module, args.num_protocol, 1.0, 0.0, "protocol", label, "generator [g]", full)]
+    plan += [(f"conditional EDM (Db), CFG W = {w:g}", module, args.num, w, 0.0, "sweep", label, "generator [g]", full)
+             for w in (float(x) for x in args.guidance.split(",") if x)]
+    plan += [(f"conditional EDM (Db), CFG W = {w:g} for {lo:g} <= t <= {hi:g}", module, args.num, w, 0.0, "sweep",
+              label, "generator [g]", (lo, hi))
+             for w, (lo, hi) in interval_rows(args.interval_guidance, args.guidance_interval)]
+    plan += [(f"conditional EDM (Db), gradient guidance S = {s:g}", module, args.num, 1.0, s, "sweep", label,
+              "generator [g] + regressor [r]", full)
+             for s in (float(x) for x in args.gradient.split(",") if x)]
+    meta["extra_budgets"] = {}
+    for number, path in enumerate(args.extra_ckpt, start=1):
+        extra = load_module(path, domain="molecules")
+        meta["extra_budgets"][f"e{number}"] = budget_of(path)
+        first = None
+        for w in (float(x) for x in args.extra_guidance.split(",") if x):
+            name = f"extra: fine-tuned from the unconditional model (saw Da's molecules), W = {w:g}"
+            first = first or name
+            plan.append((name, extra, args.num, w, 0.0, "extra", first, f"[e{number}]", full))
+    return plan
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
     args = p.parse_args()
 
     ckpt = args.ckpt or bundled_checkpoint("sci_diffusion_molecules", "gap")
@@ -269,27 +299,7 @@ def main() -> None:
     smiles = train_smiles()
 
     rows, unit_cost = [], {}
-    label = "conditional EDM (Db), W = 1"
-    full = (0.0, 1.0)
-    plan = [(label, module, args.num_protocol, 1.0, 0.0, "protocol", label, "generator [g]", full)]
-    plan += [(f"conditional EDM (Db), CFG W = {w:g}", module, args.num, w, 0.0, "sweep", label, "generator [g]", full)
-             for w in (float(x) for x in args.guidance.split(",") if x)]
-    plan += [(f"conditional EDM (Db), CFG W = {w:g} for {lo:g} <= t <= {hi:g}", module, args.num, w, 0.0, "sweep",
-              label, "generator [g]", (lo, hi))
-             for w, (lo, hi) in interval_rows(args.interval_guidance, args.guidance_interval)]
-    plan += [(f"conditional EDM (Db), gradient guidance S = {s:g}", module, args.num, 1.0, s, "sweep", label,
-              "generator [g] + regressor [r]", full)
-             for s in (float(x) for x in args.gradient.split(",") if x)]
-    meta["extra_budgets"] = {}
-    for number, path in enumerate(args.extra_ckpt, start=1):
-        extra = load_module(path, domain="molecules")
-        meta["extra_budgets"][f"e{number}"] = budget_of(path)
-        first = None
-        for w in (float(x) for x in args.extra_guidance.split(",") if x):
-            name = f"extra: fine-tuned from the unconditional model (saw Da's molecules), W = {w:g}"
-            first = first or name
-            plan.append((name, extra, args.num, w, 0.0, "extra", first, f"[e{number}]", full))
-    for name, model, num, w, s, kind, reference, budget, interval in plan:
+    for name, model, num, w, s, kind, reference, budget, interval in sweep_plan(module, args, meta, budget_of):
         row = run_row(name, model, classifier, num, args, w, s, regressor, deadline, unit_cost, smiles, kind, interval)
         row.update(reference=reference, budget=budget)
         rows.append(row)

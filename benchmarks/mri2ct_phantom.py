@@ -275,18 +275,14 @@ def evaluation_plan(args: argparse.Namespace, kinds: dict[str, str]) -> list[tup
 
 def evaluate(args: argparse.Namespace, facts: dict, kinds: dict[str, str], test_dirs: dict[str, Path],
              work: Path) -> tuple[list[dict], str]:
-    import nibabel as nib
     import numpy as np
     import torch
 
     from sci_diffusion_medical.data.pairs import find_synthrad_pairs
-    from sci_diffusion_medical.evaluation.directory import evaluate_directory
     from sci_diffusion_medical.evaluation.metrics import neighbour_slice_difference
-    from sci_diffusion_medical.io.nifti import save_like
     from sci_diffusion_medical.translation.translate import (
         load_inputs,
         load_translation_model,
-        mean_and_std,
         slice_geometry,
         translate_volume,
     )
@@ -323,39 +319,48 @@ def evaluate(args: argparse.Namespace, facts: dict, kinds: dict[str, str], test_
             peak = peak_rss_mb(method)
             for k in sorted({1, *(k for k in args.samples if k <= k_max)}):
                 name = model_name if steps is None else f"{model_name}_ddim{steps}_k{k}{'_shared' if shared else ''}"
-                folder = work / "predictions" / test_set / name
-                secs, slice_differences = [], []
-                for pid, run in runs.items():
-                    _, inp = inputs[pid]
-                    mean, std = mean_and_std(run["volumes"][:k], inp["mask"])
-                    slice_differences.append(neighbour_slice_difference(mean, inp["mask"]))
-                    back = inp["from_ras"]
-                    save_like(nib.orientations.apply_orientation(mean, back), inp["mr_image"], folder / f"{pid}.nii.gz",
-                              description=f"SYNTHETIC CT {name}")
-                    if std is not None:
-                        save_like(nib.orientations.apply_orientation(std, back), inp["mr_image"],
-                                  folder / f"{pid}_std.nii.gz", description=f"SYNTHETIC CT std {name}")
-                    secs.append(sum(run["seconds"][:k]))
-                report = evaluate_directory(folder, test_dir, folder / "metrics.json")
-                mean_metrics = report["mean"]
-                rows.append({
-                    "test_set": test_set, "name": name, "model": model_name, "kind": model_kind,
-                    "sampler": None if steps is None else "ddim", "steps": steps, "samples": k, "shared_noise": shared,
-                    "nfe_per_slice": 1 if steps is None else steps * k,
-                    "mae_hu": mean_metrics["mae"], "psnr_db": mean_metrics["psnr"], "ssim": mean_metrics["ssim"],
-                    "bone_mae_hu": mean_metrics.get("tissue_mae.bone"),
-                    "soft_tissue_mae_hu": mean_metrics.get("tissue_mae.soft_tissue"),
-                    "air_mae_hu": mean_metrics.get("tissue_mae.air"), "std_error_r": mean_metrics.get("uncertainty_error_r"),
-                    "coverage_1sigma": mean_metrics.get("coverage_1sigma"),
-                    "coverage_2sigma": mean_metrics.get("coverage_2sigma"),
-                    "reliability_curve": report.get("reliability_curve"),
-                    "slice_difference_hu": float(np.mean(slice_differences)),
-                    "ct_slice_difference_hu": real_slice_difference,
-                    "mae_hu_std_over_patients": report["std"]["mae"],
-                    "seconds_per_volume": round(float(np.mean(secs)), 2), "peak_rss_mb": peak,
-                    "metrics_json": str(folder / "metrics.json"),
-                })
+                row = score_k_mean(runs, inputs, k, work / "predictions" / test_set / name, test_dir, name)
+                rows.append({"test_set": test_set, "name": name, "model": model_name, "kind": model_kind,
+                             "sampler": None if steps is None else "ddim", "steps": steps, "samples": k,
+                             "shared_noise": shared, "nfe_per_slice": 1 if steps is None else steps * k, **row,
+                             "ct_slice_difference_hu": real_slice_difference, "peak_rss_mb": peak})
     return rows, method
+
+
+def score_k_mean(runs: dict, inputs: dict, k: int, folder: Path, test_dir: Path, name: str) -> dict:
+    """The mean (and std) of each patient's first ``k`` samples written as SYNTHETIC CTs into ``folder`` and scored
+    against ``test_dir`` (``evaluate_directory``): the row's metrics, slice consistency and seconds per volume."""
+    import nibabel as nib
+    import numpy as np
+
+    from sci_diffusion_medical.evaluation.directory import evaluate_directory
+    from sci_diffusion_medical.evaluation.metrics import neighbour_slice_difference
+    from sci_diffusion_medical.io.nifti import save_like
+    from sci_diffusion_medical.translation.translate import mean_and_std
+
+    secs, slice_differences = [], []
+    for pid, run in runs.items():
+        _, inp = inputs[pid]
+        mean, std = mean_and_std(run["volumes"][:k], inp["mask"])
+        slice_differences.append(neighbour_slice_difference(mean, inp["mask"]))
+        back = inp["from_ras"]
+        save_like(nib.orientations.apply_orientation(mean, back), inp["mr_image"], folder / f"{pid}.nii.gz",
+                  description=f"SYNTHETIC CT {name}")
+        if std is not None:
+            save_like(nib.orientations.apply_orientation(std, back), inp["mr_image"],
+                      folder / f"{pid}_std.nii.gz", description=f"SYNTHETIC CT std {name}")
+        secs.append(sum(run["seconds"][:k]))
+    report = evaluate_directory(folder, test_dir, folder / "metrics.json")
+    mean_metrics = report["mean"]
+    return {"mae_hu": mean_metrics["mae"], "psnr_db": mean_metrics["psnr"], "ssim": mean_metrics["ssim"],
+            "bone_mae_hu": mean_metrics.get("tissue_mae.bone"),
+            "soft_tissue_mae_hu": mean_metrics.get("tissue_mae.soft_tissue"),
+            "air_mae_hu": mean_metrics.get("tissue_mae.air"), "std_error_r": mean_metrics.get("uncertainty_error_r"),
+            "coverage_1sigma": mean_metrics.get("coverage_1sigma"), "coverage_2sigma": mean_metrics.get("coverage_2sigma"),
+            "reliability_curve": report.get("reliability_curve"),
+            "slice_difference_hu": float(np.mean(slice_differences)),
+            "mae_hu_std_over_patients": report["std"]["mae"],
+            "seconds_per_volume": round(float(np.mean(secs)), 2), "metrics_json": str(folder / "metrics.json")}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -425,12 +430,31 @@ def json_safe(v: Any) -> Any:
     return v
 
 
+def save_checkpoints(args: argparse.Namespace, facts: dict, rows: list[dict], started: str) -> dict:
+    """The ``--save-*-ckpt`` exports: each trained model slimmed (``export_for_inference``) with its budget and its
+    rows of this run recorded; ``{model: {"path", "bytes"}}``."""
+    from sci_diffusion.checkpoints import export_for_inference
+
+    saved = {}
+    for name, dst in (("diffusion", args.save_diffusion_ckpt), ("regression", args.save_regression_ckpt),
+                      ("residual", args.save_residual_ckpt)):
+        if dst:
+            steps = facts[name]["global_step"]
+            if name == "residual":
+                steps = f"{facts['regression_leg1']['global_step']} regression + {steps} residual"
+            budget = f"{facts[name]['budget']} on 1 CPU thread ({steps} steps, {args.subjects_train} phantoms)"
+            extra = {"training_budget": budget, "benchmark": {"script": "benchmarks/mri2ct_phantom.py",
+                     "started": started, "rows": [r for r in rows if r["model"] == name]}}
+            size = export_for_inference(facts[name]["checkpoint"], dst, extra).stat().st_size
+            saved[name] = {"path": dst, "bytes": size}
+    return saved
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     from reporting import write_result
 
-    from sci_diffusion.checkpoints import export_for_inference
     from sci_diffusion_medical.evaluation.metrics import calibrated_coverage
 
     work = Path(args.work_dir).resolve()
@@ -453,18 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in kinds:
         print(f"{name}: {facts[name]['global_step']} steps, {facts[name]['budget']}", flush=True)
     rows, method = evaluate(args, facts, kinds, test_dirs, work)
-    saved = {}
-    for name, dst in (("diffusion", args.save_diffusion_ckpt), ("regression", args.save_regression_ckpt),
-                      ("residual", args.save_residual_ckpt)):
-        if dst:
-            steps = facts[name]["global_step"]
-            if name == "residual":
-                steps = f"{facts['regression_leg1']['global_step']} regression + {steps} residual"
-            budget = f"{facts[name]['budget']} on 1 CPU thread ({steps} steps, {args.subjects_train} phantoms)"
-            extra = {"training_budget": budget, "benchmark": {"script": "benchmarks/mri2ct_phantom.py",
-                     "started": started, "rows": [r for r in rows if r["model"] == name]}}
-            size = export_for_inference(facts[name]["checkpoint"], dst, extra).stat().st_size
-            saved[name] = {"path": dst, "bytes": size}
+    saved = save_checkpoints(args, facts, rows, started)
     import monai
 
     ratios = shift_ratios(rows)
