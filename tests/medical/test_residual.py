@@ -11,7 +11,7 @@ from sci_diffusion.checkpoints import load_module, read_checkpoint
 from sci_diffusion_medical.data.transforms import augment_mr, mr_intensity_augmentation
 from sci_diffusion_medical.models.regression import MRItoCTRegression
 from sci_diffusion_medical.models.residual import MRItoCTResidualDiffusion, laplace_scale_nll
-from sci_diffusion_medical.translation.translate import translate_volume
+from sci_diffusion_medical.translation.volume import translate_volume
 
 
 def _tiny_residual(regression_ckpt, **kwargs) -> MRItoCTResidualDiffusion:
