@@ -280,12 +280,9 @@ def evaluate(args: argparse.Namespace, facts: dict, kinds: dict[str, str], test_
 
     from sci_diffusion_medical.data.pairs import find_synthrad_pairs
     from sci_diffusion_medical.evaluation.metrics import neighbour_slice_difference
-    from sci_diffusion_medical.translation.translate import (
-        load_inputs,
-        load_translation_model,
-        slice_geometry,
-        translate_volume,
-    )
+    from sci_diffusion_medical.translation.inputs import load_inputs
+    from sci_diffusion_medical.translation.model import load_translation_model, slice_geometry
+    from sci_diffusion_medical.translation.volume import translate_volume
 
     torch.set_num_threads(args.eval_threads)
     if args.eval_threads > 1 and os.getloadavg()[0] > 0.5:
@@ -336,7 +333,7 @@ def score_k_mean(runs: dict, inputs: dict, k: int, folder: Path, test_dir: Path,
     from sci_diffusion_medical.evaluation.directory import evaluate_directory
     from sci_diffusion_medical.evaluation.metrics import neighbour_slice_difference
     from sci_diffusion_medical.io.nifti import save_like
-    from sci_diffusion_medical.translation.translate import mean_and_std
+    from sci_diffusion_medical.translation.volume import mean_and_std
 
     secs, slice_differences = [], []
     for pid, run in runs.items():

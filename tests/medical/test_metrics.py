@@ -18,6 +18,7 @@ from sci_diffusion_medical.evaluation.metrics import (
 )
 from sci_diffusion_medical.io.figures import reliability_diagram
 from sci_diffusion_medical.io.nifti import MedicalInputError, load_volume, save_like, save_volume
+from sci_diffusion_medical.translation.volume import mean_and_std
 
 from .conftest import assert_one_sentence_naming
 
@@ -226,8 +227,6 @@ def test_evaluate_directory_pools_every_patient_into_one_reliability_diagram(pha
 @pytest.mark.parametrize("k", [2, 4, 8])
 def test_a_calibrated_sampler_with_k_samples_covers_what_calibrated_coverage_says(k):
     """Truth and K samples drawn from one Gaussian per voxel: the K-mean's coverage by the samples' std."""
-    from sci_diffusion_medical.translation.translate import mean_and_std
-
     rng = np.random.default_rng(k)
     sigma = rng.uniform(5.0, 200.0, size=(40, 40, 40))
     centre = rng.uniform(-1000, 1000, sigma.shape)

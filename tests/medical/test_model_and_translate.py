@@ -15,7 +15,10 @@ from sci_diffusion.samplers import ddim_step
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion_medical.models.diffusion import MRItoCTDiffusion
 from sci_diffusion_medical.models.regression import MRItoCTRegression
-from sci_diffusion_medical.translation.translate import translate_volume
+from sci_diffusion_medical.translation.inputs import load_inputs
+from sci_diffusion_medical.translation.model import load_translation_model
+from sci_diffusion_medical.translation.translate import translate_file
+from sci_diffusion_medical.translation.volume import translate_volume
 
 
 # ----- the core's DDIM step is MONAI's --------------------------------------------------------------
@@ -101,8 +104,6 @@ def test_translate_cli_writes_synthetic_ct_std_sidecar_and_panel(phantom_dir, di
 def test_translation_does_not_depend_on_batch_size_and_repeats_with_the_seed(phantom_dir, diffusion_ckpt, sampler):
     """Every slice draws its starting noise and its sampler noise from its own generator: the same
     seed gives the same volume at any batch size (to 0.01 HU) and bit for bit at the same one."""
-    from sci_diffusion_medical.translation.translate import load_inputs, load_translation_model
-
     module = load_translation_model(diffusion_ckpt, device="cpu")
     inp = load_inputs(phantom_dir / "1BA002" / "mr.nii.gz")  # no mask: derived from the MR
     x, y, z = inp["mr"].shape
@@ -120,8 +121,6 @@ def test_translation_does_not_depend_on_batch_size_and_repeats_with_the_seed(pha
 def test_shared_noise_gives_identical_slices_their_identical_sample(diffusion_ckpt):
     """An MR that does not change along z: with one noise per sample its slices come out identical,
     with one noise per slice they do not; the K samples still differ from each other."""
-    from sci_diffusion_medical.translation.translate import load_translation_model
-
     module = load_translation_model(diffusion_ckpt, device="cpu")
     g = np.random.default_rng(0)
     mr = np.repeat(g.uniform(0, 200, (32, 32, 1)).astype(np.float32), 5, axis=2)  # 5 equal axial slices
@@ -185,8 +184,6 @@ def test_datamodule_writes_missing_phantoms_and_splits_by_patient(tmp_path):
 
 
 def test_translate_takes_the_models_own_step_count_unless_told(phantom_dir, diffusion_ckpt, tmp_path):
-    from sci_diffusion_medical.translation.translate import load_translation_model, translate_file
-
     module = load_translation_model(diffusion_ckpt, device="cpu")
     assert module.hparams.val_steps == 1  # the fixture's config
     mr, mask = phantom_dir / "1BA001" / "mr.nii.gz", phantom_dir / "1BA001" / "mask.nii.gz"

@@ -6,7 +6,7 @@ import torch
 
 from sci_diffusion_medical.models.diffusion import MRItoCTDiffusion
 from sci_diffusion_medical.models.regression import MRItoCTRegression
-from sci_diffusion_medical.translation.translate import translate_volume
+from sci_diffusion_medical.translation.volume import translate_volume
 
 
 class TimeTimesFirstChannel(torch.nn.Module):

@@ -1,17 +1,14 @@
 """translate's sampling trajectory (``translate --trajectory-png``)."""
 import numpy as np
 
+from sci_diffusion.cli import main
+from sci_diffusion_medical.translation.inputs import load_inputs
+from sci_diffusion_medical.translation.model import load_translation_model, slice_geometry
+from sci_diffusion_medical.translation.volume import slice_trajectory, translate_volume
+
 
 def test_the_trajectory_ends_on_the_translated_slice(phantom_dir, residual_ckpt, tmp_path):
     """translate --trajectory-png: one frame per step, and the last estimate is the slice the volume got."""
-    from sci_diffusion_medical.translation.translate import (
-        load_inputs,
-        load_translation_model,
-        slice_geometry,
-        slice_trajectory,
-        translate_volume,
-    )
-
     module = load_translation_model(residual_ckpt, device="cpu")
     inputs = load_inputs(phantom_dir / "1BA001" / "mr.nii.gz", phantom_dir / "1BA001" / "mask.nii.gz")
     geometry = slice_geometry(module)
@@ -23,8 +20,6 @@ def test_the_trajectory_ends_on_the_translated_slice(phantom_dir, residual_ckpt,
     body = inputs["mask"][:, :, occupied[len(occupied) // 2]]
     assert np.allclose(frames[-1]["estimate"][body], middle[body], atol=1.0)
     assert not np.allclose(frames[0]["estimate"][body], middle[body], atol=1.0)
-    from sci_diffusion.cli import main
-
     png = tmp_path / "strip.png"
     assert main(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt", str(residual_ckpt), "--steps", "2",
                  "--out", str(tmp_path / "sct.nii.gz"), "--trajectory-png", str(png)]) == 0

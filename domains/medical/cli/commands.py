@@ -70,10 +70,6 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
 def run_translate(args: argparse.Namespace) -> int:
     from ..translation.translate import translate_file
 
-    if args.batch_size < 1:
-        from sci_diffusion.errors import UserError
-
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
     info = translate_file(args.mr, args.out, mask=args.mask, ckpt=args.ckpt, samples=args.samples,
                           uncertainty=args.uncertainty, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
                           seed=args.seed, batch_size=args.batch_size, png=args.png, ct=args.ct,

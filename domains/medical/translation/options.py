@@ -1,0 +1,110 @@
+"""What ``translate`` is asked to do (``TranslationOptions``: the verb's flags) and the one check of them
+(``check_options``), made once the model is loaded and before any volume is read."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from sci_diffusion.atomic import check_writable
+from sci_diffusion.errors import UserError
+from sci_diffusion.samplers import resolve_spacing
+from sci_diffusion.time_grids import time_grid
+
+from ..io.images import OUTPUT_SUFFIXES
+from .model import default_steps, is_deterministic
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class TranslationOptions:
+    """How ``translate_file`` translates: the ``translate`` verb's flags, by the same names.
+
+    Attributes:
+        ckpt: the model's checkpoint; None: the bundled residual model (``model.load_translation_model``).
+        samples: K samples; their mean is the synthetic CT (1 for a regression model).
+        uncertainty: write the per-voxel std (HU) over the samples here (.nii.gz, .nii or .mha; needs K >= 2).
+        steps: sampler steps; None: the model's own (``model.default_steps``).
+        sampler: a core sampler (``sci_diffusion.samplers.SAMPLERS``).
+        spacing: the sampler's time grid (``sci_diffusion.time_grids.SPACINGS``); None: the sampler's default.
+        seed: the seed of the starting noise.
+        batch_size: slices per network call.
+        png: draw the MR / sCT / CT / |error| / std panel here (on the model's grid).
+        ct: a reference CT on the MR's grid, for the panel's CT and error images.
+        trajectory_png: draw how the body's middle slice forms here (diffusion models only).
+        shared_noise: every slice of a sample starts from the same noise (``volume.translate_volume``).
+        progress: show a progress bar.
+        device: where a model loaded from ``ckpt`` runs; None: CUDA when available, else the CPU.
+    """
+
+    ckpt: PathLike | None = None
+    samples: int = 1
+    uncertainty: PathLike | None = None
+    steps: int | None = None
+    sampler: str = "ddim"
+    spacing: str | None = None
+    seed: int = 0
+    batch_size: int = 16
+    png: PathLike | None = None
+    ct: PathLike | None = None
+    trajectory_png: PathLike | None = None
+    shared_noise: bool = False
+    progress: bool = True
+    device: str | None = None
+
+
+def check_output_path(path: PathLike | None, flag: str) -> None:
+    """A volume ``translate`` will write: an image suffix it writes, in a folder it can write (None: none asked for)."""
+    if path is None:
+        return
+    if not str(path).endswith(OUTPUT_SUFFIXES):
+        raise UserError(f"{flag} {path} must end in .nii.gz, .nii or .mha.")
+    check_writable(path, flag)
+
+
+def checked_spacing(module: torch.nn.Module, sampler: str, steps: int, spacing: str | None) -> str:
+    """The time spacing a run uses and records (the sampler's default when None), after the core's own checks of
+    the sampler name (``samplers.resolve_spacing``), the spacing and the steps (``time_grids.time_grid`` on the
+    model's schedule: the grid the run steps through), in the core's sentences."""
+    try:
+        spacing = resolve_spacing(sampler, spacing)
+        time_grid(module.schedule, steps, spacing)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return spacing
+
+
+def check_options(out: PathLike, options: TranslationOptions, module: torch.nn.Module) -> TranslationOptions:
+    """Check every option, against each other and against the model, before any volume is read or written.
+
+    Returns:
+        The options with what the model decides filled in: ``steps`` (its own when None) and ``spacing``
+        (the sampler's default when None), as the run uses and records them.
+
+    Raises:
+        UserError: one sentence that names the flag and the problem.
+    """
+    o = options
+    if o.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {o.batch_size}.")
+    check_output_path(out, "--out")
+    check_output_path(o.uncertainty, "--uncertainty")
+    for path, flag in ((o.png, "--png"), (o.trajectory_png, "--trajectory-png")):
+        if path is not None:
+            check_writable(path, flag)
+    if o.uncertainty is not None and o.samples < 2:
+        raise UserError(f"--uncertainty {o.uncertainty} needs --samples 2 or more (a standard deviation over samples).")
+    if o.steps is not None and o.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {o.steps}.")
+    steps = default_steps(module) if o.steps is None else o.steps
+    spacing = checked_spacing(module, o.sampler, steps, o.spacing)
+    if o.samples < 1:
+        raise UserError(f"--samples must be at least 1, got {o.samples}.")
+    if is_deterministic(module) and (o.samples > 1 or o.uncertainty is not None):
+        raise UserError(f"Checkpoint {getattr(module, 'checkpoint_path', o.ckpt)} is a deterministic regression model: "
+                        "it gives one answer, so use --samples 1 and no --uncertainty.")
+    if o.trajectory_png is not None and is_deterministic(module):
+        raise UserError("--trajectory-png needs a diffusion model: a regression model has no sampling trajectory.")
+    return replace(o, steps=steps, spacing=spacing)
