@@ -1,32 +1,30 @@
 """The medical domain's plug-in object (entry point ``sci_diffusion.domains: medical``)."""
 from sci_diffusion.domains import Command, Domain
 
-from .cli.commands import (
+# Only the argparse tables here: ``sci-diffusion --help`` imports this module, and the verbs (which import
+# torch, MONAI and nibabel at their top) are named by string, imported when the command runs.
+from .cli.arguments import (
     add_audit_arguments,
     add_evaluate_arguments,
     add_phantom_arguments,
     add_synthesize_arguments,
     add_translate_arguments,
-    run_audit,
-    run_evaluate,
-    run_phantom,
-    run_synthesize,
-    run_translate,
 )
 
+CLI = "sci_diffusion_medical.cli"
 DOMAIN = Domain(
     "medical",
     "Medical images: MRI-to-CT translation with a MONAI diffusion U-Net, NIfTI in and out.",
     [
         Command("phantom", None, "Write paired SYNTHETIC head phantoms (MR, CT, mask, labels) in the SynthRAD2023 layout.",
-                add_phantom_arguments, run_phantom),
+                add_phantom_arguments, f"{CLI}.phantom:run_phantom"),
         Command("translate", None, "Translate an MR volume into a SYNTHETIC CT (HU), with optional uncertainty and panel.",
-                add_translate_arguments, run_translate),
+                add_translate_arguments, f"{CLI}.translate:run_translate"),
         Command("evaluate", "mri2ct", "Score synthetic CTs against reference CTs with the SynthRAD2023 metrics.",
-                add_evaluate_arguments, run_evaluate),
+                add_evaluate_arguments, f"{CLI}.evaluate:run_evaluate"),
         Command("synthesize", "medical", "Write a SYNTHETIC paired MR / CT / tissue-label data set (SynthRAD or nnU-Net layout).",
-                add_synthesize_arguments, run_synthesize),
+                add_synthesize_arguments, f"{CLI}.synthesize:run_synthesize"),
         Command("audit", "medical", "Memorisation audit: each synthetic subject's nearest training subject, and near copies.",
-                add_audit_arguments, run_audit),
+                add_audit_arguments, f"{CLI}.audit:run_audit"),
     ],
 )

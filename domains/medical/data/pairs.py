@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.images import IMAGE_SUFFIXES, image_stem
+from ..io.images import IMAGE_SUFFIXES, image_stem, read_volume
 from ..io.nifti import MedicalInputError
 
 SYNTHRAD_KEYS = ("mr", "ct", "mask")
@@ -103,8 +103,6 @@ def validate_pair(pair: dict[str, str]) -> dict[str, object]:
     Raises:
         MedicalInputError: one sentence naming the offending file and the problem.
     """
-    from ..io.images import read_volume
-
     for key in ("mr", "mask"):
         if key not in pair:
             raise MedicalInputError(f"Pair {pair.get('id', '?')} has no {key} volume.")

@@ -16,6 +16,8 @@ import torch
 from monai.transforms import DivisiblePad, SpatialPad
 from torch.utils.data import Dataset
 
+from sci_diffusion.atomic import atomic_path
+
 from .pairs import validate_pair
 from .transforms import augment_mr, mri2ct_transforms
 
@@ -76,8 +78,6 @@ def memory_mapped(pair: dict[str, str], prepare: Callable[[dict[str, str]], dict
     digest = hashlib.sha256(json.dumps([stamp, recipe], sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{pair.get('id', 'volume')}-{digest}.pt"
     if not path.is_file():
-        from sci_diffusion.atomic import atomic_path
-
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(prepare(pair), tmp)

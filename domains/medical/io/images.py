@@ -24,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import ImageReader, ITKReader, MetaTensor, NibabelReader
+from monai.data import ImageReader, ITKReader, ITKWriter, MetaTensor, NibabelReader
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, MapTransform, Orientationd, Spacingd
 
 from sci_diffusion.atomic import atomic_path, write_json
@@ -73,6 +73,7 @@ def image_reader(path: str | os.PathLike) -> ImageReader:
     path = Path(path)
     name = path.name.lower()
     if path.is_dir():
+        # ITK: only for a DICOM folder or a MetaImage (heavy to import; NIfTI alone never loads it)
         import itk
 
         dicom = itk.GDCMImageIO.New()
@@ -333,8 +334,8 @@ def save_on_input_grid(array: np.ndarray, loaded: LoadedVolumes, out_path: str |
         return save_volume(array, loaded.input_affine, out_path, description=description, sidecar=sidecar)
     if not name.endswith(".mha"):
         raise MedicalInputError(f"{out_path} must end in .nii.gz, .nii or .mha.")
+    # ITK: only for a MetaImage (heavy to import; NIfTI alone never loads it)
     import itk
-    from monai.data import ITKWriter
 
     dtype = np.uint8 if array.dtype == bool else np.float32 if array.dtype == np.float64 else array.dtype
     image = ITKWriter.create_backend_obj(array, channel_dim=None, affine=loaded.input_affine, dtype=dtype,

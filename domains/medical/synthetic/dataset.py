@@ -10,6 +10,7 @@ does not depend on how many subjects are written.
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 from datetime import datetime, timezone
@@ -18,11 +19,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from tqdm.auto import tqdm
 
-from sci_diffusion.atomic import write_json
+from sci_diffusion.atomic import check_writable, write_json
+from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 from sci_diffusion.errors import UserError
 
+from ..data.phantom import CT_BACKGROUND_HU, TISSUE_LABELS, patient_id
+from ..io.figures import contact_sheet
+from ..io.images import model_grid_transform
+from ..io.nifti import save_volume
 from ..models.synthesis import PairedSliceSynthesis, iterate_subjects
+from .nnunet import write_nnunet_dataset
 
 MR_ARBITRARY_UNITS = 1000.0  # a synthetic MR is written as (x + 1) / 2 * this: [0, 1000] a.u.
 SYNTHETIC_CENTRE = "S"  # SynthRAD ids of synthetic subjects: 1BS001, 1BS002, ...
@@ -35,8 +44,6 @@ def load_synthesis_model(ckpt: str | os.PathLike | None = None) -> PairedSliceSy
     Raises:
         UserError: no such checkpoint, or one that holds another kind of model.
     """
-    from sci_diffusion.checkpoints import bundled_checkpoint, load_module
-
     path = Path(ckpt) if ckpt is not None else bundled_checkpoint("sci_diffusion_medical", "synthesis")
     if not path.is_file():
         raise UserError(f"No synthesis checkpoint at {path}; pass --ckpt with a trained paired synthesis model.")
@@ -70,8 +77,6 @@ def write_subject(folder: Path, volumes: dict[str, np.ndarray], affine: np.ndarr
     The MR is written in arbitrary units, ``(x + 1) / 2 * 1000`` of the model's [-1, 1] (0 outside the
     body); the CT in HU as int16; mask and labels as uint8. Returns the paths, SynthRAD style.
     """
-    from ..io.nifti import save_volume
-
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
         "mr": ((volumes["mr"] + 1.0) * (MR_ARBITRARY_UNITS / 2.0)).astype(np.float32),
@@ -97,11 +102,6 @@ def resample_subject(volumes: dict[str, np.ndarray], affine: np.ndarray,
         ``(volumes, affine)``: the arrays as ``PairedSliceSynthesis.sample_volume`` gives them, on the new
         grid, with the CT at -1000 HU and the MR at -1 outside the resampled body, and its (4, 4) affine.
     """
-    from monai.data import MetaTensor
-
-    from ..data.phantom import CT_BACKGROUND_HU
-    from ..io.images import model_grid_transform
-
     keys = ("mr", "ct", "mask", "labels")
     data = {k: MetaTensor(torch.as_tensor(np.asarray(volumes[k], dtype=np.float32))[None],
                           affine=torch.as_tensor(affine, dtype=torch.float64)) for k in keys}
@@ -131,9 +131,6 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
     Returns:
         A summary: subjects, seconds per subject, peak resident memory (MB), the paths written.
     """
-    from ..data.phantom import patient_id
-    from ..io.figures import contact_sheet
-
     if num < 1:
         raise UserError(f"--num must be at least 1, got {num}.")
     if steps < 1:
@@ -145,8 +142,6 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
     out = Path(out)
     if (out / "dataset.json").exists():
         raise UserError(f"{out} already holds a data set (dataset.json); choose another --out.")
-    from sci_diffusion.atomic import check_writable
-
     check_writable(out / "dataset.json", "--out")
     model = load_synthesis_model(ckpt)
     record = provenance(model, seed, steps, sampler)
@@ -156,8 +151,6 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
         record["generated_voxel_mm"] = voxel_mm
         voxel_mm = [float(spacing_mm)] * 3
     pairs, sheet, seconds = [], [], []
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=num, desc="synthetic subjects", unit="subject", file=sys.stderr, disable=not progress)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -174,8 +167,6 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
     bar.close()
     png = Path(png) if png is not None else out / "contact_sheet.png"
     contact_sheet(sheet, png, title=f"subjects, seed {seed}, {sampler} {steps} steps")
-    from ..data.phantom import TISSUE_LABELS
-
     write_json(out / "dataset.json", {
         **record, "subjects": [p["id"] for p in pairs], "spacing_mm": voxel_mm,
         "generated_shape": list(model.hparams.grid["shape"]), "tissue_labels": {str(k): v for k, v in TISSUE_LABELS.items()},
@@ -184,14 +175,10 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
     summary = {"subjects": len(pairs), "seconds_per_subject": float(np.mean(seconds)), "out": str(out), "png": str(png),
                "spacing_mm": voxel_mm, "peak_rss_mb": peak_rss_mb()}
     if fmt == "nnunet":
-        from .nnunet import write_nnunet_dataset
-
         summary["nnunet"] = str(write_nnunet_dataset(out, out / "nnunet")["path"])
     return summary
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (MB; Linux ``ru_maxrss`` is in kB)."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -1,13 +1,13 @@
-"""The medical CLI verbs: ``phantom``, ``translate`` and ``evaluate mri2ct``.
+"""The flags of the medical CLI verbs (``phantom``, ``translate``, ``evaluate mri2ct``, ``synthesize medical``,
+``audit medical``): argparse tables only, so ``sci-diffusion --help`` imports no MONAI, nibabel or torch.
 
-``add_*_arguments`` only declare flags (no MONAI, nibabel or torch import at CLI start);
-``run_*`` import what they need and do the work.
+Each verb's ``run_*`` lives in a module of its own in this folder (``phantom.py``, ``translate.py``,
+``evaluate.py``, ``synthesize.py``, ``audit.py``), which imports what it needs at its top; ``domain.py``
+names them by string, so they are imported only when their command runs.
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
 
@@ -20,24 +20,6 @@ def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scanner", choices=("default", "shifted"), default="default",
                    help="how the MR is imaged: 'shifted' is another scanner (tissue contrasts, stronger bias field, "
                         "more noise), for robustness tests; the anatomy and CT of a seed do not change")
-
-
-def run_phantom(args: argparse.Namespace) -> int:
-    from ..data.phantom import write_phantom_dataset
-    from ..io.nifti import MedicalInputError
-
-    if args.subjects < 1:
-        raise MedicalInputError(f"--subjects must be at least 1, got {args.subjects}.")
-    if args.spacing <= 0:
-        raise MedicalInputError(f"--spacing must be positive, got {args.spacing}.")
-    from sci_diffusion.atomic import check_writable
-
-    check_writable(Path(args.out) / "dataset.json", "--out")
-    print(f"Writing {args.subjects} SYNTHETIC head phantoms ({args.scanner} scanner) at {args.spacing:g} mm to "
-          f"{args.out} ...", file=sys.stderr)
-    pairs = write_phantom_dataset(args.out, args.subjects, args.spacing, args.seed, args.scanner)
-    print(f"Wrote {len(pairs)} subjects ({pairs[0]['id']} .. {pairs[-1]['id']}) and {args.out}/dataset.json.")
-    return 0
 
 
 def add_translate_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,42 +49,12 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
                                             "estimate at a few evenly spaced steps (.png; diffusion models only)")
 
 
-def run_translate(args: argparse.Namespace) -> int:
-    from ..translation.translate import translate_file
-
-    info = translate_file(args.mr, args.out, mask=args.mask, ckpt=args.ckpt, samples=args.samples,
-                          uncertainty=args.uncertainty, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
-                          seed=args.seed, batch_size=args.batch_size, png=args.png, ct=args.ct,
-                          shared_noise=args.shared_noise, trajectory_png=args.trajectory_png)
-    written = [args.out] + [p for p in (args.uncertainty, args.png, args.trajectory_png) if p]
-    print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")
-    return 0
-
-
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="folder of synthetic CTs: <id>.nii.gz or <id>/sct.nii.gz (or .mha; HU)")
     p.add_argument("--ref", required=True, help="SynthRAD-layout reference folder: <id>/{ct,mask}.nii.gz (2023) or .mha (2025)")
     p.add_argument("--out", required=True, help="metrics report (.json)")
     p.add_argument("--allow-missing", action="store_true", help="score the patients that have a prediction, list the rest")
     p.add_argument("--png", help="with <id>_std files: draw the calibration (reliability) diagram here (.png)")
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation.directory import evaluate_directory
-
-    if args.png is not None:
-        from sci_diffusion.atomic import check_writable
-
-        check_writable(args.png, "--png")
-    report = evaluate_directory(args.pred, args.ref, args.out, allow_missing=args.allow_missing, reliability_png=args.png)
-    mean = report["mean"]
-    print(f"{report['n_patients']} patients: MAE {mean['mae']:.1f} HU, PSNR {mean['psnr']:.2f} dB, "
-          f"SSIM {mean['ssim']:.4f}, bone MAE {mean.get('tissue_mae.bone', float('nan')):.1f} HU -> {args.out}")
-    if "coverage_1sigma" in mean:
-        print(f"uncertainty: std-|error| r {mean['uncertainty_error_r']:.3f}, within 1σ {100 * mean['coverage_1sigma']:.1f} %, "
-              f"within 2σ {100 * mean['coverage_2sigma']:.1f} % (calibrated: 68.3 %, 95.4 %)"
-              + (f"; reliability diagram {report['reliability_png']}" if "reliability_png" in report else ""))
-    return 0
 
 
 def add_audit_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,25 +65,6 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", choices=("ct", "mr"), default="ct", help="which volume of each subject to compare (default ct)")
     p.add_argument("--threshold", type=float, default=None,
                    help="correlation from which a synthetic volume is a near copy (default 0.95)")
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    from sci_diffusion.atomic import check_writable
-
-    from ..evaluation.audit import NEAR_COPY_CORRELATION, audit_directories
-
-    check_writable(args.out, "--out")
-    if args.png is not None:
-        check_writable(args.png, "--png")
-    threshold = NEAR_COPY_CORRELATION if args.threshold is None else args.threshold
-    report = audit_directories(args.synthetic, args.train, args.out, png=args.png, modality=args.modality,
-                               threshold=threshold)
-    c, ref = report["correlation"], report["training_reference"]
-    print(f"{report['n_synthetic']} synthetic against {report['n_training']} training subjects ({args.modality}): nearest "
-          f"correlation median {c['median']:.3f}, max {c['max']:.3f}; {len(report['near_copies'])} near copies "
-          f"(r >= {threshold:g})" + ("" if ref is None else f"; between training subjects the nearest-other correlation "
-                                     f"reaches {ref['max']:.3f}") + f" -> {args.out}")
-    return 0
 
 
 def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
@@ -148,15 +81,3 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--png", help="contact sheet (.png; default <out>/contact_sheet.png)")
     p.add_argument("--spacing", type=float, help="write the subjects at this isotropic voxel size in mm (MONAI Spacingd: "
                                                  "linear images, nearest labels); default: the model's grid (4 mm)")
-
-
-def run_synthesize(args: argparse.Namespace) -> int:
-    from ..synthetic.dataset import write_synthetic_dataset
-
-    info = write_synthetic_dataset(args.out, args.num, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
-                                   fmt=args.format, png=args.png, sampler=args.sampler, spacing_mm=args.spacing)
-    extra = f"; nnU-Net layout in {info['nnunet']}" if "nnunet" in info else ""
-    print(f"Wrote {info['subjects']} SYNTHETIC subjects at {'x'.join(f'{v:g}' for v in info['spacing_mm'])} mm to "
-          f"{info['out']} ({info['seconds_per_subject']:.1f} s per subject, peak RSS {info['peak_rss_mb']:.0f} MB); "
-          f"contact sheet {info['png']}{extra}.")
-    return 0

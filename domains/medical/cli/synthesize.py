@@ -1,0 +1,16 @@
+"""``sci-diffusion synthesize medical``: a SYNTHETIC paired MR / CT / label data set (``synthetic.dataset``)."""
+from __future__ import annotations
+
+import argparse
+
+from ..synthetic.dataset import write_synthetic_dataset
+
+
+def run_synthesize(args: argparse.Namespace) -> int:
+    info = write_synthetic_dataset(args.out, args.num, ckpt=args.ckpt, seed=args.seed, steps=args.steps,
+                                   fmt=args.format, png=args.png, sampler=args.sampler, spacing_mm=args.spacing)
+    extra = f"; nnU-Net layout in {info['nnunet']}" if "nnunet" in info else ""
+    print(f"Wrote {info['subjects']} SYNTHETIC subjects at {'x'.join(f'{v:g}' for v in info['spacing_mm'])} mm to "
+          f"{info['out']} ({info['seconds_per_subject']:.1f} s per subject, peak RSS {info['peak_rss_mb']:.0f} MB); "
+          f"contact sheet {info['png']}{extra}.")
+    return 0

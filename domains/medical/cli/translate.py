@@ -1,0 +1,18 @@
+"""``sci-diffusion translate``: an MR volume into a SYNTHETIC CT (``translation.translate.translate_file``)."""
+from __future__ import annotations
+
+import argparse
+
+from ..translation.options import TranslationOptions
+from ..translation.translate import translate_file
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    options = TranslationOptions(ckpt=args.ckpt, samples=args.samples, uncertainty=args.uncertainty, steps=args.steps,
+                                 sampler=args.sampler, spacing=args.spacing, seed=args.seed, batch_size=args.batch_size,
+                                 png=args.png, ct=args.ct, trajectory_png=args.trajectory_png,
+                                 shared_noise=args.shared_noise)
+    info = translate_file(args.mr, args.out, mask=args.mask, options=options)
+    written = [args.out] + [p for p in (args.uncertainty, args.png, args.trajectory_png) if p]
+    print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")
+    return 0
