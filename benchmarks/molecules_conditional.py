@@ -27,10 +27,10 @@ from reporting import write_result
 from sci_diffusion.checkpoints import bundled_checkpoint, load_module, read_checkpoint
 from sci_diffusion.guidance import classifier_free_passes
 from sci_diffusion.memory import keep_freed_memory
-from sci_diffusion_molecules.cli.commands import _property_model
 from sci_diffusion_molecules.data.qm9 import conditional_halves, edm_split, load_qm9, train_smiles
 from sci_diffusion_molecules.evaluation.conditional_protocol import baselines, evaluate_generator, normalised_mae
 from sci_diffusion_molecules.generation.sampling import Guidance
+from sci_diffusion_molecules.models.property_model import load_property_model
 
 PROPERTY = "gap"
 # EDM (Table 3), GeoLDM, EEGSDE and GeoBFN as published, gap in meV; training budgets as published.
@@ -277,8 +277,8 @@ def main() -> None:
     classifier_path = args.classifier or bundled_checkpoint("sci_diffusion_molecules", "classifier")
     regressor_path = args.regressor or bundled_checkpoint("sci_diffusion_molecules", "regressor")
     module = load_module(ckpt, domain="molecules")
-    classifier = _property_model(classifier_path, "property_classifier")
-    regressor = _property_model(regressor_path, "property_regressor")
+    classifier = load_property_model(classifier_path, "property_classifier")
+    regressor = load_property_model(regressor_path, "property_regressor")
     budget_of = lambda path: read_checkpoint(path)["sci_diffusion"].get("training_budget", "unknown")  # noqa: E731
     meta = {"checkpoint": str(ckpt), "checkpoint_sha256": module.checkpoint_hash, "generator_budget": budget_of(ckpt),
             "classifier": str(classifier_path), "classifier_sha256": classifier.checkpoint_hash,

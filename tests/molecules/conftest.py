@@ -6,6 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
+from sci_diffusion_molecules.cli import sample as sample_verb
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 from sci_diffusion_molecules.models.property_model import PropertyPredictor
@@ -32,6 +33,15 @@ def fit_tiny(model: L.LightningModule, data: L.LightningDataModule, root: Path, 
                         enable_model_summary=False, logger=False)
     trainer.fit(model, data)
     return Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+
+
+@pytest.fixture
+def sampling_forbidden(monkeypatch):
+    """``sample molecules`` fails the test if it starts drawing molecules: for flags that must be refused first."""
+    def never(*args, **kwargs):
+        raise AssertionError("sampling started before the flags were checked")
+
+    monkeypatch.setattr(sample_verb, "sample_molecules", never)  # where the verb looks it up
 
 
 @pytest.fixture(scope="session")

@@ -84,14 +84,9 @@ def test_rdkit_bond_perception_is_available_for_the_sdf(tiny_checkpoint, tmp_pat
     assert len(read_molecules(out)) == 2
 
 
-def test_an_output_under_a_file_is_refused_before_any_sampling(tmp_path, capsys, monkeypatch):
-    import sci_diffusion_molecules.generation.sampling as sampling
+def test_an_output_under_a_file_is_refused_before_any_sampling(tmp_path, capsys, sampling_forbidden):
     from sci_diffusion.cli import main
 
-    def never(*args, **kwargs):
-        raise AssertionError("sampling started before the output path was checked")
-
-    monkeypatch.setattr(sampling, "sample_molecules", never)
     blocker = tmp_path / "some_file.nii.gz"
     blocker.write_text("not a folder")
     assert main(["sample", "molecules", "--num", "2", "--no-progress", "--out", str(blocker / "y.sdf")]) == 2
@@ -105,15 +100,15 @@ def test_a_diverged_sample_counts_as_a_failure_and_stays_in_the_denominator(tiny
 
     import numpy as np
 
-    import sci_diffusion_molecules.generation.sampling as sampling
+    import sci_diffusion_molecules.cli.sample as sample_verb
 
-    real = sampling.sample_molecules
+    real = sample_verb.sample_molecules
 
     def second_diverges(*args, **kwargs):
         for i, (z, pos) in enumerate(real(*args, **kwargs)):
             yield z, (pos * np.nan if i == 1 else pos)
 
-    monkeypatch.setattr(sampling, "sample_molecules", second_diverges)
+    monkeypatch.setattr(sample_verb, "sample_molecules", second_diverges)  # where the verb looks it up
     out = tmp_path / "m.sdf"
     assert main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "4", "--steps", "2", "--no-progress",
                  "--no-novelty", "--out", str(out)]) == 0

@@ -97,13 +97,8 @@ def test_strip_frames_are_evenly_spaced_and_keep_the_last():
     (["--trajectory", "t.xyz", "--smiles", "CCO"], "--trajectory works with plain and conditional sampling, not with --smiles"),
     (["--trajectory-png", "blocker/s.png"], "--trajectory-png blocker/s.png cannot be written"),
 ])
-def test_bad_trajectory_flags_get_one_sentence_and_exit_2_before_sampling(argv, message, tmp_path, capsys, monkeypatch):
-    import sci_diffusion_molecules.generation.sampling as sampling
-
-    def never(*args, **kwargs):
-        raise AssertionError("sampling started before the flags were checked")
-
-    monkeypatch.setattr(sampling, "sample_molecules", never)
+def test_bad_trajectory_flags_get_one_sentence_and_exit_2_before_sampling(argv, message, tmp_path, capsys, monkeypatch,
+                                                                          sampling_forbidden):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "blocker").write_text("a file")
     assert main(["sample", "molecules", "--num", "4", "--out", "m.sdf", "--no-progress", *argv]) == 2

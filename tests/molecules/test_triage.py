@@ -163,13 +163,7 @@ def test_a_bad_filter_gets_one_sentence_and_exit_2_before_any_checkpoint_is_read
 
 
 def test_a_filter_on_a_property_the_run_lacks_is_refused_before_sampling(tiny_checkpoint, tmp_path, capsys,
-                                                                          monkeypatch):
-    import sci_diffusion_molecules.generation.sampling as sampling
-
-    def never(*args, **kwargs):
-        raise AssertionError("sampling started before the filter was checked")
-
-    monkeypatch.setattr(sampling, "sample_molecules", never)
+                                                                          sampling_forbidden):
     assert main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--out", str(tmp_path / "x.sdf"),
                  "--no-novelty", "--no-progress", "--filter", "valid and gap > 6"]) == 2
     err = capsys.readouterr().err

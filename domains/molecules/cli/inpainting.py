@@ -1,6 +1,6 @@
 """``sample molecules --smiles`` (conformers of a molecule) and ``--fix-atoms`` (grow a fragment).
 
-Called by ``commands.run_sample`` when either flag is given; the flags are checked before any
+Called by ``sample.run_sample`` when either flag is given; the flags are checked before any
 checkpoint is read, and every problem is one sentence and exit 2.
 """
 from __future__ import annotations
@@ -11,8 +11,26 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from rdkit import Chem
 
+import sci_diffusion
+from sci_diffusion.atomic import atomic_path, check_writable, write_json
+from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 from sci_diffusion.errors import UserError
+
+from ..chem.elements import ATOM_TYPES
+from ..chem.files import MoleculeWriter
+from ..generation.conformers import (
+    InpaintingTask,
+    fragment_rmsd,
+    generate_conformers,
+    graph_bonds,
+    inpaint_molecules,
+    molecule_from_smiles,
+    perceived_bonds,
+    with_conformer,
+)
 
 INCOMPATIBLE = ("condition", "condition_from", "regressor")
 
@@ -40,10 +58,6 @@ def check_inpainting_arguments(args: argparse.Namespace) -> None:
 
 def read_fragment(path: str):
     """The first molecule of an SDF/MOL file, hydrogens kept: ``(atomic numbers (k,), positions (k, 3))``."""
-    from rdkit import Chem
-
-    from ..chem.elements import ATOM_TYPES
-
     if not Path(path).is_file():
         raise UserError(f"--fix-atoms {path} does not exist.")
     supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
@@ -58,8 +72,7 @@ def read_fragment(path: str):
 
 
 def _load_edm_model(args: argparse.Namespace):
-    from sci_diffusion.checkpoints import bundled_checkpoint, load_module
-
+    """The ``--ckpt`` model (default: the bundled unconditional one); UserError unless it diffuses atoms."""
     ckpt = Path(args.ckpt) if args.ckpt else bundled_checkpoint("sci_diffusion_molecules", "unconditional")
     module = load_module(ckpt, domain="molecules").eval()
     if getattr(module, "model_kind", None) != "edm":
@@ -69,11 +82,7 @@ def _load_edm_model(args: argparse.Namespace):
 
 
 def run_inpainting_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    import sci_diffusion
-    from sci_diffusion.atomic import atomic_path, check_writable, write_json
-
+    """``sample molecules --smiles`` or ``--fix-atoms``: the molecules to ``--out`` and a summary JSON beside it."""
     check_inpainting_arguments(args)
     check_writable(args.out)
     module = _load_edm_model(args)
@@ -82,62 +91,61 @@ def run_inpainting_sample(args: argparse.Namespace) -> int:
             "generator": f"sci-diffusion {sci_diffusion.__version__}"}
     start = time.perf_counter()
     if args.smiles:
-        from rdkit import Chem
-
-        from ..generation.conformers import (
-            generate_conformers,
-            graph_bonds,
-            molecule_from_smiles,
-            perceived_bonds,
-            with_conformer,
-        )
-
-        mol = molecule_from_smiles(args.smiles)
-        z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-        conformers = []
-        for first in range(0, args.num, args.batch_size):
-            count = min(args.batch_size, args.num - first)
-            conformers += generate_conformers(module, [mol], count, args.sampler, args.steps, gen, args.precision)[0]
-        kept = [(i, p) for i, p in enumerate(conformers) if perceived_bonds(z, p) == graph_bonds(mol)]
-        with atomic_path(args.out, suffix=".sdf") as tmp:
-            writer = Chem.SDWriter(str(tmp))
-            for i, pos in kept:
-                record = with_conformer(mol, pos)
-                for key, value in {**tags, "sampler": args.sampler, "index": i, "SMILES": args.smiles}.items():
-                    record.SetProp(str(key), str(value))
-                writer.write(record)
-            writer.close()
-        seconds = time.perf_counter() - start
-        summary = {"smiles": args.smiles, "requested": args.num, "written": len(kept),
-                   "wrong_connectivity": args.num - len(kept), "seconds_per_conformer": seconds / args.num, **tags}
-        print(f"wrote {len(kept)} conformers of {args.smiles} to {args.out}; {args.num - len(kept)} of {args.num} did not "
-              f"have the input's connectivity (bonds perceived from distances by RDKit) and were left out "
-              f"({seconds / args.num:.2f} s per conformer)")
+        summary = _write_conformers(args, module, gen, tags, start)
     else:
-        from ..chem.files import MoleculeWriter
-        from ..generation.conformers import InpaintingTask, fragment_rmsd, inpaint_molecules
-
-        z_fragment, pos_fragment = read_fragment(args.fix_atoms)
-        if not 1 <= args.atoms <= 100:
-            raise UserError(f"--atoms {args.atoms} is out of range; use {len(z_fragment)} to 100 atoms.")
-        task = InpaintingTask.fragment(z_fragment, pos_fragment, args.atoms)
-        rmsds = []
-        with MoleculeWriter(Path(args.out), chunk_size=args.batch_size, bonds=args.bonds) as writer:
-            stream = inpaint_molecules(module, task, args.num, args.steps, args.resample, gen, args.batch_size,
-                                       args.precision)
-            for i, (z, pos) in enumerate(stream):
-                # back to the fragment's own frame: its atoms sit where the file put them, up to rounding
-                pos = pos - pos[: len(z_fragment)].mean(axis=0) + pos_fragment.mean(axis=0)
-                rmsds.append(fragment_rmsd(pos_fragment, pos))
-                writer.write(z, pos, {**tags, "sampler": "repaint", "resample": args.resample, "index": i,
-                                      "fragment_atoms": len(z_fragment), "fragment_rmsd_A": f"{rmsds[-1]:.4f}"})
-        seconds = time.perf_counter() - start
-        summary = {"fragment": str(args.fix_atoms), "fragment_atoms": len(z_fragment), "atoms": args.atoms,
-                   "written": args.num, "max_fragment_rmsd_A": max(rmsds), "resample": args.resample,
-                   "seconds_per_molecule": seconds / args.num, **tags}
-        print(f"wrote {args.num} molecules of {args.atoms} atoms grown from the {len(z_fragment)}-atom fragment "
-              f"{args.fix_atoms} to {args.out}; the fragment moved by at most {max(rmsds):.3f} Å RMSD "
-              f"({seconds / args.num:.2f} s per molecule)")
+        summary = _write_grown_fragments(args, module, gen, tags, start)
     write_json(Path(args.out).with_suffix(Path(args.out).suffix + ".json"), summary)
     sys.stdout.flush()
     return 0
+
+
+def _write_conformers(args: argparse.Namespace, module, gen: torch.Generator, tags: dict, start: float) -> dict:
+    """``--smiles``: conformers with the input's connectivity to the ``--out`` SDF; returns the run's summary."""
+    mol = molecule_from_smiles(args.smiles)
+    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    conformers = []
+    for first in range(0, args.num, args.batch_size):
+        count = min(args.batch_size, args.num - first)
+        conformers += generate_conformers(module, [mol], count, args.sampler, args.steps, gen, args.precision)[0]
+    kept = [(i, p) for i, p in enumerate(conformers) if perceived_bonds(z, p) == graph_bonds(mol)]
+    with atomic_path(args.out, suffix=".sdf") as tmp:
+        writer = Chem.SDWriter(str(tmp))
+        for i, pos in kept:
+            record = with_conformer(mol, pos)
+            for key, value in {**tags, "sampler": args.sampler, "index": i, "SMILES": args.smiles}.items():
+                record.SetProp(str(key), str(value))
+            writer.write(record)
+        writer.close()
+    seconds = time.perf_counter() - start
+    summary = {"smiles": args.smiles, "requested": args.num, "written": len(kept),
+               "wrong_connectivity": args.num - len(kept), "seconds_per_conformer": seconds / args.num, **tags}
+    print(f"wrote {len(kept)} conformers of {args.smiles} to {args.out}; {args.num - len(kept)} of {args.num} did not "
+          f"have the input's connectivity (bonds perceived from distances by RDKit) and were left out "
+          f"({seconds / args.num:.2f} s per conformer)")
+    return summary
+
+
+def _write_grown_fragments(args: argparse.Namespace, module, gen: torch.Generator, tags: dict, start: float) -> dict:
+    """``--fix-atoms``: molecules grown from the fragment to ``--out``; returns the run's summary."""
+    z_fragment, pos_fragment = read_fragment(args.fix_atoms)
+    if not 1 <= args.atoms <= 100:
+        raise UserError(f"--atoms {args.atoms} is out of range; use {len(z_fragment)} to 100 atoms.")
+    task = InpaintingTask.fragment(z_fragment, pos_fragment, args.atoms)
+    rmsds = []
+    with MoleculeWriter(Path(args.out), chunk_size=args.batch_size, bonds=args.bonds) as writer:
+        stream = inpaint_molecules(module, task, args.num, args.steps, args.resample, gen, args.batch_size,
+                                   args.precision)
+        for i, (z, pos) in enumerate(stream):
+            # back to the fragment's own frame: its atoms sit where the file put them, up to rounding
+            pos = pos - pos[: len(z_fragment)].mean(axis=0) + pos_fragment.mean(axis=0)
+            rmsds.append(fragment_rmsd(pos_fragment, pos))
+            writer.write(z, pos, {**tags, "sampler": "repaint", "resample": args.resample, "index": i,
+                                  "fragment_atoms": len(z_fragment), "fragment_rmsd_A": f"{rmsds[-1]:.4f}"})
+    seconds = time.perf_counter() - start
+    summary = {"fragment": str(args.fix_atoms), "fragment_atoms": len(z_fragment), "atoms": args.atoms,
+               "written": args.num, "max_fragment_rmsd_A": max(rmsds), "resample": args.resample,
+               "seconds_per_molecule": seconds / args.num, **tags}
+    print(f"wrote {args.num} molecules of {args.atoms} atoms grown from the {len(z_fragment)}-atom fragment "
+          f"{args.fix_atoms} to {args.out}; the fragment moved by at most {max(rmsds):.3f} Å RMSD "
+          f"({seconds / args.num:.2f} s per molecule)")
+    return summary

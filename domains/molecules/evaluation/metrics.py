@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..chem.stability import as_molecule, molecule_report, stable_atoms
+from ..data import qm9
 
 PROTOCOL = "EDM (Hoogeboom et al. 2022): bond orders from distances, explicit H"
 
@@ -31,6 +32,14 @@ def molecule_stability(molecules: Iterable[tuple]) -> float:
     if not stable:
         raise ValueError("There are no molecules to evaluate.")
     return sum(stable) / len(stable)
+
+
+def novelty_reference(module) -> frozenset[str]:
+    """The SMILES a model's samples are novel against: its own training set's, stored in the checkpoint
+    of a model trained on custom data, or QM9's train split (``qm9.train_smiles``, cached after the first call)."""
+    if getattr(module, "training_smiles", None) is not None:
+        return frozenset(module.training_smiles)
+    return qm9.train_smiles()  # the metric's own argument is also called train_smiles
 
 
 def evaluate_molecules(

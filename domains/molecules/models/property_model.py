@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from sci_diffusion.checkpoints import training_record
+from sci_diffusion.callbacks import CheckpointAtTrainEnd, LossCurvePlot
+from sci_diffusion.checkpoints import load_module, read_checkpoint, training_record
+from sci_diffusion.errors import UserError
 from sci_diffusion.schedules import NoiseSchedule
 
 from ..chem.elements import ATOM_TYPES
@@ -173,8 +175,6 @@ class PropertyPredictor(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self):
-        from sci_diffusion.callbacks import CheckpointAtTrainEnd, LossCurvePlot
-
         return [CheckpointAtTrainEnd(), LossCurvePlot()]
 
     # ----- checkpoints ----------------------------------------------------------------------------
@@ -185,6 +185,19 @@ class PropertyPredictor(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.normalisation = PropertyConditioning.from_record(checkpoint["sci_diffusion"]["normalisation"])
+
+
+def load_property_model(path: str, role: str) -> PropertyPredictor:
+    """Load a property classifier or regressor checkpoint (``role``: ``"property_classifier"`` or
+    ``"property_regressor"``, as its record says).
+
+    Raises:
+        UserError: the checkpoint holds another kind of model.
+    """
+    found = read_checkpoint(path)["sci_diffusion"].get("role")
+    if found != role:
+        raise UserError(f"{path} is not a {role.replace('_', ' ')} checkpoint.")
+    return load_module(path, domain="molecules")
 
 
 @torch.no_grad()

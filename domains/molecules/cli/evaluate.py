@@ -1,0 +1,57 @@
+"""``sci-diffusion evaluate molecules``: score an SDF/XYZ file with the EDM metrics (flags: ``arguments.py``)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sci_diffusion.checkpoints import bundled_checkpoint, file_sha256, load_module
+from sci_diffusion.errors import UserError
+
+from ..chem.files import read_molecules
+from ..data.qm9 import train_smiles
+from ..evaluation.evaluate_file import evaluate_file
+from ..evaluation.metrics import novelty_reference
+from ..models.property_model import load_property_model
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate molecules``: the EDM metrics of ``--samples`` (and the classifier's MAE against their
+    targets) as ``--out`` JSON; prints the headline metrics."""
+    if not Path(args.samples).is_file():
+        raise UserError(f"Samples file {args.samples} does not exist.")
+    try:
+        first = read_molecules(args.samples)[:1]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    classifier = None
+    if args.classifier:
+        classifier = load_property_model(args.classifier, "property_classifier")
+    else:
+        if first and "target_gap" in first[0][2]:
+            path = bundled_checkpoint("sci_diffusion_molecules", "classifier", "--classifier")
+            classifier = load_property_model(path, "property_classifier")
+    reference, described = None, None
+    if args.novelty:
+        ckpt = args.ckpt or _generating_checkpoint(first[0][2] if first else {})
+        module = load_module(ckpt, domain="molecules") if ckpt else None
+        reference = novelty_reference(module) if module is not None else train_smiles()
+        described = (f"the training set of {ckpt} ({len(reference)} SMILES)"
+                     if module is not None and module.training_smiles is not None else "QM9's EDM train split")
+    try:
+        metrics = evaluate_file(args.samples, args.out, reference, classifier, novelty_reference=described)
+    except ValueError as exc:  # MoleculeFileError, UnknownElementError: already one clear sentence
+        raise UserError(str(exc)) from None
+    keys = ("atom_stability", "molecule_stability", "validity", "uniqueness", "validity_x_uniqueness", "novelty",
+            "property_mae")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    return 0
+
+
+def _generating_checkpoint(properties: dict) -> str | None:
+    """The checkpoint a record of ``sample molecules`` names (``checkpoint``), if that file still holds the
+    model of the record's ``checkpoint_sha256``; None otherwise."""
+    path = properties.get("checkpoint")
+    if not path or not Path(path).is_file():
+        return None
+    return path if file_sha256(path) == properties.get("checkpoint_sha256") else None

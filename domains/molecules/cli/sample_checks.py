@@ -1,0 +1,99 @@
+"""The checks of ``sample molecules``' flags that need no checkpoint: each problem is one sentence and exit 2,
+before any model is read (``sample.py`` runs them first)."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from sci_diffusion.atomic import check_writable
+from sci_diffusion.errors import UserError
+from sci_diffusion.guidance import check_interval, classifier_free_passes
+
+from ..data.conditioning import parse_targets
+from ..evaluation.triage import CandidateExpression
+
+
+def check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
+    """Everything that can be said about the flags before a checkpoint is read; returns the targets."""
+    out = Path(args.out)
+    if out.suffix.lower() not in (".sdf", ".xyz"):
+        raise UserError(f"--out {out} must end in .sdf or .xyz.")
+    check_writable(out)
+    if args.png:
+        check_writable(args.png, "--png")
+    if args.num < 1 or args.steps < 1 or args.batch_size < 1:
+        raise UserError("--num, --steps and --batch-size must be positive.")
+    if args.atoms is not None and not 1 <= args.atoms <= 100:
+        raise UserError(f"--atoms {args.atoms} is out of range; use 1 to 100 atoms.")
+    for flag, value in (("--guidance", args.guidance), ("--gradient-guidance", args.gradient_guidance)):
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number.")
+    args.guidance_interval = parse_guidance_interval(args.guidance_interval, args.guidance)
+    targets = parse_targets(args.condition) if args.condition else None
+    if targets is not None and args.condition_from:
+        raise UserError("Give either --condition or --condition-from, not both.")
+    if args.condition_from and args.atoms is not None:
+        raise UserError("--condition-from draws each molecule's size with its targets; drop --atoms.")
+    conditional = targets is not None or args.condition_from is not None
+    if args.gradient_guidance and not args.regressor:
+        raise UserError("--gradient-guidance needs --regressor CKPT, a noise-aware property regressor "
+                        "(e.g. the bundled checkpoints/qm9_gap_regressor.ckpt).")
+    if args.gradient_guidance < 0:
+        raise UserError("--gradient-guidance must not be negative.")
+    if not conditional and (args.guidance != 1.0 or args.gradient_guidance):
+        raise UserError("Guidance needs a target: add --condition NAME=VALUE or --condition-from db.")
+    return targets
+
+
+def parse_guidance_interval(text: str | None, scale: float) -> tuple[float, float] | None:
+    """``--guidance-interval LO,HI`` as ``(LO, HI)`` (None when not given), or one sentence on what is wrong."""
+    if text is None:
+        return None
+    try:
+        interval = check_interval(text.split(","))  # refuses a word, NaN, reversed bounds, a third value
+    except ValueError:
+        raise UserError(f"--guidance-interval takes two diffusion times LO,HI with 0 <= LO < HI <= 1, such as 0.1,0.5; "
+                        f"not {text!r}.") from None
+    if scale in (0.0, 1.0):
+        raise UserError("--guidance-interval limits classifier-free guidance: give a --guidance weight other than 0 and 1.")
+    return interval
+
+
+TRIAGE_FLAGS = ("filter", "rank", "top_png", "trajectory", "trajectory_molecules", "trajectory_png")
+
+
+def refuse_triage_flags(args: argparse.Namespace) -> None:
+    """--smiles and --fix-atoms write no candidates table and sample otherwise: refuse the triage flags there."""
+    used = [f"--{name.replace('_', '-')}" for name in TRIAGE_FLAGS if getattr(args, name, None) is not None]
+    if used:
+        raise UserError(f"{', '.join(used)} work{'s' * (len(used) == 1)} with plain and conditional sampling, "
+                        f"not with {'--smiles' if args.smiles else '--fix-atoms'}.")
+
+
+def check_triage_arguments(args: argparse.Namespace) -> tuple[CandidateExpression | None, CandidateExpression | None]:
+    """The triage and trajectory flags, checked before any checkpoint is read; returns the parsed
+    ``(filter, rank)`` expressions (None where not given)."""
+    expressions = tuple(None if getattr(args, name) is None else CandidateExpression.parse(getattr(args, name), flag)
+                        for name, flag in (("filter", "--filter"), ("rank", "--rank")))
+    out = Path(args.out).resolve()
+    for flag, path in (("--top-png", args.top_png), ("--trajectory-png", args.trajectory_png),
+                       ("--trajectory", args.trajectory)):
+        if path:
+            check_writable(path, flag)
+            if out in Path(path).resolve().parents:
+                raise UserError(f"{flag} {path} lies under the --out file {args.out}; put it beside it.")
+    if args.trajectory:
+        trajectory = Path(args.trajectory)
+        if trajectory.suffix.lower() != ".xyz":
+            raise UserError(f"--trajectory {trajectory} must end in .xyz (a multi-frame XYZ file).")
+        if trajectory.resolve() == out:
+            raise UserError(f"--trajectory {trajectory} is the --out file; give it another name.")
+    if args.trajectory_molecules is not None:
+        if not args.trajectory:
+            raise UserError("--trajectory-molecules needs --trajectory PATH.xyz.")
+        first_batch = min(args.num, max(1, args.batch_size // classifier_free_passes(args.guidance)))
+        if not 1 <= args.trajectory_molecules <= first_batch:
+            raise UserError(f"--trajectory-molecules {args.trajectory_molecules} is out of range; the first batch "
+                            f"holds 1 to {first_batch} molecules (--num, --batch-size, halved by --guidance).")
+    return expressions
