@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 from rdkit import Chem
+from rdkit.Chem import rdDetermineBonds
 from rdkit.Geometry import Point3D
 
 from .elements import KNOWN_ELEMENTS, SYMBOLS, check_known
@@ -141,8 +142,6 @@ def to_rdkit_mol(z, pos, bonds: Literal["edm", "rdkit"] = "edm", charges=None) -
     mol.AddConformer(conformer, assignId=True)
     mol = mol.GetMol()
     if bonds == "rdkit":
-        from rdkit.Chem import rdDetermineBonds
-
         try:
             candidate = Chem.Mol(mol)
             total = 0 if charges is None else int(np.sum(charges))

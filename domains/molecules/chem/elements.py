@@ -31,6 +31,7 @@ KNOWN_ELEMENTS: tuple[str, ...] = ("H", "B", "C", "N", "O", "F", "Si", "P", "S",
 
 @cache
 def _periodic_table():
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
     from rdkit import Chem
 
     return Chem.GetPeriodicTable()

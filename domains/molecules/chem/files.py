@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
+from rdkit.Chem import Draw, rdDepictor
 from rdkit.rdBase import BlockLogs
 
 from sci_diffusion.atomic import atomic_path
@@ -245,8 +246,6 @@ def draw_grid_png(
     Raises:
         DrawingError: RDKit's PNG drawing failed.
     """
-    from rdkit.Chem import Draw, rdDepictor
-
     depictions = []
     for mol in list(mols)[:n]:
         if isinstance(mol, Chem.Mol):

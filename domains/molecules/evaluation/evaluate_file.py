@@ -6,9 +6,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from sci_diffusion.atomic import write_json
 
 from ..chem.files import MoleculeFileError, read_molecules
+from ..models.property_model import predict_properties
+from .conditional_protocol import mean_absolute_error
 from .metrics import evaluate_molecules
 
 
@@ -61,11 +65,6 @@ def evaluate_file(
 
 def _property_errors(molecules: list, classifier) -> dict:
     """MAE of the classifier's predictions against the records' ``target_<property>`` fields."""
-    import numpy as np
-
-    from ..models.property_model import predict_properties
-    from .conditional_protocol import mean_absolute_error
-
     predictions = predict_properties(classifier, ((z, pos) for z, pos, *_ in molecules))
     out: dict = {"property_mae": {}, "property_scored": {}, "classifier_sha256": classifier.checkpoint_hash}
     for k, name in enumerate(classifier.properties):

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
-from rdkit import Chem, RDConfig
-from rdkit.Chem import QED, rdMolDescriptors
+from rdkit import Chem, DataStructs, RDConfig
+from rdkit.Chem import QED, rdFingerprintGenerator, rdMolDescriptors
 from rdkit.rdBase import BlockLogs
 
 from sci_diffusion.errors import UserError
@@ -57,7 +57,7 @@ def _sascorer():
         return None
     if folder not in sys.path:
         sys.path.append(folder)
-    import sascorer
+    import sascorer  # RDKit Contrib: importable only from the folder just put on sys.path, and not in every install
 
     return sascorer
 
@@ -373,8 +373,6 @@ def legend(row: Mapping[str, object], properties: Sequence[str]) -> str:
 # --- diversity -----------------------------------------------------------------------------------
 
 def _fingerprints(smiles: Sequence[str]) -> list:
-    from rdkit.Chem import rdFingerprintGenerator
-
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
     mols = [_mol(s) for s in smiles]
     return [generator.GetFingerprint(m) for m in mols if m is not None]
@@ -383,8 +381,6 @@ def _fingerprints(smiles: Sequence[str]) -> list:
 def mean_pairwise_tanimoto_distance(smiles: Sequence[str]) -> float | None:
     """Mean of ``1 - Tanimoto`` over all pairs of the molecules (Morgan, radius 2, 2048 bits; RDKit's
     ``BulkTanimotoSimilarity``), 0 for identical molecules, up to 1; None for fewer than two."""
-    from rdkit import DataStructs
-
     fps = _fingerprints(smiles)
     if len(fps) < 2:
         return None

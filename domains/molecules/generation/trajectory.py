@@ -24,6 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sci_diffusion.atomic import atomic_path
+
+from ..chem.bonds import bond_orders
+from ..chem.elements import SYMBOLS
+from ..chem.files import write_xyz_frames
 from ..data.atom_state import decode_atoms
 
 STATES = ("x_t", "x0")  # the sampler's state, the network's data estimate
@@ -88,8 +93,6 @@ def x0_path(path: str | os.PathLike) -> Path:
 def write_trajectories(recorder: TrajectoryRecorder, path: str | os.PathLike) -> tuple[Path, Path]:
     """Write the ``x_t`` frames to ``path`` and the ``x0_hat`` frames to :func:`x0_path` (see the module
     docstring for the layout); returns both paths."""
-    from ..chem.files import write_xyz_frames
-
     written = []
     for state, target in zip(STATES, (Path(path), x0_path(path))):
         frames = ((f.z, f.pos, {"molecule": k, "step": f.step, "t": f"{f.t:.6g}", "state": state})
@@ -123,16 +126,12 @@ def draw_strip_png(frames: Sequence[Frame], path: str | os.PathLike, steps: int,
         path: the PNG to write (atomically).
         steps: the run's step count, for the panel titles.
     """
+    # matplotlib: only when --trajectory-png asks for a picture (its import takes seconds)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-
-    from sci_diffusion.atomic import atomic_path
-
-    from ..chem.bonds import bond_orders
-    from ..chem.elements import SYMBOLS
 
     shown = strip_frames(frames, n)
     axes_3d = _plane(frames[-1].pos)

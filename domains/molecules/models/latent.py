@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sci_diffusion.callbacks import CheckpointAtTrainEnd, LossCurvePlot
+from sci_diffusion.checkpoints import read_checkpoint, training_record
 from sci_diffusion.module import DiffusionBatch
 
 from ..chem.elements import ATOM_TYPES
@@ -210,8 +212,6 @@ class LatentMoleculeDiffusion(MoleculeDiffusion):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.autoencoder_ckpt and not getattr(self, "_autoencoder_loaded", None):
-            from sci_diffusion.checkpoints import read_checkpoint
-
             state = read_checkpoint(self.hparams.autoencoder_ckpt)["state_dict"]
             self.autoencoder.load_state_dict({k[len("autoencoder."):]: v for k, v in state.items()
                                               if k.startswith("autoencoder.")})
@@ -270,11 +270,7 @@ class MoleculeAutoencoder(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def configure_callbacks(self):
-        from sci_diffusion.callbacks import CheckpointAtTrainEnd, LossCurvePlot
-
         return [CheckpointAtTrainEnd(), LossCurvePlot()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from sci_diffusion.checkpoints import training_record
-
         checkpoint["sci_diffusion"] = {**training_record(self, self.domain), "role": "autoencoder"}
