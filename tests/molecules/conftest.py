@@ -1,23 +1,58 @@
-"""Tiny checkpoints of the conditional protocol's three models, trained once per test session on
-small slices of the real QM9 halves: a gap-conditioned generator (Db), a gap classifier (Da) and a
-noise-aware gap regressor (Db). They are a few steps old: they test plumbing, not quality."""
+"""What the molecules tests share: real QM9 (the arrays and a first batch of six molecules), the helpers
+that feed a denoiser a centred state, and tiny checkpoints trained once per test session on small
+slices of the real QM9 halves: an unconditional model, a gap-conditioned generator (Db), a gap
+classifier (Da) and a noise-aware gap regressor (Db). They are a few steps old: they test plumbing,
+not quality."""
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
+from torch_geometric.data import Batch
 
+from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 from sci_diffusion_molecules.cli import sample as sample_verb
+from sci_diffusion_molecules.data.atom_state import encode_atoms, molecule_space
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
+from sci_diffusion_molecules.data.qm9 import load_qm9
 from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 from sci_diffusion_molecules.models.property_model import PropertyPredictor
+
+
+@pytest.fixture(scope="session")
+def qm9():
+    """The QM9 arrays (all 130,831 molecules), read once per session."""
+    return load_qm9()
+
+
+@pytest.fixture(scope="session")
+def bundled_model():
+    """The bundled unconditional EDM-style model (``qm9_edm_small.ckpt``), in eval mode."""
+    return load_module(bundled_checkpoint("sci_diffusion_molecules", "unconditional"), domain="molecules")
+
+
+@pytest.fixture(scope="session")
+def qm9_batch():
+    """The first training batch of six real QM9 molecules (PyG ``Batch``)."""
+    dm = QM9DataModule(batch_size=6, limit=50)
+    dm.setup()
+    return next(iter(dm.train_dataloader()))
+
+
+def centred_state(batch) -> torch.Tensor:
+    """The float64 atom state ``(N, 9)`` of a PyG batch, projected to zero centre of mass per molecule."""
+    x = encode_atoms(batch.pos, batch.one_hot, batch.charges).double()
+    return molecule_space(batch.batch, batch.num_graphs).project(x)
+
+
+def predict(network, batch, x: torch.Tensor, t: float = 0.4) -> torch.Tensor:
+    """A denoiser network's ``(EGNN, E3nnDenoiser)`` output for the state ``x`` of ``batch`` at time ``t``, unconditioned."""
+    return network(x, torch.tensor(t, dtype=x.dtype), None, batch.batch, batch.num_graphs)
 
 
 def permuted_first_molecule(qm9_batch):
     """``(original, permuted, perm)``: the batch's first molecule alone, and the same molecule with its atoms
     in the order ``perm`` (positions, types and charges moved together), each as a one-molecule Batch."""
-    import torch
-    from torch_geometric.data import Batch
-
     data = qm9_batch.get_example(0)
     perm = torch.randperm(data.num_nodes, generator=torch.Generator().manual_seed(0))
     permuted = data.clone()

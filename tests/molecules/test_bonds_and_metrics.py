@@ -8,13 +8,8 @@ from sci_diffusion_molecules.chem.bonds import bond_orders, to_rdkit_mol
 from sci_diffusion_molecules.chem.elements import UnknownElementError
 from sci_diffusion_molecules.chem.smiles import molecule_smiles
 from sci_diffusion_molecules.chem.stability import stable_atoms
-from sci_diffusion_molecules.data.qm9 import edm_split, load_qm9, rebuilt_smiles
+from sci_diffusion_molecules.data.qm9 import edm_split, rebuilt_smiles
 from sci_diffusion_molecules.evaluation.metrics import atom_stability, evaluate_molecules, molecule_stability
-
-
-@pytest.fixture(scope="module")
-def qm9():
-    return load_qm9()
 
 
 def pair(z1, z2, distance):

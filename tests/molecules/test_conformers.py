@@ -8,7 +8,6 @@ import pytest
 import torch
 from rdkit import Chem
 
-from sci_diffusion.checkpoints import bundled_checkpoint
 from sci_diffusion.cli import main
 from sci_diffusion_molecules.generation.conformers import (
     GraphRestrainedDenoiser,
@@ -22,13 +21,6 @@ from sci_diffusion_molecules.generation.conformers import (
     molecule_from_smiles,
     perceived_bonds,
 )
-
-
-@pytest.fixture(scope="module")
-def edm_model():
-    from sci_diffusion.checkpoints import load_module
-
-    return load_module(bundled_checkpoint("sci_diffusion_molecules", "unconditional"), domain="molecules").eval()
 
 
 def test_the_bounds_refinement_reaches_the_graphs_connectivity():
@@ -45,19 +37,19 @@ def test_the_bounds_refinement_reaches_the_graphs_connectivity():
             assert bound_violation(mol, p) < 0.1
 
 
-def test_conformers_keep_the_molecule_and_its_connectivity(edm_model):
+def test_conformers_keep_the_molecule_and_its_connectivity(bundled_model):
     mol = molecule_from_smiles("CC(=O)NC")
-    conformers = generate_conformers(edm_model, [mol], copies=4, steps=20, generator=torch.Generator().manual_seed(0))[0]
+    conformers = generate_conformers(bundled_model, [mol], copies=4, steps=20, generator=torch.Generator().manual_seed(0))[0]
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
     kept = [perceived_bonds(z, p) == graph_bonds(mol) for p in conformers]
     assert len(conformers) == 4 and sum(kept) >= 3
     assert all(bound_violation(mol, p) < 0.3 for p in conformers)
 
 
-def test_without_the_network_the_refinement_alone_is_the_ablation(edm_model):
+def test_without_the_network_the_refinement_alone_is_the_ablation(bundled_model):
     """The same sampler without the model: connectivity from the bounds, but conformers that differ from the model's."""
     mol = molecule_from_smiles("CCO")
-    model = generate_conformers(edm_model, [mol], copies=2, steps=10, generator=torch.Generator().manual_seed(1))[0]
+    model = generate_conformers(bundled_model, [mol], copies=2, steps=10, generator=torch.Generator().manual_seed(1))[0]
     alone = generate_conformers(None, [mol], copies=2, steps=10, generator=torch.Generator().manual_seed(1))[0]
     assert not np.allclose(model[0], alone[0], atol=1e-2)
 
@@ -90,7 +82,7 @@ def test_smiles_cli_writes_conformers_with_the_input_bonds(tmp_path, capsys):
     assert "did not have the input's connectivity" in capsys.readouterr().out
 
 
-def test_a_fragment_keeps_its_atoms_and_place(edm_model, tmp_path):
+def test_a_fragment_keeps_its_atoms_and_place(bundled_model, tmp_path):
     from rdkit.Chem import AllChem
 
     fragment = molecule_from_smiles("C1=COC=N1")
@@ -100,7 +92,7 @@ def test_a_fragment_keeps_its_atoms_and_place(edm_model, tmp_path):
     Chem.MolToMolFile(fragment, str(path))
     z_fragment = np.array([a.GetAtomicNum() for a in fragment.GetAtoms()])
     task = InpaintingTask.fragment(z_fragment, fragment.GetConformer().GetPositions(), atoms=12)
-    grown = list(inpaint_molecules(edm_model, task, 3, steps=10, resample=2, generator=torch.Generator().manual_seed(0)))
+    grown = list(inpaint_molecules(bundled_model, task, 3, steps=10, resample=2, generator=torch.Generator().manual_seed(0)))
     for z, pos in grown:
         assert len(z) == 12 and np.array_equal(z[:5], z_fragment)
         assert fragment_rmsd(fragment.GetConformer().GetPositions(), pos) < 1e-3

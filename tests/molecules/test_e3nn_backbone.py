@@ -5,20 +5,13 @@ import torch
 from e3nn import o3
 
 from sci_diffusion.checkpoints import load_module
-from sci_diffusion_molecules.data.atom_state import encode_atoms, molecule_space
+from sci_diffusion_molecules.data.atom_state import molecule_space
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.generation.sampling import sample_molecules
 from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 from sci_diffusion_molecules.models.e3nn_backbone import E3nnDenoiser
 
-from .conftest import fit_tiny, permuted_first_molecule
-
-
-@pytest.fixture(scope="module")
-def qm9_batch():
-    dm = QM9DataModule(batch_size=6, limit=50)
-    dm.setup()
-    return next(iter(dm.train_dataloader()))
+from .conftest import centred_state, fit_tiny, permuted_first_molecule, predict
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["lmax1", "lmax2"])
@@ -34,15 +27,6 @@ def net(request):
         torch.set_default_dtype(default)
     assert isinstance(m.net, E3nnDenoiser)
     return m.net.eval().double()
-
-
-def centred_state(batch):
-    x = encode_atoms(batch.pos, batch.one_hot, batch.charges).double()
-    return molecule_space(batch.batch, batch.num_graphs).project(x)
-
-
-def predict(net, batch, x, t=0.4):
-    return net(x, torch.tensor(t, dtype=x.dtype), None, batch.batch, batch.num_graphs)
 
 
 def test_coordinates_rotate_and_features_stay_invariant_under_e3nn_rotations(net, qm9_batch):

@@ -7,20 +7,12 @@ from e3nn import o3
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.denoiser import failed_samples, isolate_failed_samples
 from sci_diffusion.names import SAMPLER_NAMES
-from sci_diffusion_molecules.data.atom_state import encode_atoms, molecule_space
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.generation.sampling import sample_molecules
 from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 from sci_diffusion_molecules.models.egnn import fully_connected_edges
 
-from .conftest import permuted_first_molecule
-
-
-@pytest.fixture(scope="module")
-def qm9_batch():
-    dm = QM9DataModule(batch_size=6, limit=50)
-    dm.setup()
-    return next(iter(dm.train_dataloader()))
+from .conftest import centred_state, permuted_first_molecule, predict
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +26,6 @@ def model():
     return m.eval().double()  # float64, so roundoff cannot hide or fake an equivariance error
 
 
-def predict(model, batch, x):
-    return model(x, torch.tensor(0.4), None, (batch.batch, batch.num_graphs))
-
-
-def centred_state(batch):
-    x = encode_atoms(batch.pos, batch.one_hot, batch.charges).double()
-    return molecule_space(batch.batch, batch.num_graphs).project(x)
-
-
 def test_fully_connected_edges_cover_every_ordered_pair_inside_each_graph():
     batch = torch.tensor([0, 0, 0, 1, 1, 2])
     edges = fully_connected_edges(batch, 3)
@@ -52,7 +35,7 @@ def test_fully_connected_edges_cover_every_ordered_pair_inside_each_graph():
 
 def test_coordinates_rotate_and_features_stay_invariant_under_e3nn_rotations(model, qm9_batch):
     x = centred_state(qm9_batch)
-    out = predict(model, qm9_batch, x)
+    out = predict(model.net, qm9_batch, x)
     assert out[:, :3].abs().max() > 1e-3  # the test would be empty if the network did not move atoms
     for seed in range(3):
         torch.manual_seed(seed)
@@ -60,19 +43,19 @@ def test_coordinates_rotate_and_features_stay_invariant_under_e3nn_rotations(mod
         shift = torch.randn(1, 3, dtype=torch.double) * 5
         x_rot = x.clone()
         x_rot[:, :3] = x[:, :3] @ R.T + shift
-        out_rot = predict(model, qm9_batch, x_rot)
+        out_rot = predict(model.net, qm9_batch, x_rot)
         torch.testing.assert_close(out_rot[:, :3], out[:, :3] @ R.T, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(out_rot[:, 3:], out[:, 3:], atol=1e-4, rtol=1e-4)
 
 
 def test_permuting_atoms_permutes_the_output(model, qm9_batch):
     b1, b2, perm = permuted_first_molecule(qm9_batch)
-    out1, out2 = predict(model, b1, centred_state(b1)), predict(model, b2, centred_state(b2))
+    out1, out2 = predict(model.net, b1, centred_state(b1)), predict(model.net, b2, centred_state(b2))
     torch.testing.assert_close(out2, out1[perm], atol=1e-8, rtol=1e-8)
 
 
 def test_network_output_and_sampled_molecules_have_zero_centre_of_mass(model, qm9_batch):
-    out = predict(model, qm9_batch, centred_state(qm9_batch))
+    out = predict(model.net, qm9_batch, centred_state(qm9_batch))
     com = torch.zeros(qm9_batch.num_graphs, 3, dtype=out.dtype).index_add_(0, qm9_batch.batch, out[:, :3])
     assert com.abs().max() < 1e-8
     torch.manual_seed(0)
@@ -105,9 +88,9 @@ def test_bf16_autocast_changes_the_network_only_at_bfloat16_precision(qm9_batch)
             block.update.mlp[-1].weight.normal_(0, 0.3)
     x = centred_state(qm9_batch).float()
     with torch.no_grad():
-        exact = predict(m, qm9_batch, x)
+        exact = predict(m.net, qm9_batch, x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = predict(m, qm9_batch, x)
+            fast = predict(m.net, qm9_batch, x)
     assert fast.dtype == torch.float32  # the sampler's state never drops to bfloat16
     error = (fast - exact).abs().max() / exact.abs().max()
     assert 0 < error < 3e-2  # engaged (not bit-identical) and within bfloat16's 8-bit mantissa
@@ -202,13 +185,6 @@ def test_training_positions_are_centred(qm9_batch):
     b = MoleculeDiffusion(hidden=16, layers=2, ema_decay=0).prepare_batch(shifted)
     com = torch.zeros(shifted.num_graphs, 3).index_add_(0, shifted.batch, b.x0[:, :3])
     assert com.abs().max() < 1e-4
-
-
-@pytest.fixture(scope="module")
-def bundled_model():
-    from sci_diffusion.checkpoints import bundled_checkpoint
-
-    return load_module(bundled_checkpoint("sci_diffusion_molecules", "unconditional"), "molecules")
 
 
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)

@@ -22,7 +22,7 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "dpmpp2m_sde", "heun", "pc")
 
 
 @pytest.fixture(scope="module")
-def qm9_batch():
+def qm9_batch_of_32():
     dm = QM9DataModule(batch_size=32, limit=64)
     dm.setup()
     return next(iter(dm.train_dataloader()))
@@ -49,8 +49,8 @@ def autoencoder():
     return ae.double().eval()
 
 
-def test_autoencoder_rotates_coordinates_and_keeps_invariants_under_e3nn_rotations(autoencoder, qm9_batch):
-    b = qm9_batch
+def test_autoencoder_rotates_coordinates_and_keeps_invariants_under_e3nn_rotations(autoencoder, qm9_batch_of_32):
+    b = qm9_batch_of_32
     x = centred_double(b)
     mean, log_sigma = autoencoder.encode(x, b.batch, b.num_graphs)
     decoded = autoencoder.decode(mean, b.batch, b.num_graphs)
@@ -69,8 +69,8 @@ def test_autoencoder_rotates_coordinates_and_keeps_invariants_under_e3nn_rotatio
         torch.testing.assert_close(decoded_rot[:, 3:], decoded[:, 3:], atol=1e-9, rtol=1e-9)
 
 
-def test_latent_and_decoded_coordinates_have_zero_centre_of_mass(autoencoder, qm9_batch):
-    b = qm9_batch
+def test_latent_and_decoded_coordinates_have_zero_centre_of_mass(autoencoder, qm9_batch_of_32):
+    b = qm9_batch_of_32
     x = centred_double(b)
     mean, _ = autoencoder.encode(x, b.batch, b.num_graphs)
     decoded = autoencoder.decode(mean, b.batch, b.num_graphs)
@@ -82,8 +82,8 @@ def test_latent_and_decoded_coordinates_have_zero_centre_of_mass(autoencoder, qm
     assert per_graph_sum(z[:, :3].double(), b.batch, b.num_graphs).abs().max() < 1e-4
 
 
-def test_latents_are_drawn_at_sigma_0_around_the_encoder_mean(qm9_batch):
-    b = qm9_batch
+def test_latents_are_drawn_at_sigma_0_around_the_encoder_mean(qm9_batch_of_32):
+    b = qm9_batch_of_32
     model = LatentMoleculeDiffusion(hidden=16, layers=2, ema_decay=0, val_molecules=0)
     assert model.sigma_0 == pytest.approx(1e-5 ** 0.5, rel=1e-3)  # polynomial_2's sigma(0): sqrt(s), s = 1e-5
     x0 = centred_atom_state(b)
@@ -93,7 +93,7 @@ def test_latents_are_drawn_at_sigma_0_around_the_encoder_mean(qm9_batch):
     assert offsets[..., 3:].std().item() == pytest.approx(model.sigma_0, rel=0.1)
 
 
-def test_the_joint_recipe_trains_the_decoder_and_never_the_encoder(qm9_batch, tmp_path):
+def test_the_joint_recipe_trains_the_decoder_and_never_the_encoder(qm9_batch_of_32, tmp_path):
     torch.manual_seed(0)
     model = LatentMoleculeDiffusion(hidden=16, layers=2, decoder_layers=1, ema_decay=0, val_molecules=0, lr=1e-2)
     encoder = {k: v.clone() for k, v in model.autoencoder.encoder.state_dict().items()}
@@ -101,7 +101,7 @@ def test_the_joint_recipe_trains_the_decoder_and_never_the_encoder(qm9_batch, tm
     opt = model.configure_optimizers()
     for _ in range(2):
         opt.zero_grad()
-        model.training_loss(qm9_batch).backward()
+        model.training_loss(qm9_batch_of_32).backward()
         opt.step()
     assert all(torch.equal(v, model.autoencoder.encoder.state_dict()[k]) for k, v in encoder.items())
     assert any(not torch.equal(v, model.autoencoder.decoder.state_dict()[k]) for k, v in decoder.items())

@@ -10,7 +10,7 @@ from sci_diffusion_molecules.chem.elements import UnknownElementError
 from sci_diffusion_molecules.chem.files import MoleculeFileError, MoleculeWriter, draw_grid_png, read_molecules
 from sci_diffusion_molecules.data.custom_data import load_custom_molecules
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
-from sci_diffusion_molecules.data.qm9 import PROPERTY_NAMES, load_qm9
+from sci_diffusion_molecules.data.qm9 import PROPERTY_NAMES
 from sci_diffusion_molecules.evaluation.evaluate_file import evaluate_file
 from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules
 
@@ -18,8 +18,7 @@ PROPS = {"sampler": "dpmpp2m", "steps": 50, "seed": 7, "checkpoint": "ab12cd", "
 
 
 @pytest.fixture(scope="module")
-def molecules():
-    qm9 = load_qm9()
+def molecules(qm9):
     return [qm9.molecule(r) for r in range(200, 230)]
 
 

@@ -9,7 +9,7 @@ from torch_geometric.data import Batch
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.data.graphs import atoms_to_data
-from sci_diffusion_molecules.data.qm9 import conditional_halves, edm_split, load_qm9
+from sci_diffusion_molecules.data.qm9 import conditional_halves, edm_split
 from sci_diffusion_molecules.evaluation.conditional_protocol import (
     atom_count_predictor,
     baselines,
@@ -20,11 +20,6 @@ from sci_diffusion_molecules.evaluation.conditional_protocol import (
 )
 from sci_diffusion_molecules.generation.sampling import Guidance
 from sci_diffusion_molecules.models.property_model import PropertyPredictor, predict_properties
-
-
-@pytest.fixture(scope="module")
-def qm9():
-    return load_qm9()
 
 
 def test_the_classifier_is_invariant_to_rotations_translations_and_atom_order(qm9):

@@ -21,11 +21,6 @@ from sci_diffusion_molecules.data.qm9 import (
 )
 
 
-@pytest.fixture(scope="module")
-def qm9():
-    return load_qm9()
-
-
 def test_qm9_has_all_130831_molecules_of_h_c_n_o_f(qm9):
     assert len(qm9) == NUM_MOLECULES == 130_831
     assert qm9.offsets[-1] == len(qm9.z) == len(qm9.positions)
