@@ -4,7 +4,8 @@ Two layers:
 
 * **The bond rule's periodic table** (``KNOWN_ELEMENTS``): every element EDM's bond-length
   tables cover (H, B, C, N, O, F, Si, P, S, Cl, As, Br, I). Reading, writing and scoring
-  molecules (``files.py``, ``bonds.py``, ``metrics.py``) accept any of them, whatever the model.
+  molecules (``files.py``, ``bonds.py``, ``stability.py``, ``evaluation/metrics.py``) accept any of them,
+  whatever the model.
 * **A model's element set** (:class:`ElementSet`): the ordered symbols whose one-hot columns
   the model diffuses, and whether it also diffuses formal charges. It is part of the training
   data (``QM9DataModule(elements=...)``) and of the checkpoint (``MoleculeDiffusion(elements=...)``,

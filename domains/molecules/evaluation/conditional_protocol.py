@@ -104,7 +104,7 @@ def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler:
     set (Db), and score them: the classifier's MAE against the targets, and the EDM metrics.
 
     Args:
-        module: a conditional :class:`~.module.MoleculeDiffusion`.
+        module: a conditional ``MoleculeDiffusion`` (``models/diffusion.py``).
         classifier: the evaluation classifier (trained on Da).
         guidance: classifier-free / gradient guidance, or None for the plain conditional model.
         compile_network: sample through ``torch.compile`` (``sample_molecules``); the timing then

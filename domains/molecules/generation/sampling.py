@@ -83,7 +83,7 @@ class Guidance:
     Attributes:
         scale: classifier-free guidance weight ``w`` (1: the plain conditional model, 0: the
             unconditional one, above 1: pushed further towards the condition).
-        regressor: a noise-aware :class:`~.property_model.PropertyPredictor` for gradient guidance,
+        regressor: a noise-aware ``PropertyPredictor`` (``models/property_model.py``) for gradient guidance,
             predicting (at least) the properties the model is conditioned on.
         gradient_scale: strength of the gradient guidance (0: none).
         interval: the diffusion times ``(t_low, t_high)`` at which classifier-free guidance applies

@@ -38,7 +38,7 @@ class MoleculeDiffusion(DiffusionModule):
         lmax: the e3nn backbone's highest spherical-harmonic degree (1 or 2); unused by the EGNN.
         conditioning: property names (from ``qm9.PROPERTY_NAMES``) the model is conditioned on;
             empty for an unconditional model. The normalised targets and a presence flag are
-            appended to every atom's input features, as EDM does (``conditioning.py``).
+            appended to every atom's input features, as EDM does (``data/conditioning.py``).
         property_mean, property_mad: override the normalisation of the conditioning properties,
             one value per name; by default the training set's mean and mean absolute deviation
             (Db's in the conditional protocol), computed when training starts and stored in the

@@ -13,7 +13,7 @@ the nodes are summed per molecule, and a graph MLP gives one value per property.
   molecules (one-hot atom types and positions), L1 loss on normalised targets, trained on Da;
 - ``noise_aware=True``: an EEGSDE-style energy (Bao et al. 2023): it sees the diffusion state
   ``x_t`` and time ``t`` of the generator's forward process, so its gradient in ``x_t`` can steer
-  sampling towards a target (``sampling.py``).
+  sampling towards a target (``generation/sampling.py``).
 """
 from __future__ import annotations
 
