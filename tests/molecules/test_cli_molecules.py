@@ -118,3 +118,25 @@ def test_a_diverged_sample_counts_as_a_failure_and_stays_in_the_denominator(tiny
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and rows[1]["failed"] == "1" and rows[1]["stable"] == "0" and rows[1]["valid"] == "0"
     assert summary["valid_fraction"] == sum(int(r["valid"]) for r in rows) / 4
+
+
+def test_a_seed_draws_the_reference_molecules_of_the_bundled_model(tmp_path):
+    """The seeded generator draws the atom counts first, then one seed per molecule: a change of that order (or
+    of the draws themselves) changes these reference molecules of the bundled model (float32, 3 steps)."""
+    out = tmp_path / "ref.sdf"
+    assert main(["sample", "molecules", "--num", "4", "--steps", "3", "--seed", "0", "--precision", "fp32",
+                 "--no-novelty", "--no-progress", "--out", str(out)]) == 0
+    mols = read_molecules(out)
+    assert [len(z) for z, _, _ in mols] == [23, 20, 18, 22]
+    assert mols[0][0][:8].tolist() == [6, 9, 9, 8, 1, 9, 9, 8]
+    torch.testing.assert_close(torch.tensor(mols[0][1][0]), torch.tensor([-4.6461, -1.0004, 5.7275], dtype=torch.float64),
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.tensor(mols[3][1][-1]), torch.tensor([3.3883, -6.3676, 16.8618], dtype=torch.float64),
+                               atol=1e-3, rtol=0)
+
+
+def test_the_precision_flag_offers_the_samplers_precisions():
+    from sci_diffusion_molecules.cli.arguments import PRECISION_CHOICES
+    from sci_diffusion_molecules.generation.sampling import PRECISIONS
+
+    assert PRECISION_CHOICES == PRECISIONS  # named twice so that --help needs no torch
