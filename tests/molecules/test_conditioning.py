@@ -49,12 +49,12 @@ def test_condition_dropout_trains_the_unconditional_path_at_its_rate():
                                                        np.array([5]), np.array([[6.8]]))
     batch = next(iter(QM9DataModule(batch_size=400, limit=400).train_dataloader()))
     model.train()
-    model.diffusion_loss(model.prepare_batch(batch), torch.Generator().manual_seed(0))
+    model.loss_fn(model, model.prepare_batch(batch), torch.Generator().manual_seed(0))
     dropped = (seen[-1] == 0).all(1)
     assert 0.22 < dropped.float().mean() < 0.38  # 400 draws at p = 0.3
     assert (seen[-1][~dropped, 1] == 1).all()  # kept conditions carry their presence flag
     model.eval()
-    model.diffusion_loss(model.prepare_batch(batch), torch.Generator().manual_seed(0))
+    model.loss_fn(model, model.prepare_batch(batch), torch.Generator().manual_seed(0))
     assert not (seen[-1] == 0).all(1).any()  # validation never drops
 
 

@@ -28,8 +28,9 @@ from sci_diffusion.denoiser import isolate_failed_samples
 from sci_diffusion.errors import UserError
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.inpainting import inpaint
-from sci_diffusion.samplers import get_sampler, resolve_spacing
+from sci_diffusion.samplers import get_sampler, sampler_times
 from sci_diffusion.schedules import NoiseSchedule
+from sci_diffusion.time_grids import time_grid
 
 from ..chem.elements import ATOM_TYPES, QM9_ELEMENTS
 from ..data.atom_state import decode_atoms, encode_atoms, molecule_space
@@ -110,8 +111,8 @@ def inpaint_molecules(module: MoleculeGenerator, task: InpaintingTask, num: int,
         x_T = space.noise(torch.zeros(graphs * n, STATE_WIDTH, device=device), generators)
         denoiser = isolate_failed_samples(module.denoiser(context=(batch, graphs)), space)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            x = inpaint(denoiser, x_T, module.schedule, steps, space, known, mask, resample=resample,
-                        generator=generators).float()
+            x = inpaint(denoiser, x_T, module.schedule, time_grid(module.schedule, steps, "uniform"), space, known, mask,
+                        resample=resample, generator=generators).float()
         for part in torch.split(x, n):
             pos, z = decode_atoms(part)
             yield z, pos
@@ -287,8 +288,9 @@ def generate_conformers(module: MoleculeGenerator | None, mols: list, copies: in
     generators = PerSampleGenerator(per_sample_seeds(generator, len(sizes)), device)
     x_T = space.noise(torch.zeros(int(sum(sizes)), STATE_WIDTH, device=device), generators)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        x = get_sampler(sampler)(denoiser, x_T, module.schedule if module else _default_schedule(), steps, space,
-                                 generator=generators, spacing=resolve_spacing(sampler, None)).float()
+        schedule = module.schedule if module else _default_schedule()
+        x = get_sampler(sampler)(denoiser, x_T, schedule, sampler_times(sampler, schedule, steps), space,
+                                 generator=generators).float()
     parts = [p[:, :3].cpu().numpy().astype(np.float64) for p in torch.split(x, sizes)]
     return [parts[m * copies:(m + 1) * copies] for m in range(len(mols))]
 

@@ -17,7 +17,7 @@ from sci_diffusion.compilation import compiled_forward
 from sci_diffusion.denoiser import PredictionDenoiser, isolate_failed_samples
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
-from sci_diffusion.samplers import get_sampler, resolve_spacing
+from sci_diffusion.samplers import get_sampler, sampler_times
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import StateSpace
 
@@ -196,7 +196,7 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
     if guidance is not None and cond is None:
         raise ValueError("Guidance needs a condition to guide towards.")
     sample = get_sampler(sampler)
-    spacing = resolve_spacing(sampler, spacing)
+    times = sampler_times(sampler, module.schedule, steps, spacing)  # the grid is built once, outside the sampler
     device = next(module.parameters()).device
     if guidance is not None:
         batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
@@ -213,8 +213,8 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
             c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
             watch = None if callback is None or start > 0 else _BatchWatch(callback, counts.tolist())
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                x = sample(denoiser, x_T, module.schedule, steps, space, cond=c, generator=generators, progress=progress,
-                           spacing=spacing, callback=watch)
+                x = sample(denoiser, x_T, module.schedule, times, space, cond=c, generator=generators, progress=progress,
+                           callback=watch)
                 x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs).float()
             for part in torch.split(x, counts.tolist()):
                 pos, z = decode_atoms(part, module.element_set)

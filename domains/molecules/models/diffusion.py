@@ -154,7 +154,7 @@ class MoleculeDiffusion(DiffusionModule):
 
     def training_loss(self, batch: Any) -> Tensor:
         """The loss one training step minimises on a PyG batch (benchmarks time it)."""
-        return self.diffusion_loss(self.prepare_batch(batch))
+        return self.loss_fn(self, self.prepare_batch(batch))
 
     def copy_initial_weights(self, checkpoint: dict[str, Any], path: str) -> None:
         """The warm start (``init_from``) copies the network only, widening the input layer

@@ -183,7 +183,7 @@ class LatentMoleculeDiffusion(MoleculeDiffusion):
     def _losses(self, batch: Any, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """The latent diffusion loss and the decoder's reconstruction loss on one PyG batch."""
         x0, b = self._latent_batch(batch, generator)
-        diffusion = self.diffusion_loss(b, generator)
+        diffusion = self.loss_fn(self, b, generator)
         recon = reconstruction_loss(self.autoencoder.decode(b.x0, batch.batch, batch.num_graphs), x0)
         return diffusion, recon
 
