@@ -1,12 +1,15 @@
 """The medical-imaging domain of sci-diffusion, in layers (each imports only the ones above it in this list):
 
 - ``io``: NIfTI and other image files, grids and resampling, figures;
-- ``data``: SynthRAD pairs, MONAI transforms, 2.5-D slices, the data modules, the head phantom;
-- ``models``: the MONAI U-Net models (diffusion, regression, residual, paired synthesis);
-- ``translation``: whole-volume MRI-to-CT with a trained model (``translate``);
+- ``data``: SynthRAD pairs, MONAI transforms, 2.5-D slices, the paired synthesis slices and their label bits,
+  the data modules, the head phantom;
+- ``models``: the MONAI U-Net models (diffusion, regression, residual, paired synthesis), their shared
+  ``DiffusionModelUNet`` (``unet.py``) and the slice-correlated state space;
+- ``translation``: whole-volume MRI-to-CT with a trained model (``translate``): the model, the options and their
+  check, the inputs on the model's grid, the volume's samples;
 - ``synthetic``: SYNTHETIC paired data sets (``synthesize medical``) and the nnU-Net export;
-- ``evaluation``: the SynthRAD metrics (``evaluate mri2ct``) and the memorisation audit;
-- ``cli``: the verbs.
+- ``evaluation``: the SynthRAD metrics and a folder's scores (``evaluate mri2ct``), and the memorisation audit;
+- ``cli``: the verbs' flags (``arguments.py``) and one module per verb.
 
 See ``docs/architecture.md``.
 """

@@ -11,13 +11,7 @@ import torch
 
 from sci_diffusion.cli import main
 
-
-def run_expecting_error(argv, capsys) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "\n" not in err and err.startswith("sci-diffusion: error: ")
-    return err
+from .conftest import run_expecting_error
 
 
 def test_phantom_verb_writes_the_synthrad_layout(tmp_path):
@@ -47,20 +41,20 @@ def test_translate_rejects_a_file_that_is_not_nifti(diffusion_ckpt, tmp_path, ca
     assert str(bad) in err
 
 
-def test_translate_rejects_a_mask_of_another_shape(phantom_dir, diffusion_ckpt, tmp_path, capsys):
+def test_translate_rejects_a_mask_of_another_shape(subject, diffusion_ckpt, tmp_path, capsys):
     mask = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), mask)
-    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--mask", str(mask),
+    err = run_expecting_error(["translate", "--mr", str(subject["mr"]), "--mask", str(mask),
                                "--ckpt", str(diffusion_ckpt), "--out", str(tmp_path / "o.nii.gz")], capsys)
     assert str(mask) in err and "shape" in err
 
 
-def test_translate_rejects_a_checkpoint_of_another_domain(phantom_dir, tmp_path, capsys):
+def test_translate_rejects_a_checkpoint_of_another_domain(subject, tmp_path, capsys):
     ckpt = tmp_path / "molecules.ckpt"
     record = {"domain": "molecules", "config": {},
               "module_class": "sci_diffusion_molecules.models.diffusion:MoleculeDiffusion"}
     torch.save({"state_dict": {}, "sci_diffusion": record}, ckpt)
-    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt", str(ckpt),
+    err = run_expecting_error(["translate", "--mr", str(subject["mr"]), "--ckpt", str(ckpt),
                                "--out", str(tmp_path / "o.nii.gz")], capsys)
     assert str(ckpt) in err and "molecules" in err
 
@@ -72,36 +66,36 @@ def test_translate_reports_a_missing_input_file(diffusion_ckpt, tmp_path, capsys
     assert str(missing) in err
 
 
-def test_translate_without_ckpt_explains_the_missing_bundled_model(phantom_dir, tmp_path, capsys, monkeypatch):
+def test_translate_without_ckpt_explains_the_missing_bundled_model(subject, tmp_path, capsys, monkeypatch):
     import sci_diffusion_medical
 
     absent = tmp_path / "checkpoints" / "mri2ct_residual.ckpt"
     monkeypatch.setitem(sci_diffusion_medical.BUNDLED_CHECKPOINTS, "translation", str(absent))
-    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"),
+    err = run_expecting_error(["translate", "--mr", str(subject["mr"]),
                                "--out", str(tmp_path / "o.nii.gz")], capsys)
     assert str(absent) in err and "--ckpt" in err
 
 
 @pytest.mark.parametrize("extra, words", [(["--uncertainty", "u.nii.gz"], "--samples 2"),
                                            (["--sampler", "euler"], "invalid choice: 'euler'")])
-def test_translate_rejects_inconsistent_flags_before_any_work(phantom_dir, diffusion_ckpt, tmp_path, capsys, extra, words):
-    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt",
+def test_translate_rejects_inconsistent_flags_before_any_work(subject, diffusion_ckpt, tmp_path, capsys, extra, words):
+    err = run_expecting_error(["translate", "--mr", str(subject["mr"]), "--ckpt",
                                str(diffusion_ckpt), "--out", str(tmp_path / "o.nii.gz"), *extra], capsys)
     assert words in err
 
 
-def test_translate_without_ckpt_uses_the_bundled_model(phantom_dir, diffusion_ckpt, tmp_path, monkeypatch):
+def test_translate_without_ckpt_uses_the_bundled_model(subject, diffusion_ckpt, tmp_path, monkeypatch):
     import sci_diffusion_medical
 
     monkeypatch.setitem(sci_diffusion_medical.BUNDLED_CHECKPOINTS, "translation", str(diffusion_ckpt))
     out = tmp_path / "sct.nii.gz"
-    assert main(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--steps", "1", "--out", str(out)]) == 0
+    assert main(["translate", "--mr", str(subject["mr"]), "--steps", "1", "--out", str(out)]) == 0
     assert json.loads((tmp_path / "sct.json").read_text())["checkpoint"] == str(diffusion_ckpt)
 
 
-def test_translate_refuses_an_output_under_a_file_before_any_work(phantom_dir, diffusion_ckpt, tmp_path, capsys):
+def test_translate_refuses_an_output_under_a_file_before_any_work(subject, diffusion_ckpt, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("keep me")
-    err = run_expecting_error(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt",
+    err = run_expecting_error(["translate", "--mr", str(subject["mr"]), "--ckpt",
                                str(diffusion_ckpt), "--out", str(blocker / "sct.nii.gz")], capsys)
     assert "is a file, not a folder" in err and blocker.read_text() == "keep me"

@@ -75,18 +75,17 @@ def test_fitted_checkpoints_load_as_medical_modules(diffusion_ckpt, regression_c
 
 
 # ----- whole-volume translation ---------------------------------------------------------------------
-def test_translate_cli_writes_synthetic_ct_std_sidecar_and_panel(phantom_dir, diffusion_ckpt, tmp_path):
-    subject = phantom_dir / "1BA001"
+def test_translate_cli_writes_synthetic_ct_std_sidecar_and_panel(subject, diffusion_ckpt, tmp_path):
     out, std, png = tmp_path / "sct.nii.gz", tmp_path / "sct_std.nii.gz", tmp_path / "panel.png"
-    assert main(["translate", "--mr", str(subject / "mr.nii.gz"), "--mask", str(subject / "mask.nii.gz"),
+    assert main(["translate", "--mr", str(subject["mr"]), "--mask", str(subject["mask"]),
                  "--ckpt", str(diffusion_ckpt), "--out", str(out), "--samples", "2", "--uncertainty", str(std),
-                 "--steps", "2", "--png", str(png), "--ct", str(subject / "ct.nii.gz")]) == 0
-    mr = nib.load(subject / "mr.nii.gz")
+                 "--steps", "2", "--png", str(png), "--ct", str(subject["ct"])]) == 0
+    mr = nib.load(subject["mr"])
     sct = nib.load(out)
     assert sct.shape == mr.shape
     np.testing.assert_allclose(sct.affine, mr.affine)
     assert b"SYNTHETIC" in sct.header["descrip"].tobytes()
-    mask = nib.load(subject / "mask.nii.gz").get_fdata() > 0
+    mask = nib.load(subject["mask"]).get_fdata() > 0
     data = sct.get_fdata()
     assert np.all(data[~mask] == -1000.0)
     assert data[mask].min() >= -1024.0 and data[mask].max() <= 3000.0
@@ -134,33 +133,30 @@ def test_shared_noise_gives_identical_slices_their_identical_sample(diffusion_ck
     assert np.abs(shared[0] - shared[1]).max() > 1.0
 
 
-def test_regression_checkpoint_translates_once(phantom_dir, regression_ckpt, tmp_path):
-    subject = phantom_dir / "1BA001"
+def test_regression_checkpoint_translates_once(subject, regression_ckpt, tmp_path):
     out = tmp_path / "sct.nii.gz"
-    assert main(["translate", "--mr", str(subject / "mr.nii.gz"), "--ckpt", str(regression_ckpt), "--out", str(out)]) == 0
+    assert main(["translate", "--mr", str(subject["mr"]), "--ckpt", str(regression_ckpt), "--out", str(out)]) == 0
     side = json.loads((tmp_path / "sct.json").read_text())
     assert side["model"].endswith("MRItoCTRegression") and side["sampler"] is None and side["samples"] == 1
     assert b"SYNTHETIC" in nib.load(out).header["descrip"].tobytes()
 
 
 @pytest.mark.parametrize("extra", [["--samples", "2"], ["--samples", "2", "--uncertainty", "std.nii.gz"]])
-def test_regression_refuses_samples_and_uncertainty(phantom_dir, regression_ckpt, tmp_path, capsys, extra):
-    subject = phantom_dir / "1BA001"
-    code = main(["translate", "--mr", str(subject / "mr.nii.gz"), "--ckpt", str(regression_ckpt),
+def test_regression_refuses_samples_and_uncertainty(subject, regression_ckpt, tmp_path, capsys, extra):
+    code = main(["translate", "--mr", str(subject["mr"]), "--ckpt", str(regression_ckpt),
                  "--out", str(tmp_path / "sct.nii.gz"), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "deterministic" in err
     assert not (tmp_path / "sct.nii.gz").exists()
 
 
-def test_translation_is_the_same_for_a_volume_stored_in_another_orientation(phantom_dir, regression_ckpt, tmp_path):
-    subject = phantom_dir / "1BA001"
-    img = nib.load(subject / "mr.nii.gz")
+def test_translation_is_the_same_for_a_volume_stored_in_another_orientation(subject, regression_ckpt, tmp_path):
+    img = nib.load(subject["mr"])
     flip = np.diag([-1.0, 1.0, 1.0, 1.0])
     flip[0, 3] = img.shape[0] - 1  # voxel i -> n-1-i: the same anatomy stored left-to-right reversed (LAS)
     las = nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine @ flip)
     nib.save(las, tmp_path / "mr_las.nii.gz")
-    for name, mr in (("ras", subject / "mr.nii.gz"), ("las", tmp_path / "mr_las.nii.gz")):
+    for name, mr in (("ras", subject["mr"]), ("las", tmp_path / "mr_las.nii.gz")):
         assert main(["translate", "--mr", str(mr), "--ckpt", str(regression_ckpt),
                      "--out", str(tmp_path / f"{name}.nii.gz")]) == 0
     ras, las_out = nib.load(tmp_path / "ras.nii.gz"), nib.load(tmp_path / "las.nii.gz")
@@ -183,10 +179,10 @@ def test_datamodule_writes_missing_phantoms_and_splits_by_patient(tmp_path):
     assert split_patients(["b", "a", "c"], 1, seed=5) == split_patients(["a", "b", "c"], 1, seed=5)
 
 
-def test_translate_takes_the_models_own_step_count_unless_told(phantom_dir, diffusion_ckpt, tmp_path):
+def test_translate_takes_the_models_own_step_count_unless_told(subject, diffusion_ckpt, tmp_path):
     module = load_translation_model(diffusion_ckpt, device="cpu")
     assert module.hparams.val_steps == 1  # the fixture's config
-    mr, mask = phantom_dir / "1BA001" / "mr.nii.gz", phantom_dir / "1BA001" / "mask.nii.gz"
+    mr, mask = subject["mr"], subject["mask"]
     own = translate_file(mr, tmp_path / "a.nii.gz", mask=mask, module=module, progress=False, shared_noise=True)
     told = translate_file(mr, tmp_path / "b.nii.gz", mask=mask, module=module, steps=2, progress=False)
     assert (own["steps"], own["shared_noise"]) == (1, True)

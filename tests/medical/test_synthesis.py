@@ -18,7 +18,7 @@ from sci_diffusion_medical.io.nifti import MedicalInputError
 from sci_diffusion_medical.models.slice_space import correlated_slice_noise
 from sci_diffusion_medical.models.synthesis import PairedSliceSynthesis
 
-from .test_cli_medical import run_expecting_error
+from .conftest import run_expecting_error, tiny_fit
 
 TINY = ["--model.channels=[8,16]", "--model.attention_levels=[false,true]", "--model.num_head_channels=8",
         "--model.norm_num_groups=8", "--data.val_subjects=1", "--data.batch_size=8", "--trainer.max_steps=2",
@@ -28,11 +28,7 @@ TINY = ["--model.channels=[8,16]", "--model.attention_levels=[false,true]", "--m
 @pytest.fixture(scope="module")
 def synthesis_ckpt(phantom_dir, tmp_path_factory) -> Path:
     """A 2-step PairedSliceSynthesis (channels 8, 16) fitted through the CLI on the 4 mm phantoms."""
-    out = tmp_path_factory.mktemp("fit_synthesis")
-    repo = Path(__file__).resolve().parents[2]
-    assert main(["fit", "--config", str(repo / "configs/medical/paired_synthesis.yaml"), f"--data.root={phantom_dir}",
-                 f"--trainer.logger.init_args.save_dir={out}", f"--trainer.default_root_dir={out}", *TINY]) == 0
-    return next(out.rglob("last.ckpt"))
+    return tiny_fit("paired_synthesis.yaml", phantom_dir, tmp_path_factory.mktemp("fit_synthesis"), TINY, base=[])
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from sci_diffusion_medical.translation.model import load_translation_model, slic
 from sci_diffusion_medical.translation.volume import slice_trajectory, translate_volume
 
 
-def test_the_trajectory_ends_on_the_translated_slice(phantom_dir, residual_ckpt, tmp_path):
+def test_the_trajectory_ends_on_the_translated_slice(subject, residual_ckpt, tmp_path):
     """translate --trajectory-png: one frame per step, and the last estimate is the slice the volume got."""
     module = load_translation_model(residual_ckpt, device="cpu")
-    inputs = load_inputs(phantom_dir / "1BA001" / "mr.nii.gz", phantom_dir / "1BA001" / "mask.nii.gz")
+    inputs = load_inputs(subject["mr"], subject["mask"])
     geometry = slice_geometry(module)
     frames = slice_trajectory(module, inputs["mr"], inputs["mask"], "ddim", 3, seed=4, **geometry)
     volume = translate_volume(module, inputs["mr"], inputs["mask"], 1, "ddim", 3, seed=4, progress=False, **geometry)[0]
@@ -21,6 +21,6 @@ def test_the_trajectory_ends_on_the_translated_slice(phantom_dir, residual_ckpt,
     assert np.allclose(frames[-1]["estimate"][body], middle[body], atol=1.0)
     assert not np.allclose(frames[0]["estimate"][body], middle[body], atol=1.0)
     png = tmp_path / "strip.png"
-    assert main(["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--ckpt", str(residual_ckpt), "--steps", "2",
+    assert main(["translate", "--mr", str(subject["mr"]), "--ckpt", str(residual_ckpt), "--steps", "2",
                  "--out", str(tmp_path / "sct.nii.gz"), "--trajectory-png", str(png)]) == 0
     assert png.stat().st_size > 1000

@@ -11,7 +11,7 @@ from sci_diffusion_medical.models.diffusion import MRItoCTDiffusion
 from sci_diffusion_medical.models.regression import MRItoCTRegression
 from sci_diffusion_medical.models.residual import MRItoCTResidualDiffusion
 
-from .conftest import TINY_FIT, _tiny_fit
+from .conftest import TINY_FIT, tiny_fit
 
 TINY_RESIDUAL = dict(channels=(8, 16, 16), attention_levels=(False, False, True), num_head_channels=8, norm_num_groups=8)
 
@@ -50,7 +50,7 @@ def test_a_checkpoint_of_another_model_or_size_is_refused_in_one_sentence(regres
 def test_fit_with_init_from_continues_from_the_checkpoint(phantom_dir, regression_ckpt, residual_ckpt, tmp_path):
     """Through the CLI: zero learning rate, so the continued model's weights are the checkpoint's."""
     assert "--trainer.max_steps=2" in TINY_FIT
-    out = _tiny_fit("mri2ct_residual.yaml", phantom_dir, tmp_path, [
+    out = tiny_fit("mri2ct_residual.yaml", phantom_dir, tmp_path, [
         f"--model.regression_ckpt={regression_ckpt}", f"--model.init_from={residual_ckpt}", "--model.lr=0",
         "--model.channels=[8,16,16]", "--model.attention_levels=[false,false,true]", "--model.num_head_channels=8",
         "--model.norm_num_groups=8", "--model.val_slices=2", "--model.val_steps=1"])
