@@ -7,14 +7,14 @@ never bond. The margins are EDM's, tuned on QM9.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from rdkit import Chem
-from rdkit.Chem import rdDetermineBonds
-from rdkit.Geometry import Point3D
 
 from .elements import KNOWN_ELEMENTS, SYMBOLS, check_known
+
+if TYPE_CHECKING:
+    from rdkit import Chem
 
 # Reference lengths in pm (EDM's bond_analyze.py, its QM9 and GEOM tables), per unordered pair.
 _SINGLE = {
@@ -65,7 +65,6 @@ _ROW_OF_NUMBER = np.full(128, -1, dtype=np.int64)
 for _number, _symbol in SYMBOLS.items():
     _ROW_OF_NUMBER[_number] = KNOWN_ELEMENTS.index(_symbol)
 
-_RDKIT_BOND = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
 
 
 def bond_orders(z, pos) -> np.ndarray:
@@ -100,6 +99,10 @@ def mol_from_bond_orders(z, orders: np.ndarray, charges=None) -> Chem.RWMol:
         orders: [N, N] symmetric bond orders 0..3, e.g. from ``bond_orders``.
         charges: [N] formal charges, or None (all neutral).
     """
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+
+    bond_types = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
     mol = Chem.RWMol()
     charges = np.zeros(len(np.asarray(z).reshape(-1)), dtype=np.int64) if charges is None else np.asarray(charges)
     for number, charge in zip(np.asarray(z).reshape(-1), charges.reshape(-1)):
@@ -107,7 +110,7 @@ def mol_from_bond_orders(z, orders: np.ndarray, charges=None) -> Chem.RWMol:
         atom.SetFormalCharge(int(charge))
         mol.AddAtom(atom)
     for i, j in zip(*np.nonzero(np.triu(orders, k=1))):
-        mol.AddBond(int(i), int(j), _RDKIT_BOND[int(orders[i, j])])
+        mol.AddBond(int(i), int(j), bond_types[int(orders[i, j])])
     return mol
 
 
@@ -129,6 +132,11 @@ def to_rdkit_mol(z, pos, bonds: Literal["edm", "rdkit"] = "edm", charges=None) -
     Returns:
         ``Chem.Mol`` with one conformer.
     """
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+    from rdkit.Geometry import Point3D
+
     if bonds not in ("edm", "rdkit"):
         raise ValueError(f"bonds must be 'edm' or 'rdkit', not {bonds!r}.")
     z = np.asarray(z, dtype=np.int64).reshape(-1)

@@ -16,9 +16,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-from rdkit import Chem
-from rdkit.Chem import Draw, rdDepictor
-from rdkit.rdBase import BlockLogs
 
 from sci_diffusion.atomic import atomic_path
 
@@ -60,6 +57,10 @@ def read_molecules(path: str | os.PathLike, with_charges: bool = False) -> list[
 
 
 def _read_sdf(path: Path) -> list[tuple]:
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
     molecules = []
     with BlockLogs():  # a bad record gets our one-sentence error instead of RDKit's log
         supplier = Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False, strictParsing=False)
@@ -191,6 +192,9 @@ class MoleculeWriter:
 
 
 def _sdf_record(z, pos, properties: Mapping[str, object], bonds: str = "edm", charges=None) -> str:
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+
     mol = to_rdkit_mol(z, pos, bonds, charges)
     for key, value in properties.items():
         mol.SetProp(str(key), str(value))
@@ -246,6 +250,11 @@ def draw_grid_png(
     Raises:
         DrawingError: RDKit's PNG drawing failed.
     """
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+    from rdkit.Chem import Draw, rdDepictor
+    from rdkit.rdBase import BlockLogs
+
     depictions = []
     for mol in list(mols)[:n]:
         if isinstance(mol, Chem.Mol):

@@ -6,8 +6,6 @@ training set's SMILES (``data/qm9.py``, ``data/custom_data.py``) and a sample's 
 from __future__ import annotations
 
 import numpy as np
-from rdkit import Chem
-from rdkit.rdBase import BlockLogs
 
 from .bonds import bond_orders, mol_from_bond_orders
 
@@ -29,6 +27,10 @@ def molecule_smiles(z, pos, largest_fragment: bool = True, charges=None) -> str 
 
 def smiles_from_bond_orders(z, orders: np.ndarray, largest_fragment: bool, charges=None) -> str | None:
     """:func:`molecule_smiles` of a molecule whose ``[N, N]`` bond orders are already known."""
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
     mol = mol_from_bond_orders(z, orders, charges)
     try:
         with BlockLogs():  # a failed sanitization is the test's answer, not news for the log

@@ -10,8 +10,8 @@ properties (SD fields or ``key=value`` XYZ comments named as in ``qm9.PROPERTY_N
 Splits: ``random_split`` (the default) or ``scaffold_split`` (Bemis-Murcko scaffolds, whole
 scaffold groups to one split, so that test molecules have scaffolds unseen in training).
 
-RDKit reads the files, so this module needs it; ``datamodule.py`` imports it only for a custom
-source, and QM9 training runs without RDKit.
+RDKit reads the files; it is imported where it is used, so that QM9 training, which imports
+``datamodule.py`` and with it this module, runs without RDKit.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rdkit import Chem, RDConfig
-from rdkit.Chem.Scaffolds import MurckoScaffold
-from rdkit.rdBase import BlockLogs
 from torch_geometric.data import Data
 
 from ..chem.elements import ElementSet
@@ -66,6 +63,9 @@ def resolve_source(source: str | os.PathLike) -> Path:
     wheel installs (e.g. ``rdkit-contrib:PBF/testData/egfr.sdf``), so configs name it on any machine."""
     text = os.fspath(source)
     if text.startswith(RDKIT_CONTRIB):
+        # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+        from rdkit import RDConfig
+
         return Path(RDConfig.RDContribDir) / text[len(RDKIT_CONTRIB):]
     return Path(text)
 
@@ -131,6 +131,10 @@ def read_custom_molecules(source: str | os.PathLike, elements: ElementSet | None
 
 def _sdf_smiles(path: Path) -> list[str | None]:
     """SMILES of every record of an SDF from its own bond block (None where RDKit cannot sanitize it)."""
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
     with BlockLogs():
         return [None if m is None else Chem.MolToSmiles(m) for m in Chem.SDMolSupplier(str(path), removeHs=False)]
 
@@ -159,6 +163,10 @@ def murcko_scaffold(smiles: str | None) -> str:
     """The Bemis-Murcko scaffold SMILES of a molecule ("" for an acyclic one; "" if ``smiles`` is None)."""
     if smiles is None:
         return ""
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
     mol = Chem.MolFromSmiles(smiles)
     return "" if mol is None else MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)
 

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
 from ..chem.elements import QM9_ELEMENTS, ElementSet
+from .custom_data import random_split, read_custom_molecules, scaffold_split
 from .graphs import QM9Dataset
 from .qm9 import atom_count_histogram, conditional_halves, edm_split, load_qm9
 
@@ -88,9 +89,6 @@ class QM9DataModule(L.LightningDataModule):
         return {name: QM9Dataset(arrays, r[: self.limit]) for name, r in rows.items()}
 
     def _custom_splits(self) -> dict[str, Dataset]:
-        # RDKit: custom_data reads the files with it; QM9 training runs without it (test_training_without_rdkit.py)
-        from .custom_data import random_split, read_custom_molecules, scaffold_split
-
         wanted = None
         if self.source_elements is not None:
             wanted = ElementSet.of(self.source_elements, bool(self.source_formal_charges))

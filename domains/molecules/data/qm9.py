@@ -20,6 +20,7 @@ import numpy as np
 from sci_diffusion.atomic import atomic_path
 
 from ..chem.elements import ATOMIC_NUMBERS
+from ..chem.smiles import molecule_smiles
 
 NUM_MOLECULES = 130_831
 SPLIT_SIZES = {"train": 100_000, "valid": 17_748, "test": 13_083}
@@ -201,9 +202,6 @@ def rebuilt_smiles(arrays: QM9Arrays, rows: np.ndarray) -> list[str]:
     As EDM's ``compute_qm9_smiles``: the SMILES of the whole sanitized molecule
     (explicit H kept), and molecules that fail sanitizing are left out.
     """
-    # RDKit: optional; training runs without it (tests/molecules/test_training_without_rdkit.py)
-    from ..chem.smiles import molecule_smiles
-
     out = []
     for row in rows:
         smiles = molecule_smiles(*arrays.molecule(int(row)), largest_fragment=False)

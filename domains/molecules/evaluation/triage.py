@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import heapq
+import importlib.util
 import math
 import os
 import sys
@@ -55,10 +56,11 @@ def _sascorer():
         print(f"sci-diffusion: warning: RDKit's Contrib SA_Score is not installed ({folder} is missing); "
               "the sa column stays empty.", file=sys.stderr)
         return None
-    if folder not in sys.path:
-        sys.path.append(folder)
-    import sascorer  # RDKit Contrib: importable only from the folder just put on sys.path, and not in every install
-
+    # Contrib is a folder of scripts, not a package: load the one file by its path (it finds its fragment
+    # scores beside itself), leaving sys.path as it is
+    spec = importlib.util.spec_from_file_location("sascorer", os.path.join(folder, "sascorer.py"))
+    sascorer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sascorer)
     return sascorer
 
 

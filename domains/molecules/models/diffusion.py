@@ -18,10 +18,12 @@ from sci_diffusion.module import DiffusionBatch, DiffusionModule
 from sci_diffusion.state_spaces import ProductSpace
 
 from ..chem.elements import ElementSet
+from ..chem.stability import as_molecule, molecule_report
 from ..data.atom_state import atom_feature_count, centred_atom_state, molecule_space
 from ..data.conditioning import PropertyConditioning, check_property_names
 from ..data.qm9 import PROPERTY_NAMES
 from ..generation.sampling import draw_atom_counts, sample_molecules
+from .e3nn_backbone import E3nnDenoiser
 from .egnn import EGNN
 
 BACKBONES = ("egnn", "e3nn")
@@ -101,9 +103,6 @@ class MoleculeDiffusion(DiffusionModule):
     def build_network(self) -> torch.nn.Module:
         cond_dim = len(self._conditioning) + 1 if self._conditioning else 0
         if self.hparams.get("backbone", "egnn") == "e3nn":  # checkpoints older than the option hold EGNNs
-            # e3nn: only this backbone needs it (its import takes seconds, and an EGNN model trains without it)
-            from .e3nn_backbone import E3nnDenoiser
-
             return E3nnDenoiser(self.state_features, self.hparams.hidden, self.hparams.layers, cond_dim,
                                 lmax=self.hparams.get("lmax", 1))
         return EGNN(self.state_features, self.hparams.hidden, self.hparams.layers, cond_dim, self.hparams.attention,
@@ -210,9 +209,6 @@ class MoleculeDiffusion(DiffusionModule):
         n = self.hparams.val_molecules
         if not n or not self.atom_count_histogram:
             return {}
-        # RDKit: optional; training runs without it when val_molecules is 0 (tests/molecules/test_training_without_rdkit.py)
-        from ..chem.stability import as_molecule, molecule_report
-
         gen = torch.Generator().manual_seed(0)
         cond = None
         if self._conditioning:  # sample as the protocol does: sizes and targets drawn jointly
