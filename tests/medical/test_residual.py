@@ -52,7 +52,7 @@ def test_the_diffused_state_is_the_scaled_residual(regression_ckpt):
     torch.testing.assert_close(b.x0, (ct - mean) / 0.25)
     torch.testing.assert_close(b.context, torch.cat([mr, mean], 1))
     assert model.net.conv_in.conv.in_channels == 1 + 3 + 1  # x_t, k MR slices, the mean
-    assert torch.isfinite(model.diffusion_loss(b)) and model.diffusion_loss(b) > 0
+    assert torch.isfinite(model.loss_fn(model, b)) and model.loss_fn(model, b) > 0
 
 
 def test_samples_spread_around_the_regression_mean(regression_ckpt, residual_ckpt, head_2mm):
@@ -138,7 +138,7 @@ def test_a_heteroscedastic_residual_is_diffused_in_units_of_its_scale_map(regres
     torch.testing.assert_close(b.x0, (ct - mean) / scale)
     torch.testing.assert_close(b.scale, scale)
     assert b.scale.requires_grad and not b.x0.requires_grad  # the diffusion loss does not train the scale
-    model.diffusion_loss(b).backward()
+    model.loss_fn(model, b).backward()
     assert all(p.grad is not None for p in model.scale_net.parameters())  # the scale trains beside the network
     for param in model.net.out.parameters():  # a zero residual still gives exactly the regression
         torch.nn.init.zeros_(param)

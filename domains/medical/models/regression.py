@@ -12,6 +12,7 @@ schedule it inherits is never used: the loss is an L1 between ``net(mr)`` and th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from monai.networks.nets import UNet
 from torch import Tensor
 
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
-from sci_diffusion.parameterisation import diffusion_loss
+from sci_diffusion.parameterisation import masked_mean_error
 
 from .diffusion import SliceTranslation, check_mr_slices
 
@@ -28,6 +29,18 @@ def regression_unet(k: int, channels: Sequence[int], num_res_units: int) -> torc
     """The regression network: a 2-D MONAI ``UNet`` from k MR slices to one CT slice (strides of 2)."""
     return UNet(spatial_dims=2, in_channels=k, out_channels=1, channels=tuple(channels),
                 strides=(2,) * (len(channels) - 1), num_res_units=num_res_units)
+
+
+@dataclass
+class RegressionLoss:
+    """The regression's training loss (``losses.py``'s interface): the mean error (``kind``: ``l1`` or ``l2``)
+    between ``model(mr)`` and the CT inside the body mask. No noise and no time: the batch's ``context`` is the
+    MR stack and its ``x0`` the CT slice."""
+
+    kind: str = "l1"
+
+    def __call__(self, model: MRItoCTRegression, batch: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
+        return masked_mean_error(model(batch.context), batch.x0, mask=batch.mask, kind=self.kind)
 
 
 class MRItoCTRegression(SliceTranslation, DiffusionModule):
@@ -65,9 +78,8 @@ class MRItoCTRegression(SliceTranslation, DiffusionModule):
     def denoiser(self, context: Any = None, clip: tuple[float, float] | None = None):
         raise TypeError("MRItoCTRegression is deterministic and has no denoiser; use synthesise().")
 
-    def diffusion_loss(self, b: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
-        """The regression loss (L1 by default) between ``net(mr)`` and the CT, inside the body mask."""
-        return diffusion_loss(self(b.context), b.x0, mask=b.mask, kind=self.hparams.loss_type)
+    def build_loss(self) -> RegressionLoss:
+        return RegressionLoss(self.hparams.loss_type)
 
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,

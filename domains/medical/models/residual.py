@@ -34,8 +34,9 @@ from torch import Tensor
 
 from sci_diffusion.checkpoints import module_class_name, read_checkpoint
 from sci_diffusion.generators import PerSampleGenerator
+from sci_diffusion.losses import DenoisingLoss
 from sci_diffusion.module import DiffusionBatch
-from sci_diffusion.samplers import get_sampler, resolve_spacing
+from sci_diffusion.samplers import get_sampler, sampler_times
 from sci_diffusion.state_spaces import EuclideanSpace
 
 from .diffusion import MRItoCTDiffusion, slice_batch
@@ -74,6 +75,23 @@ def laplace_scale_nll(error: Tensor, scale: Tensor, mask: Tensor) -> Tensor:
     b = scale / math.sqrt(2.0)
     nll = (b.log() + error.abs() / b) * mask
     return nll.sum() / mask.sum().clamp(min=1.0)
+
+
+class ResidualLoss(DenoisingLoss):
+    """The residual model's training loss: the core's diffusion loss on the scaled residual, plus (with
+    ``scale_channels``, when the batch carries a scale map) the scale map's Laplace negative log-likelihood of
+    the regression error ``ct - mu`` in the body mask (``laplace_scale_nll``), logged as ``scale_nll``."""
+
+    def __call__(self, model: MRItoCTResidualDiffusion, batch: ResidualBatch,
+                 generator: torch.Generator | None = None) -> Tensor:
+        loss = super().__call__(model, batch, generator)
+        if batch.scale is None:
+            return loss
+        # batch.x0 * scale is ct - mu, in CT units; the scale keeps its gradient here only
+        scale_loss = laplace_scale_nll(batch.x0 * batch.scale.detach(), batch.scale, batch.mask)
+        if model._trainer is not None:
+            model.log(f"{'train' if model.training else 'val'}/scale_nll", scale_loss, batch_size=batch.num_samples)
+        return loss + scale_loss
 
 
 @dataclass
@@ -162,16 +180,9 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         return ResidualBatch(x0=(ct - mean) / scale.detach(), space=EuclideanSpace(), cond=None, context=context,
                              mask=mask, scale=None if self.scale_net is None else scale)
 
-    def diffusion_loss(self, b: ResidualBatch, generator: torch.Generator | None = None) -> Tensor:
-        """The core's diffusion loss, plus (with ``scale_channels``) the scale map's Laplace negative
-        log-likelihood of the regression error ``ct - mu`` in the body mask (``laplace_scale_nll``)."""
-        loss = super().diffusion_loss(b, generator)
-        if b.scale is None:
-            return loss
-        scale_loss = laplace_scale_nll(b.x0 * b.scale.detach(), b.scale, b.mask)  # b.x0 * scale: ct - mu, in CT units
-        if self._trainer is not None:
-            self.log(f"{'train' if self.training else 'val'}/scale_nll", scale_loss, batch_size=b.num_samples)
-        return loss + scale_loss
+    def build_loss(self) -> ResidualLoss:
+        h = self.hparams
+        return ResidualLoss(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout)
 
     def residual_denoiser(self, mr: Tensor, mean: Tensor, scale: Tensor):
         """The x0-denoiser of the scaled residual given MR stacks, the regression mean ``(B, 1, H, W)``
@@ -197,7 +208,7 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
             noise = space.noise(mean, generator)
         scale = self.residual_scale_map(torch.cat([mr, mean], 1))
         as_ct = None if callback is None else (lambda i, s, x, x0: callback(i, s, mean + scale * x, mean + scale * x0))  # noqa: E731
-        residual = get_sampler(sampler)(self.residual_denoiser(mr, mean, scale), noise.to(mr), self.schedule, steps,
-                                        space, generator=generator, spacing=resolve_spacing(sampler, spacing),
-                                        callback=as_ct)
+        times = sampler_times(sampler, self.schedule, steps, spacing)
+        residual = get_sampler(sampler)(self.residual_denoiser(mr, mean, scale), noise.to(mr), self.schedule, times,
+                                        space, generator=generator, callback=as_ct)
         return (mean + scale * residual).clamp(-1.0, 1.0)
