@@ -4,8 +4,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from sci_diffusion_medical.data.head_anatomy import LABEL, TISSUE_LABELS
 from sci_diffusion_medical.data.pairs import find_synthrad_pairs, validate_pair
-from sci_diffusion_medical.data.phantom import LABEL, TISSUE_LABELS, make_head_phantom
+from sci_diffusion_medical.data.phantom import make_head_phantom
 
 # docs/protocols.md §2, "Tissue values for a paired head phantom" (HU). "~15" for CSF is
 # read as 5-25; sinus air allows partial volume with its bony walls.
