@@ -25,7 +25,7 @@ from torch import Tensor
 from .names import SPACINGS
 from .schedules import NoiseSchedule
 
-__all__ = ["SPACINGS", "logsnr_times", "quadratic_times", "time_grid", "uniform_times"]
+__all__ = ["SPACINGS", "check_spacing", "logsnr_times", "quadratic_times", "time_grid", "uniform_times"]
 
 
 def uniform_times(steps: int, t_min: float) -> Tensor:
@@ -46,6 +46,13 @@ def logsnr_times(schedule: NoiseSchedule, steps: int, t_min: float) -> Tensor:
     return times
 
 
+def check_spacing(spacing: str) -> None:
+    """Raise ``ValueError`` (one sentence) unless ``spacing`` is one of ``SPACINGS``; a command checks its
+    ``--spacing`` with it before it loads a model (:func:`time_grid` checks it again)."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
+
+
 def time_grid(schedule: NoiseSchedule, steps: int, spacing: str = "uniform") -> Tensor:
     """The ``(steps + 1,)`` float64 grid from 1 to 0 for a sampler taking ``steps`` steps.
 
@@ -54,8 +61,7 @@ def time_grid(schedule: NoiseSchedule, steps: int, spacing: str = "uniform") -> 
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"A sampler needs a whole number of steps, at least 1, not {steps!r}.")
-    if spacing not in SPACINGS:
-        raise ValueError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
+    check_spacing(spacing)
     t_min, zero = 1.0 / schedule.T, torch.zeros(1, dtype=torch.float64)
     if steps == 1:
         return torch.cat([torch.ones(1, dtype=torch.float64), zero])

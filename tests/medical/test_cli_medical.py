@@ -84,6 +84,15 @@ def test_translate_rejects_inconsistent_flags_before_any_work(subject, diffusion
     assert words in err
 
 
+@pytest.mark.parametrize("extra, words", [(["--uncertainty", "u.nii.gz"], "--samples 2"), (["--steps", "0"], "--steps"),
+                                           (["--samples", "0"], "--samples"), (["--batch-size", "0"], "--batch-size")])
+def test_translate_checks_its_flags_before_it_reads_a_checkpoint(subject, tmp_path, capsys, extra, words):
+    """A bad flag is named even when the checkpoint is missing too: the flags are checked before any model loads."""
+    err = run_expecting_error(["translate", "--mr", str(subject["mr"]), "--ckpt", str(tmp_path / "missing.ckpt"),
+                               "--out", str(tmp_path / "o.nii.gz"), *extra], capsys)
+    assert words in err and "missing.ckpt" not in err
+
+
 def test_translate_without_ckpt_uses_the_bundled_model(subject, diffusion_ckpt, tmp_path, monkeypatch):
     import sci_diffusion_medical
 

@@ -1,5 +1,7 @@
-"""What ``translate`` is asked to do (``TranslationOptions``: the verb's flags) and the one check of them
-(``check_options``), made once the model is loaded and before any volume is read."""
+"""What ``translate`` is asked to do (``TranslationOptions``: the verb's flags) and the one check of them:
+``check_options`` before the model is loaded (the flags alone and against each other, as the command line
+always checked them), then ``options_for_model`` once it is (the model's own step count, what a
+deterministic model cannot do), both before any volume is read."""
 from __future__ import annotations
 
 import os
@@ -10,7 +12,7 @@ import torch
 from sci_diffusion.atomic import check_writable
 from sci_diffusion.errors import UserError
 from sci_diffusion.samplers import resolve_spacing
-from sci_diffusion.time_grids import time_grid
+from sci_diffusion.time_grids import check_spacing
 
 from ..io.images import OUTPUT_SUFFIXES
 from .model import default_steps, is_deterministic
@@ -64,24 +66,23 @@ def check_output_path(path: PathLike | None, flag: str) -> None:
     check_writable(path, flag)
 
 
-def checked_spacing(module: torch.nn.Module, sampler: str, steps: int, spacing: str | None) -> str:
+def checked_spacing(sampler: str, spacing: str | None) -> str:
     """The time spacing a run uses and records (the sampler's default when None), after the core's own checks of
-    the sampler name (``samplers.resolve_spacing``), the spacing and the steps (``time_grids.time_grid`` on the
-    model's schedule: the grid the run steps through), in the core's sentences."""
+    the sampler name (``samplers.resolve_spacing``) and the spacing (``time_grids.check_spacing``), in the
+    core's sentences."""
     try:
         spacing = resolve_spacing(sampler, spacing)
-        time_grid(module.schedule, steps, spacing)
+        check_spacing(spacing)
     except ValueError as err:
         raise UserError(str(err)) from None
     return spacing
 
 
-def check_options(out: PathLike, options: TranslationOptions, module: torch.nn.Module) -> TranslationOptions:
-    """Check every option, against each other and against the model, before any volume is read or written.
+def check_options(out: PathLike, options: TranslationOptions) -> TranslationOptions:
+    """Check every option on its own and against the others, before the model is loaded.
 
     Returns:
-        The options with what the model decides filled in: ``steps`` (its own when None) and ``spacing``
-        (the sampler's default when None), as the run uses and records them.
+        The options with the sampler's default spacing filled in when None, as the run uses and records it.
 
     Raises:
         UserError: one sentence that names the flag and the problem.
@@ -96,15 +97,25 @@ def check_options(out: PathLike, options: TranslationOptions, module: torch.nn.M
             check_writable(path, flag)
     if o.uncertainty is not None and o.samples < 2:
         raise UserError(f"--uncertainty {o.uncertainty} needs --samples 2 or more (a standard deviation over samples).")
+    spacing = checked_spacing(o.sampler, o.spacing)
     if o.steps is not None and o.steps < 1:
         raise UserError(f"--steps must be at least 1, got {o.steps}.")
-    steps = default_steps(module) if o.steps is None else o.steps
-    spacing = checked_spacing(module, o.sampler, steps, o.spacing)
     if o.samples < 1:
         raise UserError(f"--samples must be at least 1, got {o.samples}.")
+    return replace(o, spacing=spacing)
+
+
+def options_for_model(options: TranslationOptions, module: torch.nn.Module) -> TranslationOptions:
+    """The options checked against the loaded model, with its own step count filled in when ``steps`` is None.
+
+    Raises:
+        UserError: what a deterministic (regression) model cannot do, in one sentence.
+    """
+    o = options
+    steps = default_steps(module) if o.steps is None else o.steps
     if is_deterministic(module) and (o.samples > 1 or o.uncertainty is not None):
         raise UserError(f"Checkpoint {getattr(module, 'checkpoint_path', o.ckpt)} is a deterministic regression model: "
                         "it gives one answer, so use --samples 1 and no --uncertainty.")
     if o.trajectory_png is not None and is_deterministic(module):
         raise UserError("--trajectory-png needs a diffusion model: a regression model has no sampling trajectory.")
-    return replace(o, steps=steps, spacing=spacing)
+    return replace(o, steps=steps)

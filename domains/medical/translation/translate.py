@@ -24,7 +24,7 @@ from ..io.figures import trajectory_strip, translation_panel
 from ..io.images import save_on_input_grid, to_input_grid
 from .inputs import load_inputs
 from .model import is_deterministic, load_translation_model, model_name, slice_geometry, training_spacing
-from .options import TranslationOptions, check_options
+from .options import TranslationOptions, check_options, options_for_model
 from .volume import mean_and_std, slice_trajectory, translate_volume
 
 SCT_DESCRIPTION = "Synthetic CT (HU) translated from MR by sci-diffusion; not for clinical use."
@@ -127,9 +127,9 @@ def translate_file(mr: str | os.PathLike, out: str | os.PathLike, mask: str | os
     Raises:
         UserError: a bad option, checkpoint or input file, in one sentence, before anything is written.
     """
-    options = replace(options or TranslationOptions(), **settings)
+    options = check_options(out, replace(options or TranslationOptions(), **settings))
     module = module if module is not None else load_translation_model(options.ckpt, options.device)
-    options = check_options(out, options, module)
+    options = options_for_model(options, module)
     inputs = read_on_model_grid(mr, mask, options.ct, module)
     start = time.perf_counter()
     volumes = translate_volume(module, inputs["mr"], inputs["mask"], options.samples, options.sampler, options.steps,
