@@ -9,6 +9,9 @@ over a set of molecules are ``evaluation/metrics.py``'s.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from .bonds import bond_orders
@@ -45,3 +48,45 @@ def molecule_report(z, pos, charges=None) -> tuple[np.ndarray, str | None]:
     of its largest fragment (None if it fails sanitizing, i.e. it is invalid)."""
     orders = bond_orders(z, pos)
     return stable_from_bond_orders(z, orders, charges), smiles_from_bond_orders(z, orders, True, charges)
+
+
+@dataclass
+class Verdicts:
+    """The verdicts of :func:`molecule_report` over a set of molecules, counted: what the EDM metric's
+    stability and validity are made of (``evaluation/metrics.py`` adds uniqueness and novelty; the
+    models' validation sampling logs these three)."""
+
+    molecules: int = 0
+    atoms: int = 0
+    stable_atoms: int = 0
+    stable_molecules: int = 0
+    valid_smiles: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, molecules: Iterable[tuple]) -> Verdicts:
+        """Count the verdicts of ``(z, pos)`` pairs or ``(z, pos, charges)`` triples."""
+        counted = cls()
+        for molecule in molecules:
+            stable, smiles = molecule_report(*as_molecule(molecule))
+            counted.molecules += 1
+            counted.atoms += len(stable)
+            counted.stable_atoms += int(stable.sum())
+            counted.stable_molecules += int(stable.all())
+            if smiles is not None:
+                counted.valid_smiles.append(smiles)
+        return counted
+
+    @property
+    def atom_stability(self) -> float:
+        """Stable atoms over all atoms, pooled over the molecules."""
+        return self.stable_atoms / max(self.atoms, 1)
+
+    @property
+    def molecule_stability(self) -> float:
+        """Molecules whose every atom is stable, over all molecules."""
+        return self.stable_molecules / max(self.molecules, 1)
+
+    @property
+    def validity(self) -> float:
+        """Molecules RDKit sanitizes, over all molecules."""
+        return len(self.valid_smiles) / max(self.molecules, 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..chem.stability import as_molecule, molecule_report, stable_atoms
+from ..chem.stability import Verdicts, as_molecule, stable_atoms
 from ..data import qm9
 
 PROTOCOL = "EDM (Hoogeboom et al. 2022): bond orders from distances, explicit H"
@@ -62,31 +62,23 @@ def evaluate_molecules(
         ValueError: no molecules.
         UnknownElementError: an atom without EDM bond lengths (``elements.KNOWN_ELEMENTS``).
     """
-    n_molecules = n_atoms = n_stable_atoms = n_stable_molecules = 0
-    valid: list[str] = []
-    for molecule in molecules:
-        stable, smiles = molecule_report(*as_molecule(molecule))
-        n_molecules += 1
-        n_atoms += len(stable)
-        n_stable_atoms += int(stable.sum())
-        n_stable_molecules += int(stable.all())
-        if smiles is not None:
-            valid.append(smiles)
-    if n_molecules == 0:
+    verdicts = Verdicts.of(molecules)
+    if verdicts.molecules == 0:
         raise ValueError("There are no molecules to evaluate.")
+    valid = verdicts.valid_smiles
     unique = set(valid)
     novel = None if train_smiles is None else unique.difference(train_smiles)
     return {
-        "atom_stability": n_stable_atoms / max(n_atoms, 1),
-        "molecule_stability": n_stable_molecules / n_molecules,
-        "validity": len(valid) / n_molecules,
+        "atom_stability": verdicts.atom_stability,
+        "molecule_stability": verdicts.molecule_stability,
+        "validity": verdicts.validity,
         "uniqueness": len(unique) / len(valid) if valid else 0.0,
-        "validity_x_uniqueness": len(unique) / n_molecules,
+        "validity_x_uniqueness": len(unique) / verdicts.molecules,
         "novelty": None if novel is None else (len(novel) / len(unique) if unique else 0.0),
-        "n_molecules": n_molecules,
-        "n_atoms": n_atoms,
-        "n_stable_atoms": n_stable_atoms,
-        "n_stable_molecules": n_stable_molecules,
+        "n_molecules": verdicts.molecules,
+        "n_atoms": verdicts.atoms,
+        "n_stable_atoms": verdicts.stable_atoms,
+        "n_stable_molecules": verdicts.stable_molecules,
         "n_valid": len(valid),
         "n_unique": len(unique),
         "n_novel": None if novel is None else len(novel),

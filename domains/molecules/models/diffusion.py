@@ -18,7 +18,7 @@ from sci_diffusion.module import DiffusionBatch, DiffusionModule
 from sci_diffusion.state_spaces import ProductSpace
 
 from ..chem.elements import ElementSet
-from ..chem.stability import as_molecule, molecule_report
+from ..chem.stability import Verdicts
 from ..data.atom_state import atom_feature_count, centred_atom_state, molecule_space
 from ..data.conditioning import PropertyConditioning, check_property_names
 from ..data.qm9 import PROPERTY_NAMES
@@ -217,11 +217,9 @@ class MoleculeDiffusion(DiffusionModule):
         else:
             counts = draw_atom_counts(self.atom_count_histogram, n, gen)
         mols = sample_molecules(self, counts, self.hparams.val_sampler, self.hparams.val_steps, gen, cond=cond)
-        # the EDM metrics' stability and validity (evaluation/metrics.py, a layer above), from the per-molecule verdicts
-        stable, smiles = zip(*(molecule_report(*as_molecule(m)) for m in mols))
-        return {"atom_stability": sum(int(s.sum()) for s in stable) / max(sum(len(s) for s in stable), 1),
-                "mol_stability": sum(int(s.all()) for s in stable) / len(stable),
-                "validity": sum(s is not None for s in smiles) / len(smiles)}
+        verdicts = Verdicts.of(mols)  # the EDM metric's stability and validity
+        return {"atom_stability": verdicts.atom_stability, "mol_stability": verdicts.molecule_stability,
+                "validity": verdicts.validity}
 
 
 def load_widened_weights(net: torch.nn.Module, state_dict: dict[str, Tensor], prefix: str = "") -> None:
