@@ -84,6 +84,7 @@ class DiffusionModule(L.LightningModule):
     """
 
     domain = "core"
+    loss_class: type[DenoisingLoss] = DenoisingLoss  # what build_loss makes of the hyperparameters
 
     def __init__(
         self,
@@ -118,10 +119,11 @@ class DiffusionModule(L.LightningModule):
 
     def build_loss(self) -> Callable[[DiffusionModule, DiffusionBatch, torch.Generator | None], Tensor]:
         """The training loss ``loss_fn(model, batch, generator) -> scalar`` (called once in ``__init__``): the
-        diffusion loss of the hyperparameters (``losses.DenoisingLoss``). A domain overrides it for another
-        loss (the MRI-to-CT regression's L1, the residual model's extra scale term)."""
+        diffusion loss of the hyperparameters, a ``loss_class`` (``losses.DenoisingLoss``, or a subclass with
+        terms of its own such as the residual model's scale term). A domain overrides it for another kind of
+        loss (the MRI-to-CT regression's L1)."""
         h = self.hparams
-        return DenoisingLoss(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout)
+        return self.loss_class(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout)
 
     def drop_condition(self, cond: Any, drop: Tensor, batch: DiffusionBatch) -> Any:
         """Replace the condition of samples where ``drop`` is True by the null condition.

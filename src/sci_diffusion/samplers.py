@@ -30,7 +30,7 @@ from .denoiser import Denoiser
 from .names import SAMPLER_NAMES
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
-from .time_grids import time_grid
+from .time_grids import check_spacing, time_grid
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
 
@@ -280,9 +280,17 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
 
 def resolve_spacing(sampler: str, spacing: str | None = None) -> str:
     """The time grid a run of ``sampler`` uses: ``spacing``, or the sampler's default when None
-    (the one place the default is filled in, so that what a run records is what it used)."""
+    (the one place the default is filled in, so that what a run records is what it used).
+
+    Raises:
+        ValueError: an unknown sampler or spacing (one sentence each), so a command can check its
+            ``--sampler`` and ``--spacing`` before it loads a model.
+    """
     get_sampler(sampler)
-    return spacing or DEFAULT_SPACING[sampler]
+    if spacing is None:
+        return DEFAULT_SPACING[sampler]
+    check_spacing(spacing)
+    return spacing
 
 
 def sampler_times(sampler: str, schedule: NoiseSchedule, steps: int, spacing: str | None = None) -> Tensor:

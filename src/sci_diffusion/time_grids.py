@@ -47,8 +47,8 @@ def logsnr_times(schedule: NoiseSchedule, steps: int, t_min: float) -> Tensor:
 
 
 def check_spacing(spacing: str) -> None:
-    """Raise ``ValueError`` (one sentence) unless ``spacing`` is one of ``SPACINGS``; a command checks its
-    ``--spacing`` with it before it loads a model (:func:`time_grid` checks it again)."""
+    """Raise ``ValueError`` (one sentence) unless ``spacing`` is one of ``SPACINGS`` (:func:`time_grid` and
+    ``samplers.resolve_spacing`` both check with it)."""
     if spacing not in SPACINGS:
         raise ValueError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
 

@@ -96,6 +96,8 @@ def test_each_samplers_grid_has_its_default_spacing():
         assert torch.equal(sampler_times(name, schedule, 10, "uniform"), time_grid(schedule, 10, "uniform"))
     with pytest.raises(ValueError, match="Unknown sampler"):
         resolve_spacing("euler")
+    with pytest.raises(ValueError, match="Unknown time spacing 'karras'"):
+        resolve_spacing("ddim", "karras")  # a command's --spacing is refused before any model loads
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

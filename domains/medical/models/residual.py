@@ -124,6 +124,8 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         **kwargs: ``MRItoCTDiffusion``'s network size and the core's diffusion arguments.
     """
 
+    loss_class = ResidualLoss  # the diffusion loss plus the scale map's Laplace term
+
     def __init__(self, regression_ckpt: str | None = None, regression: dict[str, Any] | None = None,
                  residual_scale: float = 0.1, scale_channels: Sequence[int] | None = None, **kwargs: Any) -> None:
         if residual_scale <= 0:
@@ -179,10 +181,6 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         scale = self.residual_scale_map(context)  # with its gradient, for the Laplace loss only
         return ResidualBatch(x0=(ct - mean) / scale.detach(), space=EuclideanSpace(), cond=None, context=context,
                              mask=mask, scale=None if self.scale_net is None else scale)
-
-    def build_loss(self) -> ResidualLoss:
-        h = self.hparams
-        return ResidualLoss(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout)
 
     def residual_denoiser(self, mr: Tensor, mean: Tensor, scale: Tensor):
         """The x0-denoiser of the scaled residual given MR stacks, the regression mean ``(B, 1, H, W)``

@@ -12,7 +12,6 @@ import torch
 from sci_diffusion.atomic import check_writable
 from sci_diffusion.errors import UserError
 from sci_diffusion.samplers import resolve_spacing
-from sci_diffusion.time_grids import check_spacing
 
 from ..io.images import OUTPUT_SUFFIXES
 from .model import default_steps, is_deterministic
@@ -68,11 +67,9 @@ def check_output_path(path: PathLike | None, flag: str) -> None:
 
 def checked_spacing(sampler: str, spacing: str | None) -> str:
     """The time spacing a run uses and records (the sampler's default when None), after the core's own checks of
-    the sampler name (``samplers.resolve_spacing``) and the spacing (``time_grids.check_spacing``), in the
-    core's sentences."""
+    the sampler name and the spacing (``samplers.resolve_spacing``), in the core's sentences."""
     try:
         spacing = resolve_spacing(sampler, spacing)
-        check_spacing(spacing)
     except ValueError as err:
         raise UserError(str(err)) from None
     return spacing

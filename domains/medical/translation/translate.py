@@ -1,7 +1,8 @@
 """``translate``: one MR file in, a synthetic CT file (HU) out, with a trained model.
 
-``translate_file`` is the verb, in steps: load the model (``model.py``), check every option against it
-(``options.check_options``), read the MR onto the model's grid (``inputs.load_inputs``), translate the
+``translate_file`` is the verb, in steps: check every option (``options.check_options``), load the model
+(``model.py``) and check the options against it (``options.options_for_model``), read the MR onto the
+model's grid (``inputs.load_inputs``), translate the
 volume (``volume.translate_volume``: K samples, their mean and std), then write the sCT, its sidecar and
 the optional std volume and pictures on the MR's own grid (``write_translation``, ``draw_figures``).
 """
