@@ -60,14 +60,23 @@ class CpuTimeBudget(L.Callback):
     in the checkpoint, so a resumed run counts what the earlier legs spent, and logged as
     ``train/cpu_hours``.
 
+    With ``save_at``, it also saves a checkpoint ``cpu_<h>h.ckpt`` (``cpu_0.25h.ckpt``, ...) in the
+    ``ModelCheckpoint`` folder the first time the CPU time spent passes each mark, so that a study
+    can compare recipes at equal CPU time. Marks already passed by earlier legs are not saved again.
+
     Args:
         hours: the budget in CPU-hours (core-hours).
+        save_at: CPU-hour marks at which to save a checkpoint (each at most ``hours``).
     """
 
-    def __init__(self, hours: float) -> None:
+    def __init__(self, hours: float, save_at: list[float] | None = None) -> None:
         if hours <= 0:
             raise ValueError(f"The CPU-time budget must be positive, not {hours} hours.")
+        marks = sorted(float(m) for m in (save_at or []))
+        if any(m <= 0 or m > hours for m in marks):
+            raise ValueError(f"Each checkpoint mark must lie in (0, {hours}] CPU-hours, not {marks}.")
         self.hours = hours
+        self.save_at = marks
         self._spent_before = 0.0  # CPU seconds of earlier legs (from the checkpoint)
         self._start: float | None = None
 
@@ -82,14 +91,21 @@ class CpuTimeBudget(L.Callback):
         spent = self.spent_seconds()
         if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
             pl_module.log("train/cpu_hours", spent / 3600.0)
+        while self.save_at and spent >= 3600.0 * self.save_at[0]:
+            self._save_mark(trainer, self.save_at.pop(0))
         if spent >= 3600.0 * self.hours:
             trainer.should_stop = True
+
+    def _save_mark(self, trainer: L.Trainer, mark: float) -> None:
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
+        trainer.save_checkpoint(str(Path(folder) / f"cpu_{mark:g}h.ckpt"))
 
     def state_dict(self) -> dict[str, float]:
         return {"cpu_seconds": self.spent_seconds(), "hours": self.hours}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self._spent_before = float(state_dict.get("cpu_seconds", 0.0))
+        self.save_at = [m for m in self.save_at if 3600.0 * m > self._spent_before]
 
 
 def plot_loss_curve(metrics_csv: Path, out_png: Path) -> None:

@@ -153,6 +153,45 @@ def test_a_cpu_time_budget_stops_training_and_counts_earlier_legs_on_resume(tmp_
     assert resumed_budget.spent_seconds() >= 720
 
 
+def test_a_cpu_time_budget_saves_a_checkpoint_at_each_mark_once(tmp_path, monkeypatch):
+    """With ``save_at``, the first batch past each CPU-hour mark writes ``cpu_<h>h.ckpt``; a
+    resumed leg that starts past a mark does not write it again."""
+    import itertools
+
+    import sci_diffusion.callbacks as callbacks_module
+    from sci_diffusion.callbacks import CpuTimeBudget
+
+    clock = itertools.count(0.0, 60.0)
+    monkeypatch.setattr(callbacks_module.time, "process_time", lambda: next(clock))
+    L.seed_everything(0)
+    trainer = L.Trainer(max_steps=1000, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[CpuTimeBudget(hours=0.1, save_at=[0.05, 0.1]),
+                                   ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(MixtureDiffusion(hidden=16, ema_decay=0, val_num=10), MixtureDataModule(num_train=4096, batch_size=128))
+    half = torch.load(tmp_path / "ckpt" / "cpu_0.05h.ckpt", weights_only=False)
+    full = torch.load(tmp_path / "ckpt" / "cpu_0.1h.ckpt", weights_only=False)
+    assert 180 <= half["callbacks"]["CpuTimeBudget"]["cpu_seconds"] < 360 <= full["callbacks"]["CpuTimeBudget"]["cpu_seconds"]
+    assert half["global_step"] < full["global_step"] == trainer.global_step
+    (tmp_path / "ckpt" / "cpu_0.05h.ckpt").unlink()
+
+    resumed = CpuTimeBudget(hours=0.2, save_at=[0.05, 0.2])
+    trainer = L.Trainer(max_steps=1000, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(MixtureDiffusion(hidden=16, ema_decay=0, val_num=10), MixtureDataModule(num_train=4096, batch_size=128),
+                ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert (tmp_path / "ckpt" / "cpu_0.2h.ckpt").is_file()
+    assert not (tmp_path / "ckpt" / "cpu_0.05h.ckpt").exists()  # passed in the first leg
+
+
+def test_a_cpu_time_budget_refuses_a_mark_past_its_budget():
+    from sci_diffusion.callbacks import CpuTimeBudget
+
+    with pytest.raises(ValueError, match="mark"):
+        CpuTimeBudget(hours=1.0, save_at=[0.5, 2.0])
+
+
 def test_a_cpu_time_budget_must_be_positive():
     from sci_diffusion.callbacks import CpuTimeBudget
 
