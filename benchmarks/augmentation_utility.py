@@ -26,17 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from jobs import Job, run_jobs  # noqa: E402
+
 GENERATOR_CONFIG = REPO / "configs/medical/paired_synthesis.yaml"
 DOWNSTREAM_CONFIG = REPO / "configs/medical/mri2ct_regression.yaml"
 ARMS = ("real", "real+synthetic", "synthetic")
@@ -59,42 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.n_real = sorted(int(v) for v in args.n_real.split(","))
     return args
-
-
-# ----- a small job runner ------------------------------------------------------------------------------
-@dataclass
-class Job:
-    name: str
-    command: list[str]
-    after: list[str] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-def run_jobs(jobs: list[Job], work: Path, parallel: int) -> dict[str, Job]:
-    """Run the jobs, ``parallel`` at a time, each after the jobs it names; record wall, CPU and peak RSS."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    pending, done, running = list(jobs), {}, {}
-    while pending or running:
-        for job in [j for j in pending if all(a in done for a in j.after)][: parallel - len(running)]:
-            pending.remove(job)
-            log = open(work / f"{job.name}.log", "w")
-            proc = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-            running[proc.pid] = (job, log, time.perf_counter())
-            print(f"  {time.strftime('%H:%M:%S')} start {job.name}", flush=True)
-        pid, status, usage = os.wait4(-1, 0)
-        if pid not in running:
-            continue
-        job, log, start = running.pop(pid)
-        log.close()
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            tail = (work / f"{job.name}.log").read_text().splitlines()[-15:]
-            raise SystemExit(f"{job.name} failed (exit {code}):\n" + "\n".join(tail))
-        job.facts.update(command=shlex.join(job.command), wall_seconds=round(time.perf_counter() - start, 1),
-                         cpu_seconds=round(usage.ru_utime + usage.ru_stime, 1), peak_rss_mb=round(usage.ru_maxrss / 1024, 1))
-        done[job.name] = job
-        print(f"  {time.strftime('%H:%M:%S')} done  {job.name}: {job.facts['cpu_seconds']:.0f} CPU-s", flush=True)
-    return done
 
 
 def fit(config: Path, root: Path, work: Path, name: str, hours: float, extra: list[str]) -> list[str]:

@@ -53,7 +53,7 @@ def target_for(kind: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: 
     raise ValueError(f"Unknown prediction type {kind!r}; choose eps, x0 or v.")
 
 
-LOSS_WEIGHTINGS = ("none", "min_snr", "snr")
+LOSS_WEIGHTINGS = ("none", "min_snr", "clipped_snr", "snr")
 
 
 def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: float = 5.0) -> Tensor:
@@ -67,6 +67,8 @@ def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: 
     - ``min_snr``: ``w = min(SNR, gamma)``, Min-SNR-gamma (Hang et al. 2023), as diffusers' training
       scripts apply it: ``min(SNR, gamma)`` for x0, ``min(SNR, gamma) / SNR`` for eps and
       ``min(SNR, gamma) / (SNR + 1)`` for v;
+    - ``clipped_snr``: ``w = clip(SNR, 0.05, 1.5)``, EQGAT-diff's time weighting of its x0 loss
+      (Le et al. 2024), which also keeps a floor on the noisiest steps;
     - ``snr``: ``w = SNR``, the x0 error weighted by SNR, which is the plain eps error.
 
     Returns a float32 tensor of ``snr``'s shape.
@@ -75,6 +77,8 @@ def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: 
         return torch.ones_like(snr, dtype=torch.float32)
     if kind == "min_snr":
         w = snr.clamp(max=gamma)
+    elif kind == "clipped_snr":
+        w = snr.clamp(min=0.05, max=1.5)
     elif kind == "snr":
         w = snr
     else:

@@ -30,7 +30,8 @@ def test_min_snr_is_diffusers_formula_for_each_prediction_type(prediction):
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-@pytest.mark.parametrize("kind, x0_weight", [("min_snr", lambda snr: snr.clamp(max=5.0)), ("snr", lambda snr: snr)])
+@pytest.mark.parametrize("kind, x0_weight", [("min_snr", lambda snr: snr.clamp(max=5.0)), ("snr", lambda snr: snr),
+                                             ("clipped_snr", lambda snr: snr.clamp(min=0.05, max=1.5))])
 def test_every_weighting_is_one_weight_on_the_x0_error_whatever_the_prediction(prediction, kind, x0_weight):
     """The weighted error of a wrong prediction equals ``w(SNR)`` times the x0 error it implies."""
     g = torch.Generator().manual_seed(0)
