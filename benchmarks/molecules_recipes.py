@@ -26,13 +26,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
+
+from sci_diffusion.checkpoints import load_module
+from sci_diffusion_molecules.data.qm9 import train_smiles
+from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules
+from sci_diffusion_molecules.generation.sampling import draw_atom_counts, sample_molecules
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from jobs import Job, run_jobs  # noqa: E402
+from reporting import RESULTS, replace_readme_row, write_result  # noqa: E402
 
 RESULT_NAME = "molecules_recipes"
+PLOT = REPO / "docs" / "results" / "molecules_recipes.png"
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class Arm:
     letter: str
     label: str
     config: str  # relative to the repository
+    sampler: str | None = None  # None: the study's --sampler; a flow model may need its own
 
 
 ARMS = {arm.letter: arm for arm in [
@@ -131,12 +140,154 @@ def train(args: argparse.Namespace, work: Path) -> None:
         record_legs(work, run_jobs(jobs, work, args.parallel))
 
 
+# ----- scoring -------------------------------------------------------------------------------------------
+def training_facts(ckpt: Path) -> dict:
+    """Step, epoch and CPU-hours spent, read from a Lightning checkpoint."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    spent = state.get("callbacks", {}).get("CpuTimeBudget", {}).get("cpu_seconds", float("nan"))
+    return {"train_steps": int(state.get("global_step", 0)), "epoch": int(state.get("epoch", 0)),
+            "cpu_hours_spent": round(spent / 3600.0, 4)}
+
+
+def score_checkpoint(ckpt: Path, args: argparse.Namespace, reference: frozenset[str], sampler: str) -> list[dict]:
+    """Draw ``args.num`` molecules at each step count (seed 0, the same sizes for every arm) and score them."""
+    module = load_module(str(ckpt)).eval()
+    counts = draw_atom_counts(module.atom_count_histogram, args.num, torch.Generator().manual_seed(0))
+    rows = []
+    for steps in args.steps:
+        generator, molecules = torch.Generator().manual_seed(0), []
+        start = time.perf_counter()
+        for i in range(0, args.num, args.batch_size):
+            molecules += list(sample_molecules(module, counts[i:i + args.batch_size], sampler, steps, generator,
+                                               args.batch_size))
+        seconds = time.perf_counter() - start
+        metrics = evaluate_molecules(molecules, reference)
+        rows.append({"sampler": sampler, "steps": steps, "molecules": len(molecules),
+                     "molecules_per_second": round(len(molecules) / seconds, 2),
+                     **{k: metrics[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness",
+                                                "validity_x_uniqueness", "novelty")}})
+        print(f"    {steps} steps: {100 * metrics['molecule_stability']:.1f} % stable, "
+              f"{100 * metrics['validity']:.1f} % valid, {rows[-1]['molecules_per_second']} mol/s", flush=True)
+    return rows
+
+
+def score(args: argparse.Namespace, work: Path, previous: list[dict]) -> list[dict]:
+    """Score every saved mark of the chosen arms; rows of other arms (or marks not saved) are kept from before."""
+    torch.set_num_threads(args.threads)
+    reference = train_smiles()
+    rows = {(r["arm"], r["mark_cpu_hours"], r["steps"]): r for r in previous}
+    for letter in args.arms:
+        arm = ARMS[letter]
+        for mark in args.marks:
+            ckpt = mark_checkpoint(work, letter, mark)
+            if not ckpt.is_file():
+                print(f"  arm {letter}: no checkpoint at {mark:g} CPU-hours yet ({ckpt})")
+                continue
+            print(f"  arm {letter} at {mark:g} CPU-hours:", flush=True)
+            facts = training_facts(ckpt)
+            for row in score_checkpoint(ckpt, args, reference, arm.sampler or args.sampler):
+                rows[(letter, mark, row["steps"])] = {"arm": letter, "label": arm.label, "config": arm.config,
+                                                      "mark_cpu_hours": mark, **facts, **row}
+    return sorted(rows.values(), key=lambda r: (r["arm"], r["mark_cpu_hours"], r["steps"]))
+
+
+# ----- report --------------------------------------------------------------------------------------------
+README_ROW = "Recipe study, QM9 (EDM metric, 1,000 molecules per arm, equal CPU time)"
+PUBLISHED = "EDM 82.0 % stable (1,000 steps, ~7 GPU-days); MolTD 92.5 % at 12 steps"
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| arm | recipe | CPU-hours | training steps | sampler steps | atom % | mol % | valid % | V x U % "
+             "| novelty % | mol/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['label']} | {r['mark_cpu_hours']:g} | {r['train_steps']:,} | {r['sampler']} "
+                     f"{r['steps']} | {pct(r['atom_stability'])} | {pct(r['molecule_stability'])} | {pct(r['validity'])} "
+                     f"| {pct(r['validity_x_uniqueness'])} | {pct(r['novelty'])} | {r['molecules_per_second']} |")
+    return "\n".join(lines)
+
+
+def leader(rows: list[dict], steps: int) -> tuple[dict, dict | None, float] | None:
+    """At the largest mark every arm reached, the best and second arm by molecule stability at ``steps``,
+    and the standard error of their difference (two independent proportions)."""
+    at = [r for r in rows if r["steps"] == steps]
+    if not at:
+        return None
+    common = min(max(r["mark_cpu_hours"] for r in at if r["arm"] == a) for a in {r["arm"] for r in at})
+    ranked = sorted((r for r in at if r["mark_cpu_hours"] == common), key=lambda r: -r["molecule_stability"])
+    if len(ranked) < 2:
+        return ranked[0], None, float("nan")
+    a, b = ranked[0], ranked[1]
+    se = (a["molecule_stability"] * (1 - a["molecule_stability"]) / a["molecules"]
+          + b["molecule_stability"] * (1 - b["molecule_stability"]) / b["molecules"]) ** 0.5
+    return a, b, se
+
+
+def verdict(rows: list[dict], steps: int) -> str:
+    found = leader(rows, steps)
+    if found is None:
+        return ""
+    a, b, se = found
+    head = (f"At {a['mark_cpu_hours']:g} CPU-hours and {steps} steps, arm **{a['arm']}** leads with "
+            f"{pct(a['molecule_stability'])} %")
+    if b is None:
+        return head + " (the only arm scored there)."
+    gap = 100 * (a["molecule_stability"] - b["molecule_stability"])
+    return (head + f", {gap:.1f} points above arm {b['arm']} ({pct(b['molecule_stability'])} %; standard error of the "
+            f"difference {100 * se:.1f} points).")
+
+
+def draw_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib  # matplotlib: only when the picture is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, letter in enumerate(sorted({r["arm"] for r in rows})):
+        for steps, style in zip(sorted({r["steps"] for r in rows}), ["--", "-", ":"]):
+            pts = sorted((r["mark_cpu_hours"], 100 * r["molecule_stability"]) for r in rows
+                         if r["arm"] == letter and r["steps"] == steps)
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{letter}: {ARMS[letter].label} ({steps} steps)")
+    ax.set_xlabel("training CPU-hours (one thread)")
+    ax.set_ylabel("molecule stability % (EDM metric)")
+    ax.set_title("QM9 recipes at equal CPU time")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(rows: list[dict], args: argparse.Namespace, work: Path) -> None:
+    legs = {a: json.loads((work / a / "legs.json").read_text()) for a in ARMS if (work / a / "legs.json").is_file()}
+    draw_plot(rows, PLOT)
+    markdown = "\n\n".join([table(rows), verdict(rows, 50), verdict(rows, 20),
+                              f"![molecule stability against CPU-hours]({PLOT.name})"])
+    write_result(RESULT_NAME, {"rows": rows, "legs": legs, "num": args.num, "steps": args.steps, "marks": args.marks},
+                 markdown, update_page=not args.no_readme)
+    found = leader(rows, 50)
+    if found and not args.no_readme:
+        a = found[0]
+        replace_readme_row(README_ROW, f"| {README_ROW} | best arm {a['arm']} ({a['label']}): {pct(a['molecule_stability'])} % "
+                           f"stable, {pct(a['validity'])} % valid at {a['mark_cpu_hours']:g} CPU-hours, 50 steps | {PUBLISHED} "
+                           f"| {a['mark_cpu_hours']:g} CPU-hour per arm, one thread "
+                           "| [molecules_recipes](docs/results/molecules_recipes.md) |")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.phase in ("train", "both"):
         train(args, work)
+    if args.phase in ("score", "both"):
+        previous_file = RESULTS / f"{RESULT_NAME}.json"
+        previous = json.loads(previous_file.read_text())["rows"] if previous_file.is_file() else []
+        report(score(args, work, previous), args, work)
     return 0
 
 

@@ -79,3 +79,17 @@ def replace_results_block(name: str, markdown: str, pages: Path = PAGES) -> Path
     shown = pages.relative_to(ROOT) if pages.is_relative_to(ROOT) else pages
     print(f"No page in {shown}/ has a {start} ... {end} block; the table was not updated.", file=sys.stderr)
     return None
+
+
+def replace_readme_row(first_cell: str, row: str, readme: Path = ROOT / "README.md") -> bool:
+    """Replace the README's results-table row whose first cell is ``first_cell`` by ``row`` (a Markdown
+    table line); returns False, with one warning line, when the README has no such row."""
+    lines = readme.read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith(f"| {first_cell} |"):
+            lines[i] = row.rstrip("\n") + "\n"
+            with atomic_path(readme, suffix=".md") as tmp:
+                tmp.write_text("".join(lines))
+            return True
+    print(f"The README has no results row starting '| {first_cell} |'; it was not updated.", file=sys.stderr)
+    return False
