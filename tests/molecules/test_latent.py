@@ -164,9 +164,9 @@ def test_every_core_sampler_samples_the_latent_model_through_its_decoder(latent_
     widths, decoded = [], []
     decode = latent_model.autoencoder.decode
 
-    def spy(z, batch, num_graphs):
+    def spy(z, batch, num_graphs, cond=None):
         widths.append(z.shape[1])
-        out = decode(z, batch, num_graphs)
+        out = decode(z, batch, num_graphs, cond)
         decoded.append(out)
         return out
 

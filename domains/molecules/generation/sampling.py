@@ -62,8 +62,9 @@ class MoleculeGenerator(Protocol):
     def state_space(self, batch: Tensor, num_graphs: int) -> StateSpace:
         """The space the diffusion runs in, for a batch vector ``(N,)``."""
 
-    def decode_state(self, x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        """The atom state ``(N, 3 + F)`` (``data/atom_state.py``) of a sampled state."""
+    def decode_state(self, x: Tensor, batch: Tensor, num_graphs: int, cond: Tensor | None = None) -> Tensor:
+        """The atom state ``(N, 3 + F)`` (``data/atom_state.py``) of a sampled state; ``cond`` ``(G, P + 1)`` is
+        the condition it was sampled with (a conditional latent model's decoder reads it), or None."""
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         """The model's parameters (their device is the sampling device)."""
@@ -215,7 +216,7 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 x = sample(denoiser, x_T, module.schedule, times, space, cond=c, generator=generators, progress=progress,
                            callback=watch)
-                x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs).float()
+                x = isolate_failed_samples(module.decode_state, space)(x, batch, num_graphs, c).float()
             for part in torch.split(x, counts.tolist()):
                 pos, z = decode_atoms(part, module.element_set)
                 charges = decode_formal_charges(part, module.element_set)

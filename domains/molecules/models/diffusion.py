@@ -113,9 +113,9 @@ class MoleculeDiffusion(DiffusionModule):
         """The space the diffusion runs in, for a batch vector ``(N,)``."""
         return molecule_space(batch, num_graphs, self.state_features)
 
-    def decode_state(self, x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    def decode_state(self, x: Tensor, batch: Tensor, num_graphs: int, cond: Tensor | None = None) -> Tensor:
         """The atom state ``(N, 3 + 6)`` (positions, type scores, charge) of a sampled state: the
-        state itself here; the latent model decodes."""
+        state itself here (``cond`` unused); the latent model decodes."""
         return x
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None, context: Any = None) -> Tensor:
