@@ -53,6 +53,7 @@ class Arm:
 
 ARMS = {arm.letter: arm for arm in [
     Arm("a", "EDM recipe (eps, L2), the baseline", "configs/molecules/recipes/a_edm.yaml"),
+    Arm("b", "GeoLDM latent model, as its code does it", "configs/molecules/recipes/b_geoldm.yaml"),
     Arm("c", "EDM network, x0-prediction, clipped-SNR weight", "configs/molecules/recipes/c_x0_clipped_snr.yaml"),
     Arm("f", "EDM recipe at learning rate 1e-3", "configs/molecules/recipes/f_edm_lr1e-3.yaml"),
 ]}
