@@ -10,13 +10,15 @@ model's extra scale term).
 regression error lives in it, in this order:
 
 1. the time draw: ``t`` uniform on ``{1..T} / T``, one per sample;
-2. the forward process ``x_t = alpha_t x0 + sigma_t eps``, with ``eps`` from the batch's state space;
+2. the forward process ``x_t = alpha_t x0 + sigma_t eps``, with ``eps`` from the batch's state space, paired with
+   the data by the loss's ``coupling`` where it has one (identity by default; a flow's aligned coupling);
 3. the known mask: entries given as the condition are seen clean and left out of the loss;
 4. condition dropout (classifier-free guidance), in training only;
 5. the prediction's target (eps, x0 or v) and its SNR weighting, then the masked mean error.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .parameterisation import loss_weight, masked_mean_error, target_for
-from .schedules import NoiseSchedule
+from .paths import GaussianPath, check_prediction
 
 if TYPE_CHECKING:  # annotations only: module.py imports this file
     from .module import DiffusionBatch, DiffusionModule
@@ -37,7 +39,7 @@ class NoisedBatch:
     Attributes:
         t: ``(num_samples,)`` float64 times in ``(0, 1]``.
         x_t: the noised state, ``x0``'s shape, with known entries clean.
-        eps: the noise drawn, ``x0``'s shape.
+        eps: the noise drawn (after the coupling), ``x0``'s shape.
         alpha, sigma: the schedule at ``t``, broadcastable to ``x0``.
         mask: where the loss is averaged (the batch's mask, without the known entries), or None: everywhere.
     """
@@ -55,19 +57,27 @@ class DenoisingLoss:
     """The diffusion training loss: eps / x0 / v regression at a random time (module docstring, steps 1-5).
 
     Args:
-        schedule: the noise schedule the model is trained with.
+        schedule: the noise schedule the model is trained with, or a rectified-flow path (``paths.py``).
         prediction: what the network predicts, ``eps``, ``x0`` or ``v``.
         kind: ``l2`` or ``l1``.
         weighting: ``none``, ``min_snr`` or ``snr`` (``parameterisation.loss_weight``).
         cond_dropout: probability of replacing a sample's condition by the null condition in training
             (``model.drop_condition``), so that one network also learns the unconditional prediction.
+        coupling: ``coupling(eps, x0, batch) -> eps``: pairs each sample's noise draw with its data (e.g. a
+            rotation- and permutation-aligned coupling for flow matching), returning noise of ``eps``'s shape
+            that still lies in the batch's space; None: independent noise, as the diffusion's forward process
+            has it. Only the noise changes, never the data.
     """
 
-    schedule: NoiseSchedule
+    schedule: GaussianPath
     prediction: str = "eps"
     kind: str = "l2"
     weighting: str = "none"
     cond_dropout: float = 0.0
+    coupling: Callable[[Tensor, Tensor, DiffusionBatch], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        check_prediction(self.schedule, self.prediction)
 
     def __call__(self, model: DiffusionModule, batch: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
         """The mean loss over ``batch`` (a 0-d tensor); ``generator`` fixes every draw (validation)."""
@@ -87,6 +97,8 @@ class DenoisingLoss:
         t = step.double() / self.schedule.T
         alpha, sigma = space.expand(self.schedule.alpha(t), x0), space.expand(self.schedule.sigma(t), x0)
         eps = space.noise(x0, generator)
+        if self.coupling is not None:
+            eps = self.coupling(eps, x0, batch)
         x_t, mask = alpha * x0 + sigma * eps, batch.mask
         if batch.known is not None:
             known = batch.known.expand_as(x0).bool()

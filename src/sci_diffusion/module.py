@@ -31,7 +31,7 @@ from .checkpoints import module_class_name, read_checkpoint, training_record
 from .denoiser import PredictionDenoiser
 from .errors import UserError
 from .losses import DenoisingLoss
-from .schedules import NoiseSchedule
+from .paths import noise_path
 from .state_spaces import StateSpace
 
 
@@ -66,7 +66,8 @@ class DiffusionModule(L.LightningModule):
     """Generic diffusion training (LightningModule). See the module docstring for the contract.
 
     Args:
-        schedule: noise schedule name (``linear``, ``cosine``, ``polynomial_2``, ``sigmoid``).
+        schedule: noise schedule name (``linear``, ``cosine``, ``polynomial_2``, ``sigmoid``), or ``rectified_flow``,
+            the linear path of flow matching (``paths.py``; x0-prediction).
         timesteps: the training T; time is drawn from ``{1..T} / T``.
         prediction: the network's parameterisation, ``eps``, ``x0`` or ``v``.
         loss_type: ``l2`` or ``l1``.
@@ -105,7 +106,7 @@ class DiffusionModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.schedule = NoiseSchedule.from_name(schedule, timesteps)
+        self.schedule = noise_path(schedule, timesteps)
         self.net = self.build_network()
         self.loss_fn = self.build_loss()
         self._initialised_from: str | None = None

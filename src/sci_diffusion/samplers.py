@@ -90,9 +90,12 @@ def ddpm_step(x: Tensor, x0: Tensor, a_t: float, s_t: float, a_s: float, s_s: fl
 
 
 def ddim_step(x: Tensor, x0: Tensor, a_t: float, s_t: float, a_s: float, s_s: float, eta: float, noise: Tensor | None) -> Tensor:
-    """One DDIM step (Song et al. 2021, Eq. 12) from ``t`` to ``s < t``."""
+    """One DDIM step (Song et al. 2021, Eq. 12) from ``t`` to ``s < t``.
+
+    Its noise is ``eta`` times the ancestral step's standard deviation (:func:`ddpm_step`), which on a
+    variance-preserving path is Song et al.'s ``sigma_t(eta)`` and holds on any Gaussian path (``paths.py``)."""
     eps = (x - a_t * x0) / s_t
-    std = eta * ((s_s**2 / s_t**2) * (1 - (a_t**2) / (a_s**2))) ** 0.5 if s_t > 0 else 0.0
+    std = eta * (s_s / s_t) * max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0) ** 0.5 if s_t > 0 else 0.0
     out = a_s * x0 + max(s_s**2 - std**2, 0.0) ** 0.5 * eps
     return out if (noise is None or std == 0) else out + std * noise
 
@@ -210,6 +213,9 @@ def heun(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor
     y, a_s = None, None
     for step in grid_steps(schedule, times, progress, "heun"):
         a_t, a_s = step.alpha_t, step.alpha_s
+        if y is None and a_t == 0:
+            raise ValueError("heun integrates x / alpha, which does not exist where alpha = 0 (t = 1 of a "
+                             "rectified-flow path); use ddim (Euler on the flow ODE) or dpmpp2m.")
         y = x_T / a_t if y is None else y
         sig_t, sig_s = step.sigma_t / a_t, step.sigma_s / a_s
         x0 = _denoise(denoiser, y * a_t, step.t, cond)

@@ -15,9 +15,12 @@ Spacings (``SPACINGS``):
 - ``"uniform"``: uniform in t (DPM-Solver's ``time_uniform``; DDPM/DDIM practice);
 - ``"quadratic"``: uniform in sqrt(t), so the steps crowd near t = 0 (``time_quadratic``);
 - ``"logsnr"``: uniform in ``lambda = log(alpha/sigma)`` (``logSNR``, DPM-Solver's advice for its
-  solvers).
+  solvers). A path that reaches pure noise at t = 1 (rectified flow, ``paths.py``) has ``lambda(1) = -inf``:
+  its grid is uniform in ``lambda`` from ``lambda(1 - 1/T)``, the mirror of its end at ``1/T``, and starts at 1.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -39,8 +42,11 @@ def quadratic_times(steps: int, t_min: float) -> Tensor:
 
 
 def logsnr_times(schedule: NoiseSchedule, steps: int, t_min: float) -> Tensor:
-    """``steps + 1`` times uniform in the schedule's ``lambda`` from ``lambda(1)`` to ``lambda(t_min)``."""
-    lam = torch.linspace(float(schedule.log_snr(1.0)), float(schedule.log_snr(t_min)), steps + 1, dtype=torch.float64)
+    """``steps + 1`` times uniform in the schedule's ``lambda`` from ``lambda(1)`` (or ``lambda(1 - t_min)`` where
+    ``lambda(1) = -inf``: a flow path) to ``lambda(t_min)``, the first time set to 1."""
+    start = float(schedule.log_snr(1.0))
+    start = start if math.isfinite(start) else float(schedule.log_snr(1.0 - t_min))
+    lam = torch.linspace(start, float(schedule.log_snr(t_min)), steps + 1, dtype=torch.float64)
     times = schedule.t_from_log_snr(lam)
     times[0], times[-1] = 1.0, t_min  # the inverse is exact only to rounding at the ends
     return times

@@ -8,17 +8,20 @@ molecule, atom features in plain Euclidean space (EDM's feature scaling). The ne
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from sci_diffusion.errors import UserError
+from sci_diffusion.losses import DenoisingLoss
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
 from sci_diffusion.state_spaces import ProductSpace
 
 from ..chem.elements import ElementSet
 from ..chem.stability import Verdicts
+from ..data.aligned_coupling import noise_coupling
 from ..data.atom_state import atom_feature_count, centred_atom_state, molecule_space
 from ..data.conditioning import PropertyConditioning, check_property_names
 from ..data.qm9 import PROPERTY_NAMES
@@ -60,6 +63,10 @@ class MoleculeDiffusion(DiffusionModule):
         types_given: a conformer model: the atom features are the condition, seen clean at every noise
             level and left out of the loss (``DiffusionBatch.known``), and only the positions are
             generated. ``sample molecules --smiles`` with it writes conformers of the given molecule.
+        coupling: how training pairs each molecule's noise with its data: ``"independent"`` (the diffusion's
+            forward process) or ``"aligned"`` (``data/aligned_coupling.py``: atom assignment and Kabsch rotation,
+            as EquiFM and SemlaFlow train their flows; with ``schedule: rectified_flow``, ``prediction: x0``). An
+            aligned model is sampled exactly by the ODE samplers (``ddim``, ``dpmpp2m``).
         **kwargs: the core's DiffusionModule arguments (schedule, prediction, lr, ema_decay, ...).
             Among them ``init_from``: a molecules checkpoint whose network starts this one when training
             begins (fine-tuning, e.g. a conditional model from the unconditional bundled one). Every
@@ -77,7 +84,8 @@ class MoleculeDiffusion(DiffusionModule):
                  property_mad: list[float] | None = None, val_molecules: int = 100,
                  edm_layer: bool = False, backbone: str = "egnn", lmax: int = 1,
                  elements: list[str] | None = None, formal_charges: bool = False, normalization_factor: float = 1.0,
-                 types_given: bool = False, **kwargs: Any) -> None:
+                 types_given: bool = False, coupling: str = "independent", **kwargs: Any) -> None:
+        noise_coupling(coupling)  # an unknown name fails here, in one sentence
         self.element_set = ElementSet.of(elements, formal_charges)
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, not {backbone!r}.")
@@ -108,6 +116,12 @@ class MoleculeDiffusion(DiffusionModule):
         return EGNN(self.state_features, self.hparams.hidden, self.hparams.layers, cond_dim, self.hparams.attention,
                     edm_coords_range=self.hparams.edm_layer,
                     normalization_factor=self.hparams.get("normalization_factor", 1.0))
+
+    def build_loss(self) -> DenoisingLoss:
+        """The core's loss with the model's noise coupling (``coupling``; checkpoints older than the option:
+        independent)."""
+        loss = super().build_loss()
+        return dataclasses.replace(loss, coupling=noise_coupling(self.hparams.get("coupling", "independent")))
 
     def state_space(self, batch: Tensor, num_graphs: int) -> ProductSpace:
         """The space the diffusion runs in, for a batch vector ``(N,)``."""
