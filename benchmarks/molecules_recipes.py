@@ -55,6 +55,9 @@ ARMS = {arm.letter: arm for arm in [
     Arm("a", "EDM recipe (eps, L2), the baseline", "configs/molecules/recipes/a_edm.yaml"),
     Arm("b", "GeoLDM latent model, as its code does it", "configs/molecules/recipes/b_geoldm.yaml"),
     Arm("c", "EDM network, x0-prediction, clipped-SNR weight", "configs/molecules/recipes/c_x0_clipped_snr.yaml"),
+    # a flow with an aligned coupling: x_t given x0 is no longer Gaussian, so only the ODE samplers are exact
+    Arm("d", "flow matching (rectified flow, x0), Kabsch + assignment coupling", "configs/molecules/recipes/d_flow_aligned.yaml",
+        sampler="ddim"),
     Arm("f", "EDM recipe at learning rate 1e-3", "configs/molecules/recipes/f_edm_lr1e-3.yaml"),
 ]}
 
