@@ -12,7 +12,9 @@ callback=None, **options) -> x_0``
   :func:`~sci_diffusion.time_grids.time_grid` (``N`` steps, independent of the training T, laid out by a
   ``spacing`` of :data:`~sci_diffusion.time_grids.SPACINGS`), or for a named sampler with its own default
   spacing (``DEFAULT_SPACING``) by :func:`sampler_times`. A sampler is only its update rule.
-- ``space``: the :class:`~sci_diffusion.state_spaces.StateSpace`; all noise comes from it.
+- ``space``: the :class:`~sci_diffusion.state_spaces.StateSpace`; all noise comes from it. A space with
+  categorical parts (``categorical.py``: bond orders) is stepped by ``ddpm`` and ``dpmpp2m_sde``, whose
+  categorical rows take the ancestral draw from ``p(x_s | x_t)``; the other samplers refuse it.
 - ``generator``: a ``torch.Generator``; with it, sampling is deterministic.
 - ``callback(i, t, x_t, x0_hat)``: called after each step with the intermediate state.
 """
@@ -79,6 +81,14 @@ def _denoise(denoiser: Denoiser, x: Tensor, t: Tensor, cond: Any) -> Tensor:
     return denoiser(x, t.to(torch.float32), cond)
 
 
+def refuse_categorical(space: StateSpace, name: str) -> None:
+    """Refuse a state with categorical parts (``categorical.py``): only the ancestral steps of ``ddpm`` and
+    ``dpmpp2m_sde`` have a categorical form (a draw from ``p(x_s | x_t)``)."""
+    if space.categorical:
+        raise ValueError(f"The {name} sampler has no update for a categorical variable such as bond orders; "
+                         "use ddpm or dpmpp2m_sde.")
+
+
 def ddpm_step(x: Tensor, x0: Tensor, a_t: float, s_t: float, a_s: float, s_s: float, noise: Tensor | None) -> Tensor:
     """One ancestral step from ``t`` to ``s < t``: a draw from ``q(x_s | x_t, x_0 = x0)``."""
     a_ts = a_t / a_s
@@ -108,7 +118,8 @@ def ddpm(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor
     for step in grid_steps(schedule, times, progress, "ddpm"):
         x0 = _denoise(denoiser, x, step.t, cond)
         noise = None if step.last else space.noise(x, generator)
-        x = space.project(ddpm_step(x, x0, step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s, noise))
+        x_s = space.project(ddpm_step(x, x0, step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s, noise))
+        x = space.categorical_reverse(x, x0, x_s, step.t, step.s, generator)
         if callback:
             callback(step.index, float(step.s), x, x0)
     return x
@@ -118,6 +129,7 @@ def ddim(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor
          cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
          callback: Callback | None = None, eta: float = 0.0) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021); ``eta = 0`` is deterministic, ``eta = 1`` is DDPM-like."""
+    refuse_categorical(space, "ddim")
     x = x_T
     for step in grid_steps(schedule, times, progress, "ddim"):
         x0 = _denoise(denoiser, x, step.t, cond)
@@ -185,6 +197,8 @@ def _dpmpp2m_loop(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, time
                   cond: Any, generator: torch.Generator | None, progress: bool, callback: Callback | None,
                   stochastic: bool) -> Tensor:
     """The multistep loop shared by the ODE and SDE forms of DPM-Solver++(2M)."""
+    if not stochastic:
+        refuse_categorical(space, "dpmpp2m")
     x = x_T
     d_prev, h_prev = None, None
     for step in grid_steps(schedule, times, progress, "dpmpp2m_sde" if stochastic else "dpmpp2m"):
@@ -193,7 +207,8 @@ def _dpmpp2m_loop(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, time
         d_used = None if step.last else d_prev
         if stochastic:
             noise = None if step.last else space.noise(x, generator)
-            x = space.project(dpmpp_2m_sde_step(x, d0, d_used, step.sigma_t, step.alpha_s, step.sigma_s, h, h_prev, noise))
+            x_s = space.project(dpmpp_2m_sde_step(x, d0, d_used, step.sigma_t, step.alpha_s, step.sigma_s, h, h_prev, noise))
+            x = space.categorical_reverse(x, d0, x_s, step.t, step.s, generator)  # their first-order ancestral step
         else:
             x = space.project(dpmpp_2m_step(x, d0, d_used, step.sigma_t, step.alpha_s, step.sigma_s, h, h_prev))
         d_prev, h_prev = d0, h
@@ -210,6 +225,7 @@ def heun(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor
     Integrates ``dy/dsigma = (y - D(y; sigma)) / sigma`` in the variance-exploding variables
     ``y = x / alpha``, ``sigma = sigma_t / alpha_t``; Euler on the last step. NFE = 2 steps - 1.
     """
+    refuse_categorical(space, "heun")
     y, a_s = None, None
     for step in grid_steps(schedule, times, progress, "heun"):
         a_t, a_s = step.alpha_t, step.alpha_s
@@ -242,6 +258,7 @@ def pc(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, 
     in its batch (their code averages measured norms over the batch); ``a = alpha_bar_t / alpha_bar_s``
     is the coarse-step analogue of their ``1 - beta_i``.
     """
+    refuse_categorical(space, "pc")
     x = x_T
     for step in grid_steps(schedule, times, progress, "pc"):
         a_t, s_t, a_s, s_s = step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s

@@ -33,9 +33,15 @@ def per_sample_noise(generator: PerSampleGenerator, sample_of_rows: Tensor, like
 
 
 class StateSpace(ABC):
-    """Interface; see the concrete spaces below."""
+    """Interface; see the concrete spaces below.
+
+    A space may hold a categorical variable (``categorical.py``: bond orders, as one-hot rows) beside its
+    Gaussian parts; ``categorical`` says whether it does, and the ``categorical_*`` methods are the forward
+    draw, the reverse step and the loss of those parts (a Gaussian space has none, and they change nothing).
+    """
 
     num_samples: int
+    categorical = False
 
     @abstractmethod
     def project(self, x: Tensor) -> Tensor:
@@ -76,6 +82,26 @@ class StateSpace(ABC):
     @abstractmethod
     def sample_sum(self, values: Tensor) -> Tensor:
         """Sum ``values`` (shaped like x) within each sample: ``(num_samples,)``."""
+
+    def categorical_forward(self, x_t: Tensor, x0: Tensor, t: Tensor, generator=None) -> Tensor:
+        """``x_t`` (the Gaussian forward draw) with its categorical entries drawn from ``q(x_t | x0)`` at the
+        per-sample times ``t`` ``(num_samples,)``; a space without categorical parts returns ``x_t``."""
+        return x_t
+
+    def categorical_reverse(self, x_t: Tensor, x0: Tensor, x_s: Tensor, t: Tensor, s: Tensor, generator=None) -> Tensor:
+        """``x_s`` (a sampler's Gaussian update from ``t`` to ``s``) with its categorical entries drawn from
+        ``p(x_s | x_t)``, ``x0`` holding their class probabilities; without categorical parts, ``x_s``."""
+        return x_s
+
+    def categorical_mask(self, like: Tensor) -> Tensor:
+        """1 on the entries the Gaussian regression leaves out (a categorical part's and any padding), 0 on
+        the others, shaped like ``like``."""
+        return torch.zeros_like(like)
+
+    def categorical_loss(self, pred: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+        """``(summed cross-entropy, rows)`` of the logits in ``pred``'s categorical rows against ``x0``'s classes."""
+        zero = pred.new_zeros((), dtype=torch.float32)
+        return zero, zero
 
 
 @dataclass
@@ -168,6 +194,7 @@ class ProductSpace(StateSpace):
     def __post_init__(self) -> None:
         self.num_samples = self.parts[0][0].num_samples
         self._widths = [w for _, w in self.parts]
+        self.categorical = any(space.categorical for space, _ in self.parts)
 
     def _split(self, x: Tensor) -> list[Tensor]:
         if x.shape[-1] != sum(self._widths):
@@ -192,3 +219,93 @@ class ProductSpace(StateSpace):
 
     def sample_sum(self, values: Tensor) -> Tensor:
         return self.parts[0][0].sample_sum(values)
+
+    def categorical_forward(self, x_t: Tensor, x0: Tensor, t: Tensor, generator=None) -> Tensor:
+        if not self.categorical:
+            return x_t
+        return torch.cat([s.categorical_forward(a, b, t, generator) for (s, _), a, b in
+                          zip(self.parts, self._split(x_t), self._split(x0))], dim=-1)
+
+    def categorical_reverse(self, x_t: Tensor, x0: Tensor, x_s: Tensor, t: Tensor, s: Tensor, generator=None) -> Tensor:
+        if not self.categorical:
+            return x_s
+        return torch.cat([space.categorical_reverse(a, b, c, t, s, generator) for (space, _), a, b, c in
+                          zip(self.parts, self._split(x_t), self._split(x0), self._split(x_s))], dim=-1)
+
+    def categorical_mask(self, like: Tensor) -> Tensor:
+        return torch.cat([s.categorical_mask(xi) for (s, _), xi in zip(self.parts, self._split(like))], dim=-1)
+
+    def categorical_loss(self, pred: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+        losses = [s.categorical_loss(p, x) for (s, _), p, x in zip(self.parts, self._split(pred), self._split(x0))]
+        return sum(total for total, _ in losses), sum(rows for _, rows in losses)
+
+
+@dataclass
+class StackedSpace(StateSpace):
+    """Spaces over row blocks of ``x``: ``x = cat([x_1, x_2, ...], dim=0)``, e.g. a molecule's atoms (a
+    :class:`ProductSpace` of coordinates and features) stacked on its atom pairs (a categorical space of
+    bond orders, ``categorical.py``), so that one state tensor holds both.
+
+    ``parts`` is a sequence of ``(space, rows, width)``: block b is the next ``rows`` rows, its space sees
+    their first ``width`` columns, and the rest of its columns (up to ``x``'s width, the largest) are
+    padding held at 0. Every part groups its rows into the same samples through a batch vector; the first
+    part's ``num_samples`` is the space's.
+    """
+
+    parts: Sequence[tuple[StateSpace, int, int]]
+
+    def __post_init__(self) -> None:
+        self.num_samples = self.parts[0][0].num_samples
+        self.width = max(width for _, _, width in self.parts)
+        self.categorical = any(space.categorical for space, _, _ in self.parts)
+
+    def _split(self, x: Tensor) -> list[Tensor]:
+        rows = [r for _, r, _ in self.parts]
+        if x.shape[0] != sum(rows) or x.shape[1] != self.width:
+            raise ValueError(f"x is {tuple(x.shape)} but the stacked space holds {sum(rows)} rows of {self.width}.")
+        return [block[:, :width] for block, (_, _, width) in zip(torch.split(x, rows, dim=0), self.parts)]
+
+    def _join(self, blocks: list[Tensor], fill: float = 0.0) -> Tensor:
+        """The blocks ``(rows_b, width_b)`` stacked into ``(sum rows_b, width)``, padding filled with ``fill``."""
+        return torch.cat([torch.nn.functional.pad(b, (0, self.width - b.shape[1]), value=fill) for b in blocks])
+
+    def project(self, x: Tensor) -> Tensor:
+        return self._join([s.project(b) for (s, _, _), b in zip(self.parts, self._split(x))])
+
+    def project_moving(self, x: Tensor, movable: Tensor) -> Tensor:
+        movable = self._split(movable.to(x.dtype).expand_as(x))
+        return self._join([s.project_moving(b, m) for (s, _, _), b, m in zip(self.parts, self._split(x), movable)])
+
+    def noise(self, like: Tensor, generator: torch.Generator | PerSampleGenerator | None = None) -> Tensor:
+        return self._join([s.noise(b, generator) for (s, _, _), b in zip(self.parts, self._split(like))])
+
+    def sample_of_rows(self, like: Tensor) -> Tensor:
+        return torch.cat([s.sample_of_rows(b) for (s, _, _), b in zip(self.parts, self._split(like))])
+
+    def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
+        if per_sample.dim() == 0:
+            return per_sample.to(like.dtype)
+        return torch.cat([s.expand(per_sample, b).reshape(b.shape[0], 1)
+                          for (s, _, _), b in zip(self.parts, self._split(like))])
+
+    def sample_sum(self, values: Tensor) -> Tensor:
+        return sum(s.sample_sum(b) for (s, _, _), b in zip(self.parts, self._split(values)))
+
+    def categorical_forward(self, x_t: Tensor, x0: Tensor, t: Tensor, generator=None) -> Tensor:
+        if not self.categorical:
+            return x_t
+        return self._join([s.categorical_forward(a, b, t, generator) for (s, _, _), a, b in
+                           zip(self.parts, self._split(x_t), self._split(x0))])
+
+    def categorical_reverse(self, x_t: Tensor, x0: Tensor, x_s: Tensor, t: Tensor, s: Tensor, generator=None) -> Tensor:
+        if not self.categorical:
+            return x_s
+        return self._join([space.categorical_reverse(a, b, c, t, s, generator) for (space, _, _), a, b, c in
+                           zip(self.parts, self._split(x_t), self._split(x0), self._split(x_s))])
+
+    def categorical_mask(self, like: Tensor) -> Tensor:
+        return self._join([s.categorical_mask(b) for (s, _, _), b in zip(self.parts, self._split(like))], fill=1.0)
+
+    def categorical_loss(self, pred: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+        losses = [s.categorical_loss(p, x) for (s, _, _), p, x in zip(self.parts, self._split(pred), self._split(x0))]
+        return sum(total for total, _ in losses), sum(rows for _, rows in losses)

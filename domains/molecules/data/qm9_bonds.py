@@ -26,7 +26,7 @@ the model learns bonds the metric can score. (MiDi's own QM9 loader reads ``gdb9
 whose bond block is Kekulé too, so its QM9 data holds no aromatic bonds either.) The aromatic class
 stays in the vocabulary (``chem/bond_types.py``) for other data.
 
-Computing all 130,831 molecules takes about 40 s on one core (``load_qm9_bonds(verbose=True)``
+Computing all 130,831 molecules takes about 70 s of one core (``load_qm9_bonds(verbose=True)``
 prints it); the cache (``qm9_bonds_v1.npz``, a few MB) then loads in well under a second, without RDKit.
 """
 from __future__ import annotations
