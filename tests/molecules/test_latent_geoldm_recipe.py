@@ -18,6 +18,7 @@ from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.data.graphs import atoms_to_data
 from sci_diffusion_molecules.data.qm9 import PROPERTY_NAMES
 from sci_diffusion_molecules.generation.sampling import sample_molecules
+from sci_diffusion_molecules.generation.trajectory import TrajectoryRecorder
 from sci_diffusion_molecules.models import latent
 from sci_diffusion_molecules.models.latent import (
     GeoLDMEncoder,
@@ -234,3 +235,15 @@ def test_a_conditional_geoldm_model_trains_saves_loads_and_samples(tmp_path):
     cond = loaded.property_conditioning.condition(torch.tensor([[6.5], [7.5]], dtype=torch.float64))
     mols = list(sample_molecules(loaded, [5, 7], "dpmpp2m_sde", 3, torch.Generator().manual_seed(0), cond=cond))
     assert [len(z) for z, _ in mols] == [5, 7]
+
+
+def test_a_conditional_trajectory_decodes_with_the_asked_condition():
+    """The recorder hands the decoder the condition, so the last frame is the sample itself."""
+    model = conditioned_model().eval()
+    cond = model.property_conditioning.condition(torch.tensor([[5.0], [9.0]], dtype=torch.float64))
+    recorder = TrajectoryRecorder(model, molecules=2, cond=cond)
+    molecules = list(sample_molecules(model, [4, 6], "dpmpp2m", 3, torch.Generator().manual_seed(0), cond=cond,
+                                      precision="fp32", callback=recorder))
+    for k in range(2):
+        last = recorder.frames["x_t"][k][-1]
+        assert (last.z == molecules[k][0]).all() and abs(last.pos - molecules[k][1]).max() < 1e-4

@@ -115,7 +115,7 @@ def run_sample(args: argparse.Namespace) -> int:
     guidance = build_guidance(args, conditioning) if conditional else None
     classifier = load_classifier(args, module, conditional)
     candidates = build_candidates(args, module, conditional, values, classifier, keep, rank)
-    recorder = trajectory_recorder(args, module)
+    recorder = trajectory_recorder(args, module, cond)
     problem = compiler_missing() if args.compile else None
     if problem:
         raise UserError(problem)
@@ -236,11 +236,12 @@ def build_candidates(args: argparse.Namespace, module: MoleculeDiffusion, condit
     return Candidates(names, classifier, table, triage, ranking, keep)
 
 
-def trajectory_recorder(args: argparse.Namespace, module: MoleculeDiffusion) -> TrajectoryRecorder | None:
+def trajectory_recorder(args: argparse.Namespace, module: MoleculeDiffusion,
+                        cond: torch.Tensor | None) -> TrajectoryRecorder | None:
     """The recorder of --trajectory (its molecules) or --trajectory-png (the first molecule); None without them."""
     if not (args.trajectory or args.trajectory_png):
         return None
-    return TrajectoryRecorder(module, (args.trajectory_molecules or DEFAULT_MOLECULES) if args.trajectory else 1)
+    return TrajectoryRecorder(module, (args.trajectory_molecules or DEFAULT_MOLECULES) if args.trajectory else 1, cond=cond)
 
 
 def record_tags(args: argparse.Namespace, ckpt: Path, module: MoleculeDiffusion, conditional: bool) -> dict:

@@ -59,10 +59,14 @@ class TrajectoryRecorder:
     Args:
         module: the model sampled (its ``decode_state`` turns a latent state into atoms).
         molecules: how many molecules to record (fewer if the first batch holds fewer).
+        cond: the condition rows ``(M, P + 1)`` of the molecules sampled, in order, or None; a conditional
+            latent model's decoder reads them (GeoLDM conditions its decoder), so its frames decode with
+            the asked properties.
     """
 
     module: torch.nn.Module
     molecules: int = DEFAULT_MOLECULES
+    cond: Tensor | None = None
     frames: dict[str, list[list[Frame]]] = field(default_factory=lambda: {s: [] for s in STATES})
 
     def __call__(self, i: int, t: float, x_t: Tensor, x0: Tensor, counts: list[int]) -> None:
@@ -71,7 +75,8 @@ class TrajectoryRecorder:
         atoms = sum(sizes)
         batch = torch.repeat_interleave(torch.arange(n, device=x_t.device), torch.as_tensor(sizes, device=x_t.device))
         for state, x in zip(STATES, (x_t, x0)):
-            decoded = self.module.decode_state(x[:atoms], batch, n).float()
+            cond = None if self.cond is None else self.cond[:n].to(device=x_t.device, dtype=torch.float32)
+            decoded = self.module.decode_state(x[:atoms], batch, n, cond).float()
             per_molecule = self.frames[state]
             per_molecule.extend([] for _ in range(n - len(per_molecule)))
             for k, part in enumerate(torch.split(decoded, sizes)):
