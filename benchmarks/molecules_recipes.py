@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -168,6 +169,7 @@ def score_checkpoint(ckpt: Path, args: argparse.Namespace, reference: frozenset[
         metrics = evaluate_molecules(molecules, reference)
         rows.append({"sampler": sampler, "steps": steps, "molecules": len(molecules),
                      "molecules_per_second": round(len(molecules) / seconds, 2),
+                     "load_average_1min": round(os.getloadavg()[0], 2),  # mol/s is slower when trainings share the cores
                      **{k: metrics[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness",
                                                 "validity_x_uniqueness", "novelty")}})
         print(f"    {steps} steps: {100 * metrics['molecule_stability']:.1f} % stable, "
