@@ -26,7 +26,8 @@ LAYERS = {
 MAX_FUNCTION_LINES = 80
 # Third-party modules that may be imported inside a function: heavy to import, or optional at run time.
 LAZY_IMPORTS_ALLOWED = ("matplotlib", "rdkit", "e3nn", "lightning", "jsonargparse", "torch._inductor", "nnunetv2",
-                        "itk", "SimpleITK", "pydicom", "monai.apps", "scipy")
+                        "itk", "SimpleITK", "pydicom", "monai.apps", "scipy", "tblite",
+                        "threadpoolctl")
 
 
 def module_files(packages: dict[str, Path]) -> dict[str, Path]:

@@ -13,6 +13,7 @@ from sci_diffusion.atomic import write_json
 from ..chem.files import MoleculeFileError, read_molecules
 from ..models.property_model import predict_properties
 from .conditional_protocol import mean_absolute_error
+from .geometry import relaxation_summary
 from .metrics import evaluate_molecules
 
 
@@ -22,6 +23,9 @@ def evaluate_file(
     train_smiles: Iterable[str] | None = None,
     classifier=None,
     novelty_reference: str | None = None,
+    xtb: bool = False,
+    xtb_max: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Evaluate every molecule of an SDF/XYZ file with the EDM metrics and write them as JSON.
 
@@ -38,15 +42,20 @@ def evaluate_file(
             writes them) are scored: ``property_mae`` ``{property: MAE}`` in property units, over
             ``property_scored`` molecules.
         novelty_reference: what ``train_smiles`` are, recorded in the JSON (e.g. "QM9's EDM train split").
+        xtb: add the GFN2-xTB geometry check (``geometry.relaxation_summary``) as ``xtb_geometry``; needs tblite.
+        xtb_max: with ``xtb``, relax only the file's first this many molecules (None: all); ``xtb_geometry``
+            then says so in ``subsample``.
+        progress: show a progress bar for the xTB relaxations (stderr).
 
     Returns:
         The metrics of ``metrics.evaluate_molecules`` plus ``samples`` (the path) and
         ``sample_properties`` (the SD/comment properties that all molecules share,
-        e.g. the sampler and its settings).
+        e.g. the sampler and its settings), and with ``xtb`` the geometry check as ``xtb_geometry``.
 
     Raises:
         MoleculeFileError: missing, not SDF/XYZ, malformed or empty (a ValueError).
         UnknownElementError: an element without EDM bond lengths (a ValueError).
+        XtbUnavailableError: ``xtb`` without tblite installed (an ImportError).
     """
     molecules = read_molecules(samples_path, with_charges=True)
     if not molecules:
@@ -59,8 +68,18 @@ def evaluate_file(
                "sample_properties": shared}
     if classifier is not None:
         results.update(_property_errors(molecules, classifier))
+    if xtb:
+        results["xtb_geometry"] = _geometry_check(molecules, xtb_max, progress)
     write_json(out_json, results)
     return results
+
+
+def _geometry_check(molecules: list, xtb_max: int | None, progress: bool) -> dict:
+    """``relaxation_summary`` of the file's molecules (the first ``xtb_max``), saying which were relaxed."""
+    summary = relaxation_summary(molecules, xtb_max, progress)
+    subsample = (f"the first {summary['molecules']} of {len(molecules)} molecules"
+                 if summary["molecules"] < len(molecules) else f"all {len(molecules)} molecules")
+    return {"subsample": subsample, **summary}
 
 
 def _property_errors(molecules: list, classifier) -> dict:
