@@ -6,7 +6,7 @@ counts 1.5 (:data:`BOND_VALENCE`), as MiDi's metric counts it. QM9's bonds are s
 (``data/qm9_bonds.py`` says why), so the aromatic class never occurs in its data, but a generated or
 read molecule may carry it.
 
-Pairs are unordered: one class per ``i < j``, in the order of :func:`upper_pairs`.
+Pairs are unordered: one class per pair, a symmetric ``[N, N]`` matrix per molecule (:func:`bond_matrix`).
 """
 from __future__ import annotations
 
@@ -23,11 +23,6 @@ AROMATIC = 4
 BOND_VALENCE = np.array([0.0, 1.0, 2.0, 3.0, 1.5])  # what each class adds to an atom's valence
 
 
-def upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The unordered pairs ``i < j`` of ``n`` atoms, row-major: ``(i [n(n-1)/2], j [n(n-1)/2])`` int64."""
-    return np.triu_indices(n, k=1)
-
-
 def bond_matrix(n: int, pairs: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """The symmetric ``[n, n]`` int64 matrix of bond classes from a bond list: ``pairs [B, 2]`` atom
     indices and ``classes [B]`` (1..4); 0 (none) elsewhere and on the diagonal."""
@@ -38,11 +33,13 @@ def bond_matrix(n: int, pairs: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return out
 
 
-def mol_from_bond_types(z, types: np.ndarray, charges=None) -> Chem.RWMol:
-    """An RDKit molecule graph (no conformer, not sanitized) from atomic numbers ``z [N]``, a symmetric
-    ``[N, N]`` matrix of bond classes (0..4, aromatic included) and formal charges ``[N]`` (None: neutral)."""
+def mol_from_bond_types(z, types: np.ndarray, charges=None, pos=None) -> Chem.RWMol:
+    """An RDKit molecule (not sanitized) from atomic numbers ``z [N]``, a symmetric ``[N, N]`` matrix of bond
+    classes (0..4, aromatic included) and formal charges ``[N]`` (None: neutral), with a 3D conformer from
+    ``pos [N, 3]`` Angstrom when given."""
     # RDKit: optional; training imports the chem layer and runs without it
     from rdkit import Chem
+    from rdkit.Geometry import Point3D
 
     rdkit_types = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE,
                    AROMATIC: Chem.BondType.AROMATIC}
@@ -60,4 +57,28 @@ def mol_from_bond_types(z, types: np.ndarray, charges=None) -> Chem.RWMol:
         if bond_type == Chem.BondType.AROMATIC:
             mol.GetAtomWithIdx(int(i)).SetIsAromatic(True)
             mol.GetAtomWithIdx(int(j)).SetIsAromatic(True)
+    if pos is not None:
+        conformer = Chem.Conformer(len(z))
+        for k, (x, y, w) in enumerate(np.asarray(pos, dtype=np.float64).reshape(-1, 3)):
+            conformer.SetAtomPosition(k, Point3D(float(x), float(y), float(w)))
+        mol.AddConformer(conformer, assignId=True)
     return mol
+
+
+def bond_classes_of(mol: Chem.Mol) -> np.ndarray:
+    """The ``[N, N]`` int64 matrix of bond classes of an RDKit molecule's bonds.
+
+    Raises:
+        ValueError: a bond outside the classes (dative, quadruple, ...).
+    """
+    # RDKit: optional; training imports the chem layer and runs without it
+    from rdkit import Chem
+
+    index = {Chem.BondType.SINGLE: 1, Chem.BondType.DOUBLE: 2, Chem.BondType.TRIPLE: 3, Chem.BondType.AROMATIC: AROMATIC}
+    pairs, classes = [], []
+    for bond in mol.GetBonds():
+        if bond.GetBondType() not in index:
+            raise ValueError(f"a {bond.GetBondType()} bond is none of the bond classes {', '.join(BOND_CLASSES)}")
+        pairs.append((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
+        classes.append(index[bond.GetBondType()])
+    return bond_matrix(mol.GetNumAtoms(), np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(classes, dtype=np.int64))

@@ -4,8 +4,10 @@ A molecule read from a file is ``(z, pos, properties)``: [N] int64 atomic number
 [N, 3] float64 positions in Angstrom, and a ``dict[str, str]`` of SD properties
 (SDF) or ``key=value`` pairs of the comment line (XYZ); with ``with_charges`` a fourth
 item, the [N] int64 formal charges (an SDF's atom charges; zeros for XYZ). Bonds
-stored in an SDF are ignored: the metrics decide bonds from coordinates. Any element
-of ``elements.KNOWN_ELEMENTS`` is read; a model checks its own element set.
+stored in an SDF are ignored by the EDM metric, which decides bonds from coordinates; a bond-aware
+model's samples carry their generated bonds (``MoleculeWriter.write(..., bonds=)``, marked
+``bond_source=generated``), which :func:`read_generated_bonds` reads back for the bond-based metric. Any
+element of ``elements.KNOWN_ELEMENTS`` is read; a model checks its own element set.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import numpy as np
 
 from sci_diffusion.atomic import atomic_path
 
+from .bond_types import bond_classes_of, mol_from_bond_types
 from .bonds import to_rdkit_mol
 from .elements import SYMBOLS, atomic_number, check_known
 
 MOLECULE_SUFFIXES = (".sdf", ".xyz")
+GENERATED_BONDS = ("bond_source", "generated")  # the SD field and value of records whose bonds a model generated
 
 
 class MoleculeFileError(ValueError):
@@ -77,6 +81,35 @@ def _read_sdf(path: Path) -> list[tuple]:
     return molecules
 
 
+def read_generated_bonds(path: str | os.PathLike) -> list[np.ndarray] | None:
+    """The bonds a bond-aware model generated, read back from its samples: one ``[N, N]`` int64 matrix of bond
+    classes (``bond_types.BOND_CLASSES``) per record of an SDF whose every record is marked
+    ``bond_source=generated``; None for an XYZ file or an SDF with any other record (their bonds are a rule's).
+
+    Raises:
+        MoleculeFileError: a generated record with a bond outside the classes.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".sdf":
+        return None
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
+    key, value = GENERATED_BONDS
+    matrices = []
+    with BlockLogs():
+        for record, mol in enumerate(Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False,
+                                                        strictParsing=False), start=1):
+            if mol is None or not mol.HasProp(key) or mol.GetProp(key) != value:
+                return None
+            try:
+                matrices.append(bond_classes_of(mol))
+            except ValueError as exc:
+                raise MoleculeFileError(f"{path}: record {record} has {exc}.") from None
+    return matrices or None
+
+
 def _read_xyz(path: Path) -> list[tuple]:
     lines = path.read_text(errors="replace").splitlines()
     molecules, i = [], 0
@@ -128,7 +161,9 @@ class MoleculeWriter:
     ``.partial`` file keeps the chunks already flushed and ``path`` is never half
     written. SDF records carry a 3D conformer, EDM bonds and the properties as SD
     fields; XYZ records carry the properties as ``key=value`` in the comment line. ``bonds``
-    (``"edm"`` or ``"rdkit"``) picks the rule for the SDF bond block (see ``bonds.to_rdkit_mol``).
+    (``"edm"`` or ``"rdkit"``) picks the rule for the SDF bond block (see ``bonds.to_rdkit_mol``);
+    a molecule written with its own bonds (a bond-aware model's) carries those instead, marked
+    ``bond_source=generated``.
 
     Example::
 
@@ -149,11 +184,12 @@ class MoleculeWriter:
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.partial_path, "w")
 
-    def write(self, z, pos, properties: Mapping[str, object] | None = None, charges=None) -> None:
+    def write(self, z, pos, properties: Mapping[str, object] | None = None, charges=None, bonds=None) -> None:
         """Append one molecule: [N] atomic numbers, [N, 3] Angstrom, its properties and, for an
-        SDF, its [N] formal charges (None: neutral; XYZ has no place for them)."""
+        SDF, its [N] formal charges (None: neutral) and its [N, N] bond classes (``bond_types.BOND_CLASSES``,
+        a bond-aware model's; None: the writer's rule). XYZ has no place for charges or bonds."""
         if self.format == ".sdf":
-            self._pending.append(_sdf_record(z, pos, properties or {}, self.bonds, charges))
+            self._pending.append(_sdf_record(z, pos, properties or {}, self.bonds, charges, bonds))
         else:
             self._pending.append(_xyz_record(z, pos, properties or {}))
         self.count += 1
@@ -191,11 +227,17 @@ class MoleculeWriter:
             self._file.close()
 
 
-def _sdf_record(z, pos, properties: Mapping[str, object], bonds: str = "edm", charges=None) -> str:
+def _sdf_record(z, pos, properties: Mapping[str, object], bonds: str = "edm", charges=None, bond_types=None) -> str:
     # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
     from rdkit import Chem
 
-    mol = to_rdkit_mol(z, pos, bonds, charges)
+    if bond_types is None:
+        mol = to_rdkit_mol(z, pos, bonds, charges)
+    else:
+        check_known(z)
+        mol = mol_from_bond_types(z, bond_types, charges, pos).GetMol()
+        mol.UpdatePropertyCache(strict=False)
+        properties = {**properties, GENERATED_BONDS[0]: GENERATED_BONDS[1]}
     for key, value in properties.items():
         mol.SetProp(str(key), str(value))
     return Chem.SDWriter.GetText(mol, kekulize=False)

@@ -10,11 +10,11 @@ import numpy as np
 
 from sci_diffusion.atomic import write_json
 
-from ..chem.files import MoleculeFileError, read_molecules
+from ..chem.files import MoleculeFileError, read_generated_bonds, read_molecules
 from ..models.property_model import predict_properties
 from .conditional_protocol import mean_absolute_error
 from .geometry import relaxation_summary
-from .metrics import evaluate_molecules
+from .metrics import evaluate_generated_bonds, evaluate_molecules
 
 
 def evaluate_file(
@@ -30,7 +30,8 @@ def evaluate_file(
     """Evaluate every molecule of an SDF/XYZ file with the EDM metrics and write them as JSON.
 
     Bonds in the file are ignored; they are re-derived from the coordinates. An SDF's formal
-    charges count (an N+ with four bonds is stable).
+    charges count (an N+ with four bonds is stable). A bond-aware model's samples (records marked
+    ``bond_source=generated``) are also scored on their own bonds, under MiDi's metric, as ``generated_bonds``.
 
     Args:
         samples_path: a ``.sdf`` or ``.xyz`` file of generated molecules.
@@ -61,6 +62,9 @@ def evaluate_file(
     if not molecules:
         raise MoleculeFileError(f"{samples_path} holds no molecules.")
     results = evaluate_molecules(((z, pos, charges) for z, pos, _, charges in molecules), train_smiles)
+    generated = read_generated_bonds(samples_path)
+    if generated is not None:  # a bond-aware model's samples: MiDi's metric on the bonds they carry, beside EDM's
+        results["generated_bonds"] = evaluate_generated_bonds((z, b, q) for (z, _, _, q), b in zip(molecules, generated))
     shared = dict(molecules[0][2])
     for _, _, props, _ in molecules[1:]:
         shared = {k: v for k, v in shared.items() if props.get(k) == v}

@@ -6,12 +6,19 @@ Each molecule's verdicts (stable atoms, the SMILES that decides validity) are
 in ``chem/bonds.py``; bonds stored in a file are ignored. A molecule is a pair ``(z, pos)``: [N]
 atomic numbers and [N, 3] positions in Angstrom, or a triple ``(z, pos, charges)`` with [N]
 formal charges.
+
+A bond-aware model's molecule ``(z, pos, charges, bonds)`` also carries its generated [N, N] bond classes;
+those are scored apart, under MiDi's metric (``chem/bond_stability.py``), as ``generated_bonds``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
+from ..chem import bond_stability
+from ..chem.bond_stability import BondVerdicts
 from ..chem.stability import Verdicts, as_molecule, stable_atoms
 from ..data import qm9
 
@@ -42,8 +49,33 @@ def novelty_reference(module) -> frozenset[str]:
     return qm9.train_smiles()  # the metric's own argument is also called train_smiles
 
 
+def evaluate_generated_bonds(molecules: Iterable[tuple], train_smiles: Iterable[str] | None = None) -> dict:
+    """MiDi's metric (``chem/bond_stability.py``) of molecules with their own bonds: ``(z [N], bond_types [N, N],
+    charges [N] or None)``. Returns ``atom_stability``, ``molecule_stability``, ``validity`` (the largest
+    fragment sanitizes), ``uniqueness``, ``novelty`` (None without ``train_smiles``: SMILES built the same
+    way, ``qm9_bonds.train_bond_smiles()``), ``connected`` (one fragment), the counts and ``protocol``."""
+    verdicts = BondVerdicts.of(molecules)
+    if verdicts.molecules == 0:
+        raise ValueError("There are no molecules to evaluate.")
+    valid = verdicts.valid_smiles
+    unique = set(valid)
+    novel = None if train_smiles is None else unique.difference(train_smiles)
+    return {
+        "atom_stability": verdicts.atom_stability,
+        "molecule_stability": verdicts.molecule_stability,
+        "validity": verdicts.validity,
+        "uniqueness": len(unique) / len(valid) if valid else 0.0,
+        "novelty": None if novel is None else (len(novel) / len(unique) if unique else 0.0),
+        "connected": verdicts.connected / verdicts.molecules,
+        "n_molecules": verdicts.molecules,
+        "n_stable_molecules": verdicts.stable_molecules,
+        "n_valid": len(valid),
+        "protocol": bond_stability.PROTOCOL,
+    }
+
+
 def evaluate_molecules(
-    molecules: Iterable[tuple], train_smiles: Iterable[str] | None = None
+    molecules: Iterable[tuple], train_smiles: Iterable[str] | None = None, bond_train_smiles: Iterable[str] | None = None
 ) -> dict[str, float | int | str | None]:
     """All EDM metrics of a set of molecules, as fractions (0..1) and the counts behind them.
 
@@ -52,22 +84,29 @@ def evaluate_molecules(
             ``(z, pos, charges)`` with [N] formal charges.
         train_smiles: training SMILES rebuilt with the same rule (``qm9.train_smiles()``, or the
             ``training_smiles`` a custom-data checkpoint stores); None leaves novelty out (reported as None).
+        bond_train_smiles: the novelty reference of ``generated_bonds`` (``evaluate_generated_bonds``).
 
     Returns:
         ``atom_stability`` (pooled over atoms), ``molecule_stability``, ``validity``,
         ``uniqueness`` (distinct valid / valid), ``validity_x_uniqueness``, ``novelty``
-        (unique valid not in ``train_smiles`` / unique valid), the counts ``n_*`` and ``protocol``.
+        (unique valid not in ``train_smiles`` / unique valid), the counts ``n_*`` and ``protocol``; for
+        molecules ``(z, pos, charges, bonds)`` of a bond-aware model also ``generated_bonds``, the dict of
+        :func:`evaluate_generated_bonds` on their own bonds (MiDi's metric), while the rest stays EDM's.
 
     Raises:
         ValueError: no molecules.
         UnknownElementError: an atom without EDM bond lengths (``elements.KNOWN_ELEMENTS``).
     """
+    molecules = list(molecules)
     verdicts = Verdicts.of(molecules)
     if verdicts.molecules == 0:
         raise ValueError("There are no molecules to evaluate.")
     valid = verdicts.valid_smiles
     unique = set(valid)
     novel = None if train_smiles is None else unique.difference(train_smiles)
+    generated = None
+    if len(molecules[0]) > 3 and np.ndim(molecules[0][3]) == 2:  # (z, pos, charges, bonds): a bond-aware model's
+        generated = evaluate_generated_bonds(((m[0], m[3], m[2]) for m in molecules), bond_train_smiles)
     return {
         "atom_stability": verdicts.atom_stability,
         "molecule_stability": verdicts.molecule_stability,
@@ -83,4 +122,5 @@ def evaluate_molecules(
         "n_unique": len(unique),
         "n_novel": None if novel is None else len(novel),
         "protocol": PROTOCOL,
+        **({} if generated is None else {"generated_bonds": generated}),
     }

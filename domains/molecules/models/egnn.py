@@ -120,20 +120,23 @@ def _pair_geometry(x: Tensor, edges: Tensor, norm_constant: float = 1.0) -> tupl
 
 
 class EquivariantBlock(nn.Module):
-    """``sublayers`` graph convolutions, then one coordinate update (EDM's ``EquivariantBlock``)."""
+    """``sublayers`` graph convolutions, then one coordinate update (EDM's ``EquivariantBlock``); with
+    ``edge_features``, every message also reads that many features of its edge (a bond-aware model's
+    noisy bond classes)."""
 
     def __init__(self, hidden: int, sublayers: int = 1, attention: bool = True, tanh: bool = True,
-                 coords_range: float = 15.0, normalization_factor: float = 1.0) -> None:
+                 coords_range: float = 15.0, normalization_factor: float = 1.0, edge_features: int = 0) -> None:
         super().__init__()
-        edge_dim = 2  # squared distance now, and at the network's input
+        edge_dim = 2 + edge_features  # squared distance now, and at the network's input (+ the edge's features)
         self.convs = nn.ModuleList(
             GraphConvolution(hidden, edge_dim, attention, normalization_factor) for _ in range(sublayers)
         )
         self.update = CoordinateUpdate(hidden, edge_dim, coords_range, tanh, normalization_factor)
 
-    def forward(self, h: Tensor, x: Tensor, edges: Tensor, d2_input: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, x: Tensor, edges: Tensor, d2_input: Tensor,
+                edge_features: Tensor | None = None) -> tuple[Tensor, Tensor]:
         d2, unit_diff = _pair_geometry(x, edges)
-        edge_attr = torch.cat([d2, d2_input], dim=1)
+        edge_attr = torch.cat([d2, d2_input] if edge_features is None else [d2, d2_input, edge_features], dim=1)
         for conv in self.convs:
             h = conv(h, edge_attr, edges)
         return h, self.update(h, x, edge_attr, edges, unit_diff)
@@ -158,12 +161,14 @@ class EGNN(nn.Module):
             ``coords_range / layers`` and never uses it), instead of this package's default
             ``coords_range / layers``, which the bundled models were trained with.
         attention, tanh, coords_range, normalization_factor: as in EDM (True, True, 15, 1).
+        edge_features: width of per-edge features every message reads besides the distances (0: none; a
+            bond-aware model's noisy bond classes, ``bond_egnn.py``), given to :meth:`trunk`.
     """
 
     def __init__(self, feature_dim: int = 6, hidden: int = 256, layers: int = 9, cond_dim: int = 0,
                  attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
                  normalization_factor: float = 1.0, out_features: int | None = None, time_input: bool = True,
-                 edm_coords_range: bool = False) -> None:
+                 edm_coords_range: bool = False, edge_features: int = 0) -> None:
         super().__init__()
         self.feature_dim, self.cond_dim, self.time_input = feature_dim, cond_dim, time_input
         self.out_features = feature_dim if out_features is None else out_features
@@ -171,7 +176,7 @@ class EGNN(nn.Module):
         self.embed = nn.Linear(in_dim, hidden)
         block_range = coords_range if edm_coords_range else coords_range / layers
         self.blocks = nn.ModuleList(
-            EquivariantBlock(hidden, 1, attention, tanh, block_range, normalization_factor)
+            EquivariantBlock(hidden, 1, attention, tanh, block_range, normalization_factor, edge_features)
             for _ in range(layers)
         )
         self.head = nn.Linear(hidden, self.out_features)
@@ -189,13 +194,25 @@ class EGNN(nn.Module):
             ``(N, 3 + out_features)``: the coordinate displacement (zero CoM per molecule) and the
             invariant output.
         """
+        h, x = self.trunk(x_t, t, cond, batch, num_graphs)
+        return self.output(h, x, x_t[:, :3], batch, num_graphs)
+
+    def trunk(self, x_t: Tensor, t: Tensor | None, cond: Tensor | None, batch: Tensor, num_graphs: int,
+              edges: Tensor | None = None, edge_features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The blocks: node features ``(N, hidden)`` and positions ``(N, 3)`` after the last one, for the inputs of
+        :meth:`forward`, over ``edges`` ``(2, E)`` (default: every ordered pair of a molecule) whose messages read
+        ``edge_features`` ``(E, edge_features)`` where the network has them."""
         pos = x_t[:, :3]
         h = self.embed(invariant_inputs(x_t, t, cond, batch, num_graphs, self.time_input, self.cond_dim))
-        edges = fully_connected_edges(batch, num_graphs)
+        edges = fully_connected_edges(batch, num_graphs) if edges is None else edges
         d2_input, _ = _pair_geometry(pos, edges)
         x = pos
         for block in self.blocks:
-            h, x = block(h, x, edges, d2_input)
+            h, x = block(h, x, edges, d2_input, edge_features)
+        return h, x
+
+    def output(self, h: Tensor, x: Tensor, pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        """``(N, 3 + out_features)``: the displacement ``x - pos`` made zero-CoM per molecule, and the feature head."""
         vel = x - pos
         counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1).to(vel.dtype)[:, None]
         vel = vel - (scatter(vel, batch, dim=0, dim_size=num_graphs, reduce="sum") / counts)[batch]
