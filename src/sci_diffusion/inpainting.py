@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .samplers import Callback, _denoise, ddpm_step, grid_steps
+from .samplers import Callback, _denoise, ddpm_step, grid_steps, refuse_categorical
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
 
@@ -48,6 +48,7 @@ def inpaint(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Ten
     """
     if resample < 1:
         raise ValueError(f"resample must be at least 1, got {resample}.")
+    refuse_categorical(space, "inpainting")  # RePaint's re-noising of the known entries is Gaussian only
     mask = mask.to(x_T.dtype).expand_as(x_T)
     known = known.to(x_T.dtype)
 

@@ -7,6 +7,7 @@ import torch
 
 from sci_diffusion.categorical import CategoricalDenoisingLoss, CategoricalProcess, CategoricalSpace
 from sci_diffusion.generators import PerSampleGenerator
+from sci_diffusion.inpainting import inpaint
 from sci_diffusion.module import DiffusionBatch
 from sci_diffusion.samplers import SAMPLERS, sampler_times
 from sci_diffusion.schedules import NoiseSchedule
@@ -169,3 +170,10 @@ def test_the_loss_is_the_gaussian_regression_plus_the_weighted_cross_entropy():
     eps = loss.noise(batch, torch.Generator().manual_seed(3)).eps  # the same draws again
     regression = eps[:samples, :2].pow(2).mean()  # the Gaussian entries only: no padding, no categorical rows
     assert float(value) == pytest.approx(float(regression) + 2.0 * float(torch.log(torch.tensor(K))), rel=1e-5)
+
+
+def test_inpainting_refuses_a_categorical_state_in_one_sentence():
+    space = CategoricalSpace(MARGINAL, torch.arange(3), 3)
+    x_T = space.noise(torch.zeros(3, K))
+    with pytest.raises(ValueError, match="inpainting sampler has no update for a categorical variable"):
+        inpaint(lambda x, t, cond: x, x_T, SCHEDULE, sampler_times("ddpm", SCHEDULE, 4), space, x_T, torch.zeros_like(x_T))

@@ -4,9 +4,10 @@ bond-based (MiDi) stability check they are the reference of."""
 import numpy as np
 import pytest
 
-from sci_diffusion_molecules.chem.bond_stability import BondVerdicts, atom_valences
+from sci_diffusion_molecules.chem.bond_stability import BondVerdicts, atom_valences, largest_fragment_smiles
 from sci_diffusion_molecules.chem.bond_types import bond_matrix
-from sci_diffusion_molecules.data.qm9_bonds import distance_connectivity, load_qm9_bonds, match_bonds
+from sci_diffusion_molecules.data.qm9 import edm_split
+from sci_diffusion_molecules.data.qm9_bonds import distance_connectivity, load_qm9_bonds, match_bonds, train_bond_smiles
 
 ACETONITRILE, BENZENE, FURAN, STRAINED, ZWITTERION = 9, 208, 51, 16146, 263  # rows of QM9Arrays
 
@@ -112,3 +113,11 @@ def test_matched_qm9_molecules_are_stable_under_the_bond_metric(qm9, bonds):
     verdicts = BondVerdicts.of(_cached(qm9, bonds, int(r)) for r in rows if bonds.matched[r])
     assert verdicts.molecule_stability == 1.0 and verdicts.validity == 1.0
     assert verdicts.connected == verdicts.molecules
+
+
+def test_the_bond_novelty_reference_holds_the_train_splits_molecules_by_their_own_bonds(qm9):
+    reference = train_bond_smiles()  # computed once into the QM9 cache (about 20 s of one core), then read
+    assert 99_000 < len(reference) <= 100_000
+    row = int(edm_split(qm9)["train"][0])
+    z, types, charges = _molecule(qm9, row)
+    assert largest_fragment_smiles(z, types, charges)[0] in reference

@@ -41,11 +41,13 @@ import numpy as np
 
 from sci_diffusion.atomic import atomic_path
 
+from ..chem.bond_stability import largest_fragment_smiles
 from ..chem.bond_types import bond_matrix
-from .qm9 import QM9Arrays, default_cache_dir, load_qm9
+from .qm9 import QM9Arrays, default_cache_dir, edm_split, load_qm9
 
 _CACHE_FORMAT = 1  # bump when the matching rule or the layout changes; old caches are then rebuilt
 _BONDS_FILE = f"qm9_bonds_v{_CACHE_FORMAT}.npz"
+_TRAIN_SMILES_FILE = f"qm9_train_bond_smiles_v{_CACHE_FORMAT}.txt"
 CONNECTIVITY_FACTOR = 1.3  # RDKit's DetermineConnectivity covFactor: a bond is shorter than 1.3 x (r_i + r_j)
 # Covalent radii (Angstrom) of QM9's elements, RDKit's GetRcovalent (written out so reading needs no RDKit).
 COVALENT_RADII = {1: 0.31, 6: 0.76, 7: 0.71, 8: 0.66, 9: 0.57}
@@ -108,6 +110,29 @@ def load_qm9_bonds(cache_dir: str | os.PathLike | None = None, verbose: bool = F
         print(f"QM9 bonds cached in {cache_file} ({time.perf_counter() - start:.0f} s; "
               f"{int((~bonds.matched).sum())} of {len(arrays)} molecules unmatched).", flush=True)
     return bonds
+
+
+def train_bond_smiles(cache_dir: str | os.PathLike | None = None, verbose: bool = False) -> frozenset[str]:
+    """SMILES of the EDM train split's matched molecules built from their own bonds and charges by MiDi's rule
+    (the largest fragment, sanitized; ``chem/bond_stability.largest_fragment_smiles``): the novelty reference
+    of the bond-based metric (``evaluation/metrics.evaluate_generated_bonds``), as ``qm9.train_smiles`` is the
+    EDM metric's. Computed once and cached as text beside the bonds."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_file = cache_dir / _TRAIN_SMILES_FILE
+    if not cache_file.exists():
+        arrays, bonds = load_qm9(cache_dir, verbose=verbose), load_qm9_bonds(cache_dir, verbose=verbose)
+        if verbose:
+            print("Building the SMILES of the QM9 train split from its bonds (once) ...", flush=True)
+        smiles = []
+        for row in edm_split(arrays)["train"]:
+            if bonds.matched[row]:
+                z, _ = arrays.molecule(int(row))
+                charges = bonds.formal_charges[arrays.offsets[row]:arrays.offsets[row + 1]]
+                found, _ = largest_fragment_smiles(z, bonds.matrix(int(row), len(z)), charges)
+                smiles += [found] if found is not None else []
+        with atomic_path(cache_file) as tmp:
+            tmp.write_text("\n".join(smiles) + "\n")
+    return frozenset(cache_file.read_text().split())
 
 
 def match_all(arrays: QM9Arrays) -> QM9Bonds:
