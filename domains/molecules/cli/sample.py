@@ -41,6 +41,7 @@ from ..data.qm9 import PROPERTY_UNITS
 from ..evaluation.candidates import CandidateTable
 from ..evaluation.metrics import novelty_reference
 from ..evaluation.triage import CandidateExpression, Ranking, Triage, diversity_summary, legend
+from ..generation.bond_sampling import sample_bonded_molecules
 from ..generation.sampling import Guidance, draw_atom_counts, sample_molecules
 from ..generation.trajectory import DEFAULT_MOLECULES, TrajectoryRecorder, draw_strip_png, write_trajectories
 from ..models.diffusion import MoleculeDiffusion
@@ -159,7 +160,23 @@ def load_generator(ckpt: Path, args: argparse.Namespace, conditional: bool) -> M
                         "atoms (the regressor reads positions and types); use --guidance instead.")
     if conditional and module.property_conditioning is None:
         raise UserError(f"Checkpoint {ckpt} is not conditioned on any property; it samples without --condition.")
+    if kind == "bonds":
+        refuse_for_bond_model(args, ckpt)
     return module
+
+
+BOND_SAMPLERS = ("ddpm", "dpmpp2m_sde")  # the samplers with a categorical step (sci_diffusion.samplers)
+
+
+def refuse_for_bond_model(args: argparse.Namespace, ckpt: Path) -> None:
+    """The flags the bond-aware model cannot serve yet, refused in one sentence before any sampling."""
+    if args.sampler not in BOND_SAMPLERS:
+        raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, whose bond orders need a sampler with a "
+                        f"categorical step: {' or '.join(BOND_SAMPLERS)}, not {args.sampler}.")
+    used = [flag for flag, on in (("--trajectory", args.trajectory), ("--trajectory-png", args.trajectory_png),
+                                  ("--compile", args.compile)) if on]
+    if used:
+        raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, which samples without {', '.join(used)} for now.")
 
 
 def draw_sizes_and_targets(module: MoleculeDiffusion, ckpt: Path, args: argparse.Namespace,
@@ -269,9 +286,13 @@ def sample_and_write(run: SampleRun, gen: torch.Generator) -> tuple[int, list[tu
     # No autograd graph while sampling, restored on the way out (an in-process caller keeps its own mode).
     with torch.set_grad_enabled(False), MoleculeWriter(Path(args.out), chunk_size=args.batch_size,
                                                        bonds=args.bonds) as writer:
-        stream = sample_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size, cond=run.cond,
-                                  guidance=run.guidance, precision=args.precision, spacing=run.tags["spacing"],
-                                  callback=run.recorder, compile_network=args.compile)
+        if run.module.model_kind == "bonds":  # its molecules carry their generated bonds: (z, pos, charges, bonds)
+            stream = sample_bonded_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size,
+                                             precision=args.precision, spacing=run.tags["spacing"])
+        else:
+            stream = sample_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size, cond=run.cond,
+                                      guidance=run.guidance, precision=args.precision, spacing=run.tags["spacing"],
+                                      callback=run.recorder, compile_network=args.compile)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]
@@ -294,6 +315,7 @@ def record_molecule(run: SampleRun, writer: MoleculeWriter, i: int, molecule: tu
     whether it was written (its coordinates are finite)."""
     candidates = run.candidates
     z, pos, charges = as_molecule(molecule)  # charges: None unless the model diffuses them
+    bonds = molecule[3] if len(molecule) > 3 else None  # a bond-aware model's own bond classes
     target = None
     if run.values is not None:
         target = _aligned(list(run.values[i]), run.module.property_conditioning.names, candidates.names)
@@ -301,7 +323,8 @@ def record_molecule(run: SampleRun, writer: MoleculeWriter, i: int, molecule: tu
         prediction = _aligned(list(prediction), candidates.classifier.properties, candidates.names)
     finite = bool(np.isfinite(pos).all())
     if finite:
-        writer.write(z, pos, {**run.tags, "index": i, **_property_fields(candidates.names, target, prediction)}, charges)
+        writer.write(z, pos, {**run.tags, "index": i, **_property_fields(candidates.names, target, prediction)}, charges,
+                     bonds)
         row = candidates.table.add(i, z, pos, target, prediction, charges)
     else:
         row = candidates.table.add(i, z, pos, target, None)
