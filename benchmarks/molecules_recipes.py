@@ -75,7 +75,8 @@ ARMS = {arm.letter: arm for arm in [
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated arm letters ({', '.join(ARMS)})")
-    p.add_argument("--phase", choices=["train", "score", "both"], default="both")
+    p.add_argument("--phase", choices=["train", "score", "both", "report"], default="both",
+                   help="report: only rewrite the page, plot and README row from the saved JSON")
     p.add_argument("--work-dir", default="runs/molecules_recipes", help="where the arms train (kept across legs)")
     p.add_argument("--cpu-hours", type=float, default=1.0, help="each arm's training budget in CPU-hours")
     p.add_argument("--marks", default="0.25,0.5,1.0", help="CPU-hour marks at which checkpoints are scored")
@@ -223,6 +224,10 @@ README_ROW = "Recipe study, QM9 (EDM metric, 1,000 molecules per arm, equal CPU 
 PUBLISHED = "EDM 82.0 % stable (1,000 steps, ~7 GPU-days); MolTD 92.5 % at 12 steps"
 
 
+def cpu_hours_text(hours: float) -> str:
+    return f"{hours:g} CPU-hour{'s' * (hours != 1)}"
+
+
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -278,7 +283,7 @@ def verdict(rows: list[dict], steps: int) -> str:
     if found is None:
         return ""
     a, b, se = found
-    head = (f"At {a['mark_cpu_hours']:g} CPU-hours and {steps} steps, arm **{a['arm']}** leads with "
+    head = (f"At {cpu_hours_text(a['mark_cpu_hours'])} and {steps} steps, arm **{a['arm']}** leads with "
             f"{pct(a['molecule_stability'])} %")
     if b is None:
         return head + " (the only arm scored there)."
@@ -309,18 +314,21 @@ def draw_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(rows: list[dict], floor: dict | None, args: argparse.Namespace, work: Path) -> None:
+def report(rows: list[dict], floor: dict | None, args: argparse.Namespace, work: Path,
+           provenance: dict | None = None) -> None:
     legs = {a: json.loads((work / a / "legs.json").read_text()) for a in ARMS if (work / a / "legs.json").is_file()}
     draw_plot(rows, PLOT)
     markdown = "\n\n".join([table(rows, floor), verdict(rows, 50), verdict(rows, 20),
                               f"![molecule stability against CPU-hours]({PLOT.name})"])
     write_result(RESULT_NAME, {"rows": rows, "xtb_floor": floor, "legs": legs, "num": args.num, "steps": args.steps,
-                               "marks": args.marks}, markdown, update_page=not args.no_readme)
+                               "marks": args.marks}, markdown, update_page=not args.no_readme, provenance=provenance)
     found = leader(rows, 50)
     if found and not args.no_readme:
         a = found[0]
-        replace_readme_row(README_ROW, f"| {README_ROW} | best arm {a['arm']} ({a['label']}): {pct(a['molecule_stability'])} % "
-                           f"stable, {pct(a['validity'])} % valid at {a['mark_cpu_hours']:g} CPU-hours, 50 steps | {PUBLISHED} "
+        scored = ", ".join(sorted({r["arm"] for r in rows}))
+        replace_readme_row(README_ROW, f"| {README_ROW} | best of arms {scored}: {a['arm']} ({a['label']}), "
+                           f"{pct(a['molecule_stability'])} % stable, {pct(a['validity'])} % valid at "
+                           f"{cpu_hours_text(a['mark_cpu_hours'])}, 50 steps | {PUBLISHED} "
                            f"| {a['mark_cpu_hours']:g} CPU-hour per arm, one thread "
                            "| [molecules_recipes](docs/results/molecules_recipes.md) |")
 
@@ -331,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.phase in ("train", "both"):
         train(args, work)
+    if args.phase == "report":
+        saved = json.loads((RESULTS / f"{RESULT_NAME}.json").read_text())
+        report(saved["rows"], saved.get("xtb_floor"), args, work, {k: saved[k] for k in ("command", "machine", "date")})
     if args.phase in ("score", "both"):
         previous_file = RESULTS / f"{RESULT_NAME}.json"
         previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
