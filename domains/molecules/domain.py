@@ -12,6 +12,7 @@ DOMAIN = Domain(
         Command("sample", "molecules", "Draw 3D molecules from a trained model into an SDF or XYZ file.",
                 add_sample_arguments, "sci_diffusion_molecules.cli.sample:run_sample"),
         Command("evaluate", "molecules", "Score an SDF/XYZ file with the EDM metrics (stability, validity, "
-                "uniqueness, novelty) and, with --xtb, the GFN2-xTB relaxation energy.", add_evaluate_arguments, "sci_diffusion_molecules.cli.evaluate:run_evaluate"),
+                "uniqueness, novelty) and, with --xtb, the GFN2-xTB relaxation energy.", add_evaluate_arguments,
+                "sci_diffusion_molecules.cli.evaluate:run_evaluate"),
     ],
 )
