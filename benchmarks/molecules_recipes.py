@@ -263,13 +263,13 @@ def geometry_cell(summary: dict) -> str:
 
 
 def leader(rows: list[dict], steps: int) -> tuple[dict, dict | None, float] | None:
-    """At the largest mark every arm reached, the best and second arm by molecule stability at ``steps``,
-    and the standard error of their difference (two independent proportions)."""
+    """At the largest mark scored, the best and second arm by molecule stability at ``steps`` (among the arms
+    scored there), and the standard error of their difference (two independent proportions)."""
     at = [r for r in rows if r["steps"] == steps]
     if not at:
         return None
-    common = min(max(r["mark_cpu_hours"] for r in at if r["arm"] == a) for a in {r["arm"] for r in at})
-    ranked = sorted((r for r in at if r["mark_cpu_hours"] == common), key=lambda r: -r["molecule_stability"])
+    top = max(r["mark_cpu_hours"] for r in at)
+    ranked = sorted((r for r in at if r["mark_cpu_hours"] == top), key=lambda r: -r["molecule_stability"])
     if len(ranked) < 2:
         return ranked[0], None, float("nan")
     a, b = ranked[0], ranked[1]
@@ -288,8 +288,9 @@ def verdict(rows: list[dict], steps: int) -> str:
     if b is None:
         return head + " (the only arm scored there)."
     gap = 100 * (a["molecule_stability"] - b["molecule_stability"])
+    behind = sorted({r["arm"] for r in rows} - {r["arm"] for r in rows if r["mark_cpu_hours"] == a["mark_cpu_hours"]})
     return (head + f", {gap:.1f} points above arm {b['arm']} ({pct(b['molecule_stability'])} %; standard error of the "
-            f"difference {100 * se:.1f} points).")
+            f"difference {100 * se:.1f} points)" + (f"; arms {', '.join(behind)} are not scored there yet." if behind else "."))
 
 
 def draw_plot(rows: list[dict], path: Path) -> None:
@@ -325,7 +326,7 @@ def report(rows: list[dict], floor: dict | None, args: argparse.Namespace, work:
     found = leader(rows, 50)
     if found and not args.no_readme:
         a = found[0]
-        scored = ", ".join(sorted({r["arm"] for r in rows}))
+        scored = ", ".join(sorted({r["arm"] for r in rows if r["mark_cpu_hours"] == a["mark_cpu_hours"]}))
         replace_readme_row(README_ROW, f"| {README_ROW} | best of arms {scored}: {a['arm']} ({a['label']}), "
                            f"{pct(a['molecule_stability'])} % stable, {pct(a['validity'])} % valid at "
                            f"{cpu_hours_text(a['mark_cpu_hours'])}, 50 steps | {PUBLISHED} "
