@@ -29,12 +29,11 @@ from torch import Tensor
 
 from .generators import PerSampleGenerator
 from .losses import DenoisingLoss, NoisedBatch
-from .parameterisation import loss_weight, masked_mean_error, target_for
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace, per_sample_noise
 
 if TYPE_CHECKING:  # annotations only
-    from .module import DiffusionBatch, DiffusionModule
+    from .module import DiffusionBatch
 
 PRIORS = ("marginal", "uniform")
 PRIOR_FLOOR = 1e-7  # MiDi adds it to every class's marginal: a class absent from the data keeps some prior mass
@@ -203,15 +202,8 @@ class CategoricalDenoisingLoss(DenoisingLoss):
         noised.x_t = batch.space.categorical_forward(noised.x_t, batch.x0, noised.t, generator)
         return noised
 
-    def __call__(self, model: DiffusionModule, batch: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
-        noised = self.noise(batch, generator)
-        cond = self.condition(model, batch, generator)
-        pred = model(noised.x_t, noised.t.float(), cond, batch.context)
-        target = target_for(self.prediction, batch.x0, noised.eps, noised.alpha, noised.sigma)
-        snr = torch.exp(2 * self.schedule.log_snr(noised.t))
-        weight = batch.space.expand(loss_weight(snr, self.prediction, self.weighting), batch.x0)
+    def terms(self, pred: Tensor, batch: DiffusionBatch, noised: NoisedBatch, mask: Tensor | None) -> Tensor:
         gaussian = 1 - batch.space.categorical_mask(batch.x0)
-        mask = gaussian if noised.mask is None else noised.mask * gaussian
-        regression = masked_mean_error(pred, target, weight=weight, mask=mask, kind=self.kind)
+        regression = super().terms(pred, batch, noised, gaussian if mask is None else mask * gaussian)
         total, rows = batch.space.categorical_loss(pred, batch.x0)
         return regression + self.categorical_weight * total / rows.clamp(min=1)

@@ -84,10 +84,15 @@ class DenoisingLoss:
         noised = self.noise(batch, generator)
         cond = self.condition(model, batch, generator)
         pred = model(noised.x_t, noised.t.float(), cond, batch.context)
+        return self.terms(pred, batch, noised, noised.mask)
+
+    def terms(self, pred: Tensor, batch: DiffusionBatch, noised: NoisedBatch, mask: Tensor | None) -> Tensor:
+        """The loss of the prediction ``pred``: the SNR-weighted error against the target over the ``mask``ed-in
+        entries. A subclass adds terms of its own (the categorical cross-entropy) around this one."""
         target = target_for(self.prediction, batch.x0, noised.eps, noised.alpha, noised.sigma)
         snr = torch.exp(2 * self.schedule.log_snr(noised.t))
         weight = batch.space.expand(loss_weight(snr, self.prediction, self.weighting), batch.x0)
-        return masked_mean_error(pred, target, weight=weight, mask=noised.mask, kind=self.kind)
+        return masked_mean_error(pred, target, weight=weight, mask=mask, kind=self.kind)
 
     def noise(self, batch: DiffusionBatch, generator: torch.Generator | None = None) -> NoisedBatch:
         """Steps 1-3: a time per sample, the noised state and the mask the loss averages in."""
