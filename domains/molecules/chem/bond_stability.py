@@ -20,12 +20,13 @@ A bond-carrying molecule is ``(z [N], bond_types [N, N] of chem/bond_types.BOND_
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .bond_types import BOND_VALENCE, mol_from_bond_types
 from .elements import SYMBOLS
+from .stability import Verdicts
 
 # MiDi's allowed_bonds, {symbol: {formal charge: allowed valences}}; the entry for charge 0 serves any
 # charge the element has no entry for.
@@ -82,44 +83,18 @@ def largest_fragment_smiles(z, bond_types: np.ndarray, charges=None) -> tuple[st
 
 
 @dataclass
-class BondVerdicts:
+class BondVerdicts(Verdicts):
     """MiDi's verdicts over a set of bond-carrying molecules, counted (``evaluation/metrics.py`` adds
-    uniqueness and novelty)."""
+    uniqueness and novelty). ``validity`` is that of each molecule's largest fragment."""
 
-    molecules: int = 0
-    atoms: int = 0
-    stable_atoms: int = 0
-    stable_molecules: int = 0
     connected: int = 0
-    valid_smiles: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, molecules: Iterable[tuple]) -> BondVerdicts:
         """Count the verdicts of ``(z, bond_types, charges or None)`` triples."""
         counted = cls()
         for z, bond_types, charges in molecules:
-            stable = stable_with_bonds(z, bond_types, charges)
             smiles, fragments = largest_fragment_smiles(z, bond_types, charges)
-            counted.molecules += 1
-            counted.atoms += len(stable)
-            counted.stable_atoms += int(stable.sum())
-            counted.stable_molecules += int(stable.all())
+            counted.count(stable_with_bonds(z, bond_types, charges), smiles)
             counted.connected += int(fragments == 1)
-            if smiles is not None:
-                counted.valid_smiles.append(smiles)
         return counted
-
-    @property
-    def atom_stability(self) -> float:
-        """Stable atoms over all atoms, pooled over the molecules."""
-        return self.stable_atoms / max(self.atoms, 1)
-
-    @property
-    def molecule_stability(self) -> float:
-        """Molecules whose every atom is stable, over all molecules."""
-        return self.stable_molecules / max(self.molecules, 1)
-
-    @property
-    def validity(self) -> float:
-        """Molecules whose largest fragment RDKit sanitizes, over all molecules."""
-        return len(self.valid_smiles) / max(self.molecules, 1)

@@ -67,14 +67,17 @@ class Verdicts:
         """Count the verdicts of ``(z, pos)`` pairs or ``(z, pos, charges)`` triples."""
         counted = cls()
         for molecule in molecules:
-            stable, smiles = molecule_report(*as_molecule(molecule))
-            counted.molecules += 1
-            counted.atoms += len(stable)
-            counted.stable_atoms += int(stable.sum())
-            counted.stable_molecules += int(stable.all())
-            if smiles is not None:
-                counted.valid_smiles.append(smiles)
+            counted.count(*molecule_report(*as_molecule(molecule)))
         return counted
+
+    def count(self, stable: np.ndarray, smiles: str | None) -> None:
+        """Add one molecule's verdict: which of its atoms are stable ([N] bool), its SMILES or None."""
+        self.molecules += 1
+        self.atoms += len(stable)
+        self.stable_atoms += int(stable.sum())
+        self.stable_molecules += int(stable.all())
+        if smiles is not None:
+            self.valid_smiles.append(smiles)
 
     @property
     def atom_stability(self) -> float:
