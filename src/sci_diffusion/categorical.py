@@ -30,7 +30,7 @@ from torch import Tensor
 from .generators import PerSampleGenerator
 from .losses import DenoisingLoss, NoisedBatch
 from .schedules import NoiseSchedule
-from .state_spaces import StateSpace, per_sample_noise
+from .state_spaces import GraphRowsSpace, per_sample_noise
 
 if TYPE_CHECKING:  # annotations only
     from .module import DiffusionBatch
@@ -119,7 +119,7 @@ def draw_classes(probs: Tensor, uniform: Tensor) -> Tensor:
 
 
 @dataclass
-class CategoricalSpace(StateSpace):
+class CategoricalSpace(GraphRowsSpace):
     """Rows of one-hot classes ``(R, K)`` under a :class:`CategoricalProcess`, grouped into samples by
     ``batch`` ``(R,)`` (e.g. the molecule of each atom pair).
 
@@ -149,14 +149,6 @@ class CategoricalSpace(StateSpace):
     def noise(self, like: Tensor, generator: torch.Generator | PerSampleGenerator | None = None) -> Tensor:
         prior = self.process.prior.to(like.device).expand(like.shape[0], -1)
         return draw_classes(prior, self.uniforms(like, generator)).to(like.dtype)
-
-    def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
-        per_sample = per_sample.to(like.dtype)
-        return per_sample if per_sample.dim() == 0 else per_sample[self.batch][:, None]
-
-    def sample_sum(self, values: Tensor) -> Tensor:
-        out = values.new_zeros(self.num_samples)
-        return out.index_add_(0, self.batch, values.reshape(values.shape[0], -1).sum(1))
 
     def _keep(self, t: Tensor, like: Tensor) -> Tensor:
         """``abar`` at a 0-d ``t`` or per-sample ``t`` ``(num_samples,)``, as a scalar or per row ``(R, 1)``."""

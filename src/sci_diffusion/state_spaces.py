@@ -134,8 +134,25 @@ class EuclideanSpace(StateSpace):
         return out.index_add_(0, self.batch, values.reshape(values.shape[0], -1).sum(1))
 
 
+class GraphRowsSpace(StateSpace):
+    """A space whose rows ``(R, D)`` belong to graphs through a PyG-style ``batch`` ``(R,)`` of sample ids
+    ``0..num_samples-1`` (atoms, or atom pairs): per-sample values are gathered to rows and row values
+    summed per sample. Subclasses are dataclasses with the fields ``batch`` and ``num_samples``."""
+
+    batch: Tensor
+    num_samples: int
+
+    def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
+        per_sample = per_sample.to(like.dtype)
+        return per_sample if per_sample.dim() == 0 else per_sample[self.batch][:, None]
+
+    def sample_sum(self, values: Tensor) -> Tensor:
+        out = values.new_zeros(self.num_samples)
+        return out.index_add_(0, self.batch, values.reshape(values.shape[0], -1).sum(1))
+
+
 @dataclass
-class ZeroCoMSpace(StateSpace):
+class ZeroCoMSpace(GraphRowsSpace):
     """The zero-centre-of-mass subspace of per-node coordinates ``(N, D)``, one CoM per graph.
 
     ``batch`` is a PyG-style ``(N,)`` long tensor assigning each node to a graph
@@ -171,14 +188,6 @@ class ZeroCoMSpace(StateSpace):
         share = torch.where(moving > 0, counts / moving.clamp(min=1), torch.ones_like(moving))  # n / k per graph
         weight = torch.where(moving[self.batch] > 0, rows * share[self.batch], torch.ones_like(rows))
         return x - self.centre_of_mass(x)[self.batch] * weight
-
-    def expand(self, per_sample: Tensor, like: Tensor) -> Tensor:
-        per_sample = per_sample.to(like.dtype)
-        return per_sample if per_sample.dim() == 0 else per_sample[self.batch][:, None]
-
-    def sample_sum(self, values: Tensor) -> Tensor:
-        out = values.new_zeros(self.num_samples)
-        return out.index_add_(0, self.batch, values.reshape(values.shape[0], -1).sum(1))
 
 
 @dataclass
