@@ -55,6 +55,17 @@ def evaluate_generated_bonds(molecules: Iterable[tuple], train_smiles: Iterable[
     fragment sanitizes), ``uniqueness``, ``novelty`` (None without ``train_smiles``: SMILES built the same
     way, ``qm9_bonds.train_bond_smiles()``), ``connected`` (one fragment), the counts and ``protocol``."""
     verdicts = BondVerdicts.of(molecules)
+    return {**counted_metrics(verdicts, train_smiles), "connected": verdicts.connected / max(verdicts.molecules, 1),
+            "protocol": bond_stability.PROTOCOL}
+
+
+def counted_metrics(verdicts: Verdicts, train_smiles: Iterable[str] | None) -> dict[str, float | int | None]:
+    """Stability, validity, uniqueness and novelty (fractions 0..1) and the counts behind them, from a set of
+    molecules' verdicts (the EDM metric's, or MiDi's on generated bonds); novelty is None without ``train_smiles``.
+
+    Raises:
+        ValueError: no molecules.
+    """
     if verdicts.molecules == 0:
         raise ValueError("There are no molecules to evaluate.")
     valid = verdicts.valid_smiles
@@ -65,12 +76,15 @@ def evaluate_generated_bonds(molecules: Iterable[tuple], train_smiles: Iterable[
         "molecule_stability": verdicts.molecule_stability,
         "validity": verdicts.validity,
         "uniqueness": len(unique) / len(valid) if valid else 0.0,
+        "validity_x_uniqueness": len(unique) / verdicts.molecules,
         "novelty": None if novel is None else (len(novel) / len(unique) if unique else 0.0),
-        "connected": verdicts.connected / verdicts.molecules,
         "n_molecules": verdicts.molecules,
+        "n_atoms": verdicts.atoms,
+        "n_stable_atoms": verdicts.stable_atoms,
         "n_stable_molecules": verdicts.stable_molecules,
         "n_valid": len(valid),
-        "protocol": bond_stability.PROTOCOL,
+        "n_unique": len(unique),
+        "n_novel": None if novel is None else len(novel),
     }
 
 
@@ -98,29 +112,12 @@ def evaluate_molecules(
         UnknownElementError: an atom without EDM bond lengths (``elements.KNOWN_ELEMENTS``).
     """
     molecules = list(molecules)
-    verdicts = Verdicts.of(molecules)
-    if verdicts.molecules == 0:
-        raise ValueError("There are no molecules to evaluate.")
-    valid = verdicts.valid_smiles
-    unique = set(valid)
-    novel = None if train_smiles is None else unique.difference(train_smiles)
+    summary = counted_metrics(Verdicts.of(molecules), train_smiles)
     generated = None
     if len(molecules[0]) > 3 and np.ndim(molecules[0][3]) == 2:  # (z, pos, charges, bonds): a bond-aware model's
         generated = evaluate_generated_bonds(((m[0], m[3], m[2]) for m in molecules), bond_train_smiles)
     return {
-        "atom_stability": verdicts.atom_stability,
-        "molecule_stability": verdicts.molecule_stability,
-        "validity": verdicts.validity,
-        "uniqueness": len(unique) / len(valid) if valid else 0.0,
-        "validity_x_uniqueness": len(unique) / verdicts.molecules,
-        "novelty": None if novel is None else (len(novel) / len(unique) if unique else 0.0),
-        "n_molecules": verdicts.molecules,
-        "n_atoms": verdicts.atoms,
-        "n_stable_atoms": verdicts.stable_atoms,
-        "n_stable_molecules": verdicts.stable_molecules,
-        "n_valid": len(valid),
-        "n_unique": len(unique),
-        "n_novel": None if novel is None else len(novel),
+        **summary,
         "protocol": PROTOCOL,
         **({} if generated is None else {"generated_bonds": generated}),
     }
