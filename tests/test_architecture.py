@@ -19,9 +19,10 @@ PACKAGES = {"sci_diffusion": REPO / "src" / "sci_diffusion",
 # that share a rank are peers and must not import each other. The package's __init__ (its table of bundled
 # checkpoints) sits under every layer, domain.py (the plug-in object) over every layer.
 LAYERS = {
-    "sci_diffusion_molecules": {"chem": 0, "data": 1, "generation": 2, "models": 3, "evaluation": 4, "cli": 5},
+    "sci_diffusion_molecules": {"chem": 0, "data": 1, "generation": 2, "models": 3, "evaluation": 4, "report": 5,
+                                "cli": 6},
     "sci_diffusion_medical": {"io": 0, "data": 1, "models": 2, "translation": 3, "synthetic": 3, "evaluation": 4,
-                              "cli": 5},
+                              "report": 5, "cli": 6},
 }
 MAX_FUNCTION_LINES = 80
 # Third-party modules that may be imported inside a function: heavy to import, or optional at run time.

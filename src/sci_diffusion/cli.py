@@ -93,7 +93,9 @@ def _core_commands() -> list[Command]:
     return [Command("demo", None, "Run every sampler on an analytic 2-D Gaussian mixture and plot the result.",
                     add_demo_arguments, "sci_diffusion.demo:run_demo"),
             Command("export", None, "Slim a training checkpoint to its (EMA) weights and record, for shipping.",
-                    add_export_arguments, "sci_diffusion.checkpoints:run_export")]
+                    add_export_arguments, "sci_diffusion.checkpoints:run_export"),
+            Command("report", None, "Write one self-contained HTML page of a run's output (3-D molecules, volumes, "
+                    "metrics), to open offline.", add_report_arguments, "sci_diffusion.report.command:run_report")]
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,6 +111,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="a training checkpoint (.ckpt)")
     p.add_argument("--out", required=True, help="the slim checkpoint to write")
     p.add_argument("--budget", help="the training budget, recorded as training_budget (e.g. '2 h on 2 CPU cores')")
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_output", metavar="RUN_OUTPUT",
+                   help="a run's output: molecules (sample molecules' .sdf/.xyz, or evaluate molecules' metrics .json), "
+                        "a synthetic CT (translate's --out), evaluate mri2ct's metrics .json, or a data set folder "
+                        "(synthesize medical, phantom)")
+    p.add_argument("--out", required=True, help="the page to write (.html): one file, everything inlined, opens offline")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 
 ENTRY_POINT_GROUP = "sci_diffusion.domains"
 
@@ -42,19 +43,47 @@ class Command:
 
     def runner(self) -> Callable[[argparse.Namespace], int | None]:
         """``run``, imported first when it is given by name."""
-        if callable(self.run):
-            return self.run
-        module, _, function = self.run.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return _imported(self.run)
+
+
+def _imported(function: Callable | str) -> Callable:
+    """``function``, imported first when it is given by name (``"package.module:function"``)."""
+    if callable(function):
+        return function
+    module, _, name = function.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass
+class Reporter:
+    """How ``sci-diffusion report`` turns a domain's run output into one HTML page.
+
+    ``recognises(path) -> bool`` says, from file names and small JSON files only, whether ``path`` is a run output
+    of this domain; ``write(path, out) -> str`` writes the page to ``out`` and returns one line saying what it
+    holds (bad input: ``UserError``). Both may be named as ``"package.module:function"``, imported when the verb
+    runs. ``accepts`` says in a few words what the domain's run outputs are, for the error message when no
+    domain recognises a path.
+    """
+
+    accepts: str
+    recognises: Callable[[Path], bool] | str
+    write: Callable[[Path, Path], str] | str
+
+    def recognise(self, path: Path) -> bool:
+        return bool(_imported(self.recognises)(path))
+
+    def write_page(self, path: Path, out: Path) -> str:
+        return _imported(self.write)(path, out)
 
 
 @dataclass
 class Domain:
-    """A domain plug-in: its name and its CLI commands."""
+    """A domain plug-in: its name, its CLI commands and how it reports a run (None: it does not)."""
 
     name: str
     description: str
     commands: list[Command] = field(default_factory=list)
+    reporter: Reporter | None = None
 
 
 @functools.cache

@@ -293,27 +293,9 @@ def draw_grid_png(
         DrawingError: RDKit's PNG drawing failed.
     """
     # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
-    from rdkit import Chem
-    from rdkit.Chem import Draw, rdDepictor
-    from rdkit.rdBase import BlockLogs
+    from rdkit.Chem import Draw
 
-    depictions = []
-    for mol in list(mols)[:n]:
-        if isinstance(mol, Chem.Mol):
-            mol = Chem.Mol(mol)
-        else:
-            charges = mol[2] if len(mol) > 2 and isinstance(mol[2], np.ndarray) else None
-            mol = to_rdkit_mol(mol[0], mol[1], charges=charges)
-        try:  # a sane molecule is drawn without its hydrogens, an invalid one as it is
-            with BlockLogs():  # lone hydrogens of generated fragments are expected, not news
-                Chem.SanitizeMol(mol)
-                mol = Chem.RemoveHs(mol)
-        except (ValueError, RuntimeError):
-            mol.UpdatePropertyCache(strict=False)
-            Chem.FastFindRings(mol)
-        mol.RemoveAllConformers()
-        rdDepictor.Compute2DCoords(mol)
-        depictions.append(mol)
+    depictions = [_depiction(mol) for mol in list(mols)[:n]]
     if not depictions:
         raise ValueError(f"No molecules to draw into {path}.")
     try:
@@ -329,3 +311,49 @@ def draw_grid_png(
     except (ImportError, RuntimeError, ValueError, OSError) as error:
         raise DrawingError(f"Could not draw molecules into {path}: {error}") from error
     return Path(path)
+
+
+def _depiction(mol):
+    """A 2-D depiction's molecule: a ``Chem.Mol`` copied, or ``(z, pos[, properties or formal charges])`` with bonds by
+    the EDM rule; a sane molecule without its hydrogens, an invalid one as it is; 2-D coordinates computed."""
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit import Chem
+    from rdkit.Chem import rdDepictor
+    from rdkit.rdBase import BlockLogs
+
+    if isinstance(mol, Chem.Mol):
+        mol = Chem.Mol(mol)
+    else:
+        charges = mol[2] if len(mol) > 2 and isinstance(mol[2], np.ndarray) else None
+        mol = to_rdkit_mol(mol[0], mol[1], charges=charges)
+    try:
+        with BlockLogs():  # lone hydrogens of generated fragments are expected, not news
+            Chem.SanitizeMol(mol)
+            mol = Chem.RemoveHs(mol)
+    except (ValueError, RuntimeError):
+        mol.UpdatePropertyCache(strict=False)
+        Chem.FastFindRings(mol)
+    mol.RemoveAllConformers()
+    rdDepictor.Compute2DCoords(mol)
+    return mol
+
+
+def depiction_svg(mol, width: int = 150, height: int = 110) -> str:
+    """One molecule's 2-D depiction as a small SVG element (no XML header, transparent background), to inline
+    in a page.
+
+    Args:
+        mol: a ``Chem.Mol``, or ``(z, pos[, formal charges])`` as for :func:`draw_grid_png`.
+        width, height: its size in CSS pixels.
+    """
+    # RDKit: optional; training imports this module and runs without it (tests/molecules/test_training_without_rdkit.py)
+    from rdkit.Chem.Draw import rdMolDraw2D
+
+    drawer = rdMolDraw2D.MolDraw2DSVG(width, height, -1, -1, True)  # True: atom labels as <text>, not paths (smaller)
+    options = drawer.drawOptions()
+    options.clearBackground = False
+    options.prepareMolsBeforeDrawing = False  # _depiction prepared it; an invalid molecule cannot be kekulised
+    drawer.DrawMolecule(_depiction(mol))
+    drawer.FinishDrawing()
+    text = drawer.GetDrawingText()
+    return text[text.index("<svg"):].strip()
