@@ -1,5 +1,5 @@
 """The medical domain's plug-in object (entry point ``sci_diffusion.domains: medical``)."""
-from sci_diffusion.domains import Command, Domain
+from sci_diffusion.domains import Command, Domain, Reporter
 
 # Only the argparse tables here: ``sci-diffusion --help`` imports this module, and the verbs (which import
 # torch, MONAI and nibabel at their top) are named by string, imported when the command runs.
@@ -27,4 +27,7 @@ DOMAIN = Domain(
         Command("audit", "medical", "Memorisation audit: each synthetic subject's nearest training subject, and near copies.",
                 add_audit_arguments, f"{CLI}.audit:run_audit"),
     ],
+    Reporter("a synthetic CT that translate wrote (beside its .json sidecar), the .json of evaluate mri2ct, or a data "
+             "set folder with the dataset.json of synthesize medical or phantom",
+             "sci_diffusion_medical.report.run_output:recognises", "sci_diffusion_medical.report.page:write_report"),
 )
