@@ -47,6 +47,8 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ct", help="reference CT on the MR grid (any --mr format), for the panel's CT and error images")
     p.add_argument("--trajectory-png", help="draw how the body's middle slice forms: the sampler's state and its CT "
                                             "estimate at a few evenly spaced steps (.png; diffusion models only)")
+    p.add_argument("--report", metavar="PAGE.html", help="also write one self-contained HTML page (sci-diffusion report): "
+                                                        "MR, sCT, CT, |error| and std as linked 3-D views, opens offline")
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +57,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="metrics report (.json)")
     p.add_argument("--allow-missing", action="store_true", help="score the patients that have a prediction, list the rest")
     p.add_argument("--png", help="with <id>_std files: draw the calibration (reliability) diagram here (.png)")
+    p.add_argument("--report", metavar="PAGE.html", help="also write one self-contained HTML page (sci-diffusion report): "
+                                                        "the metrics, the reliability diagram, the worst patient's views")
 
 
 def add_audit_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,3 +85,5 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--png", help="contact sheet (.png; default <out>/contact_sheet.png)")
     p.add_argument("--spacing", type=float, help="write the subjects at this isotropic voxel size in mm (MONAI Spacingd: "
                                                  "linear images, nearest labels); default: the model's grid (4 mm)")
+    p.add_argument("--report", metavar="PAGE.html", help="also write one self-contained HTML page (sci-diffusion report): "
+                                                        "contact sheet, per-tissue fidelity, the first subject's views")

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from sci_diffusion.report.command import check_report_path
+
+from ..report.page import write_translation_report
 from ..translation.options import TranslationOptions
 from ..translation.translate import translate_file
 
 
 def run_translate(args: argparse.Namespace) -> int:
+    check_report_path(args.report)  # refused before the translation, not after it
     options = TranslationOptions(ckpt=args.ckpt, samples=args.samples, uncertainty=args.uncertainty, steps=args.steps,
                                  sampler=args.sampler, spacing=args.spacing, seed=args.seed, batch_size=args.batch_size,
                                  png=args.png, ct=args.ct, trajectory_png=args.trajectory_png,
@@ -15,4 +20,7 @@ def run_translate(args: argparse.Namespace) -> int:
     info = translate_file(args.mr, args.out, mask=args.mask, options=options)
     written = [args.out] + [p for p in (args.uncertainty, args.png, args.trajectory_png) if p]
     print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")
+    if args.report:
+        print(write_translation_report(Path(args.out), Path(args.report), mr=args.mr, ct=args.ct, mask=args.mask,
+                                       std=args.uncertainty))
     return 0

@@ -62,6 +62,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output .sdf or .xyz (written in chunks, renamed when complete); "
                                                 "the candidates table goes beside it as .csv")
     p.add_argument("--png", help="optional PNG grid of 2-D depictions of the first 16 molecules")
+    p.add_argument("--report", metavar="PAGE.html", help="also write one self-contained HTML page (sci-diffusion report): "
+                                                        "the candidates, sortable, in 2-D and 3-D, the metrics beside the "
+                                                        "published rows; opens offline")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress")
     p.add_argument("--smiles", help="conformers of this molecule: RDKit adds its hydrogens, the model generates the "
                                     "coordinates under the molecule's graph; --out must be .sdf")
@@ -125,3 +128,6 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                         "percentile of the energy drop (kcal/mol) and the unscorable fraction; about 0.2-0.6 CPU-s a "
                         "molecule; needs pip install 'sci-diffusion[xtb]'")
     p.add_argument("--xtb-max", type=int, metavar="N", help="with --xtb, relax only the file's first N molecules")
+    p.add_argument("--report", metavar="PAGE.html", help="also write one self-contained HTML page (sci-diffusion report): "
+                                                        "these metrics beside the published rows, the molecules in 2-D "
+                                                        "and 3-D; opens offline")

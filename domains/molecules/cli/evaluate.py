@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sci_diffusion.checkpoints import bundled_checkpoint, file_sha256, load_module
 from sci_diffusion.errors import UserError
+from sci_diffusion.report.command import check_report_path
 
 from ..chem.files import read_molecules
 from ..data.qm9 import train_smiles
@@ -15,6 +16,7 @@ from ..evaluation.evaluate_file import evaluate_file
 from ..evaluation.geometry import XtbUnavailableError, tblite_calculator_class
 from ..evaluation.metrics import novelty_reference
 from ..models.property_model import load_property_model
+from ..report.page import write_report
 
 # what the terminal shows of --xtb's geometry check (the JSON holds all of it)
 XTB_HEADLINE = ("subsample", "median_drop_kcal_per_mol", "p90_drop_kcal_per_mol", "scored", "unscorable_fraction",
@@ -25,6 +27,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``evaluate molecules``: the EDM metrics of ``--samples`` (and the classifier's MAE against their
     targets) as ``--out`` JSON; prints the headline metrics (with ``--xtb``, the geometry check's too)."""
     _check_xtb_flags(args)
+    check_report_path(args.report)
     if not Path(args.samples).is_file():
         raise UserError(f"Samples file {args.samples} does not exist.")
     try:
@@ -56,6 +59,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if "xtb_geometry" in metrics:
         headline["xtb_geometry"] = {k: metrics["xtb_geometry"][k] for k in XTB_HEADLINE}
     print(json.dumps(headline, indent=2))
+    if args.report:  # on stderr: stdout stays the JSON above
+        print(write_report(Path(args.out), Path(args.report)), file=sys.stderr)
     return 0
 
 

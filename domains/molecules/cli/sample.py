@@ -31,6 +31,7 @@ from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 from sci_diffusion.compilation import compiler_missing
 from sci_diffusion.errors import UserError
 from sci_diffusion.memory import release_freed_memory
+from sci_diffusion.report.command import check_report_path
 from sci_diffusion.samplers import resolve_spacing
 
 from ..chem.elements import QM9_ELEMENTS
@@ -46,6 +47,7 @@ from ..generation.sampling import Guidance, draw_atom_counts, sample_molecules
 from ..generation.trajectory import DEFAULT_MOLECULES, TrajectoryRecorder, draw_strip_png, write_trajectories
 from ..models.diffusion import MoleculeDiffusion
 from ..models.property_model import PropertyPredictor, load_property_model, predict_properties
+from ..report.page import write_report
 from .inpainting import run_inpainting_sample
 from .sample_checks import check_sample_arguments, check_triage_arguments, refuse_triage_flags
 
@@ -101,9 +103,10 @@ class SampleRun:
 def run_sample(args: argparse.Namespace) -> int:
     """``sample molecules``: ``--num`` molecules to ``--out``, the candidates table beside it (.csv), the
     run's summary (.json) and the pictures and trajectory asked for; prints a short report."""
+    check_report_path(args.report)  # refused before any sampling
     if args.smiles or args.fix_atoms:
         refuse_triage_flags(args)
-        return run_inpainting_sample(args)
+        return run_inpainting_sample(args) or write_run_report(args)
     targets = check_sample_arguments(args)
     keep, rank = check_triage_arguments(args)
     conditional = targets is not None or args.condition_from is not None
@@ -125,6 +128,13 @@ def run_sample(args: argparse.Namespace) -> int:
     failed, drawn, seconds = sample_and_write(run, gen)  # then the generator draws one seed per molecule
     summary = write_summary(run, failed, drawn, seconds)
     print_report(run, summary, failed, seconds)
+    return write_run_report(args)
+
+
+def write_run_report(args: argparse.Namespace) -> int:
+    """The --report page of the written run (``report/page.py``), if asked for; returns the exit status, 0."""
+    if args.report:
+        print(write_report(Path(args.out), Path(args.report)))
     return 0
 
 
