@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import websocket
 from PIL import Image
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -59,6 +58,7 @@ class Chromium:
                 raise RuntimeError(f"{executable} did not start its DevTools endpoint")
             time.sleep(0.1)
         port, path = port_file.read_text().splitlines()[:2]
+        import websocket  # websocket-client, of the [dev] extra; the fixture skips the tests without it
         self.socket = websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=timeout, suppress_origin=True)
         self._id = 0
         self.events: list[dict] = []

@@ -78,5 +78,6 @@ def chromium():
     executable = find_chromium()
     if executable is None:
         pytest.skip("no Chromium on the PATH (apt-get install chromium): the report pages are not opened in a browser")
+    pytest.importorskip("websocket", reason="websocket-client (the [dev] extra) drives Chromium; not installed")
     with Chromium(executable) as browser:
         yield browser
