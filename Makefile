@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(CLI) demo --out $(OUT)/samplers
 	$(CLI) sample molecules --num 100 --sampler dpmpp2m_sde --steps 50 --out $(OUT)/molecules.sdf --png $(OUT)/molecules.png
-	$(CLI) evaluate molecules --samples $(OUT)/molecules.sdf --out $(OUT)/molecules_metrics.json
+	$(CLI) evaluate molecules --samples $(OUT)/molecules.sdf --out $(OUT)/molecules_metrics.json --report $(OUT)/report.html
 	$(CLI) sample molecules --num 50 --condition gap=6.5 --guidance 4 --guidance-interval 0.1,0.5 --steps 50 --out $(OUT)/gap_6.5eV.sdf \
 		--png $(OUT)/gap_6.5eV.png
 	$(CLI) phantom --subjects 1 --spacing 2 --seed 99 --out $(OUT)/phantom
@@ -27,7 +27,7 @@ demo: setup
 		--ct $(OUT)/phantom/1BA001/ct.nii.gz --samples 4 --out $(OUT)/sct/1BA001/sct.nii.gz \
 		--uncertainty $(OUT)/sct/1BA001/sct_std.nii.gz --png $(OUT)/sct_panel.png
 	$(CLI) evaluate mri2ct --pred $(OUT)/sct --ref $(OUT)/phantom --out $(OUT)/mri2ct_metrics.json \
-		--png $(OUT)/mri2ct_reliability.png
+		--png $(OUT)/mri2ct_reliability.png --report $(OUT)/mri2ct_report.html
 	rm -rf $(OUT)/synthetic  # synthesize never overwrites a data set
 	$(CLI) synthesize medical --num 2 --out $(OUT)/synthetic --format nnunet
 	$(CLI) sample molecules --smiles "CC(=O)NC" --num 5 --out $(OUT)/conformers.sdf
