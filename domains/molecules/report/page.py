@@ -61,13 +61,13 @@ def write_report(run_output: Path, out: Path) -> str:
     synthetic = any(props.get("SYNTHETIC") == "1" for _, _, props, _ in molecules[:1]) or bool(run.summary)
     page = ReportPage(f"Molecules: {run.samples.name}", SYNTHETIC_NOTICE if synthetic else None,
                       subtitle=f"{len(molecules)} molecules from {run.samples}")
-    page.add_section("Run", run_facts_html(run, molecules))
     page.add_section("Metrics beside the published rows", metrics_html(run, molecules))
     conditional = conditional_html(columns, rows)
     if conditional:
         page.add_section("Conditional generation: the classifier's prediction against the target", conditional)
     page.add_section("Candidates", CANDIDATES_HTML + '<p class="note">Filter with words (a SMILES fragment) or '
                      "comparisons such as <code>valid=1 qed&gt;0.5 sa&lt;4</code>; click a column to sort.</p>")
+    page.add_section("Run", run_facts_html(run, molecules))
     page.add_compressed_json("molecules", {"columns": columns, "rows": rows, "format": run.samples.suffix[1:].lower(),
                                            "records": record_texts(run.samples, molecules),
                                            "depictions": [depiction_svg((z, pos, q)) for z, pos, _, q in molecules]})
@@ -97,6 +97,7 @@ def candidate_rows(run: MoleculeRun, molecules: list[tuple]) -> tuple[list[dict]
             stable, smiles = molecule_report(z, pos, charges)
             rows.append({**{name: props[name] for name in varying if name in props}, **fact,
                          "stable": int(stable.all()), "valid": int(smiles is not None), "smiles": smiles or ""})
+    keys = [k for k in keys if k != "smiles"] + ["smiles"]  # the long text last: the verdicts and scores come first
     kinds = {key: _kind([row.get(key, "") for row in rows]) for key in keys}
     for row in rows:
         for key in keys:
