@@ -45,7 +45,7 @@ class PageVisit:
 class Chromium:
     """One headless Chromium with one tab, driven over CDP. Use as a context manager."""
 
-    def __init__(self, executable: str, timeout: float = 60.0):
+    def __init__(self, executable: str, timeout: float = 120.0):
         self.timeout = timeout
         self.profile = tempfile.mkdtemp(prefix="sci-diffusion-chromium-")
         self.process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],

@@ -21,7 +21,7 @@ MOLECULE_CANVAS = "#viewer3d canvas"
 VOLUME_CANVASES = [f"#canvas-{k}" for k in range(5)]
 
 
-def page_problems(chromium: Chromium, page: Path, canvases: list[str], wait: float = 60.0) -> list[str]:
+def page_problems(chromium: Chromium, page: Path, canvases: list[str], wait: float = 120.0) -> list[str]:
     """What is wrong with a page in the browser: its JavaScript errors, a page that never says it is drawn, and
     blank canvases (one colour, the SYNTHETIC labels over them hidden). Empty for a good page."""
     visit = chromium.visit(page, wait=wait)
@@ -82,8 +82,8 @@ def test_a_damaged_vendored_library_is_caught_by_the_same_checks(chromium, molec
     monkeypatch.setattr(module, name, dataclasses.replace(original, path=damaged))
     if library == "3dmol":
         write_molecules_report(molecules_run / "run.sdf", tmp_path / "p.html")
-        problems = page_problems(chromium, tmp_path / "p.html", [MOLECULE_CANVAS], wait=5.0)
+        problems = page_problems(chromium, tmp_path / "p.html", [MOLECULE_CANVAS], wait=10.0)
     else:
         write_medical_report(translated_phantom["sct"], tmp_path / "p.html")
-        problems = page_problems(chromium, tmp_path / "p.html", VOLUME_CANVASES[:1], wait=5.0)
+        problems = page_problems(chromium, tmp_path / "p.html", VOLUME_CANVASES[:1], wait=10.0)
     assert any(p.startswith("JavaScript error") for p in problems) and "the page never set window.reportReady" in problems
