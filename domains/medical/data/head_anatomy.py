@@ -61,11 +61,15 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox: floa
 
 
 class TissueCanvas:
-    """Partial-volume tissue fractions, painted structure after structure like layers of paint."""
+    """Partial-volume tissue fractions, painted structure after structure like layers of paint.
 
-    def __init__(self, shape: Sequence[int], voxel_mm: float):
-        self.fractions = np.zeros((len(TISSUE_LABELS), *shape), np.float32)
-        self.fractions[LABEL["air"]] = 1.0
+    ``labels``: the tissue table, ``{index: name}`` (``TISSUE_LABELS``; phantom v2 adds tissues to it).
+    """
+
+    def __init__(self, shape: Sequence[int], voxel_mm: float, labels: dict[int, str] = TISSUE_LABELS):
+        self.label = {name: index for index, name in labels.items()}
+        self.fractions = np.zeros((len(labels), *shape), np.float32)
+        self.fractions[self.label["air"]] = 1.0
         self.voxel_mm = voxel_mm
 
     def occupancy(self, distance: np.ndarray) -> np.ndarray:
@@ -83,7 +87,7 @@ class TissueCanvas:
         occ = occupancy[box]
         view = self.fractions[(slice(None), *box)]
         view *= 1.0 - occ
-        view[LABEL[tissue]] += occ
+        view[self.label[tissue]] += occ
 
 
 def _bounding_box(inside: np.ndarray) -> tuple[slice, ...]:
@@ -143,6 +147,14 @@ def draw_head_pose(rng: np.random.Generator, spacing: np.ndarray) -> HeadPose:
     rotation = Rotation.from_euler("xyz", rng.uniform([-10, -6, -10], [10, 6, 10]), degrees=True).as_matrix()
     grid_centre = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0) + affine[:3, 3]
     head_centre = grid_centre + np.array([0.0, 0.0, 6.0]) + rng.uniform([-5, -5, -3], [5, 5, 3])
+    return HeadPose(shape, affine, float(np.mean(spacing)), head_frame(rng, shape, affine, rotation, head_centre))
+
+
+def head_frame(rng: np.random.Generator, shape: tuple[int, ...], affine: np.ndarray, rotation: np.ndarray,
+               head_centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every voxel's position in the template head frame (``HeadPose.frame``; mm), for a head rotated by ``rotation``
+    (3 x 3) about ``head_centre`` (world mm): draws the head's size and proportions, then a smooth random deformation
+    (a few mm, wavelengths 80-160 mm), in this order. ``affine`` must be diagonal (``phantom_affine``)."""
     # phantom_affine is diagonal, so world coordinates separate per axis.
     world = [affine[a, a] * np.arange(n, dtype=np.float32) + (affine[a, 3] - head_centre[a]) for a, n in enumerate(shape)]
     world = [world[0][:, None, None], world[1][None, :, None], world[2][None, None, :]]
@@ -157,7 +169,7 @@ def draw_head_pose(rng: np.random.Generator, spacing: np.ndarray) -> HeadPose:
             phase = sum(k * qi for k, qi in zip(wavenumber, q)) + rng.uniform(0, 2 * np.pi)
             displacement[a] += np.float32(rng.uniform(0.5, 1.5)) * np.sin(phase)
     x, y, z = (qa + da for qa, da in zip(q, displacement))
-    return HeadPose(shape, affine, float(np.mean(spacing)), (x, y, z))
+    return x, y, z
 
 
 @dataclass(frozen=True)

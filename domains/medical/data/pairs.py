@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ..io.images import IMAGE_SUFFIXES, image_stem, read_volume
+from ..io.masks import MASK_THRESHOLD, binary_mask
 from ..io.nifti import MedicalInputError
 
 SYNTHRAD_KEYS = ("mr", "ct", "mask")
-OPTIONAL_KEYS = ("labels",)
+OPTIONAL_KEYS = ("labels", "structures")  # phantoms: tissue labels; phantom v2: named structures
 AFFINE_ATOL_MM = 1e-3
 
 
@@ -93,7 +94,7 @@ def validate_pair(pair: dict[str, str]) -> dict[str, object]:
 
     Checks, in order: each file reads as a 3-D volume without NaN or infinite voxels
     (``images.read_volume``: NIfTI, MetaImage, NRRD or a DICOM folder) and has the shape and
-    affine (np.allclose, atol 1e-3 mm) of the first volume; the mask has a voxel > 0. Volumes in the
+    affine (np.allclose, atol 1e-3 mm) of the first volume; the mask has a voxel > 0.5. Volumes in the
     pair among mr, ct, mask, labels are checked; "mr" and "mask" are required, "ct" is optional
     (inference).
 
@@ -117,7 +118,7 @@ def validate_pair(pair: dict[str, str]) -> dict[str, object]:
         if not np.allclose(affine, ref_affine, atol=AFFINE_ATOL_MM):
             worst = float(np.abs(affine - ref_affine).max())
             raise MedicalInputError(f"{path} and {ref_path} have different affines (largest difference {worst:.3g}).")
-        if key == "mask" and not np.any(array > 0):
-            raise MedicalInputError(f"{path} is an empty mask (no voxel > 0).")
+        if key == "mask" and not binary_mask(array).any():
+            raise MedicalInputError(f"{path} is an empty mask (no voxel > {MASK_THRESHOLD:g}).")
     return {"id": pair.get("id", Path(pair["mr"]).parent.name), "shape": tuple(ref_array.shape),
             "spacing_mm": tuple(float(z) for z in np.sqrt((ref_affine[:3, :3] ** 2).sum(axis=0)))}

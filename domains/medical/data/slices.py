@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from monai.transforms import DivisiblePad, SpatialPad
+from monai.transforms import DivisiblePad, RandCropByPosNegLabeld, SpatialPad
 from torch.utils.data import Dataset
 
 from sci_diffusion.atomic import atomic_path
 
+from ..io.masks import binary_mask
 from .pairs import validate_pair
 from .transforms import augment_mr, mri2ct_transforms
 
@@ -72,6 +73,11 @@ def memory_mapped(pair: dict[str, str], prepare: Callable[[dict[str, str]], dict
     of ``recipe`` (the preparing settings), so changed files or settings are prepared again. Pages
     of a mapped volume are read from disk when a slice touches them, and the kernel may drop them
     again, so resident memory does not grow with the number of volumes.
+
+    Not MONAI's ``PersistentDataset``, which caches the same way but reads a cached item back whole
+    (``torch.load`` without ``mmap``), so every volume held by the data set would be resident, and keys its files
+    by the item (the paths) alone, so a volume rewritten in place is served stale
+    (``test_monai_pieces.py``: ``test_persistent_dataset_would_hold_every_volume_in_memory``).
     """
     stats = {key: Path(path).stat() for key, path in sorted(pair.items()) if key in ("mr", "ct", "mask")}
     stamp = {key: [str(Path(pair[key]).resolve()), st.st_size, st.st_mtime_ns] for key, st in stats.items()}
@@ -100,8 +106,9 @@ class SliceDataset(Dataset):
         k: odd number of MR slices in the condition.
         axis: "axial" (default), "coronal", "sagittal" or 0..2.
         crop_size: None for whole slices padded to a multiple of `divisible`; (h, w) for random
-            crops of that size centred on a random mask voxel (slices smaller than the crop are
-            padded first), for anatomy too large for whole slices.
+            crops of that size centred on a random mask voxel (MONAI's ``RandCropByPosNegLabeld``, the centre
+            moved inward where the crop would leave the slice; slices smaller than the crop are padded first),
+            for anatomy too large for whole slices.
         divisible: whole-slice padding multiple (16 suits a 4-level U-Net).
         spacing_mm: resample every volume to this spacing (mm) when given.
         validate: run `validate_pair` on each pair first.
@@ -110,6 +117,7 @@ class SliceDataset(Dataset):
         cache_dir: keep the prepared volumes in files here and memory-map them (`memory_mapped`)
             instead of holding them in memory: resident memory then stays bounded however many
             volumes there are, and a later run with the same files and settings skips the preparing.
+        seed: the crops' random state (MONAI's own; ``monai.data.DataLoader`` reseeds it in each worker).
 
     Slices whose mask is empty are skipped.
     """
@@ -125,6 +133,7 @@ class SliceDataset(Dataset):
         validate: bool = True,
         augment: Callable | None = None,
         cache_dir: str | os.PathLike | None = None,
+        seed: int = 0,
     ):
         if k < 1 or k % 2 == 0:
             raise ValueError(f"k must be a positive odd number, got {k}.")
@@ -143,6 +152,11 @@ class SliceDataset(Dataset):
                 sizes[a] = c
             pad_for = lambda value: SpatialPad(spatial_size=sizes, mode="constant", value=value)  # noqa: E731
         load = mri2ct_transforms(("mr", "ct", "mask"), spacing_mm=spacing_mm)
+        self.crop = None
+        if self.crop_size is not None:  # pos=1, neg=0: every crop is centred on a body voxel
+            self.crop = RandCropByPosNegLabeld(("ct", "mr", "mask"), label_key="mask", spatial_size=self.crop_size,
+                                               pos=1.0, neg=0.0, num_samples=1)
+            self.crop.set_random_state(seed)
 
         def prepare(pair: dict[str, str]) -> dict[str, torch.Tensor]:
             """One pair, loaded, normalised and padded: {"mr", "ct", "mask", "affine", "pad"}."""
@@ -155,7 +169,7 @@ class SliceDataset(Dataset):
             for key in ("mr", "ct", "mask"):
                 padded = pad_for(PAD_VALUES[key])(data[key])
                 volume[key] = padded.as_tensor().contiguous() if hasattr(padded, "as_tensor") else padded.contiguous()
-            volume["mask"] = volume["mask"] > 0
+            volume["mask"] = binary_mask(volume["mask"])
             return volume
 
         recipe = {"spacing_mm": spacing_mm, "crop_size": self.crop_size, "divisible": divisible, "axis": self.axis}
@@ -184,14 +198,11 @@ class SliceDataset(Dataset):
         mr = neighbour_slices(volume["mr"], s, self.k, self.axis)
         mask = neighbour_slices(volume["mask"], s, 1, self.axis).float()
         origin = torch.zeros(2, dtype=torch.int64)
-        if self.crop_size is not None:
-            h, w = self.crop_size
-            inside = torch.nonzero(mask[0])
-            centre = inside[torch.randint(len(inside), ()).item()]
-            top = int((centre[0] - h // 2).clamp(0, mask.shape[1] - h))
-            left = int((centre[1] - w // 2).clamp(0, mask.shape[2] - w))
-            origin = torch.tensor([top, left])
-            ct, mr, mask = (x[:, top : top + h, left : left + w] for x in (ct, mr, mask))
+        if self.crop is not None:
+            cropped = self.crop({"ct": ct, "mr": mr, "mask": mask})[0]
+            centre = self.crop.cropper.centers[0]  # SpatialCrop's start: the centre less half the size
+            origin = torch.tensor([int(c) - s // 2 for c, s in zip(centre, self.crop_size)])
+            ct, mr, mask = (torch.as_tensor(cropped[key]) for key in ("ct", "mr", "mask"))
         if self.augment is not None:
             mr = augment_mr(mr.contiguous(), self.augment)
         return {

@@ -17,18 +17,21 @@ from typing import TypeVar
 import numpy as np
 import torch
 from monai.transforms import (
-    AsDiscreted,
     Compose,
+    Lambdad,
     MapTransform,
     RandAdjustContrast,
     RandBiasField,
     RandGibbsNoise,
     RandHistogramShift,
     RandRicianNoise,
+    ScaleIntensityRange,
     ScaleIntensityRanged,
 )
+from monai.utils import convert_to_dst_type
 
 from ..io.images import LoadAnyImaged, model_grid_transform
+from ..io.masks import binary_mask
 from ..io.nifti import MedicalInputError
 
 # The official SynthRAD2023 metric window (HU); ``evaluation.metrics`` clips to it for PSNR and SSIM.
@@ -39,20 +42,28 @@ MR_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
-def ct_to_unit(hu: Array) -> Array:
-    """HU -> [-1, 1]: clip to [-1024, 3000] HU, then map linearly (-1024 -> -1, 3000 -> 1).
+CT_SCALING = {"a_min": CT_RANGE_HU[0], "a_max": CT_RANGE_HU[1], "b_min": -1.0, "b_max": 1.0, "clip": True}
 
-    Works elementwise on numpy arrays and torch tensors of any shape.
+
+def ct_to_unit(hu: Array) -> Array:
+    """HU -> [-1, 1]: map linearly (-1024 -> -1, 3000 -> 1) and clip: MONAI's ``ScaleIntensityRange`` with the
+    settings (``CT_SCALING``) that ``mri2ct_transforms`` gives its ``ScaleIntensityRanged`` for the CT.
+
+    Works elementwise on numpy arrays and torch tensors of any shape; returns the input's type and dtype.
     """
-    lo, hi = CT_RANGE_HU
-    clipped = hu.clip(lo, hi) if hasattr(hu, "clip") else np.clip(hu, lo, hi)
-    return (clipped - lo) * (2.0 / (hi - lo)) - 1.0
+    scaled = ScaleIntensityRange(**CT_SCALING, dtype=None)(hu)  # a MetaTensor, whatever came in
+    return convert_to_dst_type(scaled, dst=hu)[0]
 
 
 def unit_to_ct(x: Array) -> Array:
     """[-1, 1] -> HU, the inverse of `ct_to_unit` on [-1, 1]; values outside are not clipped."""
     lo, hi = CT_RANGE_HU
     return (x + 1.0) * ((hi - lo) / 2.0) + lo
+
+
+def mask_as_float(mask: torch.Tensor) -> torch.Tensor:
+    """A mask of any shape as 0.0 / 1.0 float32 by ``io.masks.binary_mask`` (a MetaTensor keeps its metadata)."""
+    return binary_mask(mask).to(torch.float32)
 
 
 def normalise_mr(
@@ -66,7 +77,7 @@ def normalise_mr(
 
     Args:
         mr: MR volume of any shape, e.g. (X, Y, Z) or (1, X, Y, Z); numpy or torch.
-        mask: same shape; voxels > 0 are the body.
+        mask: same shape; voxels > 0.5 are the body (``io.masks.binary_mask``).
         percentiles: (lower, upper) percentiles mapped to -1 and +1.
         clip: clip the result to [-1, 1].
         background: value given to voxels outside the mask.
@@ -78,10 +89,10 @@ def normalise_mr(
         MedicalInputError: the mask is empty.
     """
     is_torch = isinstance(mr, torch.Tensor)
-    inside = mask > 0
+    inside = binary_mask(mask)
     values = (mr[inside].detach().cpu().numpy() if is_torch else np.asarray(mr)[np.asarray(inside)]).astype(np.float64)
     if values.size == 0:
-        raise MedicalInputError("MR normalisation needs a mask with at least one voxel > 0, and this mask is empty.")
+        raise MedicalInputError("MR normalisation needs a mask with at least one voxel > 0.5, and this mask is empty.")
     lo, hi = np.percentile(values, percentiles)
     scale = 2.0 / (hi - lo) if hi > lo else 1.0
     if is_torch:
@@ -134,7 +145,7 @@ def mri2ct_transforms(
 
     ``images.LoadAnyImaged`` (NIfTI, MetaImage, NRRD or DICOM folder; channel first) ->
     ``images.model_grid_transform`` (Orientationd to RAS, [Spacingd]: the steps ``translate`` uses) ->
-    mask binarised -> CT to [-1, 1] (ScaleIntensityRanged, clip) -> MR normalised in mask.
+    mask binarised (> 0.5, ``io.masks.binary_mask``) -> CT to [-1, 1] (ScaleIntensityRanged, clip) -> MR normalised in mask.
 
     Args:
         keys: which of "mr", "ct", "mask", "labels" to load; "mr" needs "mask". Leave out "ct" at
@@ -154,11 +165,10 @@ def mri2ct_transforms(
         raise ValueError("MR normalisation needs the body mask: add 'mask' to keys.")
     # The geometric half is inference's own (images.load_for_model): the same reading, RAS and resampling.
     steps: list = [LoadAnyImaged(keys), *model_grid_transform(keys, spacing_mm).transforms]
-    if "mask" in keys:
-        steps.append(AsDiscreted("mask", threshold=0.5))
+    if "mask" in keys:  # the package's one rule (io.masks): AsDiscreted's threshold keeps >= 0.5, this > 0.5
+        steps.append(Lambdad("mask", mask_as_float))
     if "ct" in keys:
-        lo, hi = CT_RANGE_HU
-        steps.append(ScaleIntensityRanged("ct", a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True))
+        steps.append(ScaleIntensityRanged("ct", **CT_SCALING))
     if "mr" in keys:
         steps.append(NormaliseMRInMaskd("mr", mask_key="mask", percentiles=mr_percentiles))
     return Compose(steps)

@@ -12,7 +12,8 @@ functions/image_metrics.py, class ImageMetrics) and docs/protocols.md §2:
   K2 0.03, sample covariance), data_range 4024, full=True; the SSIM map and the mask are
   cropped by 3 voxels on every border and the map is averaged over the mask voxels left.
 
-The mask is binarised as mask > 0. The official script casts images to float32 before
+The mask is binarised as mask > 0.5 (``io.masks.binary_mask``, the rule of training and ``translate``;
+SynthRAD's masks are 0/1, so nothing changes for them). The official script casts images to float32 before
 computing; here they are float64, which changes SSIM by about 1e-6 and nothing else.
 Arrays are (X, Y, Z) in HU on the same grid; SSIM's result does not depend on axis order.
 """
@@ -25,6 +26,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.util import crop
 
 from ..data.transforms import SYNTHRAD_HU_RANGE
+from ..io.masks import binary_mask
 
 SYNTHRAD_DATA_RANGE = SYNTHRAD_HU_RANGE[1] - SYNTHRAD_HU_RANGE[0]  # 4024 HU
 SSIM_CROP = 3  # half of skimage's default 7-voxel window
@@ -33,7 +35,8 @@ SSIM_CROP = 3  # half of skimage's default 7-voxel window
 # real data, from the reference CT: air < -200 HU, bone > 200 HU, soft tissue in between.
 AIR_BELOW_HU = -200.0
 BONE_ABOVE_HU = 200.0
-_LABEL_CLASSES = {"air": (0, 9), "soft_tissue": (1, 2, 5, 6, 7, 8), "bone": (3, 4)}
+# Phantom labels (head_anatomy.TISSUE_LABELS; v2 adds 10 teeth, 11 eye, 12 mastoid air: head_anatomy_v2).
+_LABEL_CLASSES = {"air": (0, 9, 12), "soft_tissue": (1, 2, 5, 6, 7, 8, 11), "bone": (3, 4, 10)}
 
 
 def _binary(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -42,7 +45,7 @@ def _binary(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.shape != shape:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {shape}.")
-    return mask > 0
+    return binary_mask(mask)
 
 
 def _pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +60,7 @@ def mae(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> fl
 
     Args:
         pred, ref: (X, Y, Z) synthetic and real CT in HU.
-        mask: (X, Y, Z), voxels > 0 count; None counts every voxel.
+        mask: (X, Y, Z), voxels > 0.5 count; None counts every voxel.
     """
     pred, ref = _pair(pred, ref)
     m = _binary(mask, ref.shape).astype(np.float64)
@@ -109,8 +112,8 @@ def score_patient(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> dict[s
 def tissue_classes(labels_or_ct: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean (X, Y, Z) masks for air, soft_tissue and bone.
 
-    An array whose values are all integers in 0..9 is read as phantom labels (air and sinus
-    air -> air; cortical bone and diploe -> bone; the rest -> soft tissue). Anything else is
+    An array whose values are all integers in 0..12 is read as phantom labels (air, sinus and mastoid
+    air -> air; cortical bone, diploe and teeth -> bone; the rest -> soft tissue). Anything else is
     read as a reference CT in HU: air < -200, bone > 200, soft tissue in between. (A CT
     always holds negative HU in air, so the two cannot be confused on a head or pelvis.)
     """
@@ -130,7 +133,7 @@ def tissue_mae(
     Args:
         pred, ref: (X, Y, Z) CT in HU.
         labels_or_ct: phantom labels or the reference CT; see `tissue_classes`.
-        mask: (X, Y, Z) body mask; voxels > 0 count.
+        mask: (X, Y, Z) body mask; voxels > 0.5 count.
 
     Returns:
         MAE per class; NaN for a class with no voxels.
@@ -225,7 +228,7 @@ def neighbour_slice_difference(volume: np.ndarray, mask: np.ndarray, axis: int =
     with the same figure on the real CT: a larger value means slices that disagree with each other
     (stripes across slices), since each slice of a 2.5-D model is sampled on its own.
     """
-    volume, inside = np.moveaxis(np.asarray(volume, np.float64), axis, 0), np.moveaxis(np.asarray(mask) > 0, axis, 0)
+    volume, inside = np.moveaxis(np.asarray(volume, np.float64), axis, 0), np.moveaxis(binary_mask(mask), axis, 0)
     both = inside[1:] & inside[:-1]
     if not both.any():
         return float("nan")

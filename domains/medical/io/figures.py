@@ -14,6 +14,8 @@ import numpy as np
 
 from sci_diffusion.atomic import atomic_path
 
+from .masks import binary_mask
+
 CT_WINDOW_HU = (-1000.0, 1600.0)
 ERROR_MAX_HU = 500.0
 
@@ -54,7 +56,7 @@ def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png
         std: per-voxel standard deviation (HU) over samples, adds the uncertainty panel.
     """
     plt = pyplot()
-    body = np.asarray(mask) > 0
+    body = binary_mask(mask)
     z = int(round(np.nonzero(body)[2].mean())) if body.any() else mr.shape[2] // 2
 
     def cut(volume: np.ndarray) -> np.ndarray:  # anterior up, patient right on the right (neurological)

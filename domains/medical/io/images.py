@@ -57,18 +57,58 @@ def _quiet_unused_readers() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            # ITKReader warns of a folder with several series; pick_dicom_series has refused or picked one by then
+            warnings.filterwarnings("ignore", message=".*contains more than one DICOM series")
             yield
     finally:
         log.setLevel(level)
 
 
-def image_reader(path: str | os.PathLike) -> ImageReader:
+def dicom_series(folder: str | os.PathLike) -> dict[str, int]:
+    """``{series identifier: number of files}`` of the DICOM series in ``folder``, found as MONAI's ``ITKReader``
+    finds them (GDCM's series file names with series details and the series date), so an identifier here is one
+    that ``ITKReader(series_name=...)`` reads. An identifier starts with the series' SeriesInstanceUID."""
+    # ITK: only for a DICOM folder (heavy to import; NIfTI alone never loads it)
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)
+    names.AddSeriesRestriction("0008|0021")  # Series Date, as ITKReader.read restricts
+    names.SetDirectory(str(folder))
+    return {str(uid): len(names.GetFileNames(uid)) for uid in names.GetSeriesUIDs()}
+
+
+def pick_dicom_series(folder: Path, series: str | None) -> str:
+    """The identifier of the one series to read from ``folder``: its only series, or the one ``series`` names (the
+    identifier, or a SeriesInstanceUID it starts with).
+
+    Raises:
+        MedicalInputError: several series and none asked for (the sentence lists them), or ``series`` is not there.
+    """
+    found = dicom_series(folder)
+    listed = "; ".join(f"{uid} ({n} files)" for uid, n in found.items())
+    if series is None:
+        if len(found) > 1:
+            raise MedicalInputError(f"{folder} holds {len(found)} DICOM series ({listed}); pick one with --series UID.")
+        return next(iter(found))
+    chosen = [uid for uid in found if uid == series or uid.startswith(series + ".")]
+    if len(chosen) != 1:
+        raise MedicalInputError(f"--series {series} names {'none' if not chosen else 'several'} of the DICOM series in "
+                                f"{folder} ({listed}).")
+    return chosen[0]
+
+
+def image_reader(path: str | os.PathLike, series: str | None = None) -> ImageReader:
     """The MONAI reader for ``path``: ``NibabelReader`` for `.nii`/`.nii.gz`, ``ITKReader`` for
     `.mha`/`.mhd`/`.nrrd` and for a folder that holds a DICOM series (GDCM sorts its slices by position).
 
+    Args:
+        path: the file, or the DICOM folder.
+        series: for a folder with several DICOM series, the one to read (``pick_dicom_series``); ignored for a file.
+
     Raises:
         MedicalInputError: the path is missing, an unknown kind of file, a NIfTI whose header cannot be
-            read, or a folder without DICOM files.
+            read, a folder without DICOM files, or one with several series and no ``series`` that picks one.
     """
     path = Path(path)
     name = path.name.lower()
@@ -79,7 +119,7 @@ def image_reader(path: str | os.PathLike) -> ImageReader:
         dicom = itk.GDCMImageIO.New()
         if not any(f.is_file() and dicom.CanReadFile(str(f)) for f in path.iterdir()):
             raise MedicalInputError(f"{path} is a folder but holds no DICOM file (a DICOM series is read from its folder).")
-        return ITKReader()
+        return ITKReader(series_name=pick_dicom_series(path, series))
     if not path.is_file():
         raise MedicalInputError(f"{path} does not exist or is not a file.")
     if name.endswith(NIFTI_SUFFIXES):
@@ -129,8 +169,15 @@ def _reason(err: Exception, native: list[str]) -> str:
     return f"{type(cause).__name__}: {first}"
 
 
-def read_image(path: str | os.PathLike) -> MetaTensor:
+def read_image(path: str | os.PathLike, series: str | None = None) -> MetaTensor:
     """One volume through ``LoadImaged`` with the reader for its path, checked.
+
+    A 4-D volume whose axes after the third are all of length 1 (a NIfTI written as (X, Y, Z, 1), as some tools
+    write one time point) is squeezed to (X, Y, Z); a real fourth axis (several time points) is refused.
+
+    Args:
+        path: the file, or the DICOM folder.
+        series: the DICOM series to read from a folder that holds several (``pick_dicom_series``).
 
     Returns:
         (X, Y, Z) float32 MetaTensor in the file's own voxel order and units; ``.affine`` is its
@@ -139,13 +186,15 @@ def read_image(path: str | os.PathLike) -> MetaTensor:
     Raises:
         MedicalInputError: unreadable, not 3-D, or NaN or infinite voxels (one sentence naming the file).
     """
-    reader = image_reader(path)
+    reader = image_reader(path, series)
     native: list[str] = []
     try:
         with _quiet_unused_readers(), _native_stderr() as native:
             image = LoadImaged("image", reader=reader, image_only=True, dtype=np.float32)({"image": str(path)})["image"]
     except Exception as err:  # nibabel, gzip, ITK and MONAI each raise their own kind
         raise MedicalInputError(f"{path} could not be read as an image ({_reason(err, native).rstrip('.')}).") from None
+    while image.ndim > 3 and image.shape[-1] == 1:  # (X, Y, Z, 1): one time point; the affine is the spatial one
+        image = image[..., 0]
     if image.ndim != 3:
         raise MedicalInputError(f"{path} is not a 3-D volume (shape {tuple(image.shape)}).")
     bad = int(image.numel() - torch.isfinite(image).sum())
@@ -227,8 +276,8 @@ class LoadedVolumes:
         return tuple(self.inputs[self.reference].shape)
 
 
-def load_for_model(paths: Mapping[str, str | os.PathLike | None],
-                   voxel_mm: Sequence[float] | float | None = None) -> LoadedVolumes:
+def load_for_model(paths: Mapping[str, str | os.PathLike | None], voxel_mm: Sequence[float] | float | None = None,
+                   series: Mapping[str, str | None] | None = None) -> LoadedVolumes:
     """Read volumes of one subject (e.g. {"mr": .., "mask": .., "ct": ..}) and bring them onto the model's grid.
 
     The first key with a path is the reference: every other volume must have its shape and affine
@@ -237,6 +286,7 @@ def load_for_model(paths: Mapping[str, str | os.PathLike | None],
     Args:
         paths: key -> a NIfTI, MetaImage or NRRD file, or a DICOM series folder.
         voxel_mm: the model's voxel size (mm, one number or three along R, A, S); None keeps the input's.
+        series: key -> the DICOM series to read from that key's folder when it holds several (``read_image``).
 
     Returns:
         ``LoadedVolumes``: the arrays on the model's grid and what ``to_input_grid`` needs.
@@ -249,7 +299,7 @@ def load_for_model(paths: Mapping[str, str | os.PathLike | None],
     if not paths:
         raise ValueError("load_for_model needs at least one path.")
     ref = next(iter(paths))
-    raw = {k: read_image(p) for k, p in paths.items()}
+    raw = {k: read_image(p, (series or {}).get(k)) for k, p in paths.items()}
     for key, image in raw.items():
         if image.shape != raw[ref].shape:
             raise MedicalInputError(f"{paths[key]} has shape {tuple(image.shape)} but {paths[ref]} has shape "

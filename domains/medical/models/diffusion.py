@@ -121,7 +121,7 @@ class SliceTranslation:
             return {}
         ct, mr, mask = self._val_example
         pred = self.synthesise(mr, sampler=self.hparams.val_sampler, steps=self.hparams.val_steps,
-                               generator=torch.Generator().manual_seed(0))
+                               generator=torch.Generator().manual_seed(0), mask=mask)
         err = (unit_to_ct(pred) - unit_to_ct(ct)).abs() * mask
         return {"mae_hu": float(err.sum() / mask.sum().clamp(min=1))}
 
@@ -180,7 +180,7 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionUNet, DiffusionModule):
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
                    generator: torch.Generator | PerSampleGenerator | None = None, spacing: str | None = None,
-                   callback=None) -> Tensor:
+                   callback=None, mask: Tensor | None = None) -> Tensor:
         """One sample of CT slices ``(B, 1, H, W)`` in [-1, 1] given MR slices ``(B, k, H, W)``.
 
         Args:
@@ -193,6 +193,8 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionUNet, DiffusionModule):
             spacing: the sampler's time grid (``sci_diffusion.time_grids.SPACINGS``); None: its default.
             callback: the core samplers' ``callback(i, s, x_s, x0_estimate)`` after every step, states in
                 the CT's [-1, 1] units (``translate --trajectory-png``).
+            mask: the body ``(B, 1, H, W)``; unused here (the state is the CT, -1 outside the body, which the
+                model learns), taken so that every MRI-to-CT model is called alike (the residual model uses it).
         """
         space = EuclideanSpace()
         if noise is None:

@@ -83,6 +83,6 @@ class MRItoCTRegression(SliceTranslation, DiffusionModule):
 
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
-                   generator: object = None, spacing: str | None = None) -> Tensor:
-        """CT slices ``(B, 1, H, W)`` in [-1, 1]; the sampling arguments are accepted and ignored."""
+                   generator: object = None, spacing: str | None = None, mask: Tensor | None = None) -> Tensor:
+        """CT slices ``(B, 1, H, W)`` in [-1, 1]; the sampling arguments and the body ``mask`` are accepted and ignored."""
         return self(mr).clamp(-1.0, 1.0)

@@ -121,13 +121,19 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
             unit of its own) that predicts the per-voxel scale ``s`` of the regression's error, trained
             with the Laplace negative log-likelihood of ``ct - mu`` in the body mask beside the
             diffusion loss (module docstring); None: one ``residual_scale`` for every voxel.
+        zero_outside_body: hold the residual state at 0 outside the body mask in training and sampling (issue 30;
+            outside, ``(ct - mu) / s`` with ``s`` as small as 0.002 fed GroupNorm and attention values that mean
+            nothing). A checkpoint written before this option samples without it, as it was trained
+            (``on_load_checkpoint``): zeroing only at sampling moved the bundled model's sCT by 2.6 HU on average
+            in the body (its MAE by +0.8 HU) on a 4 mm phantom.
         **kwargs: ``MRItoCTDiffusion``'s network size and the core's diffusion arguments.
     """
 
     loss_class = ResidualLoss  # the diffusion loss plus the scale map's Laplace term
 
     def __init__(self, regression_ckpt: str | None = None, regression: dict[str, Any] | None = None,
-                 residual_scale: float = 0.1, scale_channels: Sequence[int] | None = None, **kwargs: Any) -> None:
+                 residual_scale: float = 0.1, scale_channels: Sequence[int] | None = None, zero_outside_body: bool = True,
+                 **kwargs: Any) -> None:
         if residual_scale <= 0:
             raise ValueError(f"residual_scale must be positive, got {residual_scale}.")
         weights = None
@@ -154,6 +160,18 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         """Channels concatenated to ``x_t``: the k MR slices and the regression mean."""
         return int(self.hparams.k) + 1
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint trained before ``zero_outside_body`` existed learnt the unmasked residual: it samples so."""
+        super().on_load_checkpoint(checkpoint)
+        config = (checkpoint.get("sci_diffusion") or {}).get("config") or checkpoint.get("hyper_parameters") or {}
+        if "zero_outside_body" not in config:
+            self.hparams["zero_outside_body"] = False
+
+    def body_space(self, mask: Tensor | None) -> EuclideanSpace:
+        """The residual's state space: held at 0 outside the body ``mask`` ``(B, 1, H, W)`` with
+        ``zero_outside_body`` and a mask, else unmasked."""
+        return EuclideanSpace(mask=mask if self.hparams.get("zero_outside_body", True) else None)
+
     def train(self, mode: bool = True) -> MRItoCTResidualDiffusion:
         super().train(mode)
         if hasattr(self, "regression"):
@@ -174,12 +192,14 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         return scale * self.run_network(context, net=self.scale_net).clamp(-4.0, 2.0).exp()
 
     def prepare_batch(self, batch: dict[str, Any]) -> ResidualBatch:
-        """The diffused state is the scaled residual; the context is the MR stack and the mean."""
+        """The diffused state is the scaled residual, held at 0 outside the body with ``zero_outside_body`` (the body
+        mask is then the state space's, so the noise is 0 there too). The context is the MR stack and the mean."""
         ct, mr, mask = slice_batch(batch)
         mean = self.regression_mean(mr)
         context = torch.cat([mr, mean], 1)
         scale = self.residual_scale_map(context)  # with its gradient, for the Laplace loss only
-        return ResidualBatch(x0=(ct - mean) / scale.detach(), space=EuclideanSpace(), cond=None, context=context,
+        space = self.body_space(mask)
+        return ResidualBatch(x0=space.project((ct - mean) / scale.detach()), space=space, cond=None, context=context,
                              mask=mask, scale=None if self.scale_net is None else scale)
 
     def residual_denoiser(self, mr: Tensor, mean: Tensor, scale: Tensor):
@@ -194,13 +214,15 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
     @torch.no_grad()
     def synthesise(self, mr: Tensor, noise: Tensor | None = None, sampler: str = "ddim", steps: int = 20,
                    generator: torch.Generator | PerSampleGenerator | None = None, spacing: str | None = None,
-                   callback=None) -> Tensor:
+                   callback=None, mask: Tensor | None = None) -> Tensor:
         """One sample of CT slices ``(B, 1, H, W)`` in [-1, 1]: the regression mean plus a sampled residual.
 
         Arguments as ``MRItoCTDiffusion.synthesise``; ``noise`` is the residual's starting noise, and
-        ``callback`` sees the states as CTs (the mean plus the scaled residual state and estimate).
+        ``callback`` sees the states as CTs (the mean plus the scaled residual state and estimate). ``mask``
+        ``(B, 1, H, W)`` 0/1 is the body: the residual state is held at 0 outside it, as in training (the sample
+        there is the mean) unless the model predates ``zero_outside_body``; None holds it nowhere.
         """
-        space = EuclideanSpace()
+        space = self.body_space(mask)
         mean = self.regression_mean(mr)
         if noise is None:
             noise = space.noise(mean, generator)

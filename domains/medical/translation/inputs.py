@@ -11,6 +11,7 @@ import numpy as np
 
 from ..data.phantom import body_mask_from_mr
 from ..io.images import load_for_model, to_input_grid
+from ..io.masks import MASK_THRESHOLD, binary_mask
 from ..io.nifti import MedicalInputError
 
 DERIVED_MASK = "derived from the MR (Otsu threshold, closing, dilation, hole filling; SynthRAD2023)"
@@ -34,7 +35,7 @@ def ras_zooms(affine: np.ndarray, to_ras: np.ndarray) -> np.ndarray:
 
 def load_inputs(mr_path: str | os.PathLike, mask_path: str | os.PathLike | None = None,
                 ct_path: str | os.PathLike | None = None,
-                voxel_mm: Sequence[float] | float | None = None) -> dict[str, Any]:
+                voxel_mm: Sequence[float] | float | None = None, series: str | None = None) -> dict[str, Any]:
     """Read and check the MR (and mask, CT), bring them onto the model's RAS grid, and derive the body
     mask from the MR when none is given (``images.load_for_model``).
 
@@ -42,6 +43,7 @@ def load_inputs(mr_path: str | os.PathLike, mask_path: str | os.PathLike | None 
         mr_path, mask_path, ct_path: NIfTI, MetaImage (.mha, .mhd) or NRRD files, or DICOM series
             folders; the mask and CT on the MR's grid (shape and affine).
         voxel_mm: resample to this voxel size (mm; the model's training voxels); None keeps the MR's.
+        series: the DICOM series of an MR folder that holds several (``images.pick_dicom_series``).
 
     Returns:
         {"mr", "mask" (bool), "ct" (or None): (X, Y, Z) arrays on the model's grid in RAS voxel order;
@@ -52,13 +54,13 @@ def load_inputs(mr_path: str | os.PathLike, mask_path: str | os.PathLike | None 
         and "mr_image": its nibabel image (None unless NIfTI), which lead back to the MR's grid only
         when ``voxel_mm`` is None}.
     """
-    loaded = load_for_model({"mr": mr_path, "mask": mask_path, "ct": ct_path}, voxel_mm)
+    loaded = load_for_model({"mr": mr_path, "mask": mask_path, "ct": ct_path}, voxel_mm, series={"mr": series})
     mr = loaded.arrays["mr"]
     if mask_path is not None:
-        input_mask = loaded.inputs["mask"] > 0
-        mask = loaded.arrays["mask"] > 0
+        input_mask = binary_mask(loaded.inputs["mask"])
+        mask = binary_mask(loaded.arrays["mask"])
         if not input_mask.any():
-            raise MedicalInputError(f"{mask_path} is an empty mask (no voxel > 0).")
+            raise MedicalInputError(f"{mask_path} is an empty mask (no voxel > {MASK_THRESHOLD:g}).")
         if not mask.any():
             raise MedicalInputError(f"{mask_path} keeps no voxel at the model's {np.round(loaded.zooms, 2).tolist()} mm "
                                     "voxels; the body is smaller than one voxel.")
@@ -70,7 +72,7 @@ def load_inputs(mr_path: str | os.PathLike, mask_path: str | os.PathLike | None 
             raise MedicalInputError(f"No body mask could be derived from {mr_path} ({err}); pass --mask.") from None
         if not mask.any():
             raise MedicalInputError(f"No body mask could be derived from {mr_path}; pass --mask.")
-        input_mask = to_input_grid(mask.astype(np.float32), loaded, nearest=True) > 0.5
+        input_mask = binary_mask(to_input_grid(mask.astype(np.float32), loaded, nearest=True))
         source = DERIVED_MASK
     to_ras, from_ras = ras_orientation(loaded.input_affine)
     return {"mr": mr, "mask": mask, "ct": loaded.arrays.get("ct"), "zooms": loaded.zooms,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from monai.transforms import Compose, DivisiblePad, SpatialPad
 from tqdm.auto import tqdm
 
 from sci_diffusion.errors import UserError
@@ -25,6 +25,7 @@ from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from ..data.phantom import CT_BACKGROUND_HU
 from ..data.slices import axis_index
 from ..data.transforms import normalise_mr, unit_to_ct
+from ..io.masks import binary_mask
 from .model import is_deterministic
 
 
@@ -44,7 +45,7 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
     Args:
         module: an ``MRItoCTDiffusion`` or ``MRItoCTRegression`` in eval mode.
         mr: (X, Y, Z) MR in the scanner's units, RAS voxel order.
-        mask: (X, Y, Z) body mask; voxels > 0 are body. Must not be empty.
+        mask: (X, Y, Z) body mask; voxels > 0.5 are body (``io.masks.binary_mask``). Must not be empty.
         samples: K; must be 1 for a deterministic model.
         sampler, steps: a core sampler name (``ddim``, ``dpmpp2m``, ...) and its step count.
         seed: one seed per (sample, slice) is drawn from this seed, and each slice's starting noise
@@ -69,7 +70,7 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
         raise UserError(f"{type(module).__name__} is deterministic: use --samples 1 (and no --uncertainty) with it.")
     device = next(module.parameters()).device
     a = axis_index(axis)
-    stacks, occupied, (top, left, h, w), slices_shape = model_slices(module, mr, mask, a, divisible, min_size)
+    stacks, bodies, occupied, (top, left, h, w), slices_shape = model_slices(module, mr, mask, a, divisible, min_size)
     n = len(occupied)
     seeds = per_sample_seeds(torch.Generator().manual_seed(int(seed)), samples * n)  # sample j, slice i: j * n + i
     if shared_noise:  # one seed per sample, shared by its slices (the padded slices all have one shape)
@@ -79,16 +80,37 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
     with sliding_windows(module, min_size):
         for j in range(samples):
             for b in range(0, n, batch_size):
-                mr_b = stacks[b:b + batch_size].to(device)
+                mr_b, body_b = stacks[b:b + batch_size].to(device), bodies[b:b + batch_size].to(device)
                 slices = PerSampleGenerator(seeds[j * n + b:j * n + b + len(mr_b)], device)
-                pred = module.synthesise(mr_b, sampler=sampler, steps=steps, generator=slices, spacing=spacing)
+                pred = module.synthesise(mr_b, sampler=sampler, steps=steps, generator=slices, spacing=spacing, mask=body_b)
                 hu = unit_to_ct(pred[:, 0, top:top + h, left:left + w].float().cpu()).numpy()
                 out[j, occupied[b:b + batch_size].numpy()] = hu
                 bar.update(1)
     bar.close()
     out = np.moveaxis(out, 1, a + 1)
-    out[:, ~(np.asarray(mask) > 0)] = CT_BACKGROUND_HU
+    out[:, ~binary_mask(mask)] = CT_BACKGROUND_HU
     return out
+
+
+def slice_padding(multiple: int, min_size: Sequence[int] | None, value: float) -> Compose:
+    """MONAI's padding of a ``(C, S, H, W)`` stack of slices to what the network saw in training: first to the
+    training crop ``min_size`` (``SpatialPad``, for models trained on crops), then to a multiple of ``multiple``
+    in-plane (``DivisiblePad``, as ``slices.SliceDataset`` pads whole slices), both symmetric with ``value``."""
+    min_h, min_w = (-1, -1) if min_size is None else (int(min_size[0]), int(min_size[1]))
+    return Compose([SpatialPad((-1, min_h, min_w), mode="constant", value=value),
+                    DivisiblePad((1, multiple, multiple), mode="constant", value=value)])
+
+
+def padded_origin(padding: Compose, shape: Sequence[int]) -> tuple[int, int]:
+    """``(top, left)``: where an ``(H, W)`` slice of an ``(S, H, W)`` stack of ``shape`` lands once ``slice_padding``
+    has padded it."""
+    top = left = 0
+    shape = tuple(shape)
+    for pad in padding.transforms:
+        widths = pad.compute_pad_width(shape)[1:]  # (before, after) per axis, the channel's dropped: S, H, W
+        top, left = top + widths[1][0], left + widths[2][0]
+        shape = tuple(n + a + b for n, (a, b) in zip(shape, widths))
+    return top, left
 
 
 def model_slices(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, axis: int, divisible: int = 16,
@@ -96,25 +118,23 @@ def model_slices(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, axis
     """The network inputs of every body slice of a volume on the model's grid.
 
     Returns:
-        ``(stacks (N, k, H', W'), occupied (N,) slice indices along ``axis``, (top, left, h, w) of the
-        unpadded slice inside the padded one, (S, h, w) the volume's shape with ``axis`` first)``. The MR
-        is normalised in the mask; slices are padded symmetrically as in training (``slices.SliceDataset``):
-        the U-Nets' group and instance norms take statistics over the whole slice, so its extent must
-        match training's.
+        ``(stacks (N, k, H', W'), bodies (N, 1, H', W') float 0/1 (the centre slice's body mask), occupied (N,)
+        slice indices along ``axis``, (top, left, h, w) of the unpadded slice inside the padded one, (S, h, w) the
+        volume's shape with ``axis`` first)``. The MR is normalised in the mask; slices are padded symmetrically as
+        in training (``slice_padding``): the U-Nets' group and instance norms take statistics over the whole slice,
+        so its extent must match training's.
     """
-    body = torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0))
+    body = torch.from_numpy(np.ascontiguousarray(binary_mask(mask)))
     mr_unit = normalise_mr(torch.from_numpy(np.ascontiguousarray(mr, dtype=np.float32)), body)
     vol, body_s = mr_unit.movedim(axis, 0), body.movedim(axis, 0)  # (S, H, W)
     occupied = torch.nonzero(body_s.flatten(1).any(1)).flatten()
-    h, w = vol.shape[1:]
-    m = math.lcm(int(divisible), int(getattr(module, "size_multiple", 1)))
-    min_h, min_w = (0, 0) if min_size is None else (int(min_size[0]), int(min_size[1]))
-    pad_h, pad_w = max(-(-h // m) * m, min_h) - h, max(-(-w // m) * m, min_w) - w
-    top, left = pad_h // 2, pad_w // 2
-    padded = F.pad(vol, (left, pad_w - left, top, pad_h - top), value=-1.0)  # MR background is -1
+    multiple = math.lcm(int(divisible), int(getattr(module, "size_multiple", 1)))
+    padded = torch.as_tensor(slice_padding(multiple, min_size, -1.0)(vol[None])[0])  # MR background is -1
+    padded_body = torch.as_tensor(slice_padding(multiple, min_size, 0.0)(body_s[None].float())[0])
+    top, left = padded_origin(slice_padding(multiple, min_size, 0.0), vol.shape)
     k = int(module.hparams.k)
     index = (occupied[:, None] + torch.arange(k)[None] - k // 2).clamp(0, vol.shape[0] - 1)
-    return padded[index], occupied, (top, left, h, w), tuple(vol.shape)
+    return padded[index], padded_body[occupied, None], occupied, (top, left, *vol.shape[1:]), tuple(vol.shape)
 
 
 def slice_trajectory(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, sampler: str, steps: int, seed: int = 0,
@@ -130,7 +150,7 @@ def slice_trajectory(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
     if is_deterministic(module):
         raise UserError(f"{type(module).__name__} is deterministic: it has no sampling trajectory to draw.")
     a = axis_index(axis)
-    stacks, occupied, (top, left, h, w), _ = model_slices(module, mr, mask, a, divisible, min_size)
+    stacks, bodies, occupied, (top, left, h, w), _ = model_slices(module, mr, mask, a, divisible, min_size)
     middle = len(occupied) // 2
     frames: list[dict[str, Any]] = []
 
@@ -143,7 +163,7 @@ def slice_trajectory(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
     generator = PerSampleGenerator([seeds[middle]], device)
     with sliding_windows(module, min_size), torch.no_grad():
         module.synthesise(stacks[middle:middle + 1].to(device), sampler=sampler, steps=steps, generator=generator,
-                          spacing=spacing, callback=keep)
+                          spacing=spacing, callback=keep, mask=bodies[middle:middle + 1].to(device))
     return frames
 
 
@@ -153,5 +173,5 @@ def mean_and_std(samples_hu: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
     if samples_hu.shape[0] < 2:
         return mean, None
     std = samples_hu.std(axis=0, ddof=1)
-    std[~(np.asarray(mask) > 0)] = 0.0
+    std[~binary_mask(mask)] = 0.0
     return mean, std
