@@ -13,34 +13,40 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from monai.data import DataLoader, partition_dataset
 
 from ..io.nifti import MedicalInputError
 from .paired_slices import PairedVolumeSlices
 from .pairs import find_synthrad_pairs
 from .phantom import write_phantom_dataset
+from .phantom_v2 import write_phantom_dataset_v2
 from .slices import SliceDataset
 from .transforms import mr_intensity_augmentation
 
 
 def split_patients(ids: Sequence[str], val_subjects: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """A patient-level split: ``(train_ids, val_ids)``, ``val_subjects`` drawn with ``seed``.
+    """A patient-level split: ``(train_ids, val_ids)``, each in id order, ``val_subjects`` drawn with ``seed``
+    (MONAI's ``partition_dataset`` over the sorted ids, shuffled).
 
     Every slice of a patient lands on one side, so validation never sees a training head.
     At least one patient always stays in training.
     """
     ids = sorted(ids)
     n_val = min(max(int(val_subjects), 0), len(ids) - 1)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    val = sorted(ids[i] for i in order[:n_val])
-    return [i for i in ids if i not in val], val
+    train, val = partition_dataset(ids, ratios=[len(ids) - n_val, n_val], shuffle=True, seed=seed)
+    return sorted(train), sorted(val)
 
 
-def write_phantoms_if_missing(root: str, subjects: int, spacing_mm: float, seed: int) -> None:
-    """Fill ``root`` with ``subjects`` head phantoms when it does not exist (a fresh checkout's data)."""
+def write_phantoms_if_missing(root: str, subjects: int, spacing_mm: float, seed: int, version: int = 1,
+                              contrast: str = "t1") -> None:
+    """Fill ``root`` with ``subjects`` head phantoms of ``version`` (1, or 2 with its ``contrast`` family) when it does
+    not exist (a fresh checkout's data)."""
     if not Path(root).exists():
-        print(f"Writing {subjects} head phantoms to {root} ...", flush=True)
-        write_phantom_dataset(root, subjects, spacing_mm, seed)
+        print(f"Writing {subjects} head phantoms (version {version}) to {root} ...", flush=True)
+        if version == 2:
+            write_phantom_dataset_v2(root, subjects, spacing_mm, seed, contrast)
+        else:
+            write_phantom_dataset(root, subjects, spacing_mm, seed)
 
 
 class MRItoCTDataModule(L.LightningDataModule):
@@ -48,8 +54,9 @@ class MRItoCTDataModule(L.LightningDataModule):
 
     Args:
         root: SynthRAD-layout folder (``<id>/{mr,ct,mask}.nii.gz`` at any depth).
-        phantom_subjects, phantom_spacing_mm, phantom_seed: when ``root`` does not exist, write this
-            many head phantoms there first.
+        phantom_subjects, phantom_spacing_mm, phantom_seed, phantom_version, phantom_contrast: when ``root`` does not
+            exist, write this many head phantoms there first (version 1, or 2 with a contrast family:
+            ``phantom_v2.py``).
         val_subjects: patients held out for validation (patient-level split, drawn with ``split_seed``).
         k: odd number of MR slices per item (must equal the model's ``k``).
         axis: slicing axis, ``axial``, ``coronal`` or ``sagittal``.
@@ -72,6 +79,8 @@ class MRItoCTDataModule(L.LightningDataModule):
         phantom_subjects: int = 20,
         phantom_spacing_mm: float = 2.0,
         phantom_seed: int = 0,
+        phantom_version: int = 1,
+        phantom_contrast: str = "t1",
         val_subjects: int = 2,
         split_seed: int = 0,
         k: int = 3,
@@ -94,7 +103,8 @@ class MRItoCTDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         h = self.hparams
-        write_phantoms_if_missing(h.root, h.phantom_subjects, h.phantom_spacing_mm, h.phantom_seed)
+        write_phantoms_if_missing(h.root, h.phantom_subjects, h.phantom_spacing_mm, h.phantom_seed, h.phantom_version,
+                                  h.phantom_contrast)
 
     def setup(self, stage: str | None = None) -> None:
         if getattr(self, "train_set", None) is not None:
@@ -107,22 +117,26 @@ class MRItoCTDataModule(L.LightningDataModule):
         h = self.hparams
         common = dict(k=h.k, axis=h.axis, divisible=h.divisible, spacing_mm=h.spacing_mm, cache_dir=h.cache_dir)
         augment = None
+        seed = torch.initial_seed() % 2**32  # MONAI's DataLoader reseeds both from torch's in each worker
         if h.mr_augmentation > 0:
-            augment = mr_intensity_augmentation(h.mr_augmentation, seed=torch.initial_seed() % 2**32)
+            augment = mr_intensity_augmentation(h.mr_augmentation, seed=seed)
         self.train_set = SliceDataset([p for p in pairs if p["id"] in self.train_ids],
                                       crop_size=None if h.crop_size is None else tuple(h.crop_size), augment=augment,
-                                      **common)
+                                      seed=seed, **common)
         self.val_set = SliceDataset([p for p in pairs if p["id"] in self.val_ids], **common) if self.val_ids else None
         # The voxel size the model learns at (median over training volumes, RAS order), for the checkpoint.
         zooms = [np.sqrt((a[:3, :3].numpy() ** 2).sum(axis=0)) for a in self.train_set.affines]
         self.voxel_mm = [round(float(z), 4) for z in np.median(np.stack(zooms), axis=0)]
 
     def _batch_size(self, dataset, cropped: bool) -> int:
-        """Whole slices of differently sized volumes cannot share a batch: one slice at a time then."""
-        shapes = {tuple(v["mr"].shape[1:]) for v in dataset.volumes}
+        """Whole slices of differently sized volumes cannot share a batch: one slice at a time then. Only the slices'
+        own size counts (phantom v2's heads differ in height, not in their axial slices)."""
+        shapes = {tuple(n for a, n in enumerate(v["mr"].shape[1:]) if a != dataset.axis) for v in dataset.volumes}
         return self.hparams.batch_size if cropped or len(shapes) == 1 else 1
 
     def train_dataloader(self) -> DataLoader:
+        """MONAI's ``DataLoader``: each worker (and the main process, with no workers) reseeds the random crops and
+        MR augmentation of its copy of the data set, so that workers do not all draw the same augmentations."""
         batch_size = self._batch_size(self.train_set, self.hparams.crop_size is not None)
         return DataLoader(self.train_set, batch_size=batch_size, shuffle=True, drop_last=len(self.train_set) > batch_size,
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
