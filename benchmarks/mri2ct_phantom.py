@@ -157,20 +157,24 @@ def last_checkpoint(work: Path, name: str) -> tuple[Path, Path]:
     return ckpt, versions[-1]
 
 
-def train_all(args: argparse.Namespace, train_dir: Path, work: Path) -> dict[str, dict[str, Any]]:
-    """Train the three models (module docstring, step 2); return each run's facts."""
+def train_all(args: argparse.Namespace, train_dir: Path, work: Path,
+              configs: dict[str, Path] = CONFIGS) -> dict[str, dict[str, Any]]:
+    """Train the models of ``configs`` (module docstring, step 2; ``benchmarks/mri2ct_v2.py`` gives no plain
+    diffusion model); return each run's facts."""
     unit = args.budget_cpu_hours
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
     def jobs_after(finished: str) -> dict[str, list[str]]:
         if finished == "start":
-            return {"regression_leg1": fit_command(args, CONFIGS["regression"], train_dir, work, "regression_leg1", unit, []),
-                    "diffusion": fit_command(args, CONFIGS["diffusion"], train_dir, work, "diffusion", 2 * unit, [])}
+            jobs = {"regression_leg1": fit_command(args, configs["regression"], train_dir, work, "regression_leg1", unit, [])}
+            if "diffusion" in configs:
+                jobs["diffusion"] = fit_command(args, configs["diffusion"], train_dir, work, "diffusion", 2 * unit, [])
+            return jobs
         if finished == "regression_leg1":
             first, _ = last_checkpoint(work, "regression_leg1")
-            return {"regression": fit_command(args, CONFIGS["regression"], train_dir, work, "regression", 2 * unit,
+            return {"regression": fit_command(args, configs["regression"], train_dir, work, "regression", 2 * unit,
                                               [f"--ckpt_path={first}"]),
-                    "residual": fit_command(args, CONFIGS["residual"], train_dir, work, "residual", unit,
+                    "residual": fit_command(args, configs["residual"], train_dir, work, "residual", unit,
                                             [f"--model.regression_ckpt={first}"])}
         return {}
 
@@ -204,13 +208,14 @@ def train_all(args: argparse.Namespace, train_dir: Path, work: Path) -> dict[str
     return facts
 
 
-def collect_training(work: Path, facts: dict[str, dict[str, Any]], unit: float) -> dict[str, dict[str, Any]]:
+def collect_training(work: Path, facts: dict[str, dict[str, Any]], unit: float,
+                     models: tuple[str, ...] = tuple(CONFIGS)) -> dict[str, dict[str, Any]]:
     """Add each model's checkpoint, steps and losses to ``facts`` (or build them from an earlier run)."""
     budgets = {"regression": (f"{2 * unit:g} CPU-hours in two legs of {unit:g}", 2 * unit),
                "diffusion": (f"{2 * unit:g} CPU-hours", 2 * unit),
                "residual": (f"{unit:g} CPU-hours of its regression (the regression's first leg) + {unit:g} of its own",
                             2 * unit)}
-    for name in ("regression_leg1", *CONFIGS):
+    for name in ("regression_leg1", *models):
         ckpt, log_dir = last_checkpoint(work, name)
         entry = facts.setdefault(name, {})
         entry.update({"checkpoint": str(ckpt), "log_dir": str(log_dir), **training_summary(ckpt, log_dir / "metrics.csv")})

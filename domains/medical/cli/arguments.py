@@ -19,7 +19,16 @@ def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="subject i is drawn from the seed (seed, i)")
     p.add_argument("--scanner", choices=("default", "shifted"), default="default",
                    help="how the MR is imaged: 'shifted' is another scanner (tissue contrasts, stronger bias field, "
-                        "more noise), for robustness tests; the anatomy and CT of a seed do not change")
+                        "more noise), for robustness tests; the anatomy and CT of a seed do not change (version 1)")
+    p.add_argument("--version", type=int, choices=(1, 2), default=1,
+                   help="1 (default; the phantoms of every published number so far) or 2 (issue 30): bone, teeth and air "
+                        "all dark on MR; mastoid air cells, sinuses, nasal cavity, orbits, teeth, mandible (and a "
+                        "structures.nii.gz naming them); the MR misregistered against the CT by a rotation of at most 2 "
+                        "degrees, a shift of at most 1.5 mm and a smooth deformation of at most 2 mm; a field of view of "
+                        "192 x 224 mm by 200-250 mm high; per-subject random contrasts")
+    p.add_argument("--contrast", choices=("t1", "t2"),
+                   help="version 2's MR contrast family: t1 (default; T1-weighted-like, for training) or t2 "
+                        "(T2-weighted-like, held out for robustness tests)")
 
 
 def add_translate_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +54,16 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per network call (default 16)")
     p.add_argument("--png", help="write an MR / sCT / CT / |error| / std panel here (.png)")
     p.add_argument("--ct", help="reference CT on the MR grid (any --mr format), for the panel's CT and error images")
+    p.add_argument("--interval", type=float, metavar="LEVEL",
+                   help="also write a per-voxel interval that covers the CT with this probability (e.g. 0.9) as "
+                        "<out>_lower and <out>_upper; needs --calibration")
+    p.add_argument("--calibration", metavar="CAL.json",
+                   help="the interval's split-conformal calibration, fitted on subjects the model never saw with the same "
+                        "checkpoint, --samples, --sampler and --steps (evaluate mri2ct --calibration-out)")
+    p.add_argument("--samples-out", help="write the K samples as one 4-D NIfTI (X, Y, Z, K) in HU here (.nii.gz), for "
+                                         "evaluate mri2ct's rank histogram, [min, max] coverage and CRPS")
+    p.add_argument("--series", help="when --mr is a DICOM folder that holds several series: the SeriesInstanceUID to "
+                                    "read (without it such a folder is refused, with its series listed)")
     p.add_argument("--trajectory-png", help="draw how the body's middle slice forms: the sampler's state and its CT "
                                             "estimate at a few evenly spaced steps (.png; diffusion models only)")
     p.add_argument("--report", metavar="PAGE.html", help="also write one self-contained HTML page (sci-diffusion report): "
@@ -57,6 +76,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="metrics report (.json)")
     p.add_argument("--allow-missing", action="store_true", help="score the patients that have a prediction, list the rest")
     p.add_argument("--png", help="with <id>_std files: draw the calibration (reliability) diagram here (.png)")
+    p.add_argument("--calibration-out", metavar="CAL.json",
+                   help="fit a split-conformal interval calibration on these patients (subjects the model never saw) and "
+                        "write it here, for translate --interval --calibration")
+    p.add_argument("--calibration", metavar="CAL.json",
+                   help="report each patient's coverage of the calibrated --interval (out of sample on other subjects)")
+    p.add_argument("--interval", type=float, default=0.9, help="the interval's coverage level (default 0.9)")
     p.add_argument("--report", metavar="PAGE.html", help="also write one self-contained HTML page (sci-diffusion report): "
                                                         "the metrics, the reliability diagram, the worst patient's views")
 

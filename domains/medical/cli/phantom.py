@@ -8,6 +8,7 @@ from pathlib import Path
 from sci_diffusion.atomic import check_writable
 
 from ..data.phantom import write_phantom_dataset
+from ..data.phantom_v2 import write_phantom_dataset_v2
 from ..io.nifti import MedicalInputError
 
 
@@ -16,9 +17,17 @@ def run_phantom(args: argparse.Namespace) -> int:
         raise MedicalInputError(f"--subjects must be at least 1, got {args.subjects}.")
     if args.spacing <= 0:
         raise MedicalInputError(f"--spacing must be positive, got {args.spacing}.")
+    if args.version == 1 and args.contrast is not None:
+        raise MedicalInputError("--contrast picks a contrast family of --version 2; version 1 has --scanner.")
+    if args.version == 2 and args.scanner != "default":
+        raise MedicalInputError("--scanner is version 1's; version 2 draws every subject's scanner from --contrast t1 or t2.")
     check_writable(Path(args.out) / "dataset.json", "--out")
-    print(f"Writing {args.subjects} SYNTHETIC head phantoms ({args.scanner} scanner) at {args.spacing:g} mm to "
-          f"{args.out} ...", file=sys.stderr)
-    pairs = write_phantom_dataset(args.out, args.subjects, args.spacing, args.seed, args.scanner)
+    imaging = f"{args.scanner} scanner" if args.version == 1 else f"version 2, {args.contrast or 't1'} contrasts"
+    print(f"Writing {args.subjects} SYNTHETIC head phantoms ({imaging}) at {args.spacing:g} mm to {args.out} ...",
+          file=sys.stderr)
+    if args.version == 1:
+        pairs = write_phantom_dataset(args.out, args.subjects, args.spacing, args.seed, args.scanner)
+    else:
+        pairs = write_phantom_dataset_v2(args.out, args.subjects, args.spacing, args.seed, args.contrast or "t1")
     print(f"Wrote {len(pairs)} subjects ({pairs[0]['id']} .. {pairs[-1]['id']}) and {args.out}/dataset.json.")
     return 0

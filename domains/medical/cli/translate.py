@@ -7,7 +7,7 @@ from pathlib import Path
 from sci_diffusion.report.command import check_report_path
 
 from ..report.page import write_translation_report
-from ..translation.options import TranslationOptions
+from ..translation.options import TranslationOptions, interval_paths
 from ..translation.translate import translate_file
 
 
@@ -16,9 +16,11 @@ def run_translate(args: argparse.Namespace) -> int:
     options = TranslationOptions(ckpt=args.ckpt, samples=args.samples, uncertainty=args.uncertainty, steps=args.steps,
                                  sampler=args.sampler, spacing=args.spacing, seed=args.seed, batch_size=args.batch_size,
                                  png=args.png, ct=args.ct, trajectory_png=args.trajectory_png,
-                                 shared_noise=args.shared_noise)
+                                 shared_noise=args.shared_noise, series=args.series, interval=args.interval,
+                                 calibration=args.calibration, samples_out=args.samples_out)
     info = translate_file(args.mr, args.out, mask=args.mask, options=options)
-    written = [args.out] + [p for p in (args.uncertainty, args.png, args.trajectory_png) if p]
+    bounds = list(interval_paths(args.out)) if args.interval is not None else []
+    written = [args.out] + [p for p in (args.uncertainty, *bounds, args.samples_out, args.png, args.trajectory_png) if p]
     print(f"Wrote {', '.join(written)} in {info['seconds']:.1f} s (SYNTHETIC CT, {info['samples']} sample(s)).")
     if args.report:
         print(write_translation_report(Path(args.out), Path(args.report), mr=args.mr, ct=args.ct, mask=args.mask,

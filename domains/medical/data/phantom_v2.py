@@ -12,7 +12,8 @@ What v1 (``phantom.py``, still the default, unchanged) leaves out, v2 has:
   a shift of at most 1.5 mm) and a smooth deformation of at most 2 mm (wavelengths 60-150 mm, the size of a
   residual after rigid registration of a head and neck). The CT, the tissue labels and the structure map share the
   reference anatomy; the body mask follows the MR (SynthRAD's recipe) joined with the labels. Rotating by 2
-  degrees moves a point 100 mm from the centre by 3.5 mm, so the largest displacement in the head is about 5 mm.
+  degrees moves a point 100 mm from the centre by 3.5 mm (the crown: the largest displacement there is about 7 mm)
+  and one at the bottom of the neck (up to 180 mm below the centre) by 6.3 mm, so no voxel moves more than 10 mm.
   SynthRAD2023 registers brain MR to CT rigidly and states no residual; these are our sizes, recorded per subject
   in ``dataset.json`` (``misregistration``) so that they can be checked.
 - **A variable field of view**: 192 x 224 mm in-plane (as v1: axial slices keep one size) by a height of 200-250 mm

@@ -14,6 +14,7 @@ from sci_diffusion.errors import UserError
 from sci_diffusion.samplers import resolve_spacing
 
 from ..io.images import OUTPUT_SUFFIXES
+from ..io.nifti import NIFTI_SUFFIXES
 from .model import default_steps, is_deterministic
 
 PathLike = str | os.PathLike
@@ -38,6 +39,13 @@ class TranslationOptions:
         shared_noise: every slice of a sample starts from the same noise (``volume.translate_volume``).
         progress: show a progress bar.
         device: where a model loaded from ``ckpt`` runs; None: CUDA when available, else the CPU.
+        series: the DICOM series to read when the MR is a folder that holds several (``io.images.pick_dicom_series``).
+        interval: write the per-voxel interval that covers the CT with this probability (``calibration.py``) as
+            ``<out>_lower`` and ``<out>_upper`` beside ``out``; needs ``calibration``.
+        calibration: the split-conformal calibration of the interval (``evaluate mri2ct --calibration-out`` on
+            held-out subjects, with this checkpoint, K, sampler and steps).
+        samples_out: write the K samples here as one 4-D NIfTI (X, Y, Z, K) in HU, for ``evaluate mri2ct``'s
+            distribution-free checks.
     """
 
     ckpt: PathLike | None = None
@@ -54,6 +62,10 @@ class TranslationOptions:
     shared_noise: bool = False
     progress: bool = True
     device: str | None = None
+    series: str | None = None
+    interval: float | None = None
+    calibration: PathLike | None = None
+    samples_out: PathLike | None = None
 
 
 def check_output_path(path: PathLike | None, flag: str) -> None:
@@ -63,6 +75,14 @@ def check_output_path(path: PathLike | None, flag: str) -> None:
     if not str(path).endswith(OUTPUT_SUFFIXES):
         raise UserError(f"{flag} {path} must end in .nii.gz, .nii or .mha.")
     check_writable(path, flag)
+
+
+def interval_paths(out: PathLike) -> tuple[str, str]:
+    """Where ``--interval`` writes its bounds: ``<out stem>_lower`` and ``_upper`` beside ``out``, with its suffix."""
+    name = str(out)
+    suffix = next((s for s in OUTPUT_SUFFIXES if name.endswith(s)), "")
+    stem = name[: len(name) - len(suffix)]
+    return f"{stem}_lower{suffix}", f"{stem}_upper{suffix}"
 
 
 def checked_spacing(sampler: str, spacing: str | None) -> str:
@@ -94,6 +114,18 @@ def check_options(out: PathLike, options: TranslationOptions) -> TranslationOpti
             check_writable(path, flag)
     if o.uncertainty is not None and o.samples < 2:
         raise UserError(f"--uncertainty {o.uncertainty} needs --samples 2 or more (a standard deviation over samples).")
+    if o.interval is not None:
+        if not 0.0 < o.interval < 1.0:
+            raise UserError(f"--interval is a coverage in (0, 1), got {o.interval:g}.")
+        if o.calibration is None:
+            raise UserError("--interval needs --calibration CAL.json: intervals are calibrated on subjects the model "
+                            "never saw (evaluate mri2ct --calibration-out).")
+        for path, flag in zip(interval_paths(out), ("--interval's lower bound", "--interval's upper bound")):
+            check_output_path(path, flag)
+    if o.samples_out is not None:
+        if not str(o.samples_out).endswith(NIFTI_SUFFIXES):
+            raise UserError(f"--samples-out {o.samples_out} must end in .nii.gz or .nii (a 4-D volume of the samples).")
+        check_writable(o.samples_out, "--samples-out")
     spacing = checked_spacing(o.sampler, o.spacing)
     if o.steps is not None and o.steps < 1:
         raise UserError(f"--steps must be at least 1, got {o.steps}.")

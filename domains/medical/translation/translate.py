@@ -23,19 +23,21 @@ from sci_diffusion import __version__
 from ..data.phantom import CT_BACKGROUND_HU
 from ..io.figures import trajectory_strip, translation_panel
 from ..io.images import save_on_input_grid, to_input_grid
+from ..io.nifti import save_like, save_volume
+from .calibration import ConformalCalibration, check_calibration_fits, read_calibration
 from .inputs import load_inputs
 from .model import is_deterministic, load_translation_model, model_name, slice_geometry, training_spacing
-from .options import TranslationOptions, check_options, options_for_model
+from .options import TranslationOptions, check_options, interval_paths, options_for_model
 from .volume import mean_and_std, slice_trajectory, translate_volume
 
 SCT_DESCRIPTION = "Synthetic CT (HU) translated from MR by sci-diffusion; not for clinical use."
 
 
 def read_on_model_grid(mr: str | os.PathLike, mask: str | os.PathLike | None, ct: str | os.PathLike | None,
-                       module: torch.nn.Module) -> dict[str, Any]:
+                       module: torch.nn.Module, series: str | None = None) -> dict[str, Any]:
     """``inputs.load_inputs`` at the model's training voxel size, with a note on stderr when the MR is resampled."""
     trained = training_spacing(module)
-    inputs = load_inputs(mr, mask, ct, voxel_mm=trained)
+    inputs = load_inputs(mr, mask, ct, voxel_mm=trained, series=series)
     if trained is not None and not np.allclose(inputs["input_zooms"], trained, rtol=1e-3):
         print(f"sci-diffusion: note: {mr} has voxels of {np.round(inputs['input_zooms'], 2).tolist()} mm; it is resampled "
               f"to the model's {np.round(trained, 2).tolist()} mm for translation, and the synthetic CT back onto its grid.",
@@ -87,6 +89,37 @@ def write_translation(out: str | os.PathLike, uncertainty: str | os.PathLike | N
                            sidecar=std_sidecar)
 
 
+def write_interval(out: str | os.PathLike, inputs: dict[str, Any], mean: np.ndarray, std: np.ndarray | None,
+                   calibration: ConformalCalibration, level: float, sidecar: dict[str, Any]) -> None:
+    """Write the calibrated per-voxel interval (``calibration.bounds`` at ``level``; HU, -1000 outside the body) as
+    ``<out>_lower`` and ``<out>_upper`` on the MR file's grid, each with its sidecar. ``mean``, ``std``: (X, Y, Z) on
+    the model's grid."""
+    loaded, body = inputs["loaded"], inputs["input_mask"]
+    std_in = None if std is None else to_input_grid(std, loaded)
+    lower, upper = calibration.bounds(to_input_grid(mean, loaded), std_in, level)
+    record = {**sidecar, "interval": level, "interval_factor": calibration.factor(level),
+              "interval_score": calibration.score_kind, "calibration_subjects": list(calibration.subjects)}
+    for bound, path, name in zip((lower, upper), interval_paths(out), ("lower", "upper")):
+        bound[~body] = CT_BACKGROUND_HU
+        save_on_input_grid(bound, loaded, path, description=f"SYNTHETIC CT {100 * level:g}% interval {name} bound (HU)",
+                           sidecar={**record, "description": f"The {name} bound (HU) of a per-voxel interval calibrated "
+                                    f"(split conformal) to cover the CT with probability {level:g}."})
+
+
+def write_samples(path: str | os.PathLike, inputs: dict[str, Any], volumes: np.ndarray, sidecar: dict[str, Any]) -> None:
+    """Write the K samples ``(K, X, Y, Z)`` (model grid, HU) as one NIfTI ``(X, Y, Z, K)`` on the MR file's grid
+    (-1000 HU outside the body), with its sidecar: what ``evaluate mri2ct`` reads as ``<id>_samples.nii.gz``."""
+    loaded, body = inputs["loaded"], inputs["input_mask"]
+    samples = to_input_grid(volumes, loaded)  # (K, X, Y, Z)
+    samples[:, ~body] = CT_BACKGROUND_HU
+    record = {**sidecar, "description": f"The {len(samples)} synthetic CT samples (HU), along the 4th axis."}
+    description = f"SYNTHETIC CT samples (HU, K={len(samples)}) sci-diffusion"
+    if loaded.nifti is not None:
+        save_like(np.moveaxis(samples, 0, -1), loaded.nifti, path, description=description, sidecar=record)
+    else:
+        save_volume(np.moveaxis(samples, 0, -1), loaded.input_affine, path, description=description, sidecar=record)
+
+
 def draw_figures(mr: str | os.PathLike, inputs: dict[str, Any], module: torch.nn.Module, options: TranslationOptions,
                  mean: np.ndarray, std: np.ndarray | None) -> None:
     """The PNGs asked for, on the model's grid: the MR / sCT / CT / |error| / std panel (``png``) and the
@@ -100,6 +133,19 @@ def draw_figures(mr: str | os.PathLike, inputs: dict[str, Any], module: torch.nn
         frames = slice_trajectory(module, inputs["mr"], inputs["mask"], o.sampler, o.steps, o.seed, o.spacing,
                                   **slice_geometry(module))
         trajectory_strip(frames, o.trajectory_png, title=f"{Path(mr).name}: {o.sampler}, {o.steps} steps, seed {o.seed}")
+
+
+def interval_calibration(options: TranslationOptions, module: torch.nn.Module) -> ConformalCalibration | None:
+    """The calibration of ``--interval`` (None without one), checked against the run: the same K, checkpoint,
+    sampler and steps as the predictions it was fitted on (``calibration.check_calibration_fits``)."""
+    if options.interval is None:
+        return None
+    calibration = read_calibration(options.calibration)
+    deterministic = is_deterministic(module)
+    check_calibration_fits(calibration, options.calibration, options.samples, getattr(module, "checkpoint_hash", None),
+                           None if deterministic else options.sampler, None if deterministic else options.steps)
+    calibration.factor(options.interval)  # the level is one the calibration serves
+    return calibration
 
 
 def translate_file(mr: str | os.PathLike, out: str | os.PathLike, mask: str | os.PathLike | None = None,
@@ -131,7 +177,8 @@ def translate_file(mr: str | os.PathLike, out: str | os.PathLike, mask: str | os
     options = check_options(out, replace(options or TranslationOptions(), **settings))
     module = module if module is not None else load_translation_model(options.ckpt, options.device)
     options = options_for_model(options, module)
-    inputs = read_on_model_grid(mr, mask, options.ct, module)
+    calibration = interval_calibration(options, module)
+    inputs = read_on_model_grid(mr, mask, options.ct, module, options.series)
     start = time.perf_counter()
     volumes = translate_volume(module, inputs["mr"], inputs["mask"], options.samples, options.sampler, options.steps,
                                options.seed, options.batch_size, progress=options.progress, spacing=options.spacing,
@@ -140,5 +187,9 @@ def translate_file(mr: str | os.PathLike, out: str | os.PathLike, mask: str | os
     mean, std = mean_and_std(volumes, inputs["mask"])
     sidecar = translation_record(mr, inputs, module, options, seconds)
     write_translation(out, options.uncertainty, inputs, mean, std, sidecar)
+    if calibration is not None:
+        write_interval(out, inputs, mean, std, calibration, options.interval, sidecar)
+    if options.samples_out is not None:
+        write_samples(options.samples_out, inputs, volumes, sidecar)
     draw_figures(mr, inputs, module, options, mean, std)
     return sidecar
