@@ -70,6 +70,27 @@ def test_translate_interval_writes_calibrated_bounds_around_the_sct(predictions,
     assert json.loads((tmp_path / "sct_lower.json").read_text())["interval"] == 0.9
 
 
+def test_a_calibration_that_ships_beside_the_checkpoint_is_the_default(predictions, phantom_dir, residual_ckpt,
+                                                                      tmp_path):
+    """``<model>.calibration.json`` beside ``<model>.ckpt`` serves ``--interval`` without ``--calibration``: the
+    bounds are those of the same run given that file explicitly."""
+    import shutil
+
+    model = tmp_path / "model.ckpt"
+    shutil.copy(residual_ckpt, model)
+    assert main(["evaluate", "mri2ct", "--pred", str(predictions), "--ref", str(phantom_dir), "--out",
+                 str(tmp_path / "m.json"), "--calibration-out", str(tmp_path / "model.calibration.json")]) == 0
+    subject = phantom_dir / "1BA001"
+    base = ["translate", "--mr", str(subject / "mr.nii.gz"), "--ckpt", str(model), "--samples", "2", "--steps", "1",
+            "--interval", "0.8"]
+    assert main([*base, "--out", str(tmp_path / "a.nii.gz")]) == 0
+    assert main([*base, "--calibration", str(tmp_path / "model.calibration.json"), "--out", str(tmp_path / "b.nii.gz")]) == 0
+    for bound in ("lower", "upper"):
+        a, b = (np.asarray(nib.load(tmp_path / f"{x}_{bound}.nii.gz").dataobj) for x in "ab")
+        np.testing.assert_array_equal(a, b)
+    assert (np.asarray(nib.load(tmp_path / "a_upper.nii.gz").dataobj) > np.asarray(nib.load(tmp_path / "a_lower.nii.gz").dataobj)).any()
+
+
 def test_translate_interval_refuses_without_a_fitting_calibration(predictions, phantom_dir, residual_ckpt, tmp_path,
                                                                   capsys):
     subject = phantom_dir / "1BA001"

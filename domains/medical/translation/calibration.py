@@ -27,6 +27,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,17 @@ def conformal_factors(scores: np.ndarray, levels: tuple[float, ...] = LEVELS) ->
     n = ordered.size
     ranks = [math.ceil((n + 1) * level) for level in levels]
     return tuple(float(ordered[r - 1]) if r <= n else math.inf for r in ranks)
+
+
+def calibration_beside(ckpt: str | os.PathLike) -> Path | None:
+    """The calibration that ships with a checkpoint, ``<name>.calibration.json`` beside ``<name>.ckpt``, or None.
+
+    A bundled model's calibration was fitted on held-out subjects with one K, sampler and step count, which it
+    records; ``check_calibration_fits`` refuses a run with others."""
+    if not str(ckpt):
+        return None
+    path = Path(ckpt).with_suffix(".calibration.json")
+    return path if path.is_file() else None
 
 
 def read_calibration(path: str | os.PathLike) -> ConformalCalibration:

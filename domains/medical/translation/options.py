@@ -41,7 +41,8 @@ class TranslationOptions:
         device: where a model loaded from ``ckpt`` runs; None: CUDA when available, else the CPU.
         series: the DICOM series to read when the MR is a folder that holds several (``io.images.pick_dicom_series``).
         interval: write the per-voxel interval that covers the CT with this probability (``calibration.py``) as
-            ``<out>_lower`` and ``<out>_upper`` beside ``out``; needs ``calibration``.
+            ``<out>_lower`` and ``<out>_upper`` beside ``out``; needs ``calibration``, or one that ships beside the
+            checkpoint (``calibration.calibration_beside``).
         calibration: the split-conformal calibration of the interval (``evaluate mri2ct --calibration-out`` on
             held-out subjects, with this checkpoint, K, sampler and steps).
         samples_out: write the K samples here as one 4-D NIfTI (X, Y, Z, K) in HU, for ``evaluate mri2ct``'s
@@ -117,9 +118,6 @@ def check_options(out: PathLike, options: TranslationOptions) -> TranslationOpti
     if o.interval is not None:
         if not 0.0 < o.interval < 1.0:
             raise UserError(f"--interval is a coverage in (0, 1), got {o.interval:g}.")
-        if o.calibration is None:
-            raise UserError("--interval needs --calibration CAL.json: intervals are calibrated on subjects the model "
-                            "never saw (evaluate mri2ct --calibration-out).")
         for path, flag in zip(interval_paths(out), ("--interval's lower bound", "--interval's upper bound")):
             check_output_path(path, flag)
     if o.samples_out is not None:

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from sci_diffusion import __version__
+from sci_diffusion.errors import UserError
 
 from ..data.phantom import CT_BACKGROUND_HU
 from ..io.figures import trajectory_strip, translation_panel
 from ..io.images import save_on_input_grid, to_input_grid
 from ..io.nifti import save_like, save_volume
-from .calibration import ConformalCalibration, check_calibration_fits, read_calibration
+from .calibration import ConformalCalibration, calibration_beside, check_calibration_fits, read_calibration
 from .inputs import load_inputs
 from .model import is_deterministic, load_translation_model, model_name, slice_geometry, training_spacing
 from .options import TranslationOptions, check_options, interval_paths, options_for_model
@@ -140,9 +141,14 @@ def interval_calibration(options: TranslationOptions, module: torch.nn.Module) -
     sampler and steps as the predictions it was fitted on (``calibration.check_calibration_fits``)."""
     if options.interval is None:
         return None
-    calibration = read_calibration(options.calibration)
+    path = options.calibration or calibration_beside(getattr(module, "checkpoint_path", ""))
+    if path is None:
+        raise UserError(f"--interval needs --calibration CAL.json: no calibration ships with "
+                        f"{Path(getattr(module, 'checkpoint_path', 'this checkpoint')).name}, and intervals are calibrated "
+                        "on subjects the model never saw (evaluate mri2ct --calibration-out).")
+    calibration = read_calibration(path)
     deterministic = is_deterministic(module)
-    check_calibration_fits(calibration, options.calibration, options.samples, getattr(module, "checkpoint_hash", None),
+    check_calibration_fits(calibration, path, options.samples, getattr(module, "checkpoint_hash", None),
                            None if deterministic else options.sampler, None if deterministic else options.steps)
     calibration.factor(options.interval)  # the level is one the calibration serves
     return calibration
