@@ -170,6 +170,7 @@ ROW_METRICS = {"mae_hu": "mae", "bone_mae_hu": "tissue_mae.bone", "sinus_mae_hu"
                "ambiguous": "ambiguous.bone_and_air", "ambiguous_samples": "samples.ambiguous_samples.bone_and_air",
                "ambiguous_ct": "ambiguous_ct.bone_and_air", "gradient_ratio": "texture.gradient_ratio",
                "gradient_ratio_sample": "samples.texture_sample.gradient_ratio", "interval_coverage": "interval.coverage",
+               "interval_width_hu": "interval.mean_width_hu",
                "rank_chi2": "samples.rank_histogram.chi2", "minmax_coverage": "samples.minmax_coverage",
                "crps_hu": "samples.crps"}
 
@@ -252,14 +253,14 @@ def markdown(rows: list[dict], tests: list[dict], verdicts: dict, args: argparse
         return f"{scale * m:{fmt}}{ci}"
 
     lines = ["| test set | model | K | subjects | MAE (HU) | bone MAE | sinus MAE | ambiguous % (samples; CT) | gradient "
-             f"ratio | {100 * args.interval:g} % interval covers | rank χ² | [min, max] covers | CRPS (HU) | s / volume |",
+             f"ratio | {100 * args.interval:g} % interval covers (mean width, HU) | rank χ² | [min, max] covers | CRPS (HU) | s / volume |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ambiguous = (f"{f(r['ambiguous'], '.1f', 100)} ({f(r['ambiguous_samples'], '.1f', 100)}; "
                      f"CT {f(r['ambiguous_ct'], '.1f', 100)})")
         lines.append(f"| {r['test_set']} | {r['model']} | {r['samples']} | {r['subjects']} | {f(r['mae_hu'], '.1f')} | "
                      f"{f(r['bone_mae_hu'], '.0f')} | {f(r['sinus_mae_hu'], '.0f')} | {ambiguous} | "
-                     f"{f(r['gradient_ratio'], '.2f')} | {f(r['interval_coverage'], '.1f', 100)} | {f(r['rank_chi2'], '.0f')} | "
+                     f"{f(r['gradient_ratio'], '.2f')} | {f(r['interval_coverage'], '.1f', 100)} ({f(r['interval_width_hu'], '.0f')}) | {f(r['rank_chi2'], '.0f')} | "
                      f"{f(r['minmax_coverage'], '.1f', 100)} | {f(r['crps_hu'], '.1f')} | {f(r['seconds_per_volume'], '.1f')} |")
     k = args.samples
     text = "\n".join(lines) + (f"\n\nMeans over subjects with bootstrap 95 % intervals. [min, max] of K = {k} samples covers "

@@ -21,4 +21,6 @@ BUNDLED_CHECKPOINTS = {
     "regression": "mri2ct_regression.ckpt",
     "diffusion": "mri2ct_phantom.ckpt",
     "synthesis": "paired_synthesis.ckpt",
+    "translation_v2": "mri2ct_v2_residual.ckpt",
+    "regression_v2": "mri2ct_v2_regression.ckpt",
 }

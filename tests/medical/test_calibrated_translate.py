@@ -104,3 +104,15 @@ def test_translate_interval_refuses_without_a_fitting_calibration(predictions, p
     err = run_expecting_error([*base, "--samples", "3", "--calibration", str(cal)], capsys)
     assert "--samples 2, not 3" in err and str(cal) in err
     assert not (tmp_path / "sct.nii.gz").exists()
+
+
+def test_the_bundled_v2_residual_model_serves_intervals_only_as_it_was_calibrated(phantom_dir, tmp_path, capsys):
+    """``translate --model residual-v2`` finds the calibration that ships beside it and refuses another K; the v2
+    regression ships none, so its ``--interval`` asks for one. Both refusals come before any translation."""
+    base = ["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--interval", "0.9"]
+    err = run_expecting_error([*base, "--model", "residual-v2", "--samples", "2", "--out", str(tmp_path / "a.nii.gz")],
+                              capsys)
+    assert "mri2ct_v2_residual.calibration.json was calibrated with --samples 8, not 2" in err
+    err = run_expecting_error([*base, "--model", "regression-v2", "--out", str(tmp_path / "b.nii.gz")], capsys)
+    assert "needs --calibration" in err and "mri2ct_v2_regression.ckpt" in err
+    assert not any(tmp_path.iterdir())

@@ -11,6 +11,10 @@ import argparse
 
 from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
 
+# translate --model NAME: the bundled checkpoint it names (BUNDLED_CHECKPOINTS keys of sci_diffusion_medical)
+TRANSLATION_MODELS = {"residual": "translation", "regression": "regression", "diffusion": "diffusion",
+                      "residual-v2": "translation_v2", "regression-v2": "regression_v2"}
+
 
 def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subjects", type=int, required=True, help="number of paired head phantoms to write")
@@ -38,8 +42,13 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
                                              "sidecar is written beside it")
     p.add_argument("--mask", help="body mask on the MR grid (any --mr format); derived from the MR (SynthRAD recipe) "
                                    "when absent")
-    p.add_argument("--ckpt", help="model checkpoint (residual, plain diffusion or regression); default: the bundled residual "
-                                   "diffusion model (checkpoints/README.md)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--ckpt", help="model checkpoint (residual, plain diffusion or regression); default: the bundled "
+                                      "residual diffusion model (checkpoints/README.md)")
+    model.add_argument("--model", choices=tuple(TRANSLATION_MODELS),
+                       help="a bundled model instead of --ckpt: residual (default; phantom v1), regression, diffusion "
+                            "(phantom v1), or residual-v2 and regression-v2 (trained on phantom v2 with random contrasts; "
+                            "residual-v2 ships an interval calibration for --samples 8, ddim, 10 steps)")
     p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
     p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz or .mha; "
                                           "needs --samples >= 2)")

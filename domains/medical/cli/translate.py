@@ -4,16 +4,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sci_diffusion.checkpoints import bundled_checkpoint
 from sci_diffusion.report.command import check_report_path
 
 from ..report.page import write_translation_report
+from .arguments import TRANSLATION_MODELS
 from ..translation.options import TranslationOptions, interval_paths
 from ..translation.translate import translate_file
 
 
 def run_translate(args: argparse.Namespace) -> int:
     check_report_path(args.report)  # refused before the translation, not after it
-    options = TranslationOptions(ckpt=args.ckpt, samples=args.samples, uncertainty=args.uncertainty, steps=args.steps,
+    ckpt = bundled_checkpoint("sci_diffusion_medical", TRANSLATION_MODELS[args.model]) if args.model else args.ckpt
+    options = TranslationOptions(ckpt=ckpt, samples=args.samples, uncertainty=args.uncertainty, steps=args.steps,
                                  sampler=args.sampler, spacing=args.spacing, seed=args.seed, batch_size=args.batch_size,
                                  png=args.png, ct=args.ct, trajectory_png=args.trajectory_png,
                                  shared_noise=args.shared_noise, series=args.series, interval=args.interval,
