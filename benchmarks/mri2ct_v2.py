@@ -253,14 +253,16 @@ def markdown(rows: list[dict], tests: list[dict], verdicts: dict, args: argparse
         return f"{scale * m:{fmt}}{ci}"
 
     lines = ["| test set | model | K | subjects | MAE (HU) | bone MAE | sinus MAE | ambiguous % (samples; CT) | gradient "
-             f"ratio | {100 * args.interval:g} % interval covers (mean width, HU) | rank χ² | [min, max] covers | CRPS (HU) | s / volume |",
+             f"ratio | {100 * args.interval:g} % interval covers (mean width, HU) | rank χ² | [min, max] covers | "
+             "CRPS (HU) | s / volume |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ambiguous = (f"{f(r['ambiguous'], '.1f', 100)} ({f(r['ambiguous_samples'], '.1f', 100)}; "
                      f"CT {f(r['ambiguous_ct'], '.1f', 100)})")
         lines.append(f"| {r['test_set']} | {r['model']} | {r['samples']} | {r['subjects']} | {f(r['mae_hu'], '.1f')} | "
                      f"{f(r['bone_mae_hu'], '.0f')} | {f(r['sinus_mae_hu'], '.0f')} | {ambiguous} | "
-                     f"{f(r['gradient_ratio'], '.2f')} | {f(r['interval_coverage'], '.1f', 100)} ({f(r['interval_width_hu'], '.0f')}) | {f(r['rank_chi2'], '.0f')} | "
+                     f"{f(r['gradient_ratio'], '.2f')} | {f(r['interval_coverage'], '.1f', 100)} "
+                     f"({f(r.get('interval_width_hu', {}), '.0f')}) | {f(r['rank_chi2'], '.0f')} | "
                      f"{f(r['minmax_coverage'], '.1f', 100)} | {f(r['crps_hu'], '.1f')} | {f(r['seconds_per_volume'], '.1f')} |")
     k = args.samples
     text = "\n".join(lines) + (f"\n\nMeans over subjects with bootstrap 95 % intervals. [min, max] of K = {k} samples covers "

@@ -88,7 +88,8 @@ def test_a_calibration_that_ships_beside_the_checkpoint_is_the_default(predictio
     for bound in ("lower", "upper"):
         a, b = (np.asarray(nib.load(tmp_path / f"{x}_{bound}.nii.gz").dataobj) for x in "ab")
         np.testing.assert_array_equal(a, b)
-    assert (np.asarray(nib.load(tmp_path / "a_upper.nii.gz").dataobj) > np.asarray(nib.load(tmp_path / "a_lower.nii.gz").dataobj)).any()
+    upper, lower = (np.asarray(nib.load(tmp_path / f"a_{bound}.nii.gz").dataobj) for bound in ("upper", "lower"))
+    assert (upper > lower).any()
 
 
 def test_translate_interval_refuses_without_a_fitting_calibration(predictions, phantom_dir, residual_ckpt, tmp_path,

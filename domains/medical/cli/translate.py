@@ -8,9 +8,9 @@ from sci_diffusion.checkpoints import bundled_checkpoint
 from sci_diffusion.report.command import check_report_path
 
 from ..report.page import write_translation_report
-from .arguments import TRANSLATION_MODELS
 from ..translation.options import TranslationOptions, interval_paths
 from ..translation.translate import translate_file
+from .arguments import TRANSLATION_MODELS
 
 
 def run_translate(args: argparse.Namespace) -> int:
