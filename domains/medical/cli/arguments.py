@@ -65,7 +65,7 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ct", help="reference CT on the MR grid (any --mr format), for the panel's CT and error images")
     p.add_argument("--interval", type=float, metavar="LEVEL",
                    help="also write a per-voxel interval that covers the CT with this probability (e.g. 0.9) as "
-                        "<out>_lower and <out>_upper; needs --calibration")
+                        "<out>_lower and <out>_upper; needs --calibration, or a model that ships one (--model residual-v2)")
     p.add_argument("--calibration", metavar="CAL.json",
                    help="the interval's split-conformal calibration, fitted on subjects the model never saw with the same "
                         "checkpoint, --samples, --sampler and --steps (evaluate mri2ct --calibration-out)")

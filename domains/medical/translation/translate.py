@@ -141,10 +141,11 @@ def interval_calibration(options: TranslationOptions, module: torch.nn.Module) -
     sampler and steps as the predictions it was fitted on (``calibration.check_calibration_fits``)."""
     if options.interval is None:
         return None
-    path = options.calibration or calibration_beside(getattr(module, "checkpoint_path", ""))
+    ckpt = getattr(module, "checkpoint_path", "")
+    path = options.calibration or calibration_beside(ckpt)
     if path is None:
         raise UserError(f"--interval needs --calibration CAL.json: no calibration ships with "
-                        f"{Path(getattr(module, 'checkpoint_path', 'this checkpoint')).name}, and intervals are calibrated "
+                        f"{Path(ckpt).name or 'this checkpoint'}, and intervals are calibrated "
                         "on subjects the model never saw (evaluate mri2ct --calibration-out).")
     calibration = read_calibration(path)
     deterministic = is_deterministic(module)
