@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from sci_diffusion.checkpoints import load_module, read_checkpoint
-from sci_diffusion_medical.data.transforms import augment_mr, mr_intensity_augmentation
+from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
+from sci_diffusion_medical.data.transforms import augment_mr, mr_intensity_augmentation, unit_to_ct
 from sci_diffusion_medical.models.regression import MRItoCTRegression
 from sci_diffusion_medical.models.residual import MRItoCTResidualDiffusion, laplace_scale_nll
-from sci_diffusion_medical.translation.volume import translate_volume
+from sci_diffusion_medical.translation.volume import model_slices, translate_volume
 
 
 def _tiny_residual(regression_ckpt, **kwargs) -> MRItoCTResidualDiffusion:
@@ -171,3 +172,28 @@ def test_a_new_residual_model_can_start_from_the_regression_inside_a_residual_ch
     from_regression, from_residual = _tiny_residual(regression_ckpt), _tiny_residual(residual_ckpt)
     mr = torch.rand(2, 3, 32, 32) * 2 - 1
     torch.testing.assert_close(from_residual.regression_mean(mr), from_regression.regression_mean(mr), rtol=0, atol=1e-5)
+
+
+
+def test_k_samples_at_once_are_the_k_samples_drawn_one_by_one(regression_ckpt):
+    """``synthesise_samples`` computes the mean and scale map once; each sample is still what ``synthesise`` draws
+    with its generator, and ``translate_volume`` gives sample j of slice i the seed it documents (j * n + i)."""
+    model = _tiny_residual(regression_ckpt, scale_channels=(8, 16))
+    with torch.no_grad():
+        for param in model.scale_net.parameters():  # a scale map that varies from voxel to voxel
+            param.add_(0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(0)))
+    mr, mask = torch.rand(3, 3, 32, 32) * 2 - 1, (torch.rand(3, 1, 32, 32) > 0.2).float()
+    seeds = [[1, 2, 3], [4, 5, 6]]
+    together = model.synthesise_samples(mr, [PerSampleGenerator(s, "cpu") for s in seeds], sampler="ddpm", steps=3, mask=mask)
+    for s, sample in zip(seeds, together):
+        alone = model.synthesise(mr, sampler="ddpm", steps=3, generator=PerSampleGenerator(s, "cpu"), mask=mask)
+        torch.testing.assert_close(sample, alone, rtol=0, atol=1e-6)
+    assert (together[0] - together[1]).abs().max() > 1e-3
+
+    volume_mr = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    volume_mask = np.ones((32, 32, 3))
+    out = translate_volume(model, volume_mr, volume_mask, samples=2, sampler="ddpm", steps=3, seed=7, axis="axial")
+    seeds = per_sample_seeds(torch.Generator().manual_seed(7), 2 * 3)  # sample j, slice i: seeds[j * 3 + i]
+    stacks, bodies, *_ = model_slices(model, volume_mr, volume_mask, 2)
+    second = model.synthesise(stacks, sampler="ddpm", steps=3, generator=PerSampleGenerator(seeds[3:], "cpu"), mask=bodies)
+    np.testing.assert_allclose(out[1], unit_to_ct(second[:, 0]).numpy().transpose(1, 2, 0), atol=0.05)

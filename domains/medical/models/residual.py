@@ -222,11 +222,29 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         ``(B, 1, H, W)`` 0/1 is the body: the residual state is held at 0 outside it, as in training (the sample
         there is the mean) unless the model predates ``zero_outside_body``; None holds it nowhere.
         """
-        space = self.body_space(mask)
+        mean, scale = self.mean_and_scale(mr)
+        return self.sample_around(mr, mean, scale, noise, sampler, steps, generator, spacing, callback, mask)
+
+    @torch.no_grad()
+    def synthesise_samples(self, mr: Tensor, generators: Sequence[torch.Generator | PerSampleGenerator], sampler: str = "ddim",
+                           steps: int = 20, spacing: str | None = None, mask: Tensor | None = None) -> list[Tensor]:
+        """K samples of the same CT slices, one per generator: K ``(B, 1, H, W)`` tensors in [-1, 1], each what
+        ``synthesise`` draws with that generator. The regression mean and the scale map do not depend on the noise,
+        so they are computed once for all K (about 6 % of a 10-step sample's time)."""
+        mean, scale = self.mean_and_scale(mr)
+        return [self.sample_around(mr, mean, scale, None, sampler, steps, g, spacing, None, mask) for g in generators]
+
+    def mean_and_scale(self, mr: Tensor) -> tuple[Tensor, Tensor]:
+        """The regression mean ``(B, 1, H, W)`` of MR stacks ``(B, k, H, W)`` and the residual's scale there."""
         mean = self.regression_mean(mr)
+        return mean, self.residual_scale_map(torch.cat([mr, mean], 1))
+
+    def sample_around(self, mr: Tensor, mean: Tensor, scale: Tensor, noise: Tensor | None, sampler: str, steps: int,
+                      generator, spacing: str | None, callback, mask: Tensor | None) -> Tensor:
+        """``mean + scale * r`` with the residual ``r`` sampled from ``noise`` (drawn from ``generator`` when None)."""
+        space = self.body_space(mask)
         if noise is None:
             noise = space.noise(mean, generator)
-        scale = self.residual_scale_map(torch.cat([mr, mean], 1))
         as_ct = None if callback is None else (lambda i, s, x, x0: callback(i, s, mean + scale * x, mean + scale * x0))  # noqa: E731
         times = sampler_times(sampler, self.schedule, steps, spacing)
         residual = get_sampler(sampler)(self.residual_denoiser(mr, mean, scale), noise.to(mr), self.schedule, times,

@@ -76,20 +76,29 @@ def translate_volume(module: torch.nn.Module, mr: np.ndarray, mask: np.ndarray, 
     if shared_noise:  # one seed per sample, shared by its slices (the padded slices all have one shape)
         seeds = [seeds[j * n] for j in range(samples) for _ in range(n)]
     out = np.full((samples, *slices_shape), CT_BACKGROUND_HU, dtype=np.float32)
-    bar = tqdm(total=samples * -(-n // batch_size), desc="translate", unit="batch", disable=not progress, leave=False)
+    bar = tqdm(total=-(-n // batch_size), desc="translate", unit="batch", disable=not progress, leave=False)
     with sliding_windows(module, min_size):
-        for j in range(samples):
-            for b in range(0, n, batch_size):
-                mr_b, body_b = stacks[b:b + batch_size].to(device), bodies[b:b + batch_size].to(device)
-                slices = PerSampleGenerator(seeds[j * n + b:j * n + b + len(mr_b)], device)
-                pred = module.synthesise(mr_b, sampler=sampler, steps=steps, generator=slices, spacing=spacing, mask=body_b)
-                hu = unit_to_ct(pred[:, 0, top:top + h, left:left + w].float().cpu()).numpy()
-                out[j, occupied[b:b + batch_size].numpy()] = hu
-                bar.update(1)
+        for b in range(0, n, batch_size):
+            mr_b, body_b = stacks[b:b + batch_size].to(device), bodies[b:b + batch_size].to(device)
+            generators = [PerSampleGenerator(seeds[j * n + b:j * n + b + len(mr_b)], device) for j in range(samples)]
+            preds = samples_of_slices(module, mr_b, generators, sampler=sampler, steps=steps, spacing=spacing, mask=body_b)
+            rows = occupied[b:b + batch_size].numpy()
+            for j, pred in enumerate(preds):
+                out[j, rows] = unit_to_ct(pred[:, 0, top:top + h, left:left + w].float().cpu()).numpy()
+            bar.update(1)
     bar.close()
     out = np.moveaxis(out, 1, a + 1)
     out[:, ~binary_mask(mask)] = CT_BACKGROUND_HU
     return out
+
+
+def samples_of_slices(module: torch.nn.Module, mr: torch.Tensor, generators: Sequence[PerSampleGenerator],
+                      **kwargs: Any) -> list[torch.Tensor]:
+    """K samples ``(B, 1, H, W)`` of one batch of slices, one per generator: the model's ``synthesise_samples``
+    where it has one (the residual model computes its mean and scale once for all K), else K ``synthesise`` calls."""
+    if hasattr(module, "synthesise_samples"):
+        return module.synthesise_samples(mr, generators, **kwargs)
+    return [module.synthesise(mr, generator=g, **kwargs) for g in generators]
 
 
 def slice_padding(multiple: int, min_size: Sequence[int] | None, value: float) -> Compose:
