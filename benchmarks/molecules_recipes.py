@@ -264,13 +264,16 @@ def geometry_cell(summary: dict) -> str:
             f"({pct(summary['unscorable_fraction'])} % of {summary['molecules']})")
 
 
-def leader(rows: list[dict], steps: int) -> tuple[dict, dict | None, float] | None:
-    """At the largest mark scored, the best and second arm by molecule stability at ``steps`` (among the arms
-    scored there), and the standard error of their difference (two independent proportions)."""
+def leader(rows: list[dict], steps: int, contested: bool = True) -> tuple[dict, dict | None, float] | None:
+    """The best and second arm by molecule stability at ``steps``, and the standard error of their difference (two
+    independent proportions): at the largest mark where two or more arms were scored (the equal-CPU-time comparison),
+    or with ``contested=False`` at the largest mark scored at all (where one arm may have trained on alone)."""
     at = [r for r in rows if r["steps"] == steps]
-    if not at:
+    counts = {m: sum(r["mark_cpu_hours"] == m for r in at) for m in {r["mark_cpu_hours"] for r in at}}
+    marks = [m for m, n in counts.items() if n >= 2 or not contested] or list(counts)
+    if not marks:
         return None
-    top = max(r["mark_cpu_hours"] for r in at)
+    top = max(marks)
     ranked = sorted((r for r in at if r["mark_cpu_hours"] == top), key=lambda r: -r["molecule_stability"])
     if len(ranked) < 2:
         return ranked[0], None, float("nan")
@@ -288,11 +291,17 @@ def verdict(rows: list[dict], steps: int) -> str:
     head = (f"At {cpu_hours_text(a['mark_cpu_hours'])} and {steps} steps, arm **{a['arm']}** leads with "
             f"{pct(a['molecule_stability'])} %")
     if b is None:
-        return head + " (the only arm scored there)."
-    gap = 100 * (a["molecule_stability"] - b["molecule_stability"])
-    behind = sorted({r["arm"] for r in rows} - {r["arm"] for r in rows if r["mark_cpu_hours"] == a["mark_cpu_hours"]})
-    return (head + f", {gap:.1f} points above arm {b['arm']} ({pct(b['molecule_stability'])} %; standard error of the "
-            f"difference {100 * se:.1f} points)" + (f"; arms {', '.join(behind)} are not scored there yet." if behind else "."))
+        text = head + " (the only arm scored there)."
+    else:
+        gap = 100 * (a["molecule_stability"] - b["molecule_stability"])
+        behind = sorted({r["arm"] for r in rows} - {r["arm"] for r in rows if r["mark_cpu_hours"] == a["mark_cpu_hours"]})
+        text = (head + f", {gap:.1f} points above arm {b['arm']} ({pct(b['molecule_stability'])} %; standard error of the "
+                f"difference {100 * se:.1f} points)" + (f"; arms {', '.join(behind)} are not scored there yet." if behind else "."))
+    latest = leader(rows, steps, contested=False)[0]
+    if latest["mark_cpu_hours"] > a["mark_cpu_hours"]:
+        text += (f" Trained on alone, arm {latest['arm']} reaches {pct(latest['molecule_stability'])} % at "
+                 f"{cpu_hours_text(latest['mark_cpu_hours'])}.")
+    return text
 
 
 def draw_plot(rows: list[dict], path: Path) -> None:
@@ -327,12 +336,18 @@ def report(rows: list[dict], floor: dict | None, args: argparse.Namespace, work:
                                "marks": args.marks}, markdown, update_page=not args.no_readme, provenance=provenance)
     found = leader(rows, 50)
     if found and not args.no_readme:
-        a = found[0]
+        a, b = found[0], found[1]
+        latest = leader(rows, 50, contested=False)[0]
         scored = ", ".join(sorted({r["arm"] for r in rows if r["mark_cpu_hours"] == a["mark_cpu_hours"]}))
-        replace_readme_row(README_ROW, f"| {README_ROW} | best of arms {scored}: {a['arm']} ({a['label']}), "
-                           f"{pct(a['molecule_stability'])} % stable, {pct(a['validity'])} % valid at "
-                           f"{cpu_hours_text(a['mark_cpu_hours'])}, 50 steps | {PUBLISHED} "
-                           f"| {a['mark_cpu_hours']:g} CPU-hour per arm, one thread "
+        compared = (f"best of arms {scored} at {cpu_hours_text(a['mark_cpu_hours'])}: {a['arm']} ({a['label']}), "
+                    f"{pct(a['molecule_stability'])} % stable" + ("" if b is None else f" (next: {b['arm']}, "
+                                                                      f"{pct(b['molecule_stability'])} %)"))
+        budget = f"{a['mark_cpu_hours']:g} CPU-hour per arm"
+        if latest["mark_cpu_hours"] > a["mark_cpu_hours"]:
+            compared += f"; {latest['arm']} trained on to {cpu_hours_text(latest['mark_cpu_hours'])}"
+            budget += f"; {latest['arm']} {latest['mark_cpu_hours']:g} CPU-hours"
+        replace_readme_row(README_ROW, f"| {README_ROW} | {compared}: {pct(latest['molecule_stability'])} % stable, "
+                           f"{pct(latest['validity'])} % valid, 50 steps | {PUBLISHED} | {budget}, one thread "
                            "| [molecules_recipes](docs/results/molecules_recipes.md) |")
 
 

@@ -1,0 +1,32 @@
+"""The recipe study's verdict compares arms at equal CPU time, and reports an arm trained on alone separately."""
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+_spec = importlib.util.spec_from_file_location("molecules_recipes", ROOT / "benchmarks" / "molecules_recipes.py")
+recipes = sys.modules["molecules_recipes"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(recipes)
+
+
+def row(arm: str, mark: float, stable: float, steps: int = 50) -> dict:
+    return {"arm": arm, "mark_cpu_hours": mark, "steps": steps, "molecule_stability": stable, "molecules": 1000}
+
+
+ROWS = [row("e", 1.0, 0.167), row("f", 1.0, 0.470), row("b", 0.5, 0.30), row("f", 0.5, 0.20), row("f", 2.0, 0.610)]
+
+
+def test_the_comparison_is_at_the_last_mark_two_arms_reached():
+    a, b, se = recipes.leader(ROWS, 50)
+    assert (a["arm"], a["mark_cpu_hours"], b["arm"]) == ("f", 1.0, "e")
+    assert abs(se - (0.47 * 0.53 / 1000 + 0.167 * 0.833 / 1000) ** 0.5) < 1e-12
+    latest = recipes.leader(ROWS, 50, contested=False)
+    assert (latest[0]["arm"], latest[0]["mark_cpu_hours"], latest[1]) == ("f", 2.0, None)
+
+
+def test_the_verdict_names_the_equal_time_gap_and_the_longer_training_apart():
+    text = recipes.verdict(ROWS, 50)
+    assert text.startswith("At 1 CPU-hour and 50 steps, arm **f** leads with 47.0 %, 30.3 points above arm e")
+    assert text.endswith("Trained on alone, arm f reaches 61.0 % at 2 CPU-hours.")
+    assert "Trained on alone" not in recipes.verdict([r for r in ROWS if r["mark_cpu_hours"] < 2], 50)
