@@ -295,8 +295,9 @@ def verdict(rows: list[dict], steps: int) -> str:
     else:
         gap = 100 * (a["molecule_stability"] - b["molecule_stability"])
         behind = sorted({r["arm"] for r in rows} - {r["arm"] for r in rows if r["mark_cpu_hours"] == a["mark_cpu_hours"]})
+        missing = f"; arms {', '.join(behind)} are not scored there yet." if behind else "."
         text = (head + f", {gap:.1f} points above arm {b['arm']} ({pct(b['molecule_stability'])} %; standard error of the "
-                f"difference {100 * se:.1f} points)" + (f"; arms {', '.join(behind)} are not scored there yet." if behind else "."))
+                f"difference {100 * se:.1f} points)" + missing)
     latest = leader(rows, steps, contested=False)[0]
     if latest["mark_cpu_hours"] > a["mark_cpu_hours"]:
         text += (f" Trained on alone, arm {latest['arm']} reaches {pct(latest['molecule_stability'])} % at "
