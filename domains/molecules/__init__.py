@@ -15,6 +15,7 @@ See ``docs/architecture.md``.
 BUNDLED_CHECKPOINTS = {
     "unconditional": "qm9_edm_small.ckpt",
     "latent": "qm9_geoldm_small.ckpt",
+    "bonds": "qm9_bonds_x0.ckpt",
     "gap": "qm9_edm_small_cond_gap.ckpt",
     "classifier": "qm9_gap_classifier.ckpt",
     "regressor": "qm9_gap_regressor.ckpt",

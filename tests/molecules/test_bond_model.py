@@ -164,3 +164,23 @@ def test_sample_molecules_writes_the_generated_bonds_and_refuses_an_ode_sampler(
     assert main(["sample", "molecules", "--ckpt", str(bond_checkpoint), "--num", "1", "--sampler", "ddim",
                  "--out", str(tmp_path / "x.sdf")]) == 2
     assert "need a sampler with a categorical step: ddpm or dpmpp2m_sde, not ddim" in capsys.readouterr().err
+
+
+def test_the_bundled_bond_model_is_what_model_bonds_samples(tmp_path, capsys):
+    """``--model bonds`` samples the shipped bond-aware checkpoint (at most 10 MB, its budget recorded) and writes
+    the bonds it generated; it is unconditional, so a condition with it is refused in one sentence."""
+    import json
+
+    from sci_diffusion.checkpoints import bundled_checkpoint, read_checkpoint
+
+    path = bundled_checkpoint("sci_diffusion_molecules", "bonds")
+    assert path.stat().st_size < 10 * 2**20
+    record = read_checkpoint(path)["sci_diffusion"]
+    assert record["module_class"].endswith(":BondMoleculeDiffusion") and "CPU-hours" in record["training_budget"]
+    out = tmp_path / "bundled.sdf"
+    assert main(["sample", "molecules", "--model", "bonds", "--num", "3", "--steps", "5", "--out", str(out)]) == 0
+    summary = json.loads((tmp_path / "bundled.sdf.json").read_text())
+    assert summary["model"] == "bonds" and summary["checkpoint"].endswith("qm9_bonds_x0.ckpt")
+    assert len(read_generated_bonds(out)) == 3
+    assert main(["sample", "molecules", "--model", "bonds", "--condition", "gap=6.5", "--out", str(tmp_path / "c.sdf")]) == 2
+    assert "The bundled bonds model is unconditional" in capsys.readouterr().err

@@ -140,14 +140,14 @@ def write_run_report(args: argparse.Namespace) -> int:
 
 def choose_checkpoint(args: argparse.Namespace, targets: dict[str, float] | None, conditional: bool) -> Path:
     """``--ckpt``, or the bundled model that fits the run: the gap-conditioned one for a condition on the
-    gap, else the unconditional EDM or latent model that ``--model`` names."""
+    gap, else the unconditional EDM, latent or bond-aware model that ``--model`` names."""
     if args.ckpt:
         return Path(args.ckpt)
     if not conditional:
-        return bundled_checkpoint("sci_diffusion_molecules", "latent" if args.model == "latent" else "unconditional")
-    if args.model == "latent":
-        raise UserError("The bundled latent model is unconditional; pass --ckpt with a conditional latent model, "
-                        "or drop --model latent to use the bundled gap-conditioned EDM model.")
+        return bundled_checkpoint("sci_diffusion_molecules", args.model if args.model in ("latent", "bonds") else "unconditional")
+    if args.model in ("latent", "bonds"):
+        raise UserError(f"The bundled {args.model} model is unconditional; pass --ckpt with a conditional {args.model} "
+                        f"model, or drop --model {args.model} to use the bundled gap-conditioned EDM model.")
     if targets is not None and set(targets) != {"gap"}:
         raise UserError(f"The bundled conditional model is conditioned on gap only, not on "
                         f"{', '.join(sorted(set(targets) - {'gap'}))}; pass --ckpt.")
