@@ -337,7 +337,7 @@ def report(rows: list[dict], floor: dict | None, args: argparse.Namespace, work:
                                "marks": args.marks}, markdown, update_page=not args.no_readme, provenance=provenance)
     found = leader(rows, 50)
     if found and not args.no_readme:
-        a, b = found[0], found[1]
+        a, b, _ = found
         latest = leader(rows, 50, contested=False)[0]
         scored = ", ".join(sorted({r["arm"] for r in rows if r["mark_cpu_hours"] == a["mark_cpu_hours"]}))
         compared = (f"best of arms {scored} at {cpu_hours_text(a['mark_cpu_hours'])}: {a['arm']} ({a['label']}), "

@@ -174,7 +174,6 @@ def test_a_new_residual_model_can_start_from_the_regression_inside_a_residual_ch
     torch.testing.assert_close(from_residual.regression_mean(mr), from_regression.regression_mean(mr), rtol=0, atol=1e-5)
 
 
-
 def test_k_samples_at_once_are_the_k_samples_drawn_one_by_one(regression_ckpt):
     """``synthesise_samples`` computes the mean and scale map once; each sample is still what ``synthesise`` draws
     with its generator, and ``translate_volume`` gives sample j of slice i the seed it documents (j * n + i)."""

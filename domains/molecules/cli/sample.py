@@ -143,9 +143,10 @@ def choose_checkpoint(args: argparse.Namespace, targets: dict[str, float] | None
     gap, else the unconditional EDM, latent or bond-aware model that ``--model`` names."""
     if args.ckpt:
         return Path(args.ckpt)
+    other_kind = args.model not in (None, "edm")  # latent or bonds: a bundled model of its own, unconditional
     if not conditional:
-        return bundled_checkpoint("sci_diffusion_molecules", args.model if args.model in ("latent", "bonds") else "unconditional")
-    if args.model in ("latent", "bonds"):
+        return bundled_checkpoint("sci_diffusion_molecules", args.model if other_kind else "unconditional")
+    if other_kind:
         raise UserError(f"The bundled {args.model} model is unconditional; pass --ckpt with a conditional {args.model} "
                         f"model, or drop --model {args.model} to use the bundled gap-conditioned EDM model.")
     if targets is not None and set(targets) != {"gap"}:
