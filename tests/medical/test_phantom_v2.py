@@ -10,6 +10,7 @@ from skimage.filters import threshold_otsu
 from skimage.registration import phase_cross_correlation
 
 from sci_diffusion.cli import main
+from sci_diffusion_medical.data.contrasts import CONTRAST_FAMILIES
 from sci_diffusion_medical.data.head_anatomy import draw_anatomy, draw_head_pose, tissue_fractions
 from sci_diffusion_medical.data.head_anatomy_v2 import STRUCTURE, TISSUE_LABELS_V2, draw_anatomy_v2, tissue_fractions_v2
 from sci_diffusion_medical.data.phantom import make_head_phantom
@@ -18,8 +19,10 @@ from sci_diffusion_medical.data.phantom_v2 import (
     MAX_ROTATION_DEG,
     MAX_SHIFT_MM,
     Misregistration,
+    ct_as_the_mr_sees_it,
     displacement_mm,
     make_head_phantom_v2,
+    write_phantom_dataset_v2,
 )
 
 from .conftest import run_expecting_error
@@ -153,6 +156,45 @@ def test_the_held_out_family_changes_only_the_mr_and_reorders_its_tissues():
     assert s1["grey_matter"] < s1["white_matter"] and s2["grey_matter"] > s2["white_matter"]
     with pytest.raises(ValueError, match="contrast"):
         make_head_phantom_v2(np.random.default_rng(0), 6.0, contrast="flair")
+
+
+def test_the_calibration_family_is_a_third_law_over_scanners():
+    """pd (calibration only) changes only the MR, like t2, and orders its tissues as neither t1 nor t2 does."""
+    t1 = make_head_phantom_v2(np.random.default_rng([0, 8]), 6.0, contrast="t1")
+    pd = make_head_phantom_v2(np.random.default_rng([0, 8]), 6.0, contrast="pd")
+    both = (t1.mask > 0) & (pd.mask > 0)
+    np.testing.assert_array_equal(t1.ct[both], pd.ct[both])
+    assert t1.record["misregistration"] == pd.record["misregistration"]
+    s = pd.record["mr_signals"]
+    assert s["grey_matter"] > s["white_matter"] and s["csf"] > s["grey_matter"]  # water content: not T1's order
+    assert s["fat"] > 0.5 * s["csf"] and CONTRAST_FAMILIES["pd"].bias != CONTRAST_FAMILIES["t2"].bias  # not T2's
+
+
+def test_the_registration_floor_is_the_ct_moved_with_the_mr():
+    """Aligned, the floor is the CT itself; with the MR shifted by one voxel along x (it shows what lies one voxel
+    on), the floor at voxel i is the CT at voxel i + 1."""
+    pose, _ = v2_fractions([0, 3])
+    aligned = make_head_phantom_v2(np.random.default_rng([0, 3]), SPACING, misregistration=still(pose.shape))
+    body = aligned.mask > 0
+    floor = ct_as_the_mr_sees_it(aligned)
+    np.testing.assert_array_equal(floor[body], aligned.ct[body])
+    assert np.all(floor[~body] == -1000.0)
+    moved = make_head_phantom_v2(np.random.default_rng([0, 3]), SPACING,
+                                 misregistration=still(pose.shape, (SPACING, 0.0, 0.0)))
+    floor = ct_as_the_mr_sees_it(moved)
+    inside = moved.mask[:-1] > 0
+    np.testing.assert_allclose(floor[:-1][inside], moved.ct[1:][inside], atol=1e-3)
+    assert np.abs(floor[:-1][inside] - moved.ct[:-1][inside]).mean() > 10.0  # the shift is not nothing
+
+
+def test_pooled_sets_of_two_families_keep_their_subjects_apart(tmp_path):
+    """Two families written with different centres under one root are found as distinct subjects."""
+    from sci_diffusion_medical.data.pairs import find_synthrad_pairs
+
+    a = write_phantom_dataset_v2(tmp_path / "t1", 1, 6.0, seed=0, contrast="t1")
+    c = write_phantom_dataset_v2(tmp_path / "pd", 1, 6.0, seed=4, contrast="pd", centre="C")
+    assert (a[0]["id"], c[0]["id"]) == ("1BA001", "1BC001")
+    assert sorted(p["id"] for p in find_synthrad_pairs(tmp_path)) == ["1BA001", "1BC001"]
 
 
 def test_phantom_v1_is_byte_for_byte_what_it_was():

@@ -30,9 +30,10 @@ def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
                         "structures.nii.gz naming them); the MR misregistered against the CT by a rotation of at most 2 "
                         "degrees, a shift of at most 1.5 mm and a smooth deformation of at most 2 mm; a field of view of "
                         "192 x 224 mm by 200-250 mm high; per-subject random contrasts")
-    p.add_argument("--contrast", choices=("t1", "t2"),
-                   help="version 2's MR contrast family: t1 (default; T1-weighted-like, for training) or t2 "
-                        "(T2-weighted-like, held out for robustness tests)")
+    p.add_argument("--contrast", choices=("t1", "t2", "pd"),
+                   help="version 2's MR contrast family: t1 (default; T1-weighted-like, for training), t2 "
+                        "(T2-weighted-like, held out for robustness tests) or pd (proton-density-like, for calibrating "
+                        "intervals across scanner families)")
 
 
 def add_translate_arguments(p: argparse.ArgumentParser) -> None:

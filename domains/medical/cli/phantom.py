@@ -20,7 +20,7 @@ def run_phantom(args: argparse.Namespace) -> int:
     if args.version == 1 and args.contrast is not None:
         raise MedicalInputError("--contrast picks a contrast family of --version 2; version 1 has --scanner.")
     if args.version == 2 and args.scanner != "default":
-        raise MedicalInputError("--scanner is version 1's; version 2 draws every subject's scanner from --contrast t1 or t2.")
+        raise MedicalInputError("--scanner is version 1's; version 2 draws every subject's scanner from --contrast t1, t2 or pd.")
     check_writable(Path(args.out) / "dataset.json", "--out")
     imaging = f"{args.scanner} scanner" if args.version == 1 else f"version 2, {args.contrast or 't1'} contrasts"
     print(f"Writing {args.subjects} SYNTHETIC head phantoms ({imaging}) at {args.spacing:g} mm to {args.out} ...",

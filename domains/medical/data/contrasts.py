@@ -1,4 +1,4 @@
-"""How phantom v2's MR is imaged: two contrast families, each a law over scanners (issue 30 §1).
+"""How phantom v2's MR is imaged: three contrast families, each a law over scanners (issue 30 §1).
 
 A family draws, per subject, every tissue's mean signal from a range (relative units, white matter about 100-200),
 a smooth receive-bias field, and a Rician noise level. The ranges overlap, so the order of tissues changes from
@@ -11,6 +11,11 @@ anatomy around them.
 - ``t2`` (held out, for the robustness test set; never drawn in training): T2-weighted-like, another sequence
   family rather than a remap of ``t1``: CSF and vitreous the brightest tissues, grey matter above white, muscle
   dark; bias: a receive-coil profile (a ring of eight Gaussian coil sensitivities), another functional form.
+- ``pd`` (calibration only: never trained on, never tested): proton-density-weighted-like. Signal follows water
+  content: CSF and vitreous bright but not above fat by much, grey matter above white, fat moderately bright;
+  bias: a log-quadratic field, stronger than ``t1``'s. The interval calibration of ``benchmarks/mri2ct_v2.py``
+  pools it with ``t1`` subjects so that its intervals account for a change of scanner family, which ``t2``, a
+  family neither training nor calibration sees, then tests.
 
 Cortical bone (T2* well under 1 ms) and teeth have no signal a clinical sequence catches: their signal is drawn
 within the noise floor, 0 to 2 noise sigmas (``FLOOR_SIGMAS``), in every family, so that on the MR they are air.
@@ -54,11 +59,19 @@ class ContrastFamily:
     noise: tuple[float, float]
 
 
+PD_RANGES: dict[str, tuple[float, float]] = {
+    "air": (0.0, 0.0), "skin": (70.0, 120.0), "fat": (150.0, 250.0), "diploe": (90.0, 180.0), "csf": (170.0, 260.0),
+    "ventricle": (170.0, 260.0), "grey_matter": (140.0, 185.0), "white_matter": (115.0, 150.0),
+    "sinus_air": (0.0, 0.0), "eye": (170.0, 260.0), "mastoid_air": (0.0, 0.0),
+}
+
+
 CONTRAST_FAMILIES: dict[str, ContrastFamily] = {
     "t1": ContrastFamily(T1_RANGES, "quadratic", (0.03, 0.15), (0.01, 0.05)),
     "t2": ContrastFamily(T2_RANGES, "coils", (0.15, 0.45), (0.02, 0.06)),
+    "pd": ContrastFamily(PD_RANGES, "quadratic", (0.10, 0.30), (0.015, 0.05)),
 }
-TRAINING_FAMILY, HELD_OUT_FAMILY = "t1", "t2"
+TRAINING_FAMILY, HELD_OUT_FAMILY, CALIBRATION_FAMILY = "t1", "t2", "pd"
 
 
 def draw_tissue_signals(rng: np.random.Generator, family: ContrastFamily, tissues: dict[int, str]) -> dict[str, float]:

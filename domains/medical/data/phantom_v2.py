@@ -107,11 +107,11 @@ def displacement_mm(affine: np.ndarray, mis: Misregistration) -> np.ndarray:
     return rotated - world + mis.shift_mm.astype(np.float32)[:, None, None, None] + mis.deformation
 
 
-def warp(volume: np.ndarray, pose: HeadPose, mis: Misregistration) -> np.ndarray:
-    """``volume`` (X, Y, Z) as the misregistered MR sees it: sampled (linearly, edges extended) at every voxel
-    moved by ``displacement_mm``."""
-    spacing = np.diag(pose.affine)[:3].astype(np.float32)[:, None, None, None]
-    coords = np.indices(pose.shape, dtype=np.float32) + displacement_mm(pose.affine, mis) / spacing
+def warp(volume: np.ndarray, affine: np.ndarray, mis: Misregistration) -> np.ndarray:
+    """``volume`` (X, Y, Z) on the grid of ``affine`` as the misregistered MR sees it: sampled (linearly, edges
+    extended) at every voxel moved by ``displacement_mm``."""
+    spacing = np.diag(affine)[:3].astype(np.float32)[:, None, None, None]
+    coords = np.indices(volume.shape, dtype=np.float32) + displacement_mm(affine, mis) / spacing
     return ndimage.map_coordinates(volume, coords, order=1, mode="nearest").astype(np.float32)
 
 
@@ -186,7 +186,7 @@ def make_head_phantom_v2(rng: np.random.Generator, spacing_mm: float | Sequence[
     signals = draw_tissue_signals(rng, family, TISSUE_LABELS_V2)
     sigma = noise_sigma(signals, noise)
     signals = at_noise_floor(signals, sigma)
-    mr = warp(tissue_mr(rng, pose, fractions, signals), pose, mis)
+    mr = warp(tissue_mr(rng, pose, fractions, signals), pose.affine, mis)
     gain = bias_field(rng, pose, family) * np.float32(rng.uniform(0.8, 1.25))
     mr = rician(rng, mr * gain, sigma * float(np.mean(gain)))
     mask = body_mask_from_mr(mr, spacing) | (labels > 0)
@@ -200,13 +200,25 @@ def make_head_phantom_v2(rng: np.random.Generator, spacing_mm: float | Sequence[
     return PhantomV2(mr.astype(np.float32), ct, mask.astype(np.float32), labels, structures, pose.affine, record, mis)
 
 
+def ct_as_the_mr_sees_it(subject: PhantomV2) -> np.ndarray:
+    """The registration floor of a subject: its CT (X, Y, Z, HU) moved with the MR's misregistration (``warp``,
+    linear), CT background outside the body mask.
+
+    It is the CT a model that read the MR's anatomy perfectly would predict; scored against the CT, it shows how
+    much error the misregistration alone leaves (at the edges of thin structures: the sinuses, the nasal cavity,
+    cortical bone), which no model trained on these pairs can remove. ``benchmarks/mri2ct_v2.py`` reports it."""
+    moved = warp(subject.ct, subject.affine, subject.misregistration)
+    return np.where(subject.mask > 0, moved, CT_BACKGROUND_HU).astype(np.float32)
+
+
 def write_phantom_dataset_v2(out_dir: str | os.PathLike, subjects: int, spacing_mm: float | Sequence[float] = 2.0,
-                             seed: int = 0, contrast: str = "t1") -> list[dict[str, str]]:
+                             seed: int = 0, contrast: str = "t1", centre: str = "A") -> list[dict[str, str]]:
     """Write ``subjects`` v2 phantoms as ``<out_dir>/<id>/{mr,ct,mask,labels,structures}.nii.gz``.
 
-    Subject i is drawn from ``np.random.default_rng([seed, i])``; ``dataset.json`` records the version, the
-    contrast family, the seed, the spacing, the tissue labels, the structures and each subject's draws (its
-    misregistration among them). Every image says SYNTHETIC.
+    Subject i is drawn from ``np.random.default_rng([seed, i])`` and named ``1B<centre><i:03d>`` (SynthRAD's ids:
+    give sets that are pooled, e.g. calibration subjects of two contrast families, different centres).
+    ``dataset.json`` records the version, the contrast family, the seed, the spacing, the tissue labels, the
+    structures and each subject's draws (its misregistration among them). Every image says SYNTHETIC.
 
     Returns:
         One dict per subject with keys id, mr, ct, mask, labels, structures (paths as str), in id order.
@@ -222,7 +234,7 @@ def write_phantom_dataset_v2(out_dir: str | os.PathLike, subjects: int, spacing_
     pairs, records = [], {}
     for i in range(1, subjects + 1):
         subject = make_head_phantom_v2(np.random.default_rng([seed, i]), spacing_mm, contrast)
-        pid = patient_id(i)
+        pid = patient_id(i, centre=centre)
         folder = out / pid
         folder.mkdir(parents=True, exist_ok=True)
         pair = {"id": pid}
