@@ -8,7 +8,10 @@ the molecules that the gap-conditioned generator (trained on Db) draws for targe
 atom counts from Db. The protocol row (plain conditional model, W = 1) draws ``--num-protocol``
 molecules; the guidance sweep (classifier-free W = 0, 2, 4 and gradient guidance at several scales)
 and the extra rows draw ``--num`` each, so the cost of guidance in molecule stability shows beside
-its MAE. Every MAE is also given as (MAE - lower bound) / (#atoms - lower bound), which does not
+its MAE. The sweep draws its targets from a selection part of Db (10 %), where the best guided
+setting is chosen; that setting is then measured once on the protocol part (the other 90 %, where
+the protocol row draws too), and only that measurement is reported as the guided result
+(PART_OF_KIND). Every MAE is also given as (MAE - lower bound) / (#atoms - lower bound), which does not
 depend on how good the classifier is. A row that would overrun ``--budget-minutes`` draws fewer
 molecules and says so. Writes benchmarks/results/<--result-name>.json (default molecules_conditional)
 and its table in docs/results/molecules_conditional.md.
@@ -44,6 +47,10 @@ PUBLISHED_LOWER, PUBLISHED_ATOMS = 64.0, 866.0
 STABILITY_TARGET_POINTS = 5.0
 RESULT_NAME = "molecules_conditional"
 SPEED_TARGET = 10.0  # molecules/s of classifier-free guidance at 50 steps on 2 cores
+# Which part of Db each kind of row draws its targets from (PropertyConditioning.part_rows): the sweep chooses the
+# guidance setting on the selection part; the protocol row and the chosen setting are measured on the protocol part,
+# once, so that the choice cannot flatter the reported MAE.
+PART_OF_KIND = {"protocol": "protocol", "sweep": "selection", "chosen": "protocol", "extra": "protocol"}
 
 
 def network_cost(scale: float, gradient: float) -> float:
@@ -52,8 +59,10 @@ def network_cost(scale: float, gradient: float) -> float:
 
 
 def run_row(label: str, module, classifier, num: int, args, scale: float, gradient: float, regressor,
-            deadline: float, unit_cost: dict, smiles, kind: str, interval: tuple[float, float] = (0.0, 1.0)) -> dict:
-    """Sample and score one row, shrunk to what the remaining budget allows (as if guided at every step)."""
+            deadline: float, unit_cost: dict, smiles, kind: str, interval: tuple[float, float] = (0.0, 1.0),
+            naive: dict | None = None) -> dict:
+    """Sample and score one row, shrunk to what the remaining budget allows (as if guided at every step); a failed
+    molecule also counts at the ``naive`` row's error in ``mae_failures_at_naive``."""
     cost = network_cost(scale, gradient)
     target = num
     if unit_cost.get("seconds"):
@@ -66,7 +75,8 @@ def run_row(label: str, module, classifier, num: int, args, scale: float, gradie
         return {**base, "molecules": 0, "complete": False, "skipped": "the --budget-minutes budget was spent"}
     guidance = Guidance(scale, regressor, gradient, interval) if (scale != 1.0 or gradient) else None
     row = evaluate_generator(module, classifier, target, args.sampler, args.steps, guidance, seed=args.seed,
-                             batch_size=args.batch_size, train_smiles=smiles, compile_network=args.compile)
+                             batch_size=args.batch_size, train_smiles=smiles, compile_network=args.compile,
+                             failure_error=naive, part=PART_OF_KIND[kind])
     unit_cost["seconds"] = row["seconds"] / (row["molecules"] * cost * args.steps)
     row.update(base, complete=row["molecules"] >= num,
                peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
@@ -113,6 +123,8 @@ def add_scores(rows: list[dict], base: dict) -> None:
             continue
         mae = r["mae"][PROPERTY]
         r["mae_mev"] = 1000 * mae
+        if "mae_failures_at_naive" in r:
+            r["mae_failures_at_naive_mev"] = 1000 * r["mae_failures_at_naive"][PROPERTY]
         r["normalised_mae"] = normalised_mae(mae, lower, atoms)
         reference = plain.get(r["reference"]) if r.get("reference") else None
         if reference is not None and reference is not r:
@@ -122,14 +134,27 @@ def add_scores(rows: list[dict], base: dict) -> None:
             r["stability_change_se_points"] = 100 * math.sqrt(variance)
 
 
+def guided_rows(rows: list[dict], kind: str) -> list[dict]:
+    """The rows of ``kind`` that guide (W > 1 or gradient guidance) and kept stability within the target's points."""
+    return [r for r in rows if r["kind"] == kind and r.get("molecules") and (r["guidance"] > 1 or r["gradient_guidance"])
+            and r.get("stability_change_points", -100) >= -STABILITY_TARGET_POINTS]
+
+
+def chosen_setting(rows: list[dict]) -> dict | None:
+    """The guided sweep row (targets from Db's selection part) with the lowest MAE among those within the stability
+    target, or None: the setting the protocol part then measures once."""
+    return min(guided_rows(rows, "sweep"), key=lambda r: r["mae_mev"], default=None)
+
+
 def targets(rows: list[dict], base: dict) -> dict:
-    """The issue's targets on gap, measured."""
+    """The issue's targets on gap, measured: the guided setting chosen on the selection draw, judged on its one
+    measurement on the protocol draw (the ``chosen`` row)."""
     protocol = next((r for r in rows if r["kind"] == "protocol" and r.get("molecules")), None)
     if protocol is None:
         return {}
     guided = [r for r in rows if r["kind"] == "sweep" and r.get("molecules") and r["label"] != protocol["label"]
               and (r["guidance"] > 1 or r["gradient_guidance"])]
-    within = [r for r in guided if r.get("stability_change_points", -100) >= -STABILITY_TARGET_POINTS]
+    within = guided_rows(rows, "chosen")
     best = min(within, key=lambda r: r["mae_mev"], default=None)
     return {
         "conditional_beats_atoms": protocol["mae_mev"] < 1000 * base["atoms"][PROPERTY],
@@ -162,22 +187,24 @@ def render(rows: list[dict], base: dict, meta: dict, goals: dict, published: boo
              f"(budget [c] below); it scores {base['classifier_molecules_per_second']:.0f} molecules/s "
              f"({10000 / base['classifier_molecules_per_second']:.0f} s for 10,000). Sampler: {meta['sampler']} "
              f"{meta['steps']} steps, bf16{compiled_note(meta)}. Targets and atom counts drawn jointly from Db.", "",
-             "| method | training budget | molecules | gap MAE (meV) | normalised | mol stable % | atom stable % | valid % "
-             "| mol/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | training budget | molecules | gap MAE (meV) | normalised | failed % | MAE, failures at naive (meV) "
+             "| mol stable % | atom stable % | valid % | mol/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     cb = "classifier [c]"
     lines += [f"| naive (Db, shuffled labels), our classifier | {cb} | {base['db_molecules']:,} | {naive:.0f} | "
-              f"{normalised_mae(naive, lower, atoms):.2f} | | | | |",
-              f"| #atoms (per-count median fitted on Da) | - | {base['db_molecules']:,} | {atoms:.0f} | 1.00 | | | | |",
-              f"| lower bound (real Db), our classifier | {cb} | {base['db_molecules']:,} | {lower:.0f} | 0.00 | | | | |"]
+              f"{normalised_mae(naive, lower, atoms):.2f} | | | | | | |",
+              f"| #atoms (per-count median fitted on Da) | - | {base['db_molecules']:,} | {atoms:.0f} | 1.00 | | | | | | |",
+              f"| lower bound (real Db), our classifier | {cb} | {base['db_molecules']:,} | {lower:.0f} | 0.00 | | | | | | |"]
     for r in rows:
         if not r.get("molecules"):
-            lines.append(f"| {r['label']} | {r['budget']} | not run: budget spent | | | | | | |")
+            lines.append(f"| {r['label']} | {r['budget']} | not run: budget spent | | | | | | | | |")
             continue
         n = f"{r['molecules']:,}" + ("" if r["complete"] else " (cut by budget)")
         change = r.get("stability_change_points")
         stab = pct(r["molecule_stability"]) + ("" if change is None else f" ({change:+.1f})")
-        lines.append(f"| {r['label']} | {r['budget']} | {n} | {r['mae_mev']:.0f} | {r['normalised_mae']:.2f} | {stab} | "
+        counted = r.get("mae_failures_at_naive_mev")
+        lines.append(f"| {r['label']} | {r['budget']} | {n} | {r['mae_mev']:.0f} | {r['normalised_mae']:.2f} | "
+                     f"{pct(r.get('failed_fraction'))} | {'-' if counted is None else f'{counted:.0f}'} | {stab} | "
                      f"{pct(r['atom_stability'])} | {pct(r['validity'])} | {r['molecules_per_second']:.1f} |")
     notes = {"g": meta["generator_budget"], "c": meta["classifier_budget"], "r": meta["regressor_budget"],
              **meta.get("extra_budgets", {})}
@@ -195,7 +222,8 @@ def render(rows: list[dict], base: dict, meta: dict, goals: dict, published: boo
                   f"{'beats' if goals['conditional_beats_atoms'] else 'does not beat'} #atoms "
                   f"({goals['protocol_mae_mev']:.0f} against {goals['atoms_mev']:.0f} meV); "
                   + ("no guided row kept molecule stability within 5 points" if best is None else
-                     f"the best guided row within 5 points of stability ({best['label']}, {best['stability_change_points']:+.1f} "
+                     f"the guided setting chosen on Db's selection part and measured once on its protocol part "
+                     f"({best['label']}, {best['stability_change_points']:+.1f} "
                      f"points) gives {best['mae_mev']:.0f} meV, normalised {best['normalised_mae']:.2f}")
                   + f"; normalised below 0.5: {'yes' if goals['normalised_below_0_5'] else 'no'}; classifier-free "
                   f"guidance at {SPEED_TARGET:g} molecules/s or more: "
@@ -203,6 +231,9 @@ def render(rows: list[dict], base: dict, meta: dict, goals: dict, published: boo
                                for r in goals["cfg_rows_at_10_per_second"]) or "none")
                   + ". "
                   "Molecule stability in brackets: the change against the plain conditional row of the same model, in points."]
+    lines += ["", "The gap MAE is over the molecules the classifier could score; failed % are the others (non-finite "
+              "coordinates), and the column beside counts each failure at the naive row's error, so that failing cannot "
+              "lower a MAE."]
     lines += ["", "Our classifier trains for CPU-hours, not GPU-days, so its own error (the lower bound) is larger than "
               "EDM's 64 meV, and every MAE measured with it is larger too: compare our rows with the published ones only "
               "through the normalised column."]
@@ -300,10 +331,19 @@ def main() -> None:
 
     rows, unit_cost = [], {}
     for name, model, num, w, s, kind, reference, budget, interval in sweep_plan(module, args, meta, budget_of):
-        row = run_row(name, model, classifier, num, args, w, s, regressor, deadline, unit_cost, smiles, kind, interval)
+        row = run_row(name, model, classifier, num, args, w, s, regressor, deadline, unit_cost, smiles, kind, interval,
+                      naive=base["naive"])
         row.update(reference=reference, budget=budget)
         rows.append(row)
     add_scores(rows, base)
+    choice = chosen_setting(rows)
+    if choice is not None:  # measured once more, on the protocol part of Db
+        row = run_row(f"{choice['label']}, chosen on the selection draw", module, classifier, args.num, args,
+                      choice["guidance"], choice["gradient_guidance"], regressor, deadline, unit_cost, smiles, "chosen",
+                      tuple(choice["guidance_interval"]), naive=base["naive"])
+        row.update(reference=choice["reference"], budget=choice["budget"])
+        rows.append(row)
+        add_scores(rows, base)
     goals = targets(rows, base)
     markdown = render(rows, base, meta, goals, published=args.result_name == RESULT_NAME)
     print(markdown)

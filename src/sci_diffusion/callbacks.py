@@ -108,6 +108,43 @@ class CpuTimeBudget(L.Callback):
         self.save_at = [m for m in self.save_at if 3600.0 * m > self._spent_before]
 
 
+class AdaptiveGradientClipping(L.Callback):
+    """EDM's gradient clipping (Hoogeboom et al. 2022, ``utils.gradient_clipping``): before each optimiser step, clip
+    the gradient's global L2 norm at ``1.5 x mean + 2 x std`` of the last ``window`` norms, and remember the norm
+    (or the limit, when it was clipped). The history starts as ``[first]`` (EDM: 3000, a large value soon flushed),
+    so early steps are not clipped and later ones only when a norm is far outside what training has been seeing.
+
+    Kept in the checkpoint, so a resumed run clips as the uninterrupted one would.
+
+    Args:
+        window: how many recent norms the limit is computed from (EDM: 50).
+        first: the history's first entry (EDM: 3000).
+    """
+
+    def __init__(self, window: int = 50, first: float = 3000.0) -> None:
+        self.window = window
+        self.norms: list[float] = [float(first)]  # newest first, as EDM's Queue
+        self.clipped = 0
+
+    def limit(self) -> float:
+        """The largest gradient norm the next step may take: ``1.5 mean + 2 std`` (population std) of the history."""
+        history = torch.tensor(self.norms, dtype=torch.float64)
+        return float(1.5 * history.mean() + 2.0 * history.std(unbiased=False))
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        limit = self.limit()
+        norm = float(torch.nn.utils.clip_grad_norm_(pl_module.parameters(), max_norm=limit, norm_type=2.0))
+        self.clipped += norm > limit
+        self.norms.insert(0, min(norm, limit))
+        del self.norms[self.window:]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"norms": list(self.norms), "clipped": self.clipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.norms, self.clipped = list(state_dict["norms"]), int(state_dict.get("clipped", 0))
+
+
 def plot_loss_curve(metrics_csv: Path, out_png: Path) -> None:
     """Plot every ``*loss*`` column of a CSVLogger file against the step."""
     import matplotlib  # only when a picture is drawn: matplotlib takes about a second to import

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
-from .callbacks import CheckpointAtTrainEnd, LossCurvePlot, ema_with_warmup
+from .callbacks import AdaptiveGradientClipping, CheckpointAtTrainEnd, LossCurvePlot, ema_with_warmup
 from .checkpoints import module_class_name, read_checkpoint, training_record
 from .denoiser import PredictionDenoiser
 from .errors import UserError
@@ -73,7 +73,9 @@ class DiffusionModule(L.LightningModule):
         loss_type: ``l2`` or ``l1``.
         loss_weighting: ``none``, ``min_snr`` or ``snr``, applied for the network's prediction type
             (see ``parameterisation.loss_weight``).
-        lr, weight_decay: AdamW settings.
+        lr, weight_decay, amsgrad: AdamW settings (EDM trains with ``amsgrad``).
+        adaptive_gradient_clipping: clip each step's gradient norm at 1.5 x mean + 2 x std of the last 50 norms, as
+            EDM does (``callbacks.AdaptiveGradientClipping``); leave the trainer's ``gradient_clip_val`` unset then.
         ema_decay: the EMA's final decay (it ramps up from 0, see ``callbacks.ema_with_warmup``);
             0 disables EMA.
         cond_dropout: probability of dropping the condition per sample (classifier-free guidance).
@@ -103,6 +105,8 @@ class DiffusionModule(L.LightningModule):
         sample_every_n_epochs: int = 1,
         lr_warmup_steps: int = 0,
         init_from: str | None = None,
+        amsgrad: bool = False,
+        adaptive_gradient_clipping: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -170,7 +174,8 @@ class DiffusionModule(L.LightningModule):
                 self.log(f"val/{name}", value, sync_dist=True)  # the mean over processes
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                amsgrad=self.hparams.get("amsgrad", False))
         warmup = self.hparams.lr_warmup_steps
         if not warmup:
             return opt
@@ -179,6 +184,8 @@ class DiffusionModule(L.LightningModule):
 
     def configure_callbacks(self):
         callbacks = [CheckpointAtTrainEnd(), LossCurvePlot()]  # before WeightAveraging: see its docstring
+        if self.hparams.get("adaptive_gradient_clipping", False):
+            callbacks.append(AdaptiveGradientClipping())
         if self.hparams.ema_decay > 0:
             callbacks.append(WeightAveraging(multi_avg_fn=ema_with_warmup(self.hparams.ema_decay)))
         return callbacks

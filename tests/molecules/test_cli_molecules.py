@@ -47,14 +47,22 @@ def test_same_seed_gives_the_same_molecules(tiny_checkpoint, tmp_path):
         assert (za == zb).all() and abs(pa - pb).max() < 1e-6
 
 
-def test_evaluate_reports_the_edm_metrics(tiny_checkpoint, tmp_path, capsys):
-    samples = tmp_path / "s.sdf"
-    main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "4", "--steps", "2", "--out", str(samples),
-          "--no-progress"])
+def test_evaluate_reports_the_edm_metrics_of_molecules_whose_verdicts_are_known(qm9, tmp_path):
+    """QM9's methane, ammonia and water (every atom at its valence: stable) and methane blown up three times (C-H
+    3.3 A: no bond, every atom unstable): 3 of 4 molecules and 12 of 17 atoms are stable."""
+    from sci_diffusion_molecules.chem.files import MoleculeWriter
+
+    samples = tmp_path / "known.xyz"
+    with MoleculeWriter(samples) as writer:
+        for row in range(3):
+            writer.write(*qm9.molecule(row), {})
+        z, pos = qm9.molecule(0)
+        writer.write(z, 3.0 * (pos - pos.mean(0)), {})
     assert main(["evaluate", "molecules", "--samples", str(samples), "--out", str(tmp_path / "m.json"),
                  "--no-novelty"]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["n_molecules"] == 4 and 0 <= metrics["molecule_stability"] <= 1
+    assert metrics["n_molecules"] == 4 and metrics["molecule_stability"] == pytest.approx(3 / 4)
+    assert metrics["atom_stability"] == pytest.approx(12 / 17)
 
 
 @pytest.mark.parametrize("argv, message", [

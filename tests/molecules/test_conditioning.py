@@ -130,7 +130,7 @@ class SpreadRegressor:
     properties = ["gap"]
 
     def __init__(self, net: GaussianEps) -> None:
-        self.net = net
+        self.net, self.schedule = net, net.schedule  # it reads x_t on the generator's own schedule
 
     def to_units(self, values):
         return values
@@ -159,6 +159,30 @@ def test_gradient_guidance_moves_a_toy_property_the_requested_way():
     assert plain == pytest.approx(3 * 7 / 8, rel=0.1)  # N(0, I) in the 21-dim zero-CoM subspace of 8 atoms
     assert mean_spread(0.5, 2.0) < 0.6 * plain  # measured 1.41 against 2.70
     assert mean_spread(6.0, 2.0) > 1.8 * plain  # measured 6.23
+
+
+def test_gradient_guidance_refuses_a_regressor_that_reads_another_noise_level():
+    """A regressor trained on the cosine schedule sees, at each t, another noise level than the generator's
+    polynomial_2 gives it; a clean classifier sees none: both refused in one sentence; a matching one guides."""
+    from sci_diffusion.errors import UserError
+    from sci_diffusion_molecules.models.property_model import PropertyPredictor
+
+    model = MoleculeDiffusion(hidden=8, layers=1, ema_decay=0, conditioning=["gap"]).eval()
+    model.property_conditioning = PropertyConditioning(["gap"], np.zeros(1), np.ones(1), np.array([5]), np.zeros((1, 1)))
+    cond = model.property_conditioning.condition(torch.ones(1, 1))
+
+    def guide(**kwargs):
+        regressor = PropertyPredictor(["gap"], hidden=8, layers=1, **kwargs).eval()
+        regressor.normalisation = model.property_conditioning
+        return list(sample_molecules(model, [5], "ddim", 2, torch.Generator().manual_seed(0), cond=cond,
+                                     guidance=Guidance(1.0, regressor, 1.0), precision="fp32"))
+
+    with pytest.raises(UserError, match="trained on the noise schedule cosine with T = 1000, the generator samples on "
+                                        "polynomial_2 with T = 1000"):
+        guide(noise_aware=True, schedule="cosine")
+    with pytest.raises(UserError, match="noise-aware regressor"):
+        guide(noise_aware=False)
+    assert len(guide(noise_aware=True, schedule="polynomial_2", timesteps=500)) == 1  # the same noise levels
 
 
 @pytest.mark.parametrize("text, message", [

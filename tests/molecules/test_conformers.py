@@ -79,7 +79,16 @@ def test_smiles_cli_writes_conformers_with_the_input_bonds(tmp_path, capsys):
     for record in records:
         assert record.GetProp("SMILES") == "CCO" and record.GetProp("SYNTHETIC") == "1"
         assert Chem.MolToSmiles(record) == Chem.MolToSmiles(reference)
-    assert "did not have the input's connectivity" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "did not have the input's connectivity" in printed.out and "warning" not in printed.err
+
+
+def test_a_molecule_larger_than_any_trained_on_is_written_with_a_warning(tmp_path, capsys):
+    """80 carbons are 242 atoms with their hydrogens, eight times QM9's largest molecule (29 atoms)."""
+    out = tmp_path / "big.sdf"
+    assert main(["sample", "molecules", "--smiles", "C" * 80, "--num", "1", "--steps", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "242 atoms" in err and "(29 atoms)" in err and "8.3 times" in err
 
 
 def test_a_fragment_keeps_its_atoms_and_place(bundled_model, tmp_path):

@@ -82,7 +82,47 @@ def test_the_protocol_end_to_end_on_a_small_real_split(qm9, conditional_checkpoi
 
     generator = load_module(conditional_checkpoint, domain="molecules")
     row = evaluate_generator(generator, classifier, num=8, sampler="dpmpp2m_sde", steps=3, guidance=Guidance(2.0),
-                             batch_size=4)
+                             batch_size=4, failure_error=rows["naive"])
     assert row["molecules"] == 8 and row["scored"] + row["non_finite"] == 8
-    assert set(row["mae"]) == {"gap"} and row["mae"]["gap"] >= 0
-    assert 0 <= row["molecule_stability"] <= 1 and row["molecules_per_second"] > 0
+    assert set(row["mae"]) == set(row["mae_failures_at_naive"]) == {"gap"}
+    assert row["failed_fraction"] == row["non_finite"] / 8
+
+
+class KnownClassifier(torch.nn.Module):
+    """A stub evaluation classifier whose answers are known: a gap of 0.4 eV per atom, and none (NaN: a molecule it
+    cannot score) for molecules of the atom counts in ``unscorable``."""
+
+    properties = ["gap"]
+
+    def __init__(self, unscorable=()):
+        super().__init__()
+        self.unscorable = torch.tensor(list(unscorable), dtype=torch.long)
+
+    def predict_clean(self, batch):
+        atoms = torch.bincount(batch.batch, minlength=batch.num_graphs)
+        gap = 0.4 * atoms.double()
+        gap[torch.isin(atoms, self.unscorable)] = float("nan")
+        return gap[:, None]
+
+    def to_units(self, values):
+        return values
+
+
+def test_the_protocol_scores_each_molecule_against_its_own_target_and_counts_failures(conditional_checkpoint):
+    """With a classifier whose answers are known, the MAE is exactly mean |0.4 n_i - target_i| over the targets drawn
+    with the molecules' sizes; molecules it cannot score are the failed fraction and count at the naive error."""
+    generator = load_module(conditional_checkpoint, domain="molecules")
+    counts, targets = generator.property_conditioning.draw_joint(12, torch.Generator().manual_seed(3))
+    counts = np.array(counts)
+    expected = np.abs(0.4 * counts - targets.numpy()[:, 0])
+    row = evaluate_generator(generator, KnownClassifier(), num=12, sampler="ddim", steps=2, guidance=None, seed=3,
+                             batch_size=5, failure_error={"gap": 9.0})
+    assert row["failed_fraction"] == 0.0
+    assert row["mae"]["gap"] == pytest.approx(expected.mean()) == pytest.approx(row["mae_failures_at_naive"]["gap"])
+    failing = int(counts[0])
+    failed = counts == failing
+    row = evaluate_generator(generator, KnownClassifier(unscorable=[failing]), num=12, sampler="ddim", steps=2,
+                             guidance=None, seed=3, batch_size=5, failure_error={"gap": 9.0})
+    assert row["scored"] == 12 - failed.sum() and row["failed_fraction"] == pytest.approx(failed.mean())
+    assert row["mae"]["gap"] == pytest.approx(expected[~failed].mean())
+    assert row["mae_failures_at_naive"]["gap"] == pytest.approx(np.where(failed, 9.0, expected).mean())

@@ -99,10 +99,25 @@ def test_edm_split_sizes_disjoint_and_reproducible(qm9):
     assert len(np.unique(everything)) == NUM_MOLECULES
     again = edm_split(qm9)
     assert all(np.array_equal(split[k], again[k]) for k in split)
-    # docs/protocols.md: train = included[perm[:100000]], included = sorted 0-based GDB9 indices.
-    included = qm9.index - 1
+    # docs/protocols.md: train = included[perm[:100000]], included = the sorted 0-based GDB9 indices (EDM's processed
+    # file lists the molecules in ascending GDB order, whatever order our rows are in).
+    included = np.sort(qm9.index - 1)
     perm = np.random.RandomState(0).permutation(NUM_MOLECULES)
     assert np.array_equal(qm9.index[split["train"]] - 1, included[perm[:100_000]])
+
+
+def test_the_splits_first_molecules_are_the_recipes_written_out(qm9):
+    """The first four GDB9 ids (1-based) of every part, written out once from docs/protocols.md §1's recipe
+    (RandomState(0) over the 130,831 GDB-sorted ids: 100,000 train, 17,748 valid, the rest test; Da/Db: the sorted
+    train ids permuted by RandomState(42)): a change of seed, order or sizes turns this red."""
+    split, written = edm_split(qm9), {
+        "train": [133161, 70467, 8226, 26624], "valid": [70434, 125892, 29477, 74427],
+        "test": [117980, 92051, 68086, 72921]}
+    for part, ids in written.items():
+        assert qm9.index[split[part][:4]].tolist() == ids, part
+    halves = conditional_halves(split["train"])
+    assert qm9.index[halves["Da"][:4]].tolist() == [101107, 106967, 26753, 102422]
+    assert qm9.index[halves["Db"][:4]].tolist() == [114342, 63637, 8525, 124478]
 
 
 def test_conditional_halves_split_train_into_two_disjoint_50000(qm9):

@@ -81,6 +81,16 @@ def _load_edm_model(args: argparse.Namespace):
     return module
 
 
+def warn_if_larger_than_trained(module, atoms: int, what: str) -> None:
+    """A warning on stderr when a molecule has more atoms than any the model was trained on (its
+    ``atom_count_histogram``): the conformers are written, but the model never saw a molecule that size."""
+    largest = max(getattr(module, "atom_count_histogram", None) or {0: 0})
+    if largest and atoms > largest:
+        print(f"sci-diffusion: warning: {what} has {atoms} atoms with its hydrogens, {atoms / largest:.1f} times the "
+              f"largest molecule the model was trained on ({largest} atoms); its conformers are outside what the model "
+              "learned, so check them.", file=sys.stderr)
+
+
 def run_inpainting_sample(args: argparse.Namespace) -> int:
     """``sample molecules --smiles`` or ``--fix-atoms``: the molecules to ``--out`` and a summary JSON beside it."""
     check_inpainting_arguments(args)
@@ -103,6 +113,7 @@ def _write_conformers(args: argparse.Namespace, module, gen: torch.Generator, ta
     """``--smiles``: conformers with the input's connectivity to the ``--out`` SDF; returns the run's summary."""
     mol = molecule_from_smiles(args.smiles)
     z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    warn_if_larger_than_trained(module, len(z), args.smiles)
     conformers = []
     for first in range(0, args.num, args.batch_size):
         count = min(args.batch_size, args.num - first)
@@ -130,6 +141,7 @@ def _write_grown_fragments(args: argparse.Namespace, module, gen: torch.Generato
     z_fragment, pos_fragment = read_fragment(args.fix_atoms)
     if not 1 <= args.atoms <= 100:
         raise UserError(f"--atoms {args.atoms} is out of range; use {len(z_fragment)} to 100 atoms.")
+    warn_if_larger_than_trained(module, args.atoms, f"--atoms {args.atoms}")
     task = InpaintingTask.fragment(z_fragment, pos_fragment, args.atoms)
     rmsds = []
     with MoleculeWriter(Path(args.out), chunk_size=args.batch_size, bonds=args.bonds) as writer:

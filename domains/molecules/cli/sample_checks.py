@@ -41,6 +41,10 @@ def check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
                         "(e.g. the bundled checkpoints/qm9_gap_regressor.ckpt).")
     if args.gradient_guidance < 0:
         raise UserError("--gradient-guidance must not be negative.")
+    if args.guidance < 0:
+        raise UserError(f"--guidance {args.guidance:g} is negative: W = 0 is the unconditional model, 1 the conditional "
+                        "one, above 1 pushed towards the target; below 0 would push away from it, which sample does "
+                        "not offer.")
     if not conditional and (args.guidance != 1.0 or args.gradient_guidance):
         raise UserError("Guidance needs a target: add --condition NAME=VALUE or --condition-from db.")
     return targets

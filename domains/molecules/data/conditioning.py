@@ -23,6 +23,9 @@ from sci_diffusion.errors import UserError
 
 from .qm9 import PROPERTY_NAMES, PROPERTY_UNITS
 
+DRAW_PARTS = ("all", "selection", "protocol")
+SELECTION_FRACTION = 0.1  # of the training molecules: the targets guidance settings are chosen on
+
 
 def check_property_names(names: Sequence[str]) -> list[str]:
     """The names as a list; UserError for a name that is not a QM9 property or appears twice."""
@@ -106,18 +109,40 @@ class PropertyConditioning:
         c = self.normalise(values)
         return torch.cat([c, torch.ones_like(c[:, :1])], dim=1)
 
-    def draw_joint(self, num: int, generator: torch.Generator) -> tuple[list[int], Tensor]:
+    def draw_joint(self, num: int, generator: torch.Generator, part: str = "all") -> tuple[list[int], Tensor]:
         """The protocol's draw: ``num`` training molecules at random (with replacement), their atom
         counts and their property values, so that size and target come jointly from the training set.
 
         EDM draws the atom count from its histogram and the value from a 1,000-bin histogram per
         atom count; drawing whole rows samples the same joint distribution without the binning.
 
+        Args:
+            part: which training molecules to draw from (``part_rows``): ``all``, or the disjoint
+                ``selection`` (where a benchmark chooses its guidance settings) and ``protocol`` (where
+                it then measures the chosen ones once).
+
         Returns:
             ``(counts, values)``: ``num`` atom counts and ``(num, P)`` float64 values.
         """
-        rows = torch.randint(len(self.num_atoms), (num,), generator=generator).numpy()
+        rows = self.part_rows(part)
+        rows = rows[torch.randint(len(rows), (num,), generator=generator).numpy()]
         return self.num_atoms[rows].tolist(), torch.from_numpy(self.values[rows])
+
+    def part_rows(self, part: str) -> np.ndarray:
+        """Indices of the training molecules in ``part``: ``all`` of them, or, split once by a fixed
+        permutation (``RandomState(7)``), a ``selection`` part of ``SELECTION_FRACTION`` of them and the
+        ``protocol`` part of the others; both sorted.
+
+        Raises:
+            ValueError: another part name.
+        """
+        if part not in DRAW_PARTS:
+            raise ValueError(f"part must be one of {', '.join(DRAW_PARTS)}, not {part!r}.")
+        if part == "all":
+            return np.arange(len(self.num_atoms))
+        order = np.random.RandomState(7).permutation(len(self.num_atoms))
+        cut = int(round(SELECTION_FRACTION * len(order)))
+        return np.sort(order[:cut] if part == "selection" else order[cut:])
 
     def targets_from_mapping(self, targets: dict[str, float]) -> np.ndarray:
         """``(P,)`` values in this model's order from ``{name: value}``; UserError if one is missing

@@ -14,7 +14,7 @@ than EDM's; the normalised MAE ``(MAE - lower) / (#atoms - lower)`` removes most
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +61,16 @@ def mean_absolute_error(predictions: np.ndarray, targets: np.ndarray) -> tuple[n
     return np.abs(predictions[finite] - targets[finite]).mean(0), int(finite.sum())
 
 
+def mae_counting_failures(predictions: np.ndarray, targets: np.ndarray, failure_error: np.ndarray) -> np.ndarray:
+    """``(P,)`` MAE over every row, a row without a finite prediction (a failed molecule: non-finite coordinates, or
+    none the classifier can score) counted at ``failure_error`` ``(P,)``, the naive row's MAE: a molecule that
+    failed is worth no more than one that ignored its target, so failures cannot flatter the MAE by leaving it."""
+    predictions, targets = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
+    errors = np.abs(predictions - targets)
+    errors[~np.isfinite(predictions).all(1)] = np.asarray(failure_error, np.float64)
+    return errors.mean(0)
+
+
 def normalised_mae(mae: float, lower_bound: float, atoms: float) -> float:
     """``(MAE - lower bound) / (#atoms - lower bound)``: 0 is the classifier's own error on real
     data, 1 is no better than knowing the atom count. Published: GeoLDM 0.65, EEGSDE 0.53 (gap)."""
@@ -99,7 +109,8 @@ def _molecule(arrays: QM9Arrays, row: int) -> tuple[np.ndarray, np.ndarray]:
 @torch.no_grad()
 def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler: str, steps: int,
                        guidance: Guidance | None, seed: int = 0, batch_size: int = 100, precision: str = "bf16",
-                       train_smiles: frozenset[str] | None = None, compile_network: bool = False) -> dict:
+                       train_smiles: frozenset[str] | None = None, compile_network: bool = False,
+                       failure_error: Mapping[str, float] | None = None, part: str = "all") -> dict:
     """Sample ``num`` molecules with sizes and targets drawn jointly from the generator's training
     set (Db), and score them: the classifier's MAE against the targets, and the EDM metrics.
 
@@ -109,15 +120,20 @@ def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler:
         guidance: classifier-free / gradient guidance, or None for the plain conditional model.
         compile_network: sample through ``torch.compile`` (``sample_molecules``); the timing then
             includes a first compilation unless the network was compiled before.
+        failure_error: ``{name: error}`` a failed molecule counts at in ``mae_failures_at_naive``: the
+            naive row's MAE (``baselines``).
+        part: the part of Db the targets are drawn from (``PropertyConditioning.draw_joint``): choose
+            settings on ``selection`` and measure the chosen ones on ``protocol``.
 
     Returns:
-        A row: ``mae`` ``{name: value}`` in property units, ``scored`` (molecules with finite
-        coordinates), the EDM metrics of all molecules, ``seconds`` and ``molecules_per_second``
-        of the sampling.
+        A row: ``mae`` ``{name: value}`` in property units over the molecules the classifier scored,
+        ``scored`` (how many), ``failed_fraction`` (the others), with ``failure_error`` also
+        ``mae_failures_at_naive`` (``mae_counting_failures``: every molecule), the EDM metrics of all
+        molecules, ``seconds`` and ``molecules_per_second`` of the sampling.
     """
     conditioning: PropertyConditioning = module.property_conditioning
     gen = torch.Generator().manual_seed(seed)
-    counts, values = conditioning.draw_joint(num, gen)
+    counts, values = conditioning.draw_joint(num, gen, part)
     cond = conditioning.condition(values)
     start = time.perf_counter()
     molecules = list(sample_molecules(module, counts, sampler, steps, gen, batch_size, cond=cond,
@@ -126,13 +142,16 @@ def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler:
     predictions = predict_properties(classifier, molecules)
     cols = [classifier.properties.index(n) for n in conditioning.names]
     mae, scored = mean_absolute_error(predictions[:, cols], values.numpy())
+    counted = {} if failure_error is None else {"mae_failures_at_naive": dict(zip(conditioning.names, mae_counting_failures(
+        predictions[:, cols], values.numpy(), np.array([failure_error[n] for n in conditioning.names])).tolist()))}
     finite = [(z, pos) for z, pos in molecules if np.isfinite(pos).all()]
     metrics = evaluate_molecules(finite, train_smiles) if finite else {}
     failed = len(molecules) - len(finite)
     # a diverged sample is unstable and invalid: it stays in the denominators
     scale = len(finite) / len(molecules)
-    return {"molecules": len(molecules), "scored": scored, "non_finite": failed,
-            "mae": dict(zip(conditioning.names, mae.tolist())),
+    return {"molecules": len(molecules), "scored": scored, "non_finite": failed, "targets_from": part,
+            "mae": dict(zip(conditioning.names, mae.tolist())), "failed_fraction": 1.0 - scored / len(molecules),
+            **counted,
             "molecule_stability": metrics.get("molecule_stability", 0.0) * scale,
             "atom_stability": metrics.get("n_stable_atoms", 0) / max(sum(counts), 1),
             "validity": metrics.get("validity", 0.0) * scale,

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from sci_diffusion.compilation import compiled_forward
 from sci_diffusion.denoiser import PredictionDenoiser, isolate_failed_samples
+from sci_diffusion.errors import UserError
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler, sampler_times
@@ -115,6 +116,34 @@ def paired_condition_denoiser(module: MoleculeGenerator, batch: Tensor, num_grap
     return paired
 
 
+def check_regressor_fits(regressor: Any, module: Any) -> None:
+    """Refuse, in one sentence, a regressor that cannot guide ``module``: a classifier of clean molecules (no
+    schedule), or one that reads ``x_t`` on another forward process than the generator samples on. Its noise level
+    at each time ``t`` (``alpha_t``, ``sigma_t`` on 101 times in [0, 1]) must be the generator's: a regressor trained
+    on another schedule, another number of steps or another time convention sees at every ``t`` another noise level
+    than the one it is given, and would guide wrongly without a word.
+
+    Raises:
+        UserError: the first mismatch, naming both schedules.
+    """
+    if getattr(regressor, "schedule", None) is None:
+        raise UserError("Gradient guidance needs a noise-aware regressor (trained on noisy states, noise_aware: true); "
+                        "this checkpoint is a classifier of clean molecules.")
+    t = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+
+    def described(model: Any) -> str:
+        hparams = getattr(model, "hparams", {})
+        return f"{hparams.get('schedule', '?')} with T = {hparams.get('timesteps', '?')}"
+
+    for name in ("alpha", "sigma"):
+        ours = getattr(module.schedule, name)(t).double()
+        theirs = getattr(regressor.schedule, name)(t).double()
+        if not torch.allclose(ours, theirs, rtol=0.0, atol=1e-5):
+            raise UserError(f"The regressor was trained on the noise schedule {described(regressor)}, the generator "
+                            f"samples on {described(module)} ({name}_t differs by up to "
+                            f"{float((ours - theirs).abs().max()):.2g}): train the regressor on the generator's schedule.")
+
+
 def guided_denoiser(module: MoleculeGenerator, batch: Tensor, num_graphs: int, space, guidance: Guidance | None):
     """The module's denoiser for one batch, wrapped in the requested guidance (CFG, then gradient)."""
     denoiser = module.denoiser(context=(batch, num_graphs))
@@ -128,6 +157,7 @@ def guided_denoiser(module: MoleculeGenerator, batch: Tensor, num_graphs: int, s
             raise ValueError("Gradient guidance needs a model that diffuses atoms, not latents: the regressor "
                              "reads atom positions and types.")
         regressor, conditioning = guidance.regressor, module.property_conditioning
+        check_regressor_fits(regressor, module)
         cols = [regressor.properties.index(n) for n in conditioning.names]
 
         def property_fn(x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
