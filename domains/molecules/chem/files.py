@@ -13,6 +13,7 @@ element of ``elements.KNOWN_ELEMENTS`` is read; a model checks its own element s
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -255,6 +256,28 @@ def _xyz_record(z, pos, properties: Mapping[str, object]) -> str:
         f"{SYMBOLS[int(n)]:<2s} {x:14.8f} {y:14.8f} {w:14.8f}\n" for n, (x, y, w) in zip(z, pos)
     )
     return f"{len(z)}\n{comment}\n{atoms}"
+
+
+def copy_records(source: str | os.PathLike, target: str | os.PathLike, indices: Iterable[int]) -> int:
+    """Copy the records of ``source`` (an SDF or XYZ that ``MoleculeWriter`` wrote, each record carrying its
+    ``index``) whose index is in ``indices`` to ``target`` (same format), text unchanged, in ``source``'s order,
+    atomically. Returns how many were copied."""
+    source, wanted = Path(source), {int(i) for i in indices}
+    text = source.read_text()
+    if source.suffix.lower() == ".sdf":
+        records = [r + "$$$$\n" for r in text.split("$$$$\n") if r.strip()]
+        index_of = [re.search(r"^> +<index>[^\n]*\n(\d+) *$", r, re.M) for r in records]
+    else:
+        lines, records, start = text.splitlines(keepends=True), [], 0
+        while start < len(lines):
+            size = int(lines[start])
+            records.append("".join(lines[start:start + size + 2]))
+            start += size + 2
+        index_of = [re.search(r"(?:^|\s)index=(\d+)(?:\s|$)", r.splitlines()[1]) for r in records]
+    kept = [r for r, m in zip(records, index_of) if m is not None and int(m.group(1)) in wanted]
+    with atomic_path(target, suffix=source.suffix.lower()) as tmp:
+        tmp.write_text("".join(kept))
+    return len(kept)
 
 
 def write_xyz_frames(path: str | os.PathLike, frames: Iterable[tuple]) -> Path:

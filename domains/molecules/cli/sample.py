@@ -35,13 +35,16 @@ from sci_diffusion.report.command import check_report_path
 from sci_diffusion.samplers import resolve_spacing
 
 from ..chem.elements import QM9_ELEMENTS
-from ..chem.files import MoleculeWriter, draw_grid_png
+from ..chem.files import MoleculeWriter, copy_records, draw_grid_png
 from ..chem.stability import as_molecule
 from ..data.conditioning import PropertyConditioning
 from ..data.qm9 import PROPERTY_UNITS
 from ..evaluation.candidates import CandidateTable
 from ..evaluation.metrics import novelty_reference
 from ..evaluation.triage import CandidateExpression, Ranking, Triage, diversity_summary, legend
+from ..evaluation.xtb_candidates import KEPT, XTB_COLUMNS, XTB_GAP_RELAXED, closest_to_target, gap_errors, xtb_scores
+from ..evaluation.xtb_gap import SCALE_PATH as XTB_SCALE_PATH
+from ..evaluation.xtb_gap import GapScale, read_gap_scale
 from ..generation.bond_sampling import sample_bonded_molecules
 from ..generation.sampling import Guidance, draw_atom_counts, sample_molecules
 from ..generation.trajectory import DEFAULT_MOLECULES, TrajectoryRecorder, draw_strip_png, write_trajectories
@@ -98,6 +101,8 @@ class SampleRun:
     candidates: Candidates
     recorder: TrajectoryRecorder | None
     tags: dict
+    xtb_scale: GapScale | None = None  # --xtb: the line that maps xTB gaps onto QM9's DFT scale
+    drawn_path: Path | None = None  # --oversample: where every drawn molecule goes (--out gets the kept ones)
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -112,6 +117,8 @@ def run_sample(args: argparse.Namespace) -> int:
     conditional = targets is not None or args.condition_from is not None
     ckpt = choose_checkpoint(args, targets, conditional)
     module = load_generator(ckpt, args, conditional)
+    asked = args.num
+    args.num *= args.oversample  # --oversample: draw F times as many, keep --num of them (keep_closest_by_xtb)
     gen = torch.Generator().manual_seed(args.seed)
     counts, values = draw_sizes_and_targets(module, ckpt, args, targets, gen)  # the generator's first draws
     conditioning = module.property_conditioning
@@ -124,9 +131,11 @@ def run_sample(args: argparse.Namespace) -> int:
     if problem:
         raise UserError(problem)
     run = SampleRun(args, ckpt, module, conditional, targets, counts, values, cond, guidance, candidates, recorder,
-                    record_tags(args, ckpt, module, conditional))
+                    record_tags(args, ckpt, module, conditional), read_gap_scale() if args.xtb else None,
+                    drawn_file(args.out) if args.oversample > 1 else None)
     failed, drawn, seconds = sample_and_write(run, gen)  # then the generator draws one seed per molecule
-    summary = write_summary(run, failed, drawn, seconds)
+    kept = keep_closest_by_xtb(run, asked) if run.drawn_path is not None else None
+    summary = write_summary(run, failed, drawn, seconds, kept)
     print_report(run, summary, failed, seconds)
     return write_run_report(args)
 
@@ -259,7 +268,13 @@ def build_candidates(args: argparse.Namespace, module: MoleculeDiffusion, condit
             expression.check_run(target_names, predicted, args.novelty)
     ranking = Ranking(f"{rank.text} ascending", rank) if rank else Ranking.default(target_names, predicted)
     reference = novelty_reference(module) if args.novelty else None
-    table = CandidateTable(names, reference, extra_columns=["passes_filter"] if keep else [])
+    if args.oversample > 1 and "gap" not in target_names:
+        raise UserError("--oversample keeps candidates by their xTB gap against their gap target; this run's targets "
+                        f"are {', '.join(target_names) or 'none'}: sample a gap-conditioned model with --condition "
+                        "gap=VALUE or --condition-from db.")
+    extra = (["passes_filter"] if keep else []) + (list(XTB_COLUMNS) if args.xtb else []) + \
+        ([KEPT] if args.oversample > 1 else [])
+    table = CandidateTable(names, reference, extra_columns=extra)
     triage = Triage(keep, ranking, predicted) if keep or rank or args.top_png else None
     return Candidates(names, classifier, table, triage, ranking, keep)
 
@@ -295,7 +310,7 @@ def sample_and_write(run: SampleRun, gen: torch.Generator) -> tuple[int, list[tu
     args, classifier = run.args, run.candidates.classifier
     start, failed, drawn = time.perf_counter(), 0, []
     # No autograd graph while sampling, restored on the way out (an in-process caller keeps its own mode).
-    with torch.set_grad_enabled(False), MoleculeWriter(Path(args.out), chunk_size=args.batch_size,
+    with torch.set_grad_enabled(False), MoleculeWriter(run.drawn_path or Path(args.out), chunk_size=args.batch_size,
                                                        bonds=args.bonds) as writer:
         if run.module.model_kind == "bonds":  # its molecules carry their generated bonds: (z, pos, charges, bonds)
             stream = sample_bonded_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size,
@@ -337,6 +352,8 @@ def record_molecule(run: SampleRun, writer: MoleculeWriter, i: int, molecule: tu
         writer.write(z, pos, {**run.tags, "index": i, **_property_fields(candidates.names, target, prediction)}, charges,
                      bonds)
         row = candidates.table.add(i, z, pos, target, prediction, charges)
+        if run.xtb_scale is not None:
+            row.update(xtb_scores(z, pos, run.xtb_scale, charges))
     else:
         row = candidates.table.add(i, z, pos, target, None)
     if candidates.triage is not None:
@@ -361,7 +378,45 @@ def _aligned(row: list[float], row_names: list[str], names: list[str]) -> list[f
     return [float(row[row_names.index(n)]) if n in row_names else float("nan") for n in names]
 
 
-def write_summary(run: SampleRun, failed: int, drawn: list[tuple], seconds: float) -> dict:
+def drawn_file(out: str) -> Path:
+    """Where ``--oversample`` writes every drawn molecule: ``<out>.drawn.sdf`` (or ``.xyz``) beside ``--out``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.drawn{out.suffix}")
+
+
+def keep_closest_by_xtb(run: SampleRun, asked: int) -> list[int]:
+    """``--oversample``: the ``asked`` drawn molecules whose relaxed xTB gap lies closest to their gap target, among
+    those that passed ``--filter`` (``xtb_candidates.closest_to_target``), copied from the drawn file to ``--out``;
+    each table row gains ``kept_by_xtb``. Returns the kept indices."""
+    table, triage = run.candidates.table, run.candidates.triage
+    filtered = triage is not None and triage.keep is not None
+    kept = closest_to_target(table.rows, "target_gap [eV]", asked,
+                             lambda row: not row["failed"] and (not filtered or row["passes_filter"]))
+    for row in table.rows:
+        row[KEPT] = int(row["index"] in kept)
+    copy_records(run.drawn_path, run.args.out, kept)
+    if len(kept) < asked:
+        print(f"sci-diffusion: warning: only {len(kept)} of the {len(table.rows)} drawn molecules had a relaxed xTB gap "
+              f"(and passed --filter), fewer than the {asked} asked for; {run.args.out} holds those.", file=sys.stderr)
+    return kept
+
+
+def xtb_summary(run: SampleRun, kept: list[int] | None) -> dict:
+    """The --xtb part of the run's summary: the mapping used, how many molecules xTB scored, and for a run with gap
+    targets the median |relaxed xTB gap - target| of the written (kept) molecules."""
+    rows = run.candidates.table.rows
+    written = [r for r in rows if kept is None or r["index"] in kept]
+    part = {"gap_scale": str(XTB_SCALE_PATH), "gap_scale_check_mae_ev": run.xtb_scale.mae_ev,
+            "scored": sum(r.get(XTB_GAP_RELAXED, "") != "" for r in rows), "of": len(rows)}
+    if "target_gap [eV]" in run.candidates.table.columns:
+        errors = gap_errors(written, "target_gap [eV]")
+        part["median_abs_xtb_gap_error_ev"] = float(np.median(errors)) if errors.size else None
+    if kept is not None:
+        part.update(oversample=run.args.oversample, drawn=len(rows), kept=len(kept), drawn_file=str(run.drawn_path))
+    return part
+
+
+def write_summary(run: SampleRun, failed: int, drawn: list[tuple], seconds: float, kept: list[int] | None = None) -> dict:
     """The candidates table (.csv), the filtered candidates, the trajectory files, the run's summary (.json
     beside ``--out``) and the --png grid; returns the summary."""
     args, candidates = run.args, run.candidates
@@ -383,6 +438,10 @@ def write_summary(run: SampleRun, failed: int, drawn: list[tuple], seconds: floa
                         "regressor": args.regressor if args.gradient_guidance else None,
                         "mae_against_target": candidates.table.mean_absolute_error(),
                         "units": {n: PROPERTY_UNITS[n] for n in candidates.names}})
+    if run.xtb_scale is not None:
+        summary["xtb"] = xtb_summary(run, kept)
+    if kept is not None:
+        summary["written"] = len(kept)  # to --out; every drawn molecule is in summary["xtb"]["drawn_file"]
     summary["diversity"] = diversity_summary(r["smiles"] for r in rows if r["valid"])
     if candidates.triage is not None:
         summary.update(_write_triage(candidates.table, candidates.triage, out, args.top_png))
@@ -441,6 +500,15 @@ def print_report(run: SampleRun, summary: dict, failed: int, seconds: float) -> 
             print(f"MAE of the classifier's {name} against the target: {value:.3f} {unit}{extra} over {scored} molecules; "
                   f"{100 * summary['stable_fraction']:.0f} % stable")
         print(f"candidates table: {summary['candidates']}")
+    if "xtb" in summary:
+        xtb = summary["xtb"]
+        line = f"GFN2-xTB scored {xtb['scored']} of {xtb['of']} molecules"
+        if xtb.get("median_abs_xtb_gap_error_ev") is not None:
+            line += (f"; median |relaxed xTB gap - target| of the written ones {xtb['median_abs_xtb_gap_error_ev']:.2f} eV "
+                     f"(the xTB-to-DFT line itself is off by {xtb['gap_scale_check_mae_ev']:.2f} eV on real molecules)")
+        if "kept" in xtb:
+            line += f"; kept {xtb['kept']} of {xtb['drawn']} drawn (every one in {xtb['drawn_file']})"
+        print(line)
     diversity = summary["diversity"]
     if diversity["mean_pairwise_tanimoto_distance"] is not None:
         sampled = f" (a seeded sample of {diversity['unique_valid']})" if diversity["subsampled"] else ""

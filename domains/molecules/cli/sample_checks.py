@@ -11,6 +11,7 @@ from sci_diffusion.errors import UserError
 from sci_diffusion.guidance import check_interval, classifier_free_passes
 
 from ..data.conditioning import parse_targets
+from ..evaluation.geometry import XtbUnavailableError, tblite_calculator_class
 from ..evaluation.triage import CandidateExpression
 
 
@@ -47,7 +48,24 @@ def check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
                         "not offer.")
     if not conditional and (args.guidance != 1.0 or args.gradient_guidance):
         raise UserError("Guidance needs a target: add --condition NAME=VALUE or --condition-from db.")
+    check_xtb_arguments(args, conditional)
     return targets
+
+
+def check_xtb_arguments(args: argparse.Namespace, conditional: bool) -> None:
+    """--xtb needs tblite; --oversample F needs --xtb and a target to be close to."""
+    if args.oversample < 1:
+        raise UserError(f"--oversample must be 1 or more, got {args.oversample}.")
+    if args.oversample > 1 and not args.xtb:
+        raise UserError("--oversample keeps the candidates whose xTB gap lies closest to their target: add --xtb.")
+    if args.oversample > 1 and not conditional:
+        raise UserError("--oversample keeps candidates by their xTB gap against their gap target: add --condition "
+                        "gap=VALUE or --condition-from db.")
+    if args.xtb:
+        try:
+            tblite_calculator_class()
+        except XtbUnavailableError as err:
+            raise UserError(str(err)) from None
 
 
 def parse_guidance_interval(text: str | None, scale: float) -> tuple[float, float] | None:
@@ -70,6 +88,8 @@ TRIAGE_FLAGS = ("filter", "rank", "top_png", "trajectory", "trajectory_molecules
 def refuse_triage_flags(args: argparse.Namespace) -> None:
     """--smiles and --fix-atoms write no candidates table and sample otherwise: refuse the triage flags there."""
     used = [f"--{name.replace('_', '-')}" for name in TRIAGE_FLAGS if getattr(args, name, None) is not None]
+    used += [flag for flag, on in (("--xtb", getattr(args, "xtb", False)),
+                                   ("--oversample", getattr(args, "oversample", 1) != 1)) if on]
     if used:
         raise UserError(f"{', '.join(used)} work{'s' * (len(used) == 1)} with plain and conditional sampling, "
                         f"not with {'--smiles' if args.smiles else '--fix-atoms'}.")
