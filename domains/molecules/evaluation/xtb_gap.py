@@ -12,6 +12,7 @@ coordinates or an SCF that fails has no gap (None), as in the geometry check (``
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -40,10 +41,10 @@ def xtb_gap_ev(z, positions, charge: int = 0, threads: int | None = 1) -> float 
     Raises:
         XtbUnavailableError: tblite is not installed.
     """
-    from threadpoolctl import threadpool_limits
-
-    calculator_class = tblite_calculator_class()
+    calculator_class = tblite_calculator_class()  # raises XtbUnavailableError, in one sentence, without the [xtb] extra
+    # tblite and threadpoolctl: the optional [xtb] extra, loaded only when a gap is asked for
     from tblite.exceptions import TBLiteRuntimeError, TBLiteValueError
+    from threadpoolctl import threadpool_limits
 
     z = np.asarray(z, dtype=np.int32)
     positions = np.asarray(positions, dtype=np.float64)
@@ -112,8 +113,6 @@ def read_gap_scale(path: str | os.PathLike = SCALE_PATH) -> GapScale:
     Raises:
         ValueError: not a file written by :meth:`GapScale.save`, in one sentence naming it.
     """
-    import json
-
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
