@@ -29,8 +29,10 @@ import numpy as np
 from reporting import write_result
 
 from sci_diffusion.cli import main as cli
+from sci_diffusion_molecules.evaluation.candidates import CandidateTable
+from sci_diffusion_molecules.evaluation.xtb_candidates import gap_errors
 
-TARGET, PREDICTED, XTB = "target_gap [eV]", "predicted_gap [eV]", "xtb_gap_relaxed [eV]"
+PREDICTED = CandidateTable._column("predicted", "gap")
 ROWS = {"plain": [], "guided": ["--guidance", "4", "--guidance-interval", "0.1,0.5"], "reranked": None}
 
 
@@ -47,13 +49,12 @@ def run_row(kind: str, target: float, args: argparse.Namespace, work: Path) -> d
     with open(out.with_suffix(".csv")) as fh:
         rows = list(csv.DictReader(fh))
     written = [r for r in rows if r.get("kept_by_xtb", "1") == "1" and r["failed"] == "0"]
-    classifier = [abs(float(r[PREDICTED]) - float(r[TARGET])) for r in written if r[PREDICTED]]
-    xtb = [abs(float(r[XTB]) - float(r[TARGET])) for r in written if r[XTB]]
+    classifier, xtb = gap_errors(written, column=PREDICTED), gap_errors(written)
     return {"kind": kind, "target_ev": target, "command": "sci-diffusion " + " ".join(argv),
             "drawn": len(rows), "written": len(written), "xtb_scored": len(xtb),
-            "classifier_mae_ev": float(np.mean(classifier)) if classifier else None,
-            "xtb_median_abs_error_ev": float(np.median(xtb)) if xtb else None,
-            "xtb_mae_ev": float(np.mean(xtb)) if xtb else None,
+            "classifier_mae_ev": float(np.mean(classifier)) if classifier.size else None,
+            "xtb_median_abs_error_ev": float(np.median(xtb)) if xtb.size else None,
+            "xtb_mae_ev": float(np.mean(xtb)) if xtb.size else None,
             "molecule_stability": float(np.mean([r["stable"] == "1" for r in written])) if written else None,
             "seconds": round(seconds, 1), "seconds_per_written": round(seconds / max(len(written), 1), 2)}
 

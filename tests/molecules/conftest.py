@@ -3,6 +3,7 @@ that feed a denoiser a centred state, and tiny checkpoints trained once per test
 slices of the real QM9 halves: an unconditional model, a gap-conditioned generator (Db), a gap
 classifier (Da) and a noise-aware gap regressor (Db). They are a few steps old: they test plumbing,
 not quality."""
+import importlib.util
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,9 @@ from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.data.qm9 import load_qm9
 from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
 from sci_diffusion_molecules.models.property_model import PropertyPredictor
+
+needs_tblite = pytest.mark.skipif(importlib.util.find_spec("tblite") is None,
+                                  reason="tblite is not installed: pip install 'sci-diffusion[xtb]'")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """The GFN2-xTB geometry check (evaluation/geometry.py) and ``evaluate molecules --xtb``: the energy a molecule
 gives up when relaxed, in kcal/mol, against numbers computed with tblite directly."""
-import importlib.util
 import json
 import sys
 
@@ -21,8 +20,7 @@ from sci_diffusion_molecules.evaluation.geometry import (
     relaxation_summary,
 )
 
-needs_tblite = pytest.mark.skipif(importlib.util.find_spec("tblite") is None,
-                                  reason="tblite is not installed: pip install 'sci-diffusion[xtb]'")
+from .conftest import needs_tblite
 
 WATER_Z = np.array([8, 1, 1])
 METHANE_Z = np.array([6, 1, 1, 1, 1])

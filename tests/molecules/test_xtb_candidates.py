@@ -1,7 +1,6 @@
 """sample molecules --xtb and --oversample (issue 29 §3): GFN2-xTB's view of each candidate, and keeping those
 whose relaxed xTB gap lies closest to their target."""
 import csv
-import importlib.util
 import json
 
 import numpy as np
@@ -18,8 +17,8 @@ from sci_diffusion_molecules.evaluation.xtb_candidates import (
 )
 from sci_diffusion_molecules.evaluation.xtb_gap import read_gap_scale, xtb_gap_ev
 
-needs_tblite = pytest.mark.skipif(importlib.util.find_spec("tblite") is None,
-                                  reason="tblite is not installed: pip install 'sci-diffusion[xtb]'")
+from .conftest import needs_tblite
+
 TARGET = "target_gap [eV]"
 
 

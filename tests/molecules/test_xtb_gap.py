@@ -1,5 +1,4 @@
 """The GFN2-xTB HOMO-LUMO gap (evaluation/xtb_gap.py) and the shipped line that maps it onto QM9's DFT gap."""
-import importlib.util
 
 import numpy as np
 import pytest
@@ -13,8 +12,7 @@ from sci_diffusion_molecules.evaluation.xtb_gap import (
     xtb_gap_ev,
 )
 
-needs_tblite = pytest.mark.skipif(importlib.util.find_spec("tblite") is None,
-                                  reason="tblite is not installed: pip install 'sci-diffusion[xtb]'")
+from .conftest import needs_tblite
 
 
 @needs_tblite

@@ -71,7 +71,7 @@ CONTRAST_FAMILIES: dict[str, ContrastFamily] = {
     "t2": ContrastFamily(T2_RANGES, "coils", (0.15, 0.45), (0.02, 0.06)),
     "pd": ContrastFamily(PD_RANGES, "quadratic", (0.10, 0.30), (0.015, 0.05)),
 }
-TRAINING_FAMILY, HELD_OUT_FAMILY, CALIBRATION_FAMILY = "t1", "t2", "pd"
+TRAINING_FAMILY, HELD_OUT_FAMILY = "t1", "t2"
 
 
 def draw_tissue_signals(rng: np.random.Generator, family: ContrastFamily, tissues: dict[int, str]) -> dict[str, float]:

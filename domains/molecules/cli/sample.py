@@ -42,7 +42,15 @@ from ..data.qm9 import PROPERTY_UNITS
 from ..evaluation.candidates import CandidateTable
 from ..evaluation.metrics import novelty_reference
 from ..evaluation.triage import CandidateExpression, Ranking, Triage, diversity_summary, legend
-from ..evaluation.xtb_candidates import KEPT, XTB_COLUMNS, XTB_GAP_RELAXED, closest_to_target, gap_errors, xtb_scores
+from ..evaluation.xtb_candidates import (
+    KEPT,
+    TARGET_GAP,
+    XTB_COLUMNS,
+    XTB_GAP_RELAXED,
+    closest_to_target,
+    gap_errors,
+    xtb_scores,
+)
 from ..evaluation.xtb_gap import SCALE_PATH as XTB_SCALE_PATH
 from ..evaluation.xtb_gap import GapScale, read_gap_scale
 from ..generation.bond_sampling import sample_bonded_molecules
@@ -390,7 +398,7 @@ def keep_closest_by_xtb(run: SampleRun, asked: int) -> list[int]:
     each table row gains ``kept_by_xtb``. Returns the kept indices."""
     table, triage = run.candidates.table, run.candidates.triage
     filtered = triage is not None and triage.keep is not None
-    kept = closest_to_target(table.rows, "target_gap [eV]", asked,
+    kept = closest_to_target(table.rows, TARGET_GAP, asked,
                              lambda row: not row["failed"] and (not filtered or row["passes_filter"]))
     for row in table.rows:
         row[KEPT] = int(row["index"] in kept)
@@ -408,8 +416,8 @@ def xtb_summary(run: SampleRun, kept: list[int] | None) -> dict:
     written = [r for r in rows if kept is None or r["index"] in kept]
     part = {"gap_scale": str(XTB_SCALE_PATH), "gap_scale_check_mae_ev": run.xtb_scale.mae_ev,
             "scored": sum(r.get(XTB_GAP_RELAXED, "") != "" for r in rows), "of": len(rows)}
-    if "target_gap [eV]" in run.candidates.table.columns:
-        errors = gap_errors(written, "target_gap [eV]")
+    if TARGET_GAP in run.candidates.table.columns:
+        errors = gap_errors(written)
         part["median_abs_xtb_gap_error_ev"] = float(np.median(errors)) if errors.size else None
     if kept is not None:
         part.update(oversample=run.args.oversample, drawn=len(rows), kept=len(kept), drawn_file=str(run.drawn_path))

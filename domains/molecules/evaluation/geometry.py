@@ -152,7 +152,7 @@ def _relax(calculator_class, z: np.ndarray, x0: np.ndarray, charge: int, gradien
 
     empty = {"drop_kcal_per_mol": None, "energy_start": None, "energy_relaxed": None, "relaxed_positions": None,
              "gradient_norm": None, "steps": 0}
-    if (int(z.sum()) - charge) % 2:
+    if odd_electrons(z, charge):
         return {**empty, "reason": ODD_ELECTRONS}
     if not np.isfinite(x0).all():
         return {**empty, "reason": NON_FINITE}
@@ -177,12 +177,23 @@ def _relax(calculator_class, z: np.ndarray, x0: np.ndarray, charge: int, gradien
             "steps": int(result.nit), "reason": None}
 
 
+def odd_electrons(z: np.ndarray, charge: int) -> bool:
+    """Whether a molecule of atomic numbers ``z`` and total ``charge`` has an odd electron count (no closed shell)."""
+    return bool((int(np.asarray(z).sum()) - charge) % 2)
+
+
+def silent_calculator(calculator_class, z: np.ndarray, positions_bohr: np.ndarray, charge: int):
+    """A GFN2-xTB calculator of tblite for a closed-shell molecule (``z`` [N] int32, positions [N, 3] Bohr) that logs
+    nothing."""
+    calculator = calculator_class(METHOD, z, positions_bohr, charge=float(charge), uhf=0, logger=lambda message: None)
+    calculator.set("verbosity", 0)
+    return calculator
+
+
 def _energy_and_gradient(calculator_class, z: np.ndarray, x0: np.ndarray, charge: int):
     """``f(x) -> (energy Hartree, gradient [3N] Hartree/Bohr)`` at ``x`` ([3N] Bohr), silent, each SCF started
     from the previous wavefunction (fewer SCF iterations along the relaxation)."""
-    calculator = calculator_class(METHOD, z, x0.reshape(-1, 3), charge=float(charge), uhf=0,
-                                  logger=lambda message: None)
-    calculator.set("verbosity", 0)
+    calculator = silent_calculator(calculator_class, z, x0.reshape(-1, 3), charge)
     previous = None
 
     def energy_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:

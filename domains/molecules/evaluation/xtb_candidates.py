@@ -19,13 +19,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .candidates import _number
+from .candidates import CandidateTable, _number
 from .geometry import relax_molecule
 from .xtb_gap import GapScale, xtb_gap_ev
 
 XTB_GAP, XTB_GAP_RELAXED, RELAXATION = "xtb_gap [eV]", "xtb_gap_relaxed [eV]", "relaxation [kcal/mol]"
 XTB_COLUMNS = (XTB_GAP, XTB_GAP_RELAXED, RELAXATION)
 KEPT = "kept_by_xtb"
+TARGET_GAP = CandidateTable._column("target", "gap")  # the candidates table's gap target, "target_gap [eV]"
 
 
 def xtb_scores(z: np.ndarray, pos: np.ndarray, scale: GapScale, charges: np.ndarray | None = None) -> dict[str, str]:
@@ -38,16 +39,21 @@ def xtb_scores(z: np.ndarray, pos: np.ndarray, scale: GapScale, charges: np.ndar
     return {XTB_GAP: _number(gap), XTB_GAP_RELAXED: _number(relaxed), RELAXATION: _number(relaxation.drop_kcal_per_mol)}
 
 
+def gap_error(row: dict, target_column: str = TARGET_GAP, column: str = XTB_GAP_RELAXED) -> float | None:
+    """``|xTB gap - target|`` (eV) of one table row, None when it lacks either cell."""
+    if row.get(column, "") == "" or row.get(target_column, "") == "":
+        return None
+    return abs(float(row[column]) - float(row[target_column]))
+
+
 def closest_to_target(rows: Sequence[dict], target_column: str, keep: int,
                       eligible: Callable[[dict], bool] = lambda row: True) -> list[int]:
     """The indices of the ``keep`` eligible rows whose relaxed xTB gap lies closest to their ``target_column``
     (ties by index), in index order; rows without either value are never kept (fewer come back if fewer qualify)."""
-    scored = [(abs(float(r[XTB_GAP_RELAXED]) - float(r[target_column])), r["index"]) for r in rows
-              if eligible(r) and r.get(XTB_GAP_RELAXED, "") != "" and r.get(target_column, "") != ""]
+    scored = [(error, r["index"]) for r in rows if eligible(r) and (error := gap_error(r, target_column)) is not None]
     return sorted(index for _, index in sorted(scored)[:keep])
 
 
-def gap_errors(rows: Sequence[dict], target_column: str, column: str = XTB_GAP_RELAXED) -> np.ndarray:
-    """``|xTB gap - target|`` (eV) of the rows that have both."""
-    return np.array([abs(float(r[column]) - float(r[target_column])) for r in rows
-                     if r.get(column, "") != "" and r.get(target_column, "") != ""])
+def gap_errors(rows: Sequence[dict], target_column: str = TARGET_GAP, column: str = XTB_GAP_RELAXED) -> np.ndarray:
+    """``|xTB gap - target|`` (eV) of the rows that have both (``gap_error``)."""
+    return np.array([error for r in rows if (error := gap_error(r, target_column, column)) is not None])

@@ -22,7 +22,7 @@ import numpy as np
 
 from sci_diffusion.atomic import write_json
 
-from .geometry import BOHR_PER_ANGSTROM, METHOD, tblite_calculator_class
+from .geometry import BOHR_PER_ANGSTROM, odd_electrons, silent_calculator, tblite_calculator_class
 
 HARTREE_TO_EV = 27.211386245988
 SCALE_PATH = Path(__file__).resolve().parents[1] / "checkpoints" / "xtb_gap_scale.json"
@@ -48,14 +48,11 @@ def xtb_gap_ev(z, positions, charge: int = 0, threads: int | None = 1) -> float 
 
     z = np.asarray(z, dtype=np.int32)
     positions = np.asarray(positions, dtype=np.float64)
-    if (int(z.sum()) - charge) % 2 or not np.isfinite(positions).all():
+    if odd_electrons(z, charge) or not np.isfinite(positions).all():
         return None
     try:
         with threadpool_limits(limits=threads):
-            calculator = calculator_class(METHOD, z, positions * BOHR_PER_ANGSTROM, charge=float(charge), uhf=0,
-                                          logger=lambda message: None)
-            calculator.set("verbosity", 0)
-            result = calculator.singlepoint()
+            result = silent_calculator(calculator_class, z, positions * BOHR_PER_ANGSTROM, charge).singlepoint()
     except (TBLiteRuntimeError, TBLiteValueError):
         return None
     energies, occupations = np.asarray(result.get("orbital-energies")), np.asarray(result.get("orbital-occupations"))
