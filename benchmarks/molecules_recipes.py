@@ -57,6 +57,7 @@ class Arm:
     label: str
     config: str  # relative to the repository
     sampler: str | None = None  # None: the study's --sampler; a flow model may need its own
+    branch_from: tuple[str, float] | None = None  # (arm, mark): resume that arm's mark checkpoint instead of starting
 
 
 ARMS = {arm.letter: arm for arm in [
@@ -71,6 +72,12 @@ ARMS = {arm.letter: arm for arm in [
     # chosen after the first marks: (c) beat (a) at each and (e) led at 0.5 CPU-hours; do the two gains add?
     Arm("f", "bond-aware, x0-prediction, clipped-SNR weight (EQGAT-diff's recipe)",
         "configs/molecules/recipes/f_bonds_x0_clipped_snr.yaml"),
+    # branches of (f), chosen after its 4 -> 6 CPU-hour gain was 1.5 points: its weights, optimiser, EMA and CPU
+    # clock go on from f's 6 CPU-hour checkpoint, with the learning rate cooled to zero by the budget
+    Arm("g", "(f) branched at 6 CPU-hours, learning rate cooled linearly to zero", "configs/molecules/recipes/g_cooldown.yaml",
+        branch_from=("f", 6.0)),
+    Arm("h", "(g) with the clipped-SNR ceiling at 100 (EQGAT-diff: 1.5)", "configs/molecules/recipes/h_cooldown_gamma100.yaml",
+        branch_from=("f", 6.0)),
 ]}
 
 
@@ -118,6 +125,8 @@ def arm_config(arm: Arm, work: Path, hours: float, marks: list[float]) -> Path:
     for callback in cfg["trainer"]["callbacks"]:
         if callback["class_path"].endswith("CpuTimeBudget"):
             callback["init_args"].update(hours=hours, save_at=marks)
+        if callback["class_path"].endswith("CpuTimeCooldown"):  # from the branch point to the budget
+            callback["init_args"].update(start_hours=arm.branch_from[1], end_hours=hours)
         if callback["class_path"].endswith("ModelCheckpoint"):
             callback["init_args"]["dirpath"] = str(checkpoint_folder(work, arm.letter))
     cfg["trainer"]["logger"]["init_args"].update(save_dir=str(work / arm.letter), name="log")
@@ -128,7 +137,8 @@ def arm_config(arm: Arm, work: Path, hours: float, marks: list[float]) -> Path:
 
 
 def training_jobs(args: argparse.Namespace, work: Path) -> list[Job]:
-    """One ``sci-diffusion fit`` per arm whose last mark is not saved yet, resumed from its ``last.ckpt``."""
+    """One ``sci-diffusion fit`` per arm whose last mark is not saved yet, resumed from its ``last.ckpt`` (a branch's
+    first leg: from its parent arm's checkpoint at the branch point)."""
     jobs = []
     for letter in args.arms:
         if mark_checkpoint(work, letter, args.marks[-1]).is_file():
@@ -137,6 +147,14 @@ def training_jobs(args: argparse.Namespace, work: Path) -> list[Job]:
         config = arm_config(ARMS[letter], work, args.cpu_hours, args.marks)
         command = [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config", str(config)]
         last = checkpoint_folder(work, letter) / "last.ckpt"
+        branch = ARMS[letter].branch_from
+        if not last.is_file() and branch is not None:
+            last = mark_checkpoint(work, *branch)
+            if not last.is_file():
+                raise SystemExit(f"Arm {letter} branches from arm {branch[0]} at {branch[1]:g} CPU-hours, and {last} "
+                                 f"is not there yet; train arm {branch[0]} to that mark first.")
+            if args.cpu_hours <= branch[1]:
+                raise SystemExit(f"Arm {letter} branches at {branch[1]:g} CPU-hours; give it a budget past that.")
         if last.is_file():
             command += ["--ckpt_path", str(last)]
         jobs.append(Job(f"train_{letter}", command))

@@ -108,6 +108,68 @@ class CpuTimeBudget(L.Callback):
         self.save_at = [m for m in self.save_at if 3600.0 * m > self._spent_before]
 
 
+class CpuTimeCooldown(L.Callback):
+    """A learning-rate cooldown counted in CPU time: the schedule's learning rate times a factor that falls
+    linearly from 1 at ``start_hours`` to ``final_fraction`` at ``end_hours`` of training CPU time (earlier legs
+    included, as :class:`CpuTimeBudget` counts it; the trainer needs one).
+
+    This is the "decay" of a warmup-stable-decay schedule (Hägele et al. 2024, "Scaling laws and compute-optimal
+    training beyond fixed training durations"): a run trains at a constant rate for as long as it is given, and
+    any of its checkpoints can be cooled down into a finished model by a short branch, so training can go on
+    across sessions without fixing its length in advance. Before ``start_hours`` it changes nothing.
+
+    The rate it scales is the LR scheduler's (the warm-up's), or without a scheduler the optimiser's rate when
+    this callback first ran, kept in the checkpoint so a resumed leg scales the same base.
+
+    Args:
+        start_hours: CPU-hours of training at which the cooldown starts.
+        end_hours: CPU-hours at which the factor reaches ``final_fraction`` (it stays there after).
+        final_fraction: the factor at the end (0: the rate falls to zero).
+    """
+
+    def __init__(self, start_hours: float, end_hours: float, final_fraction: float = 0.0) -> None:
+        if not 0 <= start_hours < end_hours:
+            raise ValueError(f"The cooldown must start before it ends, at or after 0 CPU-hours, not {start_hours} "
+                             f"to {end_hours}.")
+        if not 0 <= final_fraction <= 1:
+            raise ValueError(f"The cooldown's final fraction must lie in [0, 1], not {final_fraction}.")
+        self.start_hours, self.end_hours, self.final_fraction = start_hours, end_hours, final_fraction
+        self.base_lrs: list[float] | None = None  # without an LR scheduler: the rates it scales
+        self._budget: CpuTimeBudget | None = None
+
+    def factor(self, hours: float) -> float:
+        """The factor on the learning rate after ``hours`` CPU-hours of training."""
+        done = min(max((hours - self.start_hours) / (self.end_hours - self.start_hours), 0.0), 1.0)
+        return 1.0 - (1.0 - self.final_fraction) * done
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._budget = next((c for c in trainer.callbacks if isinstance(c, CpuTimeBudget)), None)
+        if self._budget is None:
+            raise ValueError("CpuTimeCooldown counts CPU time with the trainer's CpuTimeBudget; add one.")
+        if self.base_lrs is None:
+            self.base_lrs = [group["lr"] for group in trainer.optimizers[0].param_groups]
+
+    def scheduled_lrs(self, trainer: L.Trainer) -> list[float]:
+        """The rates before the cooldown: the LR scheduler's last ones, or :attr:`base_lrs`."""
+        if trainer.lr_scheduler_configs:
+            return list(trainer.lr_scheduler_configs[0].scheduler.get_last_lr())
+        return list(self.base_lrs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        hours = self._budget.spent_seconds() / 3600.0
+        factor = self.factor(hours)
+        for group, lr in zip(trainer.optimizers[0].param_groups, self.scheduled_lrs(trainer)):
+            group["lr"] = lr * factor
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            pl_module.log("train/lr_factor", factor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base_lrs": self.base_lrs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base_lrs = state_dict.get("base_lrs")
+
+
 class AdaptiveGradientClipping(L.Callback):
     """EDM's gradient clipping (Hoogeboom et al. 2022, ``utils.gradient_clipping``): before each optimiser step, clip
     the gradient's global L2 norm at ``1.5 x mean + 2 x std`` of the last ``window`` norms, and remember the norm

@@ -60,7 +60,7 @@ class DenoisingLoss:
         schedule: the noise schedule the model is trained with, or a rectified-flow path (``paths.py``).
         prediction: what the network predicts, ``eps``, ``x0`` or ``v``.
         kind: ``l2`` or ``l1``.
-        weighting: ``none``, ``min_snr`` or ``snr`` (``parameterisation.loss_weight``).
+        weighting: ``none``, ``min_snr``, ``clipped_snr`` or ``snr`` (``parameterisation.loss_weight``).
         cond_dropout: probability of replacing a sample's condition by the null condition in training
             (``model.drop_condition``), so that one network also learns the unconditional prediction.
         coupling: ``coupling(eps, x0, batch) -> eps``: pairs each sample's noise draw with its data (e.g. a
@@ -75,6 +75,7 @@ class DenoisingLoss:
     weighting: str = "none"
     cond_dropout: float = 0.0
     coupling: Callable[[Tensor, Tensor, DiffusionBatch], Tensor] | None = None
+    weighting_gamma: float | None = None  # the weighting's gamma (``loss_weight``); None: its default
 
     def __post_init__(self) -> None:
         check_prediction(self.schedule, self.prediction)
@@ -91,7 +92,7 @@ class DenoisingLoss:
         entries. A subclass adds terms of its own (the categorical cross-entropy) around this one."""
         target = target_for(self.prediction, batch.x0, noised.eps, noised.alpha, noised.sigma)
         snr = torch.exp(2 * self.schedule.log_snr(noised.t))
-        weight = batch.space.expand(loss_weight(snr, self.prediction, self.weighting), batch.x0)
+        weight = batch.space.expand(loss_weight(snr, self.prediction, self.weighting, self.weighting_gamma), batch.x0)
         return masked_mean_error(pred, target, weight=weight, mask=mask, kind=self.kind)
 
     def noise(self, batch: DiffusionBatch, generator: torch.Generator | None = None) -> NoisedBatch:

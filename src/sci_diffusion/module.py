@@ -71,8 +71,9 @@ class DiffusionModule(L.LightningModule):
         timesteps: the training T; time is drawn from ``{1..T} / T``.
         prediction: the network's parameterisation, ``eps``, ``x0`` or ``v``.
         loss_type: ``l2`` or ``l1``.
-        loss_weighting: ``none``, ``min_snr`` or ``snr``, applied for the network's prediction type
+        loss_weighting: ``none``, ``min_snr``, ``clipped_snr`` or ``snr``, applied for the network's prediction type
             (see ``parameterisation.loss_weight``).
+        loss_weight_gamma: the weighting's gamma (Min-SNR's gamma, the clipped SNR's ceiling); None: its default.
         lr, weight_decay, amsgrad: AdamW settings (EDM trains with ``amsgrad``).
         adaptive_gradient_clipping: clip each step's gradient norm at 1.5 x mean + 2 x std of the last 50 norms, as
             EDM does (``callbacks.AdaptiveGradientClipping``); leave the trainer's ``gradient_clip_val`` unset then.
@@ -107,6 +108,7 @@ class DiffusionModule(L.LightningModule):
         init_from: str | None = None,
         amsgrad: bool = False,
         adaptive_gradient_clipping: bool = False,
+        loss_weight_gamma: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -128,7 +130,8 @@ class DiffusionModule(L.LightningModule):
         terms of its own such as the residual model's scale term). A domain overrides it for another kind of
         loss (the MRI-to-CT regression's L1)."""
         h = self.hparams
-        return self.loss_class(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout)
+        return self.loss_class(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout,
+                               weighting_gamma=h.get("loss_weight_gamma"))
 
     def drop_condition(self, cond: Any, drop: Tensor, batch: DiffusionBatch) -> Any:
         """Replace the condition of samples where ``drop`` is True by the null condition.

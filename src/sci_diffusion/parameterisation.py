@@ -56,7 +56,7 @@ def target_for(kind: Prediction, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: 
 LOSS_WEIGHTINGS = ("none", "min_snr", "clipped_snr", "snr")
 
 
-def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: float = 5.0) -> Tensor:
+def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: float | None = None) -> Tensor:
     """Per-sample weight on the squared error of a ``prediction``-type network, from ``snr = alpha^2/sigma^2``.
 
     A weighting other than ``none`` is a weight ``w(SNR)`` on the x0 error, carried over to the
@@ -64,11 +64,12 @@ def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: 
     times it, so the weight is ``w / SNR`` for eps, ``w / (SNR + 1)`` for v and ``w`` for x0.
 
     - ``none``: 1, the prediction's own MSE;
-    - ``min_snr``: ``w = min(SNR, gamma)``, Min-SNR-gamma (Hang et al. 2023), as diffusers' training
-      scripts apply it: ``min(SNR, gamma)`` for x0, ``min(SNR, gamma) / SNR`` for eps and
+    - ``min_snr``: ``w = min(SNR, gamma)``, Min-SNR-gamma (Hang et al. 2023; gamma 5 when None), as diffusers'
+      training scripts apply it: ``min(SNR, gamma)`` for x0, ``min(SNR, gamma) / SNR`` for eps and
       ``min(SNR, gamma) / (SNR + 1)`` for v;
-    - ``clipped_snr``: ``w = clip(SNR, 0.05, 1.5)``, EQGAT-diff's time weighting of its x0 loss
-      (Le et al. 2024), which also keeps a floor on the noisiest steps;
+    - ``clipped_snr``: ``w = clip(SNR, 0.05, gamma)``, EQGAT-diff's time weighting of its x0 loss
+      (Le et al. 2024; its ceiling gamma is 1.5, the default when None), which also keeps a floor on the
+      noisiest steps. A higher ceiling weighs the nearly clean steps, where bond lengths are settled, more;
     - ``snr``: ``w = SNR``, the x0 error weighted by SNR, which is the plain eps error.
 
     Returns a float32 tensor of ``snr``'s shape.
@@ -76,9 +77,9 @@ def loss_weight(snr: Tensor, prediction: Prediction, kind: str = "none", gamma: 
     if kind == "none":
         return torch.ones_like(snr, dtype=torch.float32)
     if kind == "min_snr":
-        w = snr.clamp(max=gamma)
+        w = snr.clamp(max=5.0 if gamma is None else gamma)
     elif kind == "clipped_snr":
-        w = snr.clamp(min=0.05, max=1.5)
+        w = snr.clamp(min=0.05, max=1.5 if gamma is None else gamma)
     elif kind == "snr":
         w = snr
     else:

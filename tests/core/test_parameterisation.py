@@ -48,6 +48,18 @@ def test_every_weighting_is_one_weight_on_the_x0_error_whatever_the_prediction(p
     torch.testing.assert_close(weighted, x0_weight(snr) * x0_error, rtol=1e-5, atol=1e-9)
 
 
+def test_the_clipped_snr_ceiling_is_gamma_and_reaches_the_loss_from_the_module():
+    """``loss_weight_gamma`` moves the clipped SNR's ceiling (EQGAT-diff's 1.5 when None), keeps its 0.05 floor, and
+    a module built with it hands it to its loss."""
+    from sci_diffusion.toy import MixtureDiffusion
+
+    snr = torch.tensor([0.01, 1.0, 3.0, 50.0, 500.0])
+    torch.testing.assert_close(loss_weight(snr, "x0", "clipped_snr"), torch.tensor([0.05, 1.0, 1.5, 1.5, 1.5]))
+    torch.testing.assert_close(loss_weight(snr, "x0", "clipped_snr", 100.0), torch.tensor([0.05, 1.0, 3.0, 50.0, 100.0]))
+    module = MixtureDiffusion(hidden=8, prediction="x0", loss_weighting="clipped_snr", loss_weight_gamma=100.0)
+    assert module.loss_fn.weighting_gamma == 100.0
+
+
 def test_unknown_weightings_and_predictions_are_refused():
     with pytest.raises(ValueError, match="loss weighting"):
         loss_weight(torch.ones(2), "eps", "snr2")

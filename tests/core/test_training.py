@@ -242,3 +242,50 @@ def test_known_entries_reach_the_network_clean_and_stay_out_of_the_loss():
     out = torch.tensor([[0.0, 1e3]])  # a wild prediction in the known column only
     assert model.loss_fn(model, DiffusionBatch(x0, EuclideanSpace(), known=known),
                          torch.Generator().manual_seed(0)) == loss
+
+
+def test_a_cpu_time_cooldown_scales_the_rate_linearly_to_zero_between_its_marks(tmp_path, monkeypatch):
+    """A fake CPU clock (60 s per read): the optimiser's rate is the warm-up's until the cooldown starts, then the
+    warm-up's times a factor falling linearly with CPU time, to zero at the end; the factor is read from the
+    budget's clock, so a broken cooldown (no scaling, the wrong sign, step-counted) turns this red."""
+    import itertools
+
+    import sci_diffusion.callbacks as callbacks_module
+    from sci_diffusion.callbacks import CpuTimeBudget, CpuTimeCooldown
+
+    clock = itertools.count(0.0, 60.0)
+    monkeypatch.setattr(callbacks_module.time, "process_time", lambda: next(clock))
+    seen = []
+
+    class RecordRate(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append((budget.spent_seconds(), optimizer.param_groups[0]["lr"]))
+
+    L.seed_everything(0)
+    budget = CpuTimeBudget(hours=1.0)
+    cooldown = CpuTimeCooldown(start_hours=0.5, end_hours=1.0)
+    trainer = L.Trainer(max_steps=1000, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[budget, cooldown, RecordRate()], limit_val_batches=0, default_root_dir=tmp_path)
+    module = MixtureDiffusion(hidden=16, ema_decay=0, val_num=10, lr=1e-3, lr_warmup_steps=3)
+    trainer.fit(module, MixtureDataModule(num_train=8192, batch_size=128))
+    rates = torch.tensor([lr for _, lr in seen])
+    hours = torch.tensor([s for s, _ in seen]) / 3600.0
+    assert torch.allclose(rates[:3], torch.tensor([1e-3 / 3, 2e-3 / 3, 1e-3]))  # the warm-up, untouched
+    before = hours < 0.5
+    assert torch.allclose(rates[3:][before[3:]], torch.tensor(1e-3))
+    # after the start the rate is 1e-3 x (1 - (h - 0.5) / 0.5) at the CPU time the cooldown read at the batch's
+    # start, one read of the fake clock (60 s) before this record's
+    expected = 1e-3 * (1 - ((hours - 60 / 3600 - 0.5) / 0.5).clamp(0, 1))
+    assert torch.allclose(rates[~before], expected[~before], atol=1e-7)
+    assert rates[-1] < 0.1e-3 and (rates[~before].diff() <= 0).all()
+
+
+def test_a_cpu_time_cooldown_needs_a_budget_and_an_order():
+    from sci_diffusion.callbacks import CpuTimeCooldown
+
+    with pytest.raises(ValueError, match="before it ends"):
+        CpuTimeCooldown(start_hours=2.0, end_hours=1.0)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[CpuTimeCooldown(0.0, 1.0)], limit_val_batches=0)
+    with pytest.raises(ValueError, match="CpuTimeBudget"):
+        trainer.fit(MixtureDiffusion(hidden=16, ema_decay=0, val_num=10), MixtureDataModule(num_train=512, batch_size=128))

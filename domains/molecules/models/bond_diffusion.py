@@ -74,7 +74,7 @@ class BondMoleculeDiffusion(MoleculeDiffusion):
     def build_loss(self) -> CategoricalDenoisingLoss:
         h = self.hparams
         return CategoricalDenoisingLoss(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout,
-                                        categorical_weight=h.bond_weight)
+                                        weighting_gamma=h.get("loss_weight_gamma"), categorical_weight=h.bond_weight)
 
     @property
     def bond_process(self) -> CategoricalProcess:
