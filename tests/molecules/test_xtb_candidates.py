@@ -10,9 +10,12 @@ from sci_diffusion.cli import main
 from sci_diffusion_molecules.chem.files import MoleculeWriter, copy_records, read_molecules
 from sci_diffusion_molecules.evaluation.xtb_candidates import (
     RELAXATION,
+    RELAXED,
     XTB_GAP,
     XTB_GAP_RELAXED,
     closest_to_target,
+    relax_rows,
+    rows_to_relax,
     xtb_scores,
 )
 from sci_diffusion_molecules.evaluation.xtb_gap import read_gap_scale, xtb_gap_ev
@@ -31,6 +34,32 @@ def test_the_kept_rows_are_the_eligible_ones_closest_to_their_own_targets():
     assert closest_to_target(rows, TARGET, 2, lambda r: r["ok"]) == [0, 1]
     assert closest_to_target(rows, TARGET, 9, lambda r: r["ok"]) == [0, 1, 2]  # fewer qualify than asked
     assert closest_to_target(rows, TARGET, 1) == [4]
+
+
+def test_the_screen_relaxes_the_eligible_rows_closest_to_their_targets_by_written_gap():
+    rows = [{"index": 0, TARGET: "6.5", XTB_GAP: "5.0", "ok": True},   # 1.5 away at the written geometry
+            {"index": 1, TARGET: "6.5", XTB_GAP: "6.4", "ok": True},   # 0.1
+            {"index": 2, TARGET: "8.0", XTB_GAP: "7.0", "ok": True},   # 1.0, from its own target
+            {"index": 3, TARGET: "6.5", XTB_GAP: "", "ok": True},      # xTB could not score it: never relaxed
+            {"index": 4, TARGET: "6.5", XTB_GAP: "6.5", "ok": False}]  # 0, but it may not be kept
+    ok = lambda r: r["ok"]  # noqa: E731
+    assert rows_to_relax(rows, asked=1, screen=2.0, eligible=ok) == [1, 2]
+    assert rows_to_relax(rows, asked=1, screen=1.5, eligible=ok) == [1, 2]  # ceil(1.5) = 2
+    assert rows_to_relax(rows, asked=1, screen=1.0, eligible=ok) == [1]
+    assert rows_to_relax(rows, asked=1, screen=0, eligible=ok) == [0, 1, 2]  # 0: every eligible one
+    assert rows_to_relax(rows, asked=None, screen=2.0) == [0, 1, 2, 4]  # no --oversample: every scored one
+
+
+@needs_tblite
+def test_relaxing_in_two_processes_gives_what_one_gives(qm9):
+    shaken = np.random.default_rng(1)
+    molecules = {i: (qm9.molecule(4000 + i)[0], qm9.molecule(4000 + i)[1] + 0.05 * shaken.standard_normal((len(qm9.molecule(4000 + i)[0]), 3)), None)
+                 for i in range(3)}
+    scale, done = read_gap_scale(), []
+    one = relax_rows(molecules, [0, 2], scale, workers=1)
+    two = relax_rows(molecules, [0, 2], scale, workers=2, progress=lambda: done.append(1))
+    assert one == two and sorted(one) == [0, 2] and len(done) == 2
+    assert all(cells[RELAXED] == 1 and float(cells[RELAXATION]) > 0 for cells in one.values())
 
 
 @pytest.mark.parametrize("suffix", [".sdf", ".xyz"])
@@ -84,6 +113,13 @@ def test_oversampling_writes_the_drawn_molecules_closest_to_their_target_by_xtb(
     assert max(error[i] for i in kept) <= min((e for i, e in error.items() if i not in kept), default=np.inf)
     assert summary["xtb"]["median_abs_xtb_gap_error_ev"] == pytest.approx(float(np.median([error[i] for i in kept])))
     assert "kept 3 of 9 drawn" in capsys.readouterr().out
+    # the default screen relaxed at most 2 x 3 of them, those closest to the target at their written geometry
+    relaxed = [r for r in rows if r[RELAXED] == "1"]
+    assert len(relaxed) <= 6 and summary["xtb"]["relaxed"] == len(relaxed) and set(kept) <= {int(r["index"]) for r in relaxed}
+    written = {int(r["index"]): abs(float(r[XTB_GAP]) - 6.5) for r in rows if r[XTB_GAP] and r["failed"] == "0"}
+    screened_out = [e for i, e in written.items() if i not in {int(r["index"]) for r in relaxed}]
+    if len(relaxed) == 6:  # the screen was full: nothing it left out was closer than what it relaxed
+        assert max(written[int(r["index"])] for r in relaxed) <= min(screened_out, default=np.inf)
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -91,6 +127,8 @@ def test_oversampling_writes_the_drawn_molecules_closest_to_their_target_by_xtb(
     (["--condition", "gap=6.5", "--oversample", "0"], "--oversample must be 1 or more"),
     (["--oversample", "2", "--xtb"], "add --condition gap=VALUE"),
     (["--smiles", "CCO", "--xtb"], "--xtb work"),
+    (["--condition", "gap=6.5", "--xtb", "--xtb-workers", "0"], "--xtb-workers must be 1 or more"),
+    (["--condition", "gap=6.5", "--xtb", "--xtb-screen", "-1"], "--xtb-screen must be 0"),
 ])
 def test_xtb_flags_that_cannot_work_get_one_sentence(extra, words, tmp_path, capsys):
     assert main(["sample", "molecules", "--num", "2", "--out", str(tmp_path / "x.sdf"), *extra]) == 2

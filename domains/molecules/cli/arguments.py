@@ -6,12 +6,18 @@ verbs themselves are ``sample.py`` (with ``sample_checks.py`` and ``inpainting.p
 from __future__ import annotations
 
 import argparse
+import os
 
 from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
 
 CONDITION_SOURCES = ("db",)
 MODEL_CHOICES = ("edm", "latent", "bonds")  # the bundled unconditional models, by MoleculeDiffusion.model_kind
 PRECISION_CHOICES = ("bf16", "fp32")  # generation.sampling.PRECISIONS, named here without importing torch
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,6 +113,14 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                               "relaxed xTB gap lies closest to their target (among those passing --filter) in --out; "
                               "every drawn molecule goes to <out>.drawn.sdf (or .xyz), the table marks the kept ones "
                               "(kept_by_xtb)")
+    physics.add_argument("--xtb-screen", type=float, default=2.0, metavar="S",
+                         help="with --oversample: relax only the S x --num eligible molecules whose xTB gap at the "
+                              "written geometry lies closest to their target (the relaxation costs about 30 times the "
+                              "written gap); the others keep an empty relaxed gap and relaxed 0. 0 relaxes all "
+                              "(default 2)")
+    physics.add_argument("--xtb-workers", type=int, default=available_cores(), metavar="N",
+                         help="processes that relax molecules side by side, one thread each (default: the cores "
+                              "this process may use)")
     watch = p.add_argument_group("trajectory", "watch the first molecules form (the first batch's)")
     watch.add_argument("--trajectory", metavar="PATH.xyz",
                        help="multi-frame XYZ of the sampler's state x_t after every step (one frame per step) for "

@@ -17,7 +17,7 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +47,12 @@ from ..evaluation.xtb_candidates import (
     TARGET_GAP,
     XTB_COLUMNS,
     XTB_GAP_RELAXED,
+    RELAXED,
     closest_to_target,
     gap_errors,
-    xtb_scores,
+    relax_rows,
+    rows_to_relax,
+    written_gap_scores,
 )
 from ..evaluation.xtb_gap import SCALE_PATH as XTB_SCALE_PATH
 from ..evaluation.xtb_gap import GapScale, read_gap_scale
@@ -111,6 +114,7 @@ class SampleRun:
     tags: dict
     xtb_scale: GapScale | None = None  # --xtb: the line that maps xTB gaps onto QM9's DFT scale
     drawn_path: Path | None = None  # --oversample: where every drawn molecule goes (--out gets the kept ones)
+    xtb_molecules: dict[int, tuple] = field(default_factory=dict)  # --xtb: index -> (z, pos, charges), to relax
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -142,6 +146,8 @@ def run_sample(args: argparse.Namespace) -> int:
                     record_tags(args, ckpt, module, conditional), read_gap_scale() if args.xtb else None,
                     drawn_file(args.out) if args.oversample > 1 else None)
     failed, drawn, seconds = sample_and_write(run, gen)  # then the generator draws one seed per molecule
+    if run.xtb_scale is not None:
+        seconds += relax_candidates(run, asked)
     kept = keep_closest_by_xtb(run, asked) if run.drawn_path is not None else None
     summary = write_summary(run, failed, drawn, seconds, kept)
     print_report(run, summary, failed, seconds)
@@ -360,8 +366,9 @@ def record_molecule(run: SampleRun, writer: MoleculeWriter, i: int, molecule: tu
         writer.write(z, pos, {**run.tags, "index": i, **_property_fields(candidates.names, target, prediction)}, charges,
                      bonds)
         row = candidates.table.add(i, z, pos, target, prediction, charges)
-        if run.xtb_scale is not None:
-            row.update(xtb_scores(z, pos, run.xtb_scale, charges))
+        if run.xtb_scale is not None:  # the written gap now; the relaxation after the last batch (relax_candidates)
+            row.update(written_gap_scores(z, pos, run.xtb_scale, charges))
+            run.xtb_molecules[i] = (z, pos, charges)
     else:
         row = candidates.table.add(i, z, pos, target, None)
     if candidates.triage is not None:
@@ -392,14 +399,35 @@ def drawn_file(out: str) -> Path:
     return out.with_name(f"{out.stem}.drawn{out.suffix}")
 
 
+def may_be_kept(run: SampleRun):
+    """``row -> bool``: whether a table row can be kept by ``--oversample`` (not failed, and through ``--filter``)."""
+    triage = run.candidates.triage
+    filtered = triage is not None and triage.keep is not None
+    return lambda row: not row["failed"] and (not filtered or row["passes_filter"])
+
+
+def relax_candidates(run: SampleRun, asked: int) -> float:
+    """--xtb: relax the molecules whose written gap was computed (with --oversample, only the ``--xtb-screen`` x
+    asked that may be kept and lie closest to their target by that gap: ``xtb_candidates.rows_to_relax``) in
+    ``--xtb-workers`` processes, and fill their rows' relaxed cells. Returns the seconds it took."""
+    start, args, rows = time.perf_counter(), run.args, run.candidates.table.rows
+    oversampled = run.drawn_path is not None
+    indices = rows_to_relax(rows, asked if oversampled else None, args.xtb_screen, may_be_kept(run))
+    progress = tqdm(total=len(indices), desc="xTB relaxations", disable=not args.progress)
+    results = relax_rows(run.xtb_molecules, indices, run.xtb_scale, args.xtb_workers, progress.update)
+    progress.close()
+    by_index = {row["index"]: row for row in rows}
+    for i, cells in results.items():
+        by_index[i].update(cells)
+    return time.perf_counter() - start
+
+
 def keep_closest_by_xtb(run: SampleRun, asked: int) -> list[int]:
     """``--oversample``: the ``asked`` drawn molecules whose relaxed xTB gap lies closest to their gap target, among
     those that passed ``--filter`` (``xtb_candidates.closest_to_target``), copied from the drawn file to ``--out``;
     each table row gains ``kept_by_xtb``. Returns the kept indices."""
-    table, triage = run.candidates.table, run.candidates.triage
-    filtered = triage is not None and triage.keep is not None
-    kept = closest_to_target(table.rows, TARGET_GAP, asked,
-                             lambda row: not row["failed"] and (not filtered or row["passes_filter"]))
+    table = run.candidates.table
+    kept = closest_to_target(table.rows, TARGET_GAP, asked, may_be_kept(run))
     for row in table.rows:
         row[KEPT] = int(row["index"] in kept)
     copy_records(run.drawn_path, run.args.out, kept)
@@ -415,7 +443,9 @@ def xtb_summary(run: SampleRun, kept: list[int] | None) -> dict:
     rows = run.candidates.table.rows
     written = [r for r in rows if kept is None or r["index"] in kept]
     part = {"gap_scale": str(XTB_SCALE_PATH), "gap_scale_check_mae_ev": run.xtb_scale.mae_ev,
-            "scored": sum(r.get(XTB_GAP_RELAXED, "") != "" for r in rows), "of": len(rows)}
+            "scored": sum(r.get(XTB_GAP_RELAXED, "") != "" for r in rows), "of": len(rows),
+            "relaxed": sum(r.get(RELAXED, 0) == 1 for r in rows), "relaxation_workers": run.args.xtb_workers,
+            "screen": run.args.xtb_screen if kept is not None else None}
     if TARGET_GAP in run.candidates.table.columns:
         errors = gap_errors(written)
         part["median_abs_xtb_gap_error_ev"] = float(np.median(errors)) if errors.size else None

@@ -56,6 +56,10 @@ def check_xtb_arguments(args: argparse.Namespace, conditional: bool) -> None:
     """--xtb needs tblite; --oversample F needs --xtb and a target to be close to."""
     if args.oversample < 1:
         raise UserError(f"--oversample must be 1 or more, got {args.oversample}.")
+    if args.xtb_workers < 1:
+        raise UserError(f"--xtb-workers must be 1 or more, got {args.xtb_workers}.")
+    if args.xtb_screen < 0:
+        raise UserError(f"--xtb-screen must be 0 (relax all) or more, got {args.xtb_screen:g}.")
     if args.oversample > 1 and not args.xtb:
         raise UserError("--oversample keeps the candidates whose xTB gap lies closest to their target: add --xtb.")
     if args.oversample > 1 and not conditional:
