@@ -112,7 +112,10 @@ def test_oversampling_writes_the_drawn_molecules_closest_to_their_target_by_xtb(
     error = {int(r["index"]): abs(float(r[XTB_GAP_RELAXED]) - 6.5) for r in rows if r[XTB_GAP_RELAXED]}
     assert max(error[i] for i in kept) <= min((e for i, e in error.items() if i not in kept), default=np.inf)
     assert summary["xtb"]["median_abs_xtb_gap_error_ev"] == pytest.approx(float(np.median([error[i] for i in kept])))
-    assert "kept 3 of 9 drawn" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "kept 3 of 9 drawn" in printed and "the 3 candidates kept by their relaxed xTB gap:" in printed
+    preview = printed.split("kept by their relaxed xTB gap:\n")[1].splitlines()
+    assert "xtb_gap_relaxed" in preview[0] and [int(line.split()[0]) for line in preview[1:4]] == kept
     # the default screen relaxed at most 2 x 3 of them, those closest to the target at their written geometry
     relaxed = [r for r in rows if r[RELAXED] == "1"]
     assert len(relaxed) <= 6 and summary["xtb"]["relaxed"] == len(relaxed) and set(kept) <= {int(r["index"]) for r in relaxed}

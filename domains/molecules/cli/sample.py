@@ -46,6 +46,7 @@ from ..evaluation.xtb_candidates import (
     KEPT,
     TARGET_GAP,
     XTB_COLUMNS,
+    XTB_GAP,
     XTB_GAP_RELAXED,
     RELAXED,
     closest_to_target,
@@ -115,6 +116,7 @@ class SampleRun:
     xtb_scale: GapScale | None = None  # --xtb: the line that maps xTB gaps onto QM9's DFT scale
     drawn_path: Path | None = None  # --oversample: where every drawn molecule goes (--out gets the kept ones)
     xtb_molecules: dict[int, tuple] = field(default_factory=dict)  # --xtb: index -> (z, pos, charges), to relax
+    relax_asked: int | None = None  # --xtb: how many molecules relax_candidates chose to relax
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -413,6 +415,7 @@ def relax_candidates(run: SampleRun, asked: int) -> float:
     start, args, rows = time.perf_counter(), run.args, run.candidates.table.rows
     oversampled = run.drawn_path is not None
     indices = rows_to_relax(rows, asked if oversampled else None, args.xtb_screen, may_be_kept(run))
+    run.relax_asked = len(indices)
     progress = tqdm(total=len(indices), desc="xTB relaxations", disable=not args.progress)
     results = relax_rows(run.xtb_molecules, indices, run.xtb_scale, args.xtb_workers, progress.update)
     progress.close()
@@ -443,9 +446,10 @@ def xtb_summary(run: SampleRun, kept: list[int] | None) -> dict:
     rows = run.candidates.table.rows
     written = [r for r in rows if kept is None or r["index"] in kept]
     part = {"gap_scale": str(XTB_SCALE_PATH), "gap_scale_check_mae_ev": run.xtb_scale.mae_ev,
+            "gap_scored": sum(r.get(XTB_GAP, "") != "" for r in rows),
             "scored": sum(r.get(XTB_GAP_RELAXED, "") != "" for r in rows), "of": len(rows),
             "relaxed": sum(r.get(RELAXED, 0) == 1 for r in rows), "relaxation_workers": run.args.xtb_workers,
-            "screen": run.args.xtb_screen if kept is not None else None}
+            "screen": run.args.xtb_screen if kept is not None else None, "relaxed_asked": run.relax_asked}
     if TARGET_GAP in run.candidates.table.columns:
         errors = gap_errors(written)
         part["median_abs_xtb_gap_error_ev"] = float(np.median(errors)) if errors.size else None
@@ -530,7 +534,10 @@ def print_report(run: SampleRun, summary: dict, failed: int, seconds: float) -> 
     print(f"wrote {summary['written']} molecules to {Path(args.out)} in {seconds:.1f} s "
           f"({summary['molecules_per_second']:.1f} molecules/s){diverged}")
     if run.conditional:
-        print(candidates.table.preview(10))
+        kept = {r["index"] for r in rows if r.get(KEPT) == 1} if run.drawn_path is not None else None
+        if kept is not None:  # --oversample: the ones written, with the classifier's and xTB's gaps side by side
+            print(f"the {len(kept)} candidates kept by their relaxed xTB gap:")
+        print(candidates.table.preview(10, kept))
         for name, value in summary["mae_against_target"].items():
             unit = PROPERTY_UNITS[name]
             extra = f" ({1000 * value:.0f} meV)" if unit == "eV" else ""
@@ -540,7 +547,9 @@ def print_report(run: SampleRun, summary: dict, failed: int, seconds: float) -> 
         print(f"candidates table: {summary['candidates']}")
     if "xtb" in summary:
         xtb = summary["xtb"]
-        line = f"GFN2-xTB scored {xtb['scored']} of {xtb['of']} molecules"
+        line = f"GFN2-xTB gave the gap of {xtb['gap_scored']} of {xtb['of']} molecules and relaxed {xtb['scored']}"
+        if xtb.get("screen"):
+            line += f" (the {xtb['relaxed_asked']} closest to their target by that gap: --xtb-screen {xtb['screen']:g})"
         if xtb.get("median_abs_xtb_gap_error_ev") is not None:
             line += (f"; median |relaxed xTB gap - target| of the written ones {xtb['median_abs_xtb_gap_error_ev']:.2f} eV "
                      f"(the xTB-to-DFT line itself is off by {xtb['gap_scale_check_mae_ev']:.2f} eV on real molecules)")

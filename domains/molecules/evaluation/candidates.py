@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,9 +85,10 @@ class CandidateTable:
         with atomic_path(path, suffix=".csv") as tmp:
             tmp.write_text(buffer.getvalue())
 
-    def preview(self, rows: int = 10) -> str:
-        """The first ``rows`` rows as an aligned text table (what the CLI prints)."""
-        shown: Iterable[dict] = self.rows[:rows]
+    def preview(self, rows: int = 10, indices: Collection[int] | None = None) -> str:
+        """The first ``rows`` rows (of those whose index is in ``indices``, when given) as an aligned text table
+        (what the CLI prints)."""
+        shown: Iterable[dict] = [r for r in self.rows if indices is None or r["index"] in indices][:rows]
         columns = [c for c in self.columns if c not in PREVIEW_HIDDEN]
         cells = [columns] + [[str(r.get(c, "")) for c in columns] for r in shown]
         widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
