@@ -181,7 +181,8 @@ def main() -> None:
     print(text)
     plot(rows)
     write_result("molecules_xtb_rerank", {"rows": rows, "kept": args.kept, "oversample": args.oversample,
-                                          "steps": args.steps, "screen": args.screen, "workers": args.workers}, text, update_page=not args.no_readme)
+                                          "steps": args.steps, "screen": args.screen, "workers": args.workers},
+                 text, update_page=not args.no_readme)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,10 @@ def test_the_screen_relaxes_the_eligible_rows_closest_to_their_targets_by_writte
 
 @needs_tblite
 def test_relaxing_in_two_processes_gives_what_one_gives(qm9):
-    shaken = np.random.default_rng(1)
-    molecules = {i: (qm9.molecule(4000 + i)[0], qm9.molecule(4000 + i)[1] + 0.05 * shaken.standard_normal((len(qm9.molecule(4000 + i)[0]), 3)), None)
-                 for i in range(3)}
+    shaken, molecules = np.random.default_rng(1), {}
+    for i in range(3):
+        z, pos = qm9.molecule(4000 + i)
+        molecules[i] = (z, pos + 0.05 * shaken.standard_normal(pos.shape), None)
     scale, done = read_gap_scale(), []
     one = relax_rows(molecules, [0, 2], scale, workers=1)
     two = relax_rows(molecules, [0, 2], scale, workers=2, progress=lambda: done.append(1))

@@ -44,11 +44,11 @@ from ..evaluation.metrics import novelty_reference
 from ..evaluation.triage import CandidateExpression, Ranking, Triage, diversity_summary, legend
 from ..evaluation.xtb_candidates import (
     KEPT,
+    RELAXED,
     TARGET_GAP,
     XTB_COLUMNS,
     XTB_GAP,
     XTB_GAP_RELAXED,
-    RELAXED,
     closest_to_target,
     gap_errors,
     relax_rows,
