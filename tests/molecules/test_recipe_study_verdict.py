@@ -30,3 +30,30 @@ def test_the_verdict_names_the_equal_time_gap_and_the_longer_training_apart():
     assert text.startswith("At 1 CPU-hour and 50 steps, arm **f** leads with 47.0 %, 30.3 points above arm e")
     assert text.endswith("Trained on alone, arm f reaches 61.0 % at 2 CPU-hours.")
     assert "Trained on alone" not in recipes.verdict([r for r in ROWS if r["mark_cpu_hours"] < 2], 50)
+
+
+def test_a_branch_arm_starts_from_its_parents_mark_and_cools_down_from_there_to_the_budget(tmp_path):
+    """Arm h's first leg resumes f's 6 CPU-hour checkpoint (later legs its own last.ckpt), its cooldown spans 6 to the
+    budget, and a missing parent checkpoint or a budget not past the branch point is refused in one sentence."""
+    import pytest
+    import yaml
+
+    args = recipes.parse_args(["--arms", "h", "--cpu-hours", "7", "--marks", "6.5,7"])
+    with pytest.raises(SystemExit, match="train arm f to that mark first"):
+        recipes.training_jobs(args, tmp_path)
+    parent = recipes.mark_checkpoint(tmp_path, "f", 6.0)
+    parent.parent.mkdir(parents=True)
+    parent.write_bytes(b"")
+    (job,) = recipes.training_jobs(args, tmp_path)
+    assert job.command[-2:] == ["--ckpt_path", str(parent)]
+    config = yaml.safe_load((tmp_path / "h" / "config.yaml").read_text())
+    (cooldown,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("CpuTimeCooldown")]
+    assert cooldown["init_args"] == {"start_hours": 6.0, "end_hours": 7.0}
+    assert config["model"]["init_args"]["loss_weight_gamma"] == 100.0
+    own = recipes.checkpoint_folder(tmp_path, "h") / "last.ckpt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"")
+    assert recipes.training_jobs(args, tmp_path)[0].command[-1] == str(own)
+    with pytest.raises(SystemExit, match="past that"):
+        own.unlink()
+        recipes.training_jobs(recipes.parse_args(["--arms", "h", "--cpu-hours", "6", "--marks", "6"]), tmp_path)
