@@ -23,8 +23,9 @@ screened-out molecule has an empty relaxed gap and relaxation, and ``relaxed`` 0
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -85,22 +86,22 @@ def relax_rows(molecules: dict[int, tuple], indices: Sequence[int], scale: GapSc
     """:func:`relaxed_scores` of ``molecules[i]`` (``(z, pos, charges)``) for each index, in ``workers`` processes
     (one thread each; 1: in this process). The results do not depend on ``workers``. ``progress`` is called once per
     molecule done."""
-    jobs = {i: molecules[i] for i in indices}
-    if workers <= 1 or len(jobs) <= 1:
-        results = {}
-        for i, (z, pos, charges) in jobs.items():
-            results[i] = relaxed_scores(z, pos, scale, charges)
-            if progress:
-                progress()
-        return results
+    jobs = [molecules[i] for i in indices]  # (z, pos, charges) each
+    arguments = ([z for z, _, _ in jobs], [pos for _, pos, _ in jobs], itertools.repeat(scale), [q for _, _, q in jobs])
+    if workers <= 1 or len(indices) <= 1:
+        return _in_order(indices, map(relaxed_scores, *arguments), progress)
     # spawned workers, not forked: a fork of a process whose torch and OpenMP threads are running can hang
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {i: pool.submit(relaxed_scores, z, pos, scale, charges) for i, (z, pos, charges) in jobs.items()}
-        results = {}
-        for i, future in futures.items():
-            results[i] = future.result()
-            if progress:
-                progress()
+        return _in_order(indices, pool.map(relaxed_scores, *arguments), progress)
+
+
+def _in_order(indices: Sequence[int], cells: Iterable[dict], progress: Callable[[], None] | None) -> dict[int, dict]:
+    """``{index: cells}`` as the results come (in ``indices``' order), calling ``progress`` after each."""
+    results = {}
+    for i, row_cells in zip(indices, cells):
+        results[i] = row_cells
+        if progress:
+            progress()
     return results
 
 
