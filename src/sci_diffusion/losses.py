@@ -63,6 +63,9 @@ class DenoisingLoss:
         weighting: ``none``, ``min_snr``, ``clipped_snr`` or ``snr`` (``parameterisation.loss_weight``).
         cond_dropout: probability of replacing a sample's condition by the null condition in training
             (``model.drop_condition``), so that one network also learns the unconditional prediction.
+        group_dropout: probability of dropping each of the condition's ``model.condition_groups`` groups (the
+            properties of a multi-property condition) on its own, independently and besides ``cond_dropout``, so
+            that the network learns every subset of them: ``--condition gap=6.5`` on a six-property model.
         coupling: ``coupling(eps, x0, batch) -> eps``: pairs each sample's noise draw with its data (e.g. a
             rotation- and permutation-aligned coupling for flow matching), returning noise of ``eps``'s shape
             that still lies in the batch's space; None: independent noise, as the diffusion's forward process
@@ -74,6 +77,7 @@ class DenoisingLoss:
     kind: str = "l2"
     weighting: str = "none"
     cond_dropout: float = 0.0
+    group_dropout: float = 0.0
     coupling: Callable[[Tensor, Tensor, DiffusionBatch], Tensor] | None = None
     weighting_gamma: float | None = None  # the weighting's gamma (``loss_weight``); None: its default
 
@@ -114,13 +118,16 @@ class DenoisingLoss:
         return NoisedBatch(t, x_t, eps, alpha, sigma, mask)
 
     def condition(self, model: DiffusionModule, batch: DiffusionBatch, generator: torch.Generator | None = None) -> Any:
-        """Step 4: the batch's condition with each sample's dropped (``model.drop_condition``) with probability
-        ``cond_dropout``, in training only."""
-        if batch.cond is None or self.cond_dropout <= 0 or not model.training:
+        """Step 4: the batch's condition with parts dropped (``model.drop_condition``), in training only: each
+        sample's whole condition with probability ``cond_dropout``, and, where the model's condition has
+        several groups, each group on its own with probability ``group_dropout``."""
+        if batch.cond is None or not model.training or (self.cond_dropout <= 0 and self.group_dropout <= 0):
             return batch.cond
-        x0 = batch.x0
-        drop = torch.rand(batch.num_samples, generator=generator, device=_draw_device(generator, x0)).to(x0.device)
-        return model.drop_condition(batch.cond, drop < self.cond_dropout, batch)
+        device, n, groups = _draw_device(generator, batch.x0), batch.num_samples, model.condition_groups
+        drop = (torch.rand(n, generator=generator, device=device) < self.cond_dropout)[:, None]
+        if groups > 1 and self.group_dropout > 0:
+            drop = drop | (torch.rand(n, groups, generator=generator, device=device) < self.group_dropout)
+        return model.drop_condition(batch.cond, drop.expand(n, groups).to(batch.x0.device), batch)
 
 
 def _draw_device(generator: torch.Generator | None, x0: Tensor) -> torch.device:

@@ -80,6 +80,8 @@ class DiffusionModule(L.LightningModule):
         ema_decay: the EMA's final decay (it ramps up from 0, see ``callbacks.ema_with_warmup``);
             0 disables EMA.
         cond_dropout: probability of dropping the condition per sample (classifier-free guidance).
+        cond_group_dropout: probability of dropping each of the condition's groups (``condition_groups``: the
+            properties of a multi-property condition) on its own, besides ``cond_dropout``.
         val_sampler, val_steps: sampler used by ``validation_metrics``.
         sample_every_n_epochs: run ``validation_metrics`` every n validation epochs (0: never).
         lr_warmup_steps: linear learning-rate warm-up.
@@ -109,6 +111,7 @@ class DiffusionModule(L.LightningModule):
         amsgrad: bool = False,
         adaptive_gradient_clipping: bool = False,
         loss_weight_gamma: float | None = None,
+        cond_group_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -131,15 +134,28 @@ class DiffusionModule(L.LightningModule):
         loss (the MRI-to-CT regression's L1)."""
         h = self.hparams
         return self.loss_class(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout,
-                               weighting_gamma=h.get("loss_weight_gamma"))
+                               weighting_gamma=h.get("loss_weight_gamma"), group_dropout=h.get("cond_group_dropout", 0.0))
+
+    @property
+    def condition_groups(self) -> int:
+        """How many parts of the condition the loss may drop one by one (``cond_group_dropout``); 1: the
+        condition is dropped whole. A module with more overrides :meth:`drop_condition` to drop them."""
+        return 1
 
     def drop_condition(self, cond: Any, drop: Tensor, batch: DiffusionBatch) -> Any:
         """Replace the condition of samples where ``drop`` is True by the null condition.
 
-        The default handles a ``(num_samples, ...)`` tensor condition, the null condition being
+        Args:
+            cond: the batch's condition.
+            drop: ``(num_samples, condition_groups)`` bool, which groups of which sample to drop.
+
+        The default handles a ``(num_samples, ...)`` tensor condition in one group, the null condition being
         zeros (the network sees ``cond=None`` as zeros too).
         """
-        return cond * (~drop).to(cond.dtype).reshape(-1, *([1] * (cond.dim() - 1)))
+        if drop.shape[1] != 1:
+            raise NotImplementedError(f"{type(self).__name__} has {drop.shape[1]} condition groups: it must "
+                                      "override drop_condition to drop them one by one.")
+        return cond * (~drop[:, 0]).to(cond.dtype).reshape(-1, *([1] * (cond.dim() - 1)))
 
     def validation_metrics(self) -> dict[str, float]:
         """Sample and score; called every ``sample_every_n_epochs`` validation epochs."""

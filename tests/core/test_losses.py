@@ -27,8 +27,11 @@ class OracleModel(torch.nn.Module):
         eps = (x_t - a * self.x0) / s
         return {"eps": eps, "x0": self.x0, "v": a * eps - s * self.x0}[self.prediction]
 
+    condition_groups = 1
+
     def drop_condition(self, cond, drop, batch):
-        return cond * (~drop).to(cond.dtype)[:, None]
+        """Each group one column of ``cond``: a dropped group is zeroed."""
+        return cond * (~drop).to(cond.dtype).expand_as(cond)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
@@ -66,6 +69,22 @@ def test_condition_dropout_applies_in_training_only_at_its_rate():
     model.eval()
     DenoisingLoss(SCHEDULE, "x0", cond_dropout=0.3)(model, batch, torch.Generator().manual_seed(0))
     assert torch.equal(model.conds[-1], cond)
+
+
+def test_condition_groups_are_dropped_one_by_one_besides_the_whole_condition():
+    """Three groups, the whole condition dropped at 0.3 and each group at 0.5 on its own: a group is gone with
+    probability 0.3 + 0.7 x 0.5 = 0.65, all three with 0.3 + 0.7 x 0.5^3 = 0.3875, and two groups' drops are
+    independent apart from the shared whole-condition drop (both gone: 0.3 + 0.7 x 0.25 = 0.475)."""
+    n = 40000
+    x0, cond = torch.randn(n, 2), torch.ones(n, 3)
+    model = OracleModel(x0, "x0").train()
+    model.condition_groups = 3
+    DenoisingLoss(SCHEDULE, "x0", cond_dropout=0.3, group_dropout=0.5)(
+        model, DiffusionBatch(x0, EuclideanSpace(), cond=cond), torch.Generator().manual_seed(0))
+    gone = model.conds[-1] == 0
+    assert torch.allclose(gone.float().mean(0), torch.full((3,), 0.65), atol=0.01)
+    assert abs(float(gone.all(1).float().mean()) - 0.3875) < 0.01
+    assert abs(float((gone[:, 0] & gone[:, 1]).float().mean()) - 0.475) < 0.01
 
 
 def test_the_same_generator_gives_the_same_loss_and_another_one_another():

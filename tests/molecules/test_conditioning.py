@@ -28,15 +28,34 @@ def test_a_conditional_checkpoint_stores_its_training_sets_mean_and_mad(conditio
     np.testing.assert_allclose(module.property_conditioning.values[:, 0], gap, rtol=1e-6)
 
 
-def test_condition_is_the_normalised_target_and_a_presence_flag():
+def test_condition_is_the_normalised_targets_and_a_presence_flag_each():
     info = PropertyConditioning(["gap", "alpha"], np.array([6.8, 75.0]), np.array([1.0, 6.0]),
                                 np.array([9, 19]), np.array([[6.0, 70.0], [7.0, 80.0]]))
-    cond = info.condition(torch.tensor([[7.8, 63.0]], dtype=torch.float64))
-    torch.testing.assert_close(cond, torch.tensor([[1.0, -2.0, 1.0]], dtype=torch.float64))
-    torch.testing.assert_close(info.denormalise(cond[:, :2]), torch.tensor([[7.8, 63.0]], dtype=torch.float64))
+    asked = torch.tensor([[7.8, 63.0], [float("nan"), 63.0], [7.8, float("nan")]], dtype=torch.float64)
+    cond = info.condition(asked)
+    torch.testing.assert_close(cond, torch.tensor([[1.0, -2.0, 1.0, 1.0], [0.0, -2.0, 0.0, 1.0],
+                                                   [1.0, 0.0, 1.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(info.targets_of(cond), asked, equal_nan=True)  # the round trip, absences included
     counts, values = info.draw_joint(200, torch.Generator().manual_seed(0))
     # drawn jointly: every size comes with its own molecule's values
     assert {(n, tuple(v)) for n, v in zip(counts, values.tolist())} == {(9, (6.0, 70.0)), (19, (7.0, 80.0))}
+
+
+def test_a_multi_property_model_takes_any_subset_of_targets_and_drops_its_properties_one_by_one():
+    info = PropertyConditioning(["gap", "alpha"], np.array([6.8, 75.0]), np.array([1.0, 6.0]),
+                                np.array([9, 19]), np.array([[6.0, 70.0], [7.0, 80.0]]))
+    np.testing.assert_array_equal(info.targets_from_mapping({"alpha": 71.0}), [np.nan, 71.0])
+    assert info.outside_training_range(np.array([np.nan, 90.0])) == [
+        "alpha=90 Bohr^3 lies outside the training range [70, 80] Bohr^3"]
+    with pytest.raises(UserError, match="at least one"):
+        info.targets_from_mapping({})
+    with pytest.raises(UserError, match="not on 'mu'"):
+        info.targets_from_mapping({"mu": 1.0})
+    model = MoleculeDiffusion(hidden=16, layers=1, ema_decay=0, conditioning=["gap", "alpha"])
+    assert model.condition_width == 4 and model.condition_groups == 2
+    cond = torch.tensor([[1.0, -2.0, 1.0, 1.0]]).repeat(3, 1)
+    dropped = model.drop_condition(cond, torch.tensor([[True, False], [False, True], [True, True]]), None)
+    torch.testing.assert_close(dropped, torch.tensor([[0.0, -2.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0], [0.0] * 4]))
 
 
 def test_condition_dropout_trains_the_unconditional_path_at_its_rate():

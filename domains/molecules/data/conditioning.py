@@ -2,8 +2,11 @@
 
 A conditional model sees its targets normalised with the mean and the mean absolute deviation
 (MAD) of its training set (Db in the conditional QM9 protocol, docs/protocols.md §1), appended to
-every atom's features with a presence flag: ``cond = [(y - mean) / mad, 1]``. A dropped condition
-(classifier-free guidance) is all zeros, flag included.
+every atom's features with one presence flag per property: ``cond = [(y_1 - mean_1) / mad_1, ...,
+(y_P - mean_P) / mad_P, 1, ..., 1]`` (``2P`` columns; for one property EDM's ``[y, 1]``). An absent
+property (not asked for, or dropped in training) has its value and its flag at zero, so a
+six-property model samples with any subset of targets; the null condition of classifier-free
+guidance is all zeros.
 
 :class:`PropertyConditioning` holds what a checkpoint needs to sample with a condition: the
 names, the normalisation, and the training set's joint table of atom counts and property values,
@@ -104,10 +107,23 @@ class PropertyConditioning:
         mad = torch.as_tensor(self.mad, dtype=normalised.dtype, device=normalised.device)
         return normalised * mad + mean
 
+    @property
+    def width(self) -> int:
+        """The condition's width ``2P``: P normalised values, then P presence flags."""
+        return 2 * len(self.names)
+
     def condition(self, values: Tensor) -> Tensor:
-        """The network's condition ``(G, P + 1)`` for ``(G, P)`` targets: normalised, then a presence flag of 1."""
-        c = self.normalise(values)
-        return torch.cat([c, torch.ones_like(c[:, :1])], dim=1)
+        """The network's condition ``(G, 2P)`` for ``(G, P)`` targets in property units, NaN where a property
+        is not asked for: the normalised values (0 where absent), then the presence flags (1 or 0)."""
+        present = torch.isfinite(values)
+        c = torch.where(present, self.normalise(values), torch.zeros_like(values))
+        return torch.cat([c, present.to(c.dtype)], dim=1)
+
+    def targets_of(self, cond: Tensor) -> Tensor:
+        """Inverse of :meth:`condition`: ``(G, 2P)`` -> ``(G, P)`` targets in property units, NaN where absent."""
+        p = len(self.names)
+        values = self.denormalise(cond[:, :p])
+        return torch.where(cond[:, p:] > 0.5, values, torch.full_like(values, float("nan")))
 
     def draw_joint(self, num: int, generator: torch.Generator, part: str = "all") -> tuple[list[int], Tensor]:
         """The protocol's draw: ``num`` training molecules at random (with replacement), their atom
@@ -145,22 +161,23 @@ class PropertyConditioning:
         return np.sort(order[:cut] if part == "selection" else order[cut:])
 
     def targets_from_mapping(self, targets: dict[str, float]) -> np.ndarray:
-        """``(P,)`` values in this model's order from ``{name: value}``; UserError if one is missing
-        or is not a property this model was trained on."""
+        """``(P,)`` values in this model's order from ``{name: value}``, NaN for a property not asked for
+        (the model then samples it as the training set has it); UserError for a property this model was
+        not trained on, or for no target at all."""
         for name in targets:
             if name not in self.names:
                 raise UserError(f"This model is conditioned on {', '.join(self.names)}, not on {name!r}.")
-        missing = [n for n in self.names if n not in targets]
-        if missing:
-            raise UserError(f"This model is conditioned on {', '.join(self.names)}: give a target for "
-                            f"{', '.join(missing)} too (e.g. --condition {missing[0]}=...), or use --condition-from db.")
-        return np.array([targets[n] for n in self.names], dtype=np.float64)
+        if not targets:
+            raise UserError(f"This model is conditioned on {', '.join(self.names)}: give a target for at least "
+                            f"one (e.g. --condition {self.names[0]}=...), or use --condition-from db.")
+        return np.array([targets.get(n, np.nan) for n in self.names], dtype=np.float64)
 
     def outside_training_range(self, values: np.ndarray) -> list[str]:
-        """Descriptions of the targets in ``(P,)`` that lie outside the training set's range."""
+        """Descriptions of the targets in ``(P,)`` (NaN: not asked for) that lie outside the training set's range."""
         low, high = self.low, self.high
         return [f"{n}={v:g} {u} lies outside the training range [{lo:.3g}, {hi:.3g}] {u}"
-                for n, u, v, lo, hi in zip(self.names, self.units, values, low, high) if not lo <= v <= hi]
+                for n, u, v, lo, hi in zip(self.names, self.units, values, low, high)
+                if np.isfinite(v) and not lo <= v <= hi]
 
     def to_record(self) -> dict:
         """A checkpoint-friendly dict (compact arrays as tensors)."""

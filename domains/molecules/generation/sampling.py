@@ -160,11 +160,14 @@ def guided_denoiser(module: MoleculeGenerator, batch: Tensor, num_graphs: int, s
         check_regressor_fits(regressor, module)
         cols = [regressor.properties.index(n) for n in conditioning.names]
 
+        p = len(cols)
+
         def property_fn(x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
             predicted = regressor.to_units(regressor.predict_noisy(x_t, t, batch, num_graphs).double())
-            return conditioning.normalise(predicted[:, cols])  # in the generator's normalisation, as cond
+            # in the generator's normalisation, as cond; a property not asked for (flag 0) pulls nowhere
+            return conditioning.normalise(predicted[:, cols]) * cond[:, p:].double()
 
-        denoiser = PropertyGradientGuidance(denoiser, property_fn, lambda cond: cond[:, :-1].double(),
+        denoiser = PropertyGradientGuidance(denoiser, property_fn, lambda cond: (cond[:, :p] * cond[:, p:]).double(),
                                             guidance.gradient_scale, module.schedule, space.project)
     return denoiser
 

@@ -67,14 +67,15 @@ class BondMoleculeDiffusion(MoleculeDiffusion):
         self.save_hyperparameters()
 
     def build_network(self) -> torch.nn.Module:
-        cond_dim = len(self._conditioning) + 1 if self._conditioning else 0
-        return BondEGNN(self.state_features, self.hparams.hidden, self.hparams.layers, cond_dim, self.hparams.attention,
+        return BondEGNN(self.state_features, self.hparams.hidden, self.hparams.layers, self.condition_width,
+                        self.hparams.attention,
                         self.hparams.get("normalization_factor", 1.0), self.hparams.edm_layer)
 
     def build_loss(self) -> CategoricalDenoisingLoss:
         h = self.hparams
         return CategoricalDenoisingLoss(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout,
-                                        weighting_gamma=h.get("loss_weight_gamma"), categorical_weight=h.bond_weight)
+                                        weighting_gamma=h.get("loss_weight_gamma"), categorical_weight=h.bond_weight,
+                                        group_dropout=h.get("cond_group_dropout", 0.0))
 
     @property
     def bond_process(self) -> CategoricalProcess:

@@ -42,8 +42,10 @@ class MoleculeDiffusion(DiffusionModule):
             before this option load as) or ``"e3nn"`` (:class:`~.e3nn_backbone.E3nnDenoiser`).
         lmax: the e3nn backbone's highest spherical-harmonic degree (1 or 2); unused by the EGNN.
         conditioning: property names (from ``qm9.PROPERTY_NAMES``) the model is conditioned on;
-            empty for an unconditional model. The normalised targets and a presence flag are
-            appended to every atom's input features, as EDM does (``data/conditioning.py``).
+            empty for an unconditional model. The normalised targets and a presence flag per property
+            are appended to every atom's input features, as EDM does (``data/conditioning.py``). With
+            several, ``cond_group_dropout`` drops each on its own in training (besides ``cond_dropout``,
+            which drops them all), so that any subset can be asked for.
         property_mean, property_mad: override the normalisation of the conditioning properties,
             one value per name; by default the training set's mean and mean absolute deviation
             (Db's in the conditional protocol), computed when training starts and stored in the
@@ -108,8 +110,23 @@ class MoleculeDiffusion(DiffusionModule):
         """Invariant columns of the diffused state per atom (QM9: 5 types + nuclear charge)."""
         return atom_feature_count(self.element_set)
 
+    @property
+    def condition_width(self) -> int:
+        """The network's condition columns: a normalised value and a presence flag per property (0: none)."""
+        return 2 * len(self._conditioning)
+
+    @property
+    def condition_groups(self) -> int:
+        """Each conditioning property is one group the loss may drop on its own."""
+        return max(1, len(self._conditioning))
+
+    def drop_condition(self, cond: Tensor, drop: Tensor, batch: DiffusionBatch) -> Tensor:
+        """Zero the value and the presence flag of each dropped property: ``drop`` ``(G, P)``."""
+        keep = (~drop).to(cond.dtype)
+        return cond * torch.cat([keep, keep], dim=1)
+
     def build_network(self) -> torch.nn.Module:
-        cond_dim = len(self._conditioning) + 1 if self._conditioning else 0
+        cond_dim = self.condition_width
         if self.hparams.get("backbone", "egnn") == "e3nn":  # checkpoints older than the option hold EGNNs
             return E3nnDenoiser(self.state_features, self.hparams.hidden, self.hparams.layers, cond_dim,
                                 lmax=self.hparams.get("lmax", 1))
@@ -148,7 +165,7 @@ class MoleculeDiffusion(DiffusionModule):
 
     # ----- data -------------------------------------------------------------------------------
     def condition_from_properties(self, y: Tensor) -> Tensor:
-        """The network's condition ``(G, P + 1)`` from all QM9 properties ``(G, 6)`` of a batch."""
+        """The network's condition ``(G, 2P)`` from all QM9 properties ``(G, 6)`` of a batch."""
         if self.property_conditioning is None:
             raise RuntimeError("The property normalisation is unknown: train with a datamodule that has "
                                "properties, or load a checkpoint that stores it.")

@@ -309,13 +309,13 @@ class LatentMoleculeDiffusion(MoleculeDiffusion):
         return self._latent_features
 
     def autoencoder_condition(self, cond: Tensor | None) -> Tensor | None:
-        """What the autoencoder sees of the network's condition ``(G, P + 1)``: GeoLDM's ``context``, the
-        P normalised properties ``(G, P)`` without the presence flag; None for an unconditional model or the
+        """What the autoencoder sees of the network's condition ``(G, 2P)``: GeoLDM's ``context``, the
+        P normalised properties ``(G, P)`` without the presence flags; None for an unconditional model or the
         first version's autoencoder, or when ``cond`` is None (the autoencoder then reads zeros: the
         training set's mean property)."""
         if cond is None or not self.autoencoder.cond_dim:
             return None
-        return cond[:, :-1]
+        return cond[:, :len(self.conditioning)]
 
     def decode_state(self, x: Tensor, batch: Tensor, num_graphs: int, cond: Tensor | None = None) -> Tensor:
         """The atom state ``(N, 3 + 6)`` of sampled latents ``x`` ``(N, 3 + k)``: positions, type logits and
