@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     rows_qm9, mols, references, skipped = test_molecules(args.molecules)
     print(f"{len(mols)} test molecules ({len(skipped)} skipped: their DFT geometry's perceived connectivity "
           "differs from their SMILES)", flush=True)
-    ckpt = bundled_checkpoint("sci_diffusion_molecules", "unconditional")
+    ckpt = bundled_checkpoint("sci_diffusion_molecules", "edm")
     module = load_module(ckpt, domain="molecules").eval()
     results = []
     methods = list(METHODS)

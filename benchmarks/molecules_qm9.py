@@ -3,8 +3,10 @@
     python benchmarks/molecules_qm9.py [--num 1000] [--budget-minutes 60] [--ckpt C]
     python benchmarks/molecules_qm9.py --models edm=C1 latent=C2 [--num 10000] [--sampler S --steps N]
 
-The second form compares models (the EDM-style and the GeoLDM-style latent one, say, trained for
-the same CPU time) with one sampler setting: the EDM metric on ``--num`` molecules each, molecules
+The first form runs the bundled EDM-style model (``--ckpt``: another atoms-only model), whose samplers
+include the ODE ones. The second form compares models of any kind (the EDM-style, the GeoLDM-style latent
+one, the bond-aware default, say) with one sampler setting: the EDM metric on ``--num`` molecules each
+(atoms and positions alone; a bond-aware model also with MiDi's metric on its own bonds), molecules
 per second, training steps per second, and for a latent model its autoencoder's reconstruction of the
 QM9 test split (atom-type accuracy and coordinate RMSD). It writes
 benchmarks/results/<--result-name>.json (default molecules_qm9_models) and its own table in docs/results/molecules_qm9.md.
@@ -34,7 +36,9 @@ from sci_diffusion.memory import keep_freed_memory
 from sci_diffusion.samplers import function_evaluations
 from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.data.qm9 import train_smiles
-from sci_diffusion_molecules.evaluation.metrics import evaluate_molecules
+from sci_diffusion_molecules.data.qm9_bonds import train_bond_smiles
+from sci_diffusion_molecules.evaluation.metrics import evaluate_generated, evaluate_molecules
+from sci_diffusion_molecules.generation.bond_sampling import draw_unconditional
 from sci_diffusion_molecules.generation.sampling import draw_atom_counts, sample_molecules
 
 # (sampler, steps, network precision). DPM-Solver++ runs in both forms: the SDE one (the CLI's
@@ -50,11 +54,20 @@ PUBLISHED = [  # EDM (2022) and GeoLDM (2023) as published; budgets as published
 ]
 
 
+def training_data(module, batch_size: int = 64) -> QM9DataModule:
+    """The QM9 data module ``module`` trains on: with bonds (and formal charges) for a bond-aware model."""
+    if getattr(module, "model_kind", "") == "bonds":
+        from sci_diffusion_molecules.data.bond_datamodule import QM9BondDataModule
+
+        return QM9BondDataModule(batch_size=batch_size, formal_charges=bool(module.hparams.get("formal_charges", True)))
+    return QM9DataModule(batch_size=batch_size)
+
+
 def time_training_steps(module, steps: int = 20, precision: str = "bf16", warmup: int = 0) -> float:
     """Training steps per second of ``module.training_loss`` (for a latent model: the diffusion and the
     decoder's reconstruction) on real QM9 batches of 64, under bf16 autocast as the configs train, or
     fp32; ``warmup`` untimed steps first."""
-    loader = iter(QM9DataModule(batch_size=64).train_dataloader())
+    loader = iter(training_data(module).train_dataloader())
     batches = [next(loader) for _ in range(warmup + steps)]
     module.train()
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
@@ -119,10 +132,10 @@ def model_row(spec: str, args, seconds_budget: float, threads: int | None = None
     for i in range(0, args.num, args.batch_size):
         if time.perf_counter() - start > seconds_budget:
             break
-        mols += list(sample_molecules(module, counts[i:i + args.batch_size], args.sampler, args.steps, gen,
-                                      args.batch_size))
+        mols += list(draw_unconditional(module, counts[i:i + args.batch_size], args.sampler, args.steps, gen,
+                                        args.batch_size))
     seconds = time.perf_counter() - start
-    m = evaluate_molecules(mols, train_smiles())
+    m = evaluate_generated(mols, train_smiles(), train_bond_smiles() if module.model_kind == "bonds" else None)
     backbone = module.hparams.get("backbone", "egnn")
     # the precision the model trains in: the e3nn backbone has no bf16 path (it runs outside autocast)
     precision = "fp32" if backbone == "e3nn" else "bf16"
@@ -132,6 +145,7 @@ def model_row(spec: str, args, seconds_budget: float, threads: int | None = None
            "sampler": args.sampler, "steps": args.steps, "molecules": len(mols), "complete": len(mols) >= args.num,
            **{k: m[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness",
                                 "validity_x_uniqueness", "novelty")},
+           "generated_bonds": {k: v for k, v in m.get("generated_bonds", {}).items() if not k.startswith("n_")} or None,
            "seconds": round(seconds, 1), "molecules_per_second": round(len(mols) / seconds, 2),
            "threads": torch.get_num_threads(),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -189,6 +203,10 @@ def render_models(rows: list[dict], parallel: bool = False) -> str:
     lines += ["", f"Runs: {runs}." + (" The models ran side by side, one process each, so their speeds compare under the "
                                       "same load." if parallel else "")]
     for r in rows:
+        if r.get("generated_bonds"):
+            g = r["generated_bonds"]
+            lines += ["", f"{r['name']} with its own generated bonds (MiDi's metric): {pct(g['molecule_stability'])} % of "
+                          f"the molecules stable, {pct(g['validity'])} % valid, {pct(g['connected'])} % in one piece."]
         if "test_reconstruction" in r:
             q = r["test_reconstruction"]
             lines += ["", f"{r['name']}: its autoencoder reconstructs the QM9 test split ({q['molecules']:,} molecules) "
@@ -282,7 +300,7 @@ def main() -> None:
         compare_models(args)
         return
 
-    ckpt = args.ckpt or bundled_checkpoint("sci_diffusion_molecules", "unconditional")
+    ckpt = args.ckpt or bundled_checkpoint("sci_diffusion_molecules", "edm")
     module = load_module(ckpt, domain="molecules")
     meta = read_checkpoint(ckpt)["sci_diffusion"]
     budget = meta.get("training_budget", "unknown")

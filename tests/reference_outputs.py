@@ -23,8 +23,8 @@ VOXEL_STRIDE = 97  # every 97th voxel of a volume (in C order) is kept: about 1,
 def run_commands(work: Path) -> dict[str, list[str]]:
     """Run the small case into ``work``; returns each output's command."""
     commands = {
-        "unconditional": ["sample", "molecules", "--num", "8", "--seed", "0", "--steps", "5", "--precision", "fp32",
-                          "--no-novelty", "--no-progress", "--out", str(work / "unconditional.sdf")],
+        "unconditional": ["sample", "molecules", "--model", "edm", "--num", "8", "--seed", "0", "--steps", "5",
+                          "--precision", "fp32", "--no-novelty", "--no-progress", "--out", str(work / "unconditional.sdf")],
         "gap": ["sample", "molecules", "--num", "4", "--seed", "0", "--steps", "5", "--precision", "fp32",
                 "--condition", "gap=6.5", "--guidance", "2", "--no-novelty", "--no-progress", "--out", str(work / "gap.sdf")],
         "phantom": ["phantom", "--subjects", "1", "--spacing", "4", "--seed", "99", "--out", str(work / "phantom")],

@@ -39,7 +39,7 @@ def test_the_moved_modules_table_maps_only_gone_paths_to_importable_ones():
 
 
 def test_a_checkpoint_that_names_its_class_by_the_old_module_path_loads(tmp_path):
-    source = torch.load(bundled_checkpoint("sci_diffusion_molecules", "unconditional"), weights_only=True)
+    source = torch.load(bundled_checkpoint("sci_diffusion_molecules", "edm"), weights_only=True)
     assert source["sci_diffusion"]["module_class"] == "sci_diffusion_molecules.module:MoleculeDiffusion"  # as shipped
     moved = tmp_path / "old.ckpt"
     torch.save(source, moved)

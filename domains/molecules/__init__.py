@@ -11,9 +11,11 @@ See ``docs/architecture.md``.
 """
 
 # The trained models that ship in checkpoints/ (its README.md gives each one's training budget), by the name
-# ``sci_diffusion.checkpoints.bundled_checkpoint`` takes.
+# ``sci_diffusion.checkpoints.bundled_checkpoint`` takes: the unconditional ones by ``sample molecules --model``
+# (their ``model_kind``), "unconditional" being the default's file.
+DEFAULT_MODEL = "bonds"  # what `sample molecules` draws from without --model: the best by EDM's metric (README)
 BUNDLED_CHECKPOINTS = {
-    "unconditional": "qm9_edm_small.ckpt",
+    "edm": "qm9_edm_small.ckpt",
     "latent": "qm9_geoldm_small.ckpt",
     "bonds": "qm9_bonds_x0.ckpt",
     "gap": "qm9_edm_small_cond_gap.ckpt",
@@ -21,3 +23,4 @@ BUNDLED_CHECKPOINTS = {
     "regressor": "qm9_gap_regressor.ckpt",
     "custom_egfr": "custom_egfr_small.ckpt",
 }
+BUNDLED_CHECKPOINTS["unconditional"] = BUNDLED_CHECKPOINTS[DEFAULT_MODEL]

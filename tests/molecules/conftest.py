@@ -32,7 +32,7 @@ def qm9():
 @pytest.fixture(scope="session")
 def bundled_model():
     """The bundled unconditional EDM-style model (``qm9_edm_small.ckpt``), in eval mode."""
-    return load_module(bundled_checkpoint("sci_diffusion_molecules", "unconditional"), domain="molecules")
+    return load_module(bundled_checkpoint("sci_diffusion_molecules", "edm"), domain="molecules")
 
 
 @pytest.fixture(scope="session")

@@ -184,3 +184,21 @@ def test_the_bundled_bond_model_is_what_model_bonds_samples(tmp_path, capsys):
     assert len(read_generated_bonds(out)) == 3
     assert main(["sample", "molecules", "--model", "bonds", "--condition", "gap=6.5", "--out", str(tmp_path / "c.sdf")]) == 2
     assert "The bundled bonds model is unconditional" in capsys.readouterr().err
+
+
+def test_sample_without_model_draws_from_the_bond_aware_default_and_edm_stays_loadable_by_name(tmp_path, capsys):
+    """Issue 28 §4: the bond-aware model is the default of ``sample molecules``; the EDM-style one that was the
+    default answers to ``--model edm``; a flag only the EDM model serves names it in its one sentence."""
+    import json
+
+    from sci_diffusion_molecules import BUNDLED_CHECKPOINTS, DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "bonds" and BUNDLED_CHECKPOINTS["unconditional"] == BUNDLED_CHECKPOINTS["bonds"]
+    for flags, kind, file in (([], "bonds", "qm9_bonds_x0.ckpt"), (["--model", "edm"], "edm", "qm9_edm_small.ckpt")):
+        out = tmp_path / f"{kind}.sdf"
+        assert main(["sample", "molecules", *flags, "--num", "2", "--steps", "3", "--no-novelty", "--no-progress",
+                     "--out", str(out)]) == 0
+        summary = json.loads(out.with_suffix(".sdf.json").read_text())
+        assert summary["model"] == kind and summary["checkpoint"].endswith(file)
+    assert main(["sample", "molecules", "--sampler", "ddim", "--out", str(tmp_path / "d.sdf")]) == 2
+    assert "--model edm samples with it" in capsys.readouterr().err

@@ -128,11 +128,11 @@ def test_a_diverged_sample_counts_as_a_failure_and_stays_in_the_denominator(tiny
     assert summary["valid_fraction"] == sum(int(r["valid"]) for r in rows) / 4
 
 
-def test_a_seed_draws_the_reference_molecules_of_the_bundled_model(tmp_path):
+def test_a_seed_draws_the_reference_molecules_of_the_bundled_edm_model(tmp_path):
     """The seeded generator draws the atom counts first, then one seed per molecule: a change of that order (or
-    of the draws themselves) changes these reference molecules of the bundled model (float32, 3 steps)."""
+    of the draws themselves) changes these reference molecules of the bundled EDM model (float32, 3 steps)."""
     out = tmp_path / "ref.sdf"
-    assert main(["sample", "molecules", "--num", "4", "--steps", "3", "--seed", "0", "--precision", "fp32",
+    assert main(["sample", "molecules", "--model", "edm", "--num", "4", "--steps", "3", "--seed", "0", "--precision", "fp32",
                  "--no-novelty", "--no-progress", "--out", str(out)]) == 0
     mols = read_molecules(out)
     assert [len(z) for z, _, _ in mols] == [23, 20, 18, 22]

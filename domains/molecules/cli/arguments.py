@@ -24,10 +24,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", help="a molecules checkpoint of either model (default: the bundled QM9 model that "
                                   "--model names; with a condition on the gap, the bundled gap-conditioned model)")
     p.add_argument("--model", choices=MODEL_CHOICES,
-                   help="which bundled model samples: edm (default; EDM-style, diffuses the atoms), latent "
-                        "(GeoLDM-style, diffuses an autoencoder's latents) or bonds (generates bond orders with the "
-                        "atoms, MiDi / EQGAT-diff style; still in training, see checkpoints/README.md); with --ckpt, "
-                        "the kind the checkpoint must hold")
+                   help="which bundled model samples: bonds (default; generates bond orders with the atoms, MiDi / "
+                        "EQGAT-diff style, the most stable by EDM's metric, see the README), edm (EDM-style, diffuses "
+                        "the atoms; the one for --trajectory, --compile and the ODE samplers) or latent (GeoLDM-style, "
+                        "diffuses an autoencoder's latents); with --ckpt, the kind the checkpoint must hold")
     p.add_argument("--num", type=int, default=100, help="molecules to draw")
     p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_NAMES,
                    help="dpmpp2m_sde (default): stochastic DPM-Solver++ on a quadratic time grid; at 50 steps "

@@ -73,7 +73,7 @@ def read_fragment(path: str):
 
 def _load_edm_model(args: argparse.Namespace):
     """The ``--ckpt`` model (default: the bundled unconditional one); UserError unless it diffuses atoms."""
-    ckpt = Path(args.ckpt) if args.ckpt else bundled_checkpoint("sci_diffusion_molecules", "unconditional")
+    ckpt = Path(args.ckpt) if args.ckpt else bundled_checkpoint("sci_diffusion_molecules", "edm")
     module = load_module(ckpt, domain="molecules").eval()
     if getattr(module, "model_kind", None) != "edm":
         raise UserError(f"Checkpoint {ckpt} holds a {getattr(module, 'model_kind', type(module).__name__)} model; "

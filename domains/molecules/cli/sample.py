@@ -165,12 +165,12 @@ def write_run_report(args: argparse.Namespace) -> int:
 
 def choose_checkpoint(args: argparse.Namespace, targets: dict[str, float] | None, conditional: bool) -> Path:
     """``--ckpt``, or the bundled model that fits the run: the gap-conditioned one for a condition on the
-    gap, else the unconditional EDM, latent or bond-aware model that ``--model`` names."""
+    gap, else the unconditional model that ``--model`` names (without it, ``DEFAULT_MODEL``: the bond-aware one)."""
     if args.ckpt:
         return Path(args.ckpt)
-    other_kind = args.model not in (None, "edm")  # latent or bonds: a bundled model of its own, unconditional
     if not conditional:
-        return bundled_checkpoint("sci_diffusion_molecules", args.model if other_kind else "unconditional")
+        return bundled_checkpoint("sci_diffusion_molecules", args.model or "unconditional")
+    other_kind = args.model not in (None, "edm")  # latent or bonds: the bundled ones are unconditional
     if other_kind:
         raise UserError(f"The bundled {args.model} model is unconditional; pass --ckpt with a conditional {args.model} "
                         f"model, or drop --model {args.model} to use the bundled gap-conditioned EDM model.")
@@ -208,11 +208,12 @@ def refuse_for_bond_model(args: argparse.Namespace, ckpt: Path) -> None:
     """The flags the bond-aware model cannot serve yet, refused in one sentence before any sampling."""
     if args.sampler not in BOND_SAMPLERS:
         raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, whose bond orders need a sampler with a "
-                        f"categorical step: {' or '.join(BOND_SAMPLERS)}, not {args.sampler}.")
+                        f"categorical step: {' or '.join(BOND_SAMPLERS)}, not {args.sampler} (--model edm samples with it).")
     used = [flag for flag, on in (("--trajectory", args.trajectory), ("--trajectory-png", args.trajectory_png),
                                   ("--compile", args.compile)) if on]
     if used:
-        raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, which samples without {', '.join(used)} for now.")
+        raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, which samples without {', '.join(used)} for now; "
+                        "--model edm samples with them.")
 
 
 def draw_sizes_and_targets(module: MoleculeDiffusion, ckpt: Path, args: argparse.Namespace,

@@ -121,3 +121,15 @@ def evaluate_molecules(
         "protocol": PROTOCOL,
         **({} if generated is None else {"generated_bonds": generated}),
     }
+
+
+def evaluate_generated(molecules: list[tuple], train_smiles: Iterable[str] | None = None,
+                       bond_train_smiles: Iterable[str] | None = None) -> dict:
+    """A generator's samples scored so that every kind of model compares: EDM's metric on atoms and positions
+    alone (EDM knows no formal charges), and, for a bond-aware model's ``(z, pos, charges, bonds)``, MiDi's on its
+    own bonds and charges as ``generated_bonds`` (novelty against ``bond_train_smiles``)."""
+    metrics = evaluate_molecules([m[:2] for m in molecules], train_smiles)
+    if molecules and len(molecules[0]) > 3:
+        metrics["generated_bonds"] = evaluate_generated_bonds([(z, bonds, charges) for z, _, charges, bonds in molecules],
+                                                              bond_train_smiles)
+    return metrics

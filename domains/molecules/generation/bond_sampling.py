@@ -18,7 +18,7 @@ from sci_diffusion.samplers import get_sampler, sampler_times
 
 from ..chem.bond_types import NUM_BOND_CLASSES
 from ..data.atom_state import decode_atoms, decode_formal_charges
-from .sampling import PRECISIONS, MoleculeGenerator
+from .sampling import PRECISIONS, MoleculeGenerator, sample_molecules
 
 
 @torch.no_grad()
@@ -65,3 +65,13 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
             i, j = np.triu_indices(n, k=1)  # the pairs' order within a molecule (data/bond_state.upper_pairs)
             types[i, j] = types[j, i] = bonds
             yield z, pos, decode_formal_charges(part, module.element_set), types
+
+
+def draw_unconditional(module: MoleculeGenerator, atom_counts: Sequence[int], sampler: str, steps: int,
+                       generator: torch.Generator | None = None, batch_size: int = 100,
+                       precision: str = "bf16") -> Iterator[tuple]:
+    """Unconditional molecules of any bundled kind: a bond-aware model's through :func:`sample_bonded_molecules`
+    (4-tuples with their bonds), the others' through ``sampling.sample_molecules``; the same per-molecule seeds."""
+    if getattr(module, "model_kind", "") == "bonds":
+        return sample_bonded_molecules(module, atom_counts, sampler, steps, generator, batch_size, precision=precision)
+    return sample_molecules(module, atom_counts, sampler, steps, generator, batch_size, precision=precision)
