@@ -202,3 +202,35 @@ def test_sample_without_model_draws_from_the_bond_aware_default_and_edm_stays_lo
         assert summary["model"] == kind and summary["checkpoint"].endswith(file)
     assert main(["sample", "molecules", "--sampler", "ddim", "--out", str(tmp_path / "d.sdf")]) == 2
     assert "--model edm samples with it" in capsys.readouterr().err
+
+
+def test_a_conditional_bond_model_samples_with_its_condition_and_classifier_free_guidance():
+    """Issue 29 §1: the six-property model is bond-aware, so bond sampling takes the condition rows (each molecule
+    its own) and classifier-free guidance (the conditional and the all-zero null condition at every step, inside
+    the interval only); gradient guidance is refused in one sentence."""
+    from sci_diffusion_molecules.data.conditioning import PropertyConditioning
+    from sci_diffusion_molecules.generation.sampling import Guidance
+
+    torch.manual_seed(0)
+    model = BondMoleculeDiffusion(hidden=16, layers=1, ema_decay=0, bond_prior="uniform", conditioning=["gap", "alpha"],
+                                  val_molecules=0).eval()
+    model.property_conditioning = PropertyConditioning(["gap", "alpha"], np.array([6.8, 75.0]), np.array([1.0, 6.0]),
+                                                       np.array([5]), np.array([[6.8, 75.0]]))
+    seen = []
+    real_forward = model.net.forward
+    model.net.forward = lambda x, t, cond, *rest: seen.append((float(t.flatten()[0]), cond)) or real_forward(x, t, cond, *rest)
+    cond = model.property_conditioning.condition(torch.tensor([[7.8, float("nan")], [5.8, 81.0]], dtype=torch.float64))
+    with torch.no_grad():
+        plain = list(sample_bonded_molecules(model, [4, 5], "ddpm", 6, torch.Generator().manual_seed(0), cond=cond))
+        assert len(plain) == 2 and len(seen) == 6
+        assert all(torch.equal(c, cond.float()) for _, c in seen)  # both molecules' own rows, at every step
+        seen.clear()
+        list(sample_bonded_molecules(model, [4, 5], "ddpm", 6, torch.Generator().manual_seed(0), batch_size=4, cond=cond,
+                                     guidance=Guidance(3.0, interval=(0.0, 0.5))))
+    inside = [c for t, c in seen if t <= 0.5]
+    outside = [c for t, c in seen if t > 0.5]
+    assert len(inside) == 2 * 3 and len(outside) == 3  # two passes per guided step, one per plain step
+    assert sum(c is None or not c.any() for c in inside) == 3  # one of each guided pair is the null condition
+    assert all(c is not None and torch.equal(c, cond.float()) for c in outside)
+    with pytest.raises(ValueError, match="classifier-free guidance only"):
+        next(sample_bonded_molecules(model, [4], "ddpm", 3, cond=cond[:1], guidance=Guidance(1.0, gradient_scale=1.0)))

@@ -126,3 +126,30 @@ def test_the_protocol_scores_each_molecule_against_its_own_target_and_counts_fai
     assert row["scored"] == 12 - failed.sum() and row["failed_fraction"] == pytest.approx(failed.mean())
     assert row["mae"]["gap"] == pytest.approx(expected[~failed].mean())
     assert row["mae_failures_at_naive"]["gap"] == pytest.approx(np.where(failed, 9.0, expected).mean())
+
+
+def test_a_protocol_row_conditions_a_multi_property_bond_model_on_one_property_alone():
+    """Issue 29 §1: the row for one property asks for it alone (the others' values and flags zero in the network's
+    condition), samples the bond-aware model, and scores that property with the known classifier."""
+    from sci_diffusion_molecules.data.conditioning import PropertyConditioning
+    from sci_diffusion_molecules.models.bond_diffusion import BondMoleculeDiffusion
+
+    torch.manual_seed(0)
+    model = BondMoleculeDiffusion(hidden=16, layers=1, ema_decay=0, bond_prior="uniform", conditioning=["alpha", "gap"],
+                                  val_molecules=0).eval()
+    table = np.array([[70.0, 6.0], [80.0, 7.0], [75.0, 8.0]])
+    model.property_conditioning = PropertyConditioning(["alpha", "gap"], np.array([75.0, 7.0]), np.array([5.0, 1.0]),
+                                                       np.array([4, 5, 6]), table)
+    seen = []
+    real_forward = model.net.forward
+    model.net.forward = lambda x, t, cond, *rest: seen.append(cond) or real_forward(x, t, cond, *rest)
+    counts, targets = model.property_conditioning.draw_joint(6, torch.Generator().manual_seed(1))
+    row = evaluate_generator(model, KnownClassifier(), num=6, sampler="ddpm", steps=2, guidance=None, seed=1,
+                             condition_on=["gap"])
+    assert list(row["mae"]) == ["gap"]
+    assert row["mae"]["gap"] == pytest.approx(np.abs(0.4 * np.array(counts) - targets.numpy()[:, 1]).mean())
+    cond = seen[0]
+    assert not cond[:, [0, 2]].any() and (cond[:, 3] == 1).all()  # alpha: value and flag zero; gap: present
+    torch.testing.assert_close(cond[:, 1].double(), (targets[:, 1] - 7.0) / 1.0)
+    with pytest.raises(ValueError, match="not on mu"):
+        evaluate_generator(model, KnownClassifier(), num=2, sampler="ddpm", steps=2, guidance=None, condition_on=["mu"])

@@ -331,7 +331,8 @@ def sample_and_write(run: SampleRun, gen: torch.Generator) -> tuple[int, list[tu
                                                        bonds=args.bonds) as writer:
         if run.module.model_kind == "bonds":  # its molecules carry their generated bonds: (z, pos, charges, bonds)
             stream = sample_bonded_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size,
-                                             precision=args.precision, spacing=run.tags["spacing"])
+                                             precision=args.precision, spacing=run.tags["spacing"], cond=run.cond,
+                                             guidance=run.guidance)
         else:
             stream = sample_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size, cond=run.cond,
                                       guidance=run.guidance, precision=args.precision, spacing=run.tags["spacing"],

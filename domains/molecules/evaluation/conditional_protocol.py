@@ -21,6 +21,7 @@ import torch
 
 from ..data.conditioning import PropertyConditioning
 from ..data.qm9 import PROPERTY_NAMES, QM9Arrays
+from ..generation.bond_sampling import sample_bonded_molecules
 from ..generation.sampling import Guidance, sample_molecules
 from ..models.property_model import PropertyPredictor, predict_properties
 from .metrics import evaluate_molecules
@@ -110,7 +111,8 @@ def _molecule(arrays: QM9Arrays, row: int) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler: str, steps: int,
                        guidance: Guidance | None, seed: int = 0, batch_size: int = 100, precision: str = "bf16",
                        train_smiles: frozenset[str] | None = None, compile_network: bool = False,
-                       failure_error: Mapping[str, float] | None = None, part: str = "all") -> dict:
+                       failure_error: Mapping[str, float] | None = None, part: str = "all",
+                       condition_on: Sequence[str] | None = None) -> dict:
     """Sample ``num`` molecules with sizes and targets drawn jointly from the generator's training
     set (Db), and score them: the classifier's MAE against the targets, and the EDM metrics.
 
@@ -124,6 +126,9 @@ def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler:
             naive row's MAE (``baselines``).
         part: the part of Db the targets are drawn from (``PropertyConditioning.draw_joint``): choose
             settings on ``selection`` and measure the chosen ones on ``protocol``.
+        condition_on: the properties asked for (the others of a multi-property model are dropped, as the
+            protocol's row for one property conditions on it alone); None: all of the model's. The MAE is
+            reported for those the classifier predicts.
 
     Returns:
         A row: ``mae`` ``{name: value}`` in property units over the molecules the classifier scored,
@@ -132,25 +137,39 @@ def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler:
         molecules, ``seconds`` and ``molecules_per_second`` of the sampling.
     """
     conditioning: PropertyConditioning = module.property_conditioning
+    asked = list(conditioning.names if condition_on is None else condition_on)
+    unknown = [n for n in asked if n not in conditioning.names]
+    if unknown:
+        raise ValueError(f"The generator is conditioned on {', '.join(conditioning.names)}, not on {', '.join(unknown)}.")
     gen = torch.Generator().manual_seed(seed)
     counts, values = conditioning.draw_joint(num, gen, part)
-    cond = conditioning.condition(values)
+    dropped = [j for j, n in enumerate(conditioning.names) if n not in asked]
+    cond = conditioning.condition(values.index_fill(1, torch.tensor(dropped, dtype=torch.long), float("nan")))
     start = time.perf_counter()
-    molecules = list(sample_molecules(module, counts, sampler, steps, gen, batch_size, cond=cond,
-                                      guidance=guidance, precision=precision, compile_network=compile_network))
+    if getattr(module, "model_kind", "") == "bonds":
+        stream = sample_bonded_molecules(module, counts, sampler, steps, gen, batch_size, precision=precision, cond=cond,
+                                         guidance=guidance)
+    else:
+        stream = sample_molecules(module, counts, sampler, steps, gen, batch_size, cond=cond, guidance=guidance,
+                                  precision=precision, compile_network=compile_network)
+    molecules = [m[:2] for m in stream]  # atoms and positions: what the classifier and EDM's metric read
     seconds = time.perf_counter() - start
     predictions = predict_properties(classifier, molecules)
-    cols = [classifier.properties.index(n) for n in conditioning.names]
-    mae, scored = mean_absolute_error(predictions[:, cols], values.numpy())
-    counted = {} if failure_error is None else {"mae_failures_at_naive": dict(zip(conditioning.names, mae_counting_failures(
-        predictions[:, cols], values.numpy(), np.array([failure_error[n] for n in conditioning.names])).tolist()))}
+    names = [n for n in asked if n in classifier.properties]
+    if not names:
+        raise ValueError(f"The classifier predicts {', '.join(classifier.properties)}, none of {', '.join(asked)}.")
+    cols = [classifier.properties.index(n) for n in names]
+    truth = values[:, [conditioning.names.index(n) for n in names]].numpy()
+    mae, scored = mean_absolute_error(predictions[:, cols], truth)
+    counted = {} if failure_error is None else {"mae_failures_at_naive": dict(zip(names, mae_counting_failures(
+        predictions[:, cols], truth, np.array([failure_error[n] for n in names])).tolist()))}
     finite = [(z, pos) for z, pos in molecules if np.isfinite(pos).all()]
     metrics = evaluate_molecules(finite, train_smiles) if finite else {}
     failed = len(molecules) - len(finite)
     # a diverged sample is unstable and invalid: it stays in the denominators
     scale = len(finite) / len(molecules)
     return {"molecules": len(molecules), "scored": scored, "non_finite": failed, "targets_from": part,
-            "mae": dict(zip(conditioning.names, mae.tolist())), "failed_fraction": 1.0 - scored / len(molecules),
+            "mae": dict(zip(names, mae.tolist())), "failed_fraction": 1.0 - scored / len(molecules),
             **counted,
             "molecule_stability": metrics.get("molecule_stability", 0.0) * scale,
             "atom_stability": metrics.get("n_stable_atoms", 0) / max(sum(counts), 1),

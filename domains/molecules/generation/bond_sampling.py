@@ -14,31 +14,44 @@ import torch
 
 from sci_diffusion.denoiser import isolate_failed_samples
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
+from sci_diffusion.guidance import ClassifierFreeGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler, sampler_times
 
 from ..chem.bond_types import NUM_BOND_CLASSES
 from ..data.atom_state import decode_atoms, decode_formal_charges
-from .sampling import PRECISIONS, MoleculeGenerator, sample_molecules
+from .sampling import PRECISIONS, Guidance, MoleculeGenerator, sample_molecules
 
 
 @torch.no_grad()
 def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], sampler: str = "dpmpp2m_sde",
                             steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
                             progress: bool = False, precision: str = "bf16",
-                            spacing: str | None = None) -> Iterator[tuple]:
+                            spacing: str | None = None, cond: torch.Tensor | None = None,
+                            guidance: Guidance | None = None) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom, formal_charges (n,) or None, bond_types (n, n))``
     for each requested size: ``sampling.sample_molecules``'s molecule (``evaluation/metrics.evaluate_molecules``
     reads its first three items) with the generated bond classes (``chem/bond_types.BOND_CLASSES``) of every
     atom pair as a symmetric int64 matrix; formal charges are None for a model without them.
 
-    Args are ``sample_molecules``' (unconditional: no condition or guidance): molecule i's noise comes from its
-    own generator, seeded from ``generator``, so it is the same whatever ``batch_size``.
+    Args are ``sample_molecules``': molecule i's noise comes from its own generator, seeded from ``generator``, so
+    it is the same whatever ``batch_size``. ``cond`` ``(len(atom_counts), 2P)`` are a conditional model's rows
+    (``PropertyConditioning.condition``); ``guidance`` may be classifier-free (its two passes as two network calls:
+    the pairs follow the atoms in the state, so two molecules' copies do not stack into one batch; the bonds' class
+    probabilities are extrapolated too, then clipped and renormalised by the categorical step), not gradient
+    guidance (the regressors read atoms without bonds).
 
     Raises:
-        ValueError: a sampler without a categorical step, or an unknown sampler, precision or spacing.
+        ValueError: a sampler without a categorical step, or an unknown sampler, precision or spacing; guidance
+            without a condition, or gradient guidance.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+    if guidance is not None and cond is None:
+        raise ValueError("Guidance needs a condition to guide towards.")
+    if guidance is not None and guidance.gradient_scale:
+        raise ValueError("The bond-aware model takes classifier-free guidance only, not gradient guidance.")
+    if guidance is not None:
+        batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
     sample = get_sampler(sampler)
     times = sampler_times(sampler, module.schedule, steps, spacing)
     device = next(module.parameters()).device
@@ -52,9 +65,13 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
         space = module.state_space(batch, num_graphs)
         generators = PerSampleGenerator(seeds[start:start + num_graphs], device)
         x_T = space.noise(torch.zeros(num_atoms + sum(pair_counts), space.width, device=device), generators)
-        denoiser = isolate_failed_samples(module.denoiser(context=(batch, num_graphs)), space)
+        denoiser = module.denoiser(context=(batch, num_graphs))
+        if guidance is not None:
+            denoiser = ClassifierFreeGuidance(denoiser, guidance.scale, interval=guidance.interval)
+        denoiser = isolate_failed_samples(denoiser, space)
+        c = None if cond is None else cond[start:start + num_graphs].to(device=device, dtype=torch.float32)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            x = sample(denoiser, x_T, module.schedule, times, space, generator=generators, progress=progress)
+            x = sample(denoiser, x_T, module.schedule, times, space, cond=c, generator=generators, progress=progress)
         x = x.float()
         atoms, pairs = x[:num_atoms, :atom_width], x[num_atoms:, :NUM_BOND_CLASSES]
         classes = pairs.argmax(1).cpu().numpy()
