@@ -76,7 +76,7 @@ def run_row(label: str, module, classifier, num: int, args, scale: float, gradie
     guidance = Guidance(scale, regressor, gradient, interval) if (scale != 1.0 or gradient) else None
     row = evaluate_generator(module, classifier, target, args.sampler, args.steps, guidance, seed=args.seed,
                              batch_size=args.batch_size, train_smiles=smiles, compile_network=args.compile,
-                             failure_error=naive, part=PART_OF_KIND[kind])
+                             failure_error=naive, part=PART_OF_KIND[kind], condition_on=[PROPERTY])
     unit_cost["seconds"] = row["seconds"] / (row["molecules"] * cost * args.steps)
     row.update(base, complete=row["molecules"] >= num,
                peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
@@ -276,17 +276,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def sweep_plan(module, args: argparse.Namespace, meta: dict, budget_of) -> list[tuple]:
     """The rows to sample, in order: ``(name, model, molecules, W, S, kind, reference row, budget, interval)``:
     the protocol row (W = 1), the guidance sweeps, and the extra checkpoints' rows."""
-    label = "conditional EDM (Db), W = 1"
+    # a multi-property generator is conditioned on the gap alone (evaluate_generator's condition_on)
+    model = "conditional EDM" if module.model_kind == "edm" else f"conditional {module.model_kind} model"
+    if len(module.conditioning) > 1:
+        model += f" on {', '.join(module.conditioning)}, asked for {PROPERTY} alone"
+    label = f"{model} (Db), W = 1"
     full = (0.0, 1.0)
     plan = [(label, module, args.num_protocol, 1.0, 0.0, "protocol", label, "generator [g]", full)]
-    plan += [(f"conditional EDM (Db), CFG W = {w:g}", module, args.num, w, 0.0, "sweep", label, "generator [g]", full)
+    plan += [(f"{model} (Db), CFG W = {w:g}", module, args.num, w, 0.0, "sweep", label, "generator [g]", full)
              for w in (float(x) for x in args.guidance.split(",") if x)]
-    plan += [(f"conditional EDM (Db), CFG W = {w:g} for {lo:g} <= t <= {hi:g}", module, args.num, w, 0.0, "sweep",
+    plan += [(f"{model} (Db), CFG W = {w:g} for {lo:g} <= t <= {hi:g}", module, args.num, w, 0.0, "sweep",
               label, "generator [g]", (lo, hi))
              for w, (lo, hi) in interval_rows(args.interval_guidance, args.guidance_interval)]
-    plan += [(f"conditional EDM (Db), gradient guidance S = {s:g}", module, args.num, 1.0, s, "sweep", label,
-              "generator [g] + regressor [r]", full)
-             for s in (float(x) for x in args.gradient.split(",") if x)]
+    if module.model_kind == "edm":  # the regressor reads atoms without bonds or latents: gradient guidance needs EDM's
+        plan += [(f"{model} (Db), gradient guidance S = {s:g}", module, args.num, 1.0, s, "sweep", label,
+                  "generator [g] + regressor [r]", full)
+                 for s in (float(x) for x in args.gradient.split(",") if x)]
     meta["extra_budgets"] = {}
     for number, path in enumerate(args.extra_ckpt, start=1):
         extra = load_module(path, domain="molecules")
