@@ -26,7 +26,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODEL_CHOICES,
                    help="which bundled model samples: bonds (default; generates bond orders with the atoms, MiDi / "
                         "EQGAT-diff style, the most stable by EDM's metric, see the README), edm (EDM-style, diffuses "
-                        "the atoms; the one for --trajectory, --compile and the ODE samplers) or latent (GeoLDM-style, "
+                        "the atoms; the one for --trajectory and the ODE samplers) or latent (GeoLDM-style, "
                         "diffuses an autoencoder's latents); with --ckpt, the kind the checkpoint must hold")
     p.add_argument("--num", type=int, default=100, help="molecules to draw")
     p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_NAMES,

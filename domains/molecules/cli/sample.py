@@ -209,8 +209,7 @@ def refuse_for_bond_model(args: argparse.Namespace, ckpt: Path) -> None:
     if args.sampler not in BOND_SAMPLERS:
         raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, whose bond orders need a sampler with a "
                         f"categorical step: {' or '.join(BOND_SAMPLERS)}, not {args.sampler} (--model edm samples with it).")
-    used = [flag for flag, on in (("--trajectory", args.trajectory), ("--trajectory-png", args.trajectory_png),
-                                  ("--compile", args.compile)) if on]
+    used = [flag for flag, on in (("--trajectory", args.trajectory), ("--trajectory-png", args.trajectory_png)) if on]
     if used:
         raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, which samples without {', '.join(used)} for now; "
                         "--model edm samples with them.")
@@ -332,7 +331,7 @@ def sample_and_write(run: SampleRun, gen: torch.Generator) -> tuple[int, list[tu
         if run.module.model_kind == "bonds":  # its molecules carry their generated bonds: (z, pos, charges, bonds)
             stream = sample_bonded_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size,
                                              precision=args.precision, spacing=run.tags["spacing"], cond=run.cond,
-                                             guidance=run.guidance)
+                                             guidance=run.guidance, compile_network=args.compile)
         else:
             stream = sample_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size, cond=run.cond,
                                       guidance=run.guidance, precision=args.precision, spacing=run.tags["spacing"],

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from sci_diffusion.compilation import compiled_forward
 from sci_diffusion.denoiser import isolate_failed_samples
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, classifier_free_passes
@@ -27,7 +28,7 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
                             steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
                             progress: bool = False, precision: str = "bf16",
                             spacing: str | None = None, cond: torch.Tensor | None = None,
-                            guidance: Guidance | None = None) -> Iterator[tuple]:
+                            guidance: Guidance | None = None, compile_network: bool = False) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom, formal_charges (n,) or None, bond_types (n, n))``
     for each requested size: ``sampling.sample_molecules``'s molecule (``evaluation/metrics.evaluate_molecules``
     reads its first three items) with the generated bond classes (``chem/bond_types.BOND_CLASSES``) of every
@@ -56,6 +57,14 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
     times = sampler_times(sampler, module.schedule, steps, spacing)
     device = next(module.parameters()).device
     seeds = per_sample_seeds(generator, len(atom_counts))
+    with compiled_forward(module.net, compile_network):
+        yield from _sample_batches(module, atom_counts, sample, times, seeds, batch_size, progress, precision, cond,
+                                   guidance, device)
+
+
+def _sample_batches(module, atom_counts, sample, times, seeds, batch_size, progress, precision, cond, guidance,
+                    device) -> Iterator[tuple]:
+    """:func:`sample_bonded_molecules`' loop over batches of ``batch_size`` molecules, its arguments checked."""
     atom_width = 3 + module.state_features
     for start in range(0, len(atom_counts), batch_size):
         counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
