@@ -66,6 +66,7 @@ def run_row(kind: str, target: float, args: argparse.Namespace, work: Path) -> d
     written = [r for r in rows if r.get("kept_by_xtb", "1") == "1" and r["failed"] == "0"]
     classifier, xtb = gap_errors(written, column=PREDICTED), gap_errors(written)
     return {"kind": kind, "target_ev": target, "command": "sci-diffusion " + " ".join(argv),
+            "xtb_screen": args.screen if kind in RERANKED else None,
             "xtb_gaps_ev": [float(r[XTB_GAP_RELAXED]) for r in written if r[XTB_GAP_RELAXED]],
             "drawn": len(rows), "written": len(written), "xtb_scored": len(xtb),
             "classifier_mae_ev": float(np.mean(classifier)) if classifier.size else None,
@@ -125,7 +126,8 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
              "mean (eV) | xTB scored | mol stable % | s per written |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         stable = None if r["molecule_stability"] is None else 100 * r["molecule_stability"]
-        lines.append(f"| {r['target_ev']:g} | {r['kind']} | {r['drawn']} | {r['written']} | "
+        label = r["kind"] + (f" (screen {r['xtb_screen']:g})" if r.get("xtb_screen") else "")
+        lines.append(f"| {r['target_ev']:g} | {label} | {r['drawn']} | {r['written']} | "
                      f"{f(r['classifier_mae_ev'], '.3f')} | {f(r['xtb_median_abs_error_ev'], '.3f')} | "
                      f"{f(r['xtb_mae_ev'], '.3f')} | {r['xtb_scored']} | {f(stable, '.1f')} | "
                      f"{f(r['seconds_per_written'], '.2f')} |")
@@ -170,6 +172,9 @@ def main() -> None:
     saved = RESULTS / "molecules_xtb_rerank.json"
     earlier = json.loads(saved.read_text()).get("rows", []) if saved.is_file() else []
     rows = {(r["kind"], r["target_ev"]): r for r in earlier if "xtb_gaps_ev" in r}  # rows of this protocol only
+    for r in rows.values():  # rows written before the screen was recorded: their command says it
+        if r["kind"] in RERANKED and "xtb_screen" not in r:
+            r["xtb_screen"] = float(r["command"].split("--xtb-screen ")[1].split()[0])
     for target in (float(t) for t in args.targets.split(",") if t):
         for kind in kinds:
             rows[kind, target] = run_row(kind, target, args, work)

@@ -95,9 +95,9 @@ def _sample_batches(module, atom_counts, sample, times, seeds, batch_size, progr
 
 def draw_unconditional(module: MoleculeGenerator, atom_counts: Sequence[int], sampler: str, steps: int,
                        generator: torch.Generator | None = None, batch_size: int = 100,
-                       precision: str = "bf16") -> Iterator[tuple]:
+                       precision: str = "bf16", compile_network: bool = False) -> Iterator[tuple]:
     """Unconditional molecules of any bundled kind: a bond-aware model's through :func:`sample_bonded_molecules`
     (4-tuples with their bonds), the others' through ``sampling.sample_molecules``; the same per-molecule seeds."""
-    if getattr(module, "model_kind", "") == "bonds":
-        return sample_bonded_molecules(module, atom_counts, sampler, steps, generator, batch_size, precision=precision)
-    return sample_molecules(module, atom_counts, sampler, steps, generator, batch_size, precision=precision)
+    draw = sample_bonded_molecules if getattr(module, "model_kind", "") == "bonds" else sample_molecules
+    return draw(module, atom_counts, sampler, steps, generator, batch_size, precision=precision,
+                compile_network=compile_network)
