@@ -234,3 +234,38 @@ def test_a_conditional_bond_model_samples_with_its_condition_and_classifier_free
     assert all(c is not None and torch.equal(c, cond.float()) for c in outside)
     with pytest.raises(ValueError, match="classifier-free guidance only"):
         next(sample_bonded_molecules(model, [4], "ddpm", 3, cond=cond[:1], guidance=Guidance(1.0, gradient_scale=1.0)))
+
+
+def test_three_shards_write_exactly_the_molecules_of_one_run_and_evaluate_scores_them_together(tmp_path, capsys):
+    """Issue 32 §3: ``--shard K/N`` draws the whole run's sizes and seeds and writes only its part, with the run's
+    indices, so the parts' union is the one run (batches of 4 that the parts share, float32: bit for bit); evaluate
+    molecules takes the parts together, and refuses a part given twice; bad --shard values are one sentence."""
+    import json
+
+    from sci_diffusion_molecules.chem.files import read_molecules
+
+    common = ["sample", "molecules", "--num", "12", "--steps", "3", "--seed", "5", "--precision", "fp32",
+              "--batch-size", "4", "--no-novelty", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "whole.sdf")]) == 0
+    for k in range(3):
+        assert main([*common, "--shard", f"{k}/3", "--out", str(tmp_path / f"part{k}.sdf")]) == 0
+    whole = read_molecules(tmp_path / "whole.sdf")
+    parts = [m for k in range(3) for m in read_molecules(tmp_path / f"part{k}.sdf")]
+    assert [p["index"] for _, _, p in parts] == [str(i) for i in range(12)]
+    for (z, pos, _), (z_part, pos_part, _) in zip(whole, parts, strict=True):
+        assert np.array_equal(z, z_part) and np.array_equal(pos, pos_part)
+    summary = json.loads((tmp_path / "part1.sdf.json").read_text())
+    assert summary["shard"] == {"part": 1, "parts": 3, "first_index": 4, "last_index": 7}
+    capsys.readouterr()
+    paths = [str(tmp_path / f"part{k}.sdf") for k in range(3)]
+    assert main(["evaluate", "molecules", "--samples", *paths, "--out", str(tmp_path / "parts.json"), "--no-novelty"]) == 0
+    assert main(["evaluate", "molecules", "--samples", str(tmp_path / "whole.sdf"), "--out", str(tmp_path / "whole.json"),
+                 "--no-novelty"]) == 0
+    together, alone = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("parts", "whole"))
+    assert together["n_molecules"] == 12 and together["molecule_stability"] == alone["molecule_stability"]
+    assert together["generated_bonds"]["molecule_stability"] == alone["generated_bonds"]["molecule_stability"]
+    assert main(["evaluate", "molecules", "--samples", paths[0], paths[0], "--out", str(tmp_path / "twice.json")]) == 2
+    assert "both hold molecule 0 of a run" in capsys.readouterr().err
+    for bad, words in (("3/3", "0 <= K < N"), ("a/b", "should read K/N"), ("0/13", "would leave some empty")):
+        assert main([*common, "--shard", bad, "--out", str(tmp_path / "bad.sdf")]) == 2
+        assert words in capsys.readouterr().err

@@ -63,6 +63,11 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile (needs a C++ compiler): compiled once per process "
                         "(seconds to a minute), then about 1.1x the molecules per second on a CPU (README)")
+    p.add_argument("--shard", metavar="K/N",
+                   help="write only part K (0 to N-1) of N equal parts of the --num molecules: exactly the molecules, "
+                        "with their indices, that one run of --num writes there (sizes, targets and each molecule's "
+                        "seed come from --seed whatever the shard), so N array jobs or ranks together write that run; "
+                        "evaluate molecules --samples takes all the parts (README: SLURM and torchrun)")
     p.add_argument("--bonds", default="edm", choices=("edm", "rdkit"), help="bond rule for the SDF bond block")
     p.add_argument("--novelty", action=argparse.BooleanOptionalAction, default=True,
                    help="flag each candidate as novel or not against the QM9 training SMILES")
@@ -139,7 +144,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", required=True, help="an .sdf or .xyz file (any tool's output; SDF bonds are ignored)")
+    p.add_argument("--samples", required=True, nargs="+",
+                   help="an .sdf or .xyz file (any tool's output; SDF bonds are ignored), or the parts of one run "
+                        "(sample molecules --shard), scored together")
     p.add_argument("--out", required=True, help="metrics JSON")
     p.add_argument("--novelty", action=argparse.BooleanOptionalAction, default=True,
                    help="compare with the training SMILES: those of --ckpt's training set, or QM9's train split "

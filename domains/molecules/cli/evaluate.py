@@ -28,12 +28,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     targets) as ``--out`` JSON; prints the headline metrics (with ``--xtb``, the geometry check's too)."""
     _check_xtb_flags(args)
     check_report_path(args.report)
-    if not Path(args.samples).is_file():
-        raise UserError(f"Samples file {args.samples} does not exist.")
+    for path in args.samples:
+        if not Path(path).is_file():
+            raise UserError(f"Samples file {path} does not exist.")
+    if len(args.samples) > 1 and args.report:
+        raise UserError("--report draws the page of one samples file; give one --samples file, or leave --report out.")
     try:
-        first = read_molecules(args.samples)[:1]
+        first = read_molecules(args.samples[0])[:1]
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    args.samples = args.samples[0] if len(args.samples) == 1 else args.samples
     classifier = None
     if args.classifier:
         classifier = load_property_model(args.classifier, "property_classifier")

@@ -30,6 +30,7 @@ from sci_diffusion.atomic import write_json
 from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 from sci_diffusion.compilation import compiler_missing
 from sci_diffusion.errors import UserError
+from sci_diffusion.generators import per_sample_seeds
 from sci_diffusion.memory import release_freed_memory
 from sci_diffusion.report.command import check_report_path
 from sci_diffusion.samplers import resolve_spacing
@@ -64,7 +65,7 @@ from ..models.diffusion import MoleculeDiffusion
 from ..models.property_model import PropertyPredictor, load_property_model, predict_properties
 from ..report.page import write_report
 from .inpainting import run_inpainting_sample
-from .sample_checks import check_sample_arguments, check_triage_arguments, refuse_triage_flags
+from .sample_checks import check_sample_arguments, check_triage_arguments, refuse_triage_flags, shard_range
 
 GRID_MOLECULES = 16  # drawn into --png
 
@@ -117,12 +118,16 @@ class SampleRun:
     drawn_path: Path | None = None  # --oversample: where every drawn molecule goes (--out gets the kept ones)
     xtb_molecules: dict[int, tuple] = field(default_factory=dict)  # --xtb: index -> (z, pos, charges), to relax
     relax_asked: int | None = None  # --xtb: how many molecules relax_candidates chose to relax
+    first: int = 0  # --shard: the run index of the part's first molecule (records and table rows carry run indices)
+    seeds: list[int] = field(default_factory=list)  # each molecule's seed, from --seed (generators.per_sample_seeds)
 
 
 def run_sample(args: argparse.Namespace) -> int:
     """``sample molecules``: ``--num`` molecules to ``--out``, the candidates table beside it (.csv), the
     run's summary (.json) and the pictures and trajectory asked for; prints a short report."""
     check_report_path(args.report)  # refused before any sampling
+    if (args.smiles or args.fix_atoms) and args.shard:
+        raise UserError("--shard splits a run of generated molecules; conformers and inpainting run without it.")
     if args.smiles or args.fix_atoms:
         refuse_triage_flags(args)
         return run_inpainting_sample(args) or write_run_report(args)
@@ -135,6 +140,10 @@ def run_sample(args: argparse.Namespace) -> int:
     args.num *= args.oversample  # --oversample: draw F times as many, keep --num of them (keep_closest_by_xtb)
     gen = torch.Generator().manual_seed(args.seed)
     counts, values = draw_sizes_and_targets(module, ckpt, args, targets, gen)  # the generator's first draws
+    seeds = per_sample_seeds(gen, len(counts))  # then one seed per molecule, the same for every --shard
+    part = shard_range(args.shard, args.num)  # --shard: the run's molecules part.start .. part.stop - 1
+    counts, seeds, args.num = counts[part.start:part.stop], seeds[part.start:part.stop], len(part)
+    values = None if values is None else values[part.start:part.stop]
     conditioning = module.property_conditioning
     cond = None if values is None else conditioning.condition(torch.from_numpy(values))
     guidance = build_guidance(args, conditioning) if conditional else None
@@ -146,8 +155,8 @@ def run_sample(args: argparse.Namespace) -> int:
         raise UserError(problem)
     run = SampleRun(args, ckpt, module, conditional, targets, counts, values, cond, guidance, candidates, recorder,
                     record_tags(args, ckpt, module, conditional), read_gap_scale() if args.xtb else None,
-                    drawn_file(args.out) if args.oversample > 1 else None)
-    failed, drawn, seconds = sample_and_write(run, gen)  # then the generator draws one seed per molecule
+                    drawn_file(args.out) if args.oversample > 1 else None, first=part.start, seeds=seeds)
+    failed, drawn, seconds = sample_and_write(run)
     if run.xtb_scale is not None:
         seconds += relax_candidates(run, asked)
     kept = keep_closest_by_xtb(run, asked) if run.drawn_path is not None else None
@@ -316,7 +325,7 @@ def record_tags(args: argparse.Namespace, ckpt: Path, module: MoleculeDiffusion,
     return tags
 
 
-def sample_and_write(run: SampleRun, gen: torch.Generator) -> tuple[int, list[tuple], float]:
+def sample_and_write(run: SampleRun) -> tuple[int, list[tuple], float]:
     """Sample ``--batch-size`` molecules at a time and write each as it comes: to ``--out`` (a diverged one,
     with non-finite coordinates, only to the table) and to the candidates table.
 
@@ -329,13 +338,13 @@ def sample_and_write(run: SampleRun, gen: torch.Generator) -> tuple[int, list[tu
     with torch.set_grad_enabled(False), MoleculeWriter(run.drawn_path or Path(args.out), chunk_size=args.batch_size,
                                                        bonds=args.bonds) as writer:
         if run.module.model_kind == "bonds":  # its molecules carry their generated bonds: (z, pos, charges, bonds)
-            stream = sample_bonded_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size,
+            stream = sample_bonded_molecules(run.module, run.counts, args.sampler, args.steps, None, args.batch_size,
                                              precision=args.precision, spacing=run.tags["spacing"], cond=run.cond,
-                                             guidance=run.guidance, compile_network=args.compile)
+                                             guidance=run.guidance, compile_network=args.compile, seeds=run.seeds)
         else:
-            stream = sample_molecules(run.module, run.counts, args.sampler, args.steps, gen, args.batch_size, cond=run.cond,
+            stream = sample_molecules(run.module, run.counts, args.sampler, args.steps, None, args.batch_size, cond=run.cond,
                                       guidance=run.guidance, precision=args.precision, spacing=run.tags["spacing"],
-                                      callback=run.recorder, compile_network=args.compile)
+                                      callback=run.recorder, compile_network=args.compile, seeds=run.seeds)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]
@@ -343,7 +352,7 @@ def sample_and_write(run: SampleRun, gen: torch.Generator) -> tuple[int, list[tu
             for k, molecule in enumerate(chunk):
                 progress.update()
                 prediction = None if predictions is None else predictions[k]
-                if not record_molecule(run, writer, first + k, molecule, prediction):
+                if not record_molecule(run, writer, run.first + first + k, molecule, prediction):
                     failed += 1  # a diverged sample cannot be written as a molecule, but it counts as a failure
                 elif len(drawn) < GRID_MOLECULES:
                     drawn.append(molecule)
@@ -361,7 +370,7 @@ def record_molecule(run: SampleRun, writer: MoleculeWriter, i: int, molecule: tu
     bonds = molecule[3] if len(molecule) > 3 else None  # a bond-aware model's own bond classes
     target = None
     if run.values is not None:
-        target = _aligned(list(run.values[i]), run.module.property_conditioning.names, candidates.names)
+        target = _aligned(list(run.values[i - run.first]), run.module.property_conditioning.names, candidates.names)
     if prediction is not None:
         prediction = _aligned(list(prediction), candidates.classifier.properties, candidates.names)
     finite = bool(np.isfinite(pos).all())
@@ -474,6 +483,9 @@ def write_summary(run: SampleRun, failed: int, drawn: list[tuple], seconds: floa
                "valid_fraction": sum(r["valid"] for r in rows) / max(len(rows), 1),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "checkpoint": str(run.ckpt), "model": run.module.model_kind, **run.tags}
+    if args.shard is not None:
+        summary["shard"] = {"part": args.shard[0], "parts": args.shard[1], "first_index": run.first,
+                            "last_index": run.first + args.num - 1}
     if run.conditional:
         classifier = candidates.classifier
         summary.update({"condition": run.targets if run.targets is not None else f"drawn from {args.condition_from}",

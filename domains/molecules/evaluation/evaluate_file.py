@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,35 @@ from .geometry import relaxation_summary
 from .metrics import evaluate_generated_bonds, evaluate_molecules
 
 
+def read_samples(samples_path: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[tuple], list | None]:
+    """The molecules of one samples file, or of the parts of one run (``sample molecules --shard``) in order, and
+    their generated bonds where every file carries them (None otherwise).
+
+    Raises:
+        MoleculeFileError: a file missing, malformed or empty, or two parts that hold the same run index (one part
+            given twice, or parts of different runs).
+    """
+    paths = [samples_path] if isinstance(samples_path, (str, os.PathLike)) else list(samples_path)
+    molecules, bonds, seen = [], [], {}
+    for path in paths:
+        part = read_molecules(path, with_charges=True)
+        if not part:
+            raise MoleculeFileError(f"{path} holds no molecules.")
+        for _, _, props, _ in part:
+            index = props.get("index")
+            if index is not None and len(paths) > 1:
+                if index in seen:
+                    raise MoleculeFileError(f"{path} and {seen[index]} both hold molecule {index} of a run: give each "
+                                            "part once, and parts of one run only.")
+                seen[index] = path
+        molecules += part
+        generated = read_generated_bonds(path)
+        bonds = None if bonds is None or generated is None else bonds + generated
+    return molecules, bonds
+
+
 def evaluate_file(
-    samples_path: str | os.PathLike,
+    samples_path: str | os.PathLike | Sequence[str | os.PathLike],
     out_json: str | os.PathLike,
     train_smiles: Iterable[str] | None = None,
     classifier=None,
@@ -58,17 +85,16 @@ def evaluate_file(
         UnknownElementError: an element without EDM bond lengths (a ValueError).
         XtbUnavailableError: ``xtb`` without tblite installed (an ImportError).
     """
-    molecules = read_molecules(samples_path, with_charges=True)
-    if not molecules:
-        raise MoleculeFileError(f"{samples_path} holds no molecules.")
+    molecules, generated = read_samples(samples_path)
     results = evaluate_molecules(((z, pos, charges) for z, pos, _, charges in molecules), train_smiles)
-    generated = read_generated_bonds(samples_path)
     if generated is not None:  # a bond-aware model's samples: MiDi's metric on the bonds they carry, beside EDM's
         results["generated_bonds"] = evaluate_generated_bonds((z, b, q) for (z, _, _, q), b in zip(molecules, generated))
     shared = dict(molecules[0][2])
     for _, _, props, _ in molecules[1:]:
         shared = {k: v for k, v in shared.items() if props.get(k) == v}
-    results = {"samples": str(Path(samples_path)), **results, "novelty_reference": novelty_reference,
+    paths = [samples_path] if isinstance(samples_path, (str, os.PathLike)) else list(samples_path)
+    results = {"samples": str(Path(paths[0])) if len(paths) == 1 else [str(Path(p)) for p in paths], **results,
+               "novelty_reference": novelty_reference,
                "sample_properties": shared}
     if classifier is not None:
         results.update(_property_errors(molecules, classifier))

@@ -14,13 +14,13 @@ import torch
 
 from sci_diffusion.compilation import compiled_forward
 from sci_diffusion.denoiser import isolate_failed_samples
-from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
+from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.guidance import ClassifierFreeGuidance, classifier_free_passes
 from sci_diffusion.samplers import get_sampler, sampler_times
 
 from ..chem.bond_types import NUM_BOND_CLASSES
 from ..data.atom_state import decode_atoms, decode_formal_charges
-from .sampling import PRECISIONS, Guidance, MoleculeGenerator, sample_molecules
+from .sampling import PRECISIONS, Guidance, MoleculeGenerator, molecule_seeds, sample_molecules
 
 
 @torch.no_grad()
@@ -28,7 +28,8 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
                             steps: int = 50, generator: torch.Generator | None = None, batch_size: int = 100,
                             progress: bool = False, precision: str = "bf16",
                             spacing: str | None = None, cond: torch.Tensor | None = None,
-                            guidance: Guidance | None = None, compile_network: bool = False) -> Iterator[tuple]:
+                            guidance: Guidance | None = None, compile_network: bool = False,
+                            seeds: Sequence[int] | None = None) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom, formal_charges (n,) or None, bond_types (n, n))``
     for each requested size: ``sampling.sample_molecules``'s molecule (``evaluation/metrics.evaluate_molecules``
     reads its first three items) with the generated bond classes (``chem/bond_types.BOND_CLASSES``) of every
@@ -56,7 +57,7 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
     sample = get_sampler(sampler)
     times = sampler_times(sampler, module.schedule, steps, spacing)
     device = next(module.parameters()).device
-    seeds = per_sample_seeds(generator, len(atom_counts))
+    seeds = molecule_seeds(generator, atom_counts, seeds)
     with compiled_forward(module.net, compile_network):
         yield from _sample_batches(module, atom_counts, sample, times, seeds, batch_size, progress, precision, cond,
                                    guidance, device)

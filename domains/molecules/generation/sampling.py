@@ -172,6 +172,15 @@ def guided_denoiser(module: MoleculeGenerator, batch: Tensor, num_graphs: int, s
     return denoiser
 
 
+def molecule_seeds(generator: torch.Generator | None, atom_counts: Sequence[int], seeds: Sequence[int] | None) -> list[int]:
+    """One seed per molecule: ``seeds`` as given (ValueError unless one per atom count), else drawn from ``generator``."""
+    if seeds is None:
+        return per_sample_seeds(generator, len(atom_counts))
+    if len(seeds) != len(atom_counts):
+        raise ValueError(f"{len(seeds)} seeds for {len(atom_counts)} molecules: give one seed per molecule.")
+    return list(seeds)
+
+
 @dataclass
 class _BatchWatch:
     """The core samplers' ``callback(i, t, x_t, x0_hat)`` that passes the batch's atom counts on."""
@@ -189,7 +198,7 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
                      cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                      progress: bool = False, precision: str = "bf16",
                      spacing: str | None = None, callback: BatchCallback | None = None,
-                     compile_network: bool = False) -> Iterator[tuple]:
+                     compile_network: bool = False, seeds: Sequence[int] | None = None) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size, and for a
     model with formal charges ``(atomic_numbers, positions, formal_charges (n,))``.
 
@@ -221,6 +230,9 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
             of the batch's molecules, whose atoms are the state's rows in that order. It runs under the
             precision's autocast; the first batch holds ``min(batch_size, len(atom_counts))`` molecules
             (``batch_size`` halved by classifier-free guidance).
+        seeds: molecule i's own seed (``generators.per_sample_seeds``), one per atom count; None: drawn from
+            ``generator`` first. A part of a run (``sample molecules --shard``) passes the whole run's seeds of its
+            molecules, so that they come out as they do in the whole run.
         compile_network: run the network through ``torch.compile`` (``sci_diffusion.compilation``; needs
             a C++ compiler): seconds to compile once per process, then about 1.1x the molecules per second
             on this CPU (``benchmarks/molecules_conditional.py --compile`` measures it).
@@ -234,7 +246,7 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
     device = next(module.parameters()).device
     if guidance is not None:
         batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
-    seeds = per_sample_seeds(generator, len(atom_counts))  # molecule i's own seed, whatever its batch
+    seeds = molecule_seeds(generator, atom_counts, seeds)  # molecule i's own seed, whatever its batch
     with compiled_forward(module.net, compile_network):
         for start in range(0, len(atom_counts), batch_size):
             counts = torch.as_tensor(list(atom_counts[start:start + batch_size]), dtype=torch.long)
