@@ -277,9 +277,8 @@ def render(rows: list[dict], training: dict, training_fp32: dict, budget: str) -
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", help="default: the bundled checkpoint")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", help="default: the bundled EDM-style checkpoint")
     p.add_argument("--num", type=int, default=1000, help="molecules per sampler setting")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock budget for all sampling")
@@ -299,6 +298,11 @@ def main() -> None:
                    help="with --models: one process per model, each on cores / models threads")
     p.add_argument("--from-json", metavar="RESULTS_JSON",
                    help="sample nothing: re-render a saved results file (its command, machine and date kept)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
     args = p.parse_args()
     keep_freed_memory()  # as the CLI does: the EGNN's large edge tensors reuse freed memory
     if args.from_json:
