@@ -38,7 +38,7 @@ from sci_diffusion_molecules.data.datamodule import QM9DataModule
 from sci_diffusion_molecules.data.qm9 import train_smiles
 from sci_diffusion_molecules.data.qm9_bonds import train_bond_smiles
 from sci_diffusion_molecules.evaluation.metrics import evaluate_generated, evaluate_molecules
-from sci_diffusion_molecules.generation.bond_sampling import draw_unconditional
+from sci_diffusion_molecules.generation.bond_sampling import draw_molecules
 from sci_diffusion_molecules.generation.sampling import draw_atom_counts, sample_molecules
 
 # (sampler, steps, network precision). DPM-Solver++ runs in both forms: the SDE one (the CLI's
@@ -131,14 +131,14 @@ def model_row(spec: str, args, seconds_budget: float, threads: int | None = None
     compile_seconds = None
     if args.compile:  # compiled once, before the clock starts (Inductor's on-disk cache makes a later run quick)
         start = time.perf_counter()
-        list(draw_unconditional(module, counts[:4], args.sampler, 2, torch.Generator().manual_seed(0), compile_network=True))
+        list(draw_molecules(module, counts[:4], args.sampler, 2, torch.Generator().manual_seed(0), compile_network=True))
         compile_seconds = round(time.perf_counter() - start, 1)
     mols, start = [], time.perf_counter()
     for i in range(0, args.num, args.batch_size):
         if time.perf_counter() - start > seconds_budget:
             break
-        mols += list(draw_unconditional(module, counts[i:i + args.batch_size], args.sampler, args.steps, gen,
-                                        args.batch_size, compile_network=args.compile))
+        mols += list(draw_molecules(module, counts[i:i + args.batch_size], args.sampler, args.steps, gen,
+                                    args.batch_size, compile_network=args.compile))
     seconds = time.perf_counter() - start
     m = evaluate_generated(mols, train_smiles(), train_bond_smiles() if module.model_kind == "bonds" else None)
     backbone = module.hparams.get("backbone", "egnn")

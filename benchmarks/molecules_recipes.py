@@ -38,7 +38,7 @@ from sci_diffusion_molecules.data.qm9 import train_smiles
 from sci_diffusion_molecules.data.qm9_bonds import train_bond_smiles
 from sci_diffusion_molecules.evaluation.geometry import qm9_relaxation_floor, relaxation_summary
 from sci_diffusion_molecules.evaluation.metrics import evaluate_generated
-from sci_diffusion_molecules.generation.bond_sampling import draw_unconditional
+from sci_diffusion_molecules.generation.bond_sampling import draw_molecules
 from sci_diffusion_molecules.generation.sampling import draw_atom_counts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,8 +200,8 @@ def score_checkpoint(ckpt: Path, args: argparse.Namespace, reference: frozenset[
         generator, molecules = torch.Generator().manual_seed(0), []
         start = time.perf_counter()
         for i in range(0, args.num, args.batch_size):
-            molecules += list(draw_unconditional(module, counts[i:i + args.batch_size], sampler, steps, generator,
-                                                 args.batch_size))
+            molecules += list(draw_molecules(module, counts[i:i + args.batch_size], sampler, steps, generator,
+                                             args.batch_size))
         seconds = time.perf_counter() - start
         metrics = evaluate_generated(molecules, reference, train_bond_smiles() if bonded else None)
         geometry = relaxation_summary(molecules, max_molecules=args.xtb_num) if args.xtb_num else {}

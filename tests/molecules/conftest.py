@@ -80,7 +80,7 @@ def sampling_forbidden(monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("sampling started before the flags were checked")
 
-    monkeypatch.setattr(sample_verb, "sample_molecules", never)  # where the verb looks it up
+    monkeypatch.setattr(sample_verb, "draw_molecules", never)  # where the verb looks it up (either kind of model)
 
 
 @pytest.fixture(scope="session")

@@ -269,3 +269,19 @@ def test_three_shards_write_exactly_the_molecules_of_one_run_and_evaluate_scores
     for bad, words in (("3/3", "0 <= K < N"), ("a/b", "should read K/N"), ("0/13", "would leave some empty")):
         assert main([*common, "--shard", bad, "--out", str(tmp_path / "bad.sdf")]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_draw_molecules_picks_the_sampler_of_the_models_kind_and_refuses_a_callback_for_bonds():
+    """``draw_molecules`` serves both kinds with the same per-molecule seeds: the bond-aware model's molecules carry
+    their bonds, an atoms-only model's do not; a trajectory callback is the atoms-only samplers' alone."""
+    from sci_diffusion_molecules.generation.bond_sampling import draw_molecules
+    from sci_diffusion_molecules.models.diffusion import MoleculeDiffusion
+
+    torch.manual_seed(0)
+    bonded = BondMoleculeDiffusion(hidden=16, layers=1, ema_decay=0, bond_prior="uniform", val_molecules=0).eval()
+    atoms_only = MoleculeDiffusion(hidden=16, layers=1, ema_decay=0, val_molecules=0).eval()
+    with torch.no_grad():
+        assert len(next(draw_molecules(bonded, [4], "ddpm", 2, torch.Generator().manual_seed(0)))) == 4
+        assert len(next(draw_molecules(atoms_only, [4], "ddpm", 2, torch.Generator().manual_seed(0)))) == 2
+        with pytest.raises(ValueError, match="takes no callback"):
+            draw_molecules(bonded, [4], "ddpm", 2, callback=lambda *a: None)

@@ -110,13 +110,13 @@ def test_a_diverged_sample_counts_as_a_failure_and_stays_in_the_denominator(tiny
 
     import sci_diffusion_molecules.cli.sample as sample_verb
 
-    real = sample_verb.sample_molecules
+    real = sample_verb.draw_molecules
 
     def second_diverges(*args, **kwargs):
         for i, (z, pos) in enumerate(real(*args, **kwargs)):
             yield z, (pos * np.nan if i == 1 else pos)
 
-    monkeypatch.setattr(sample_verb, "sample_molecules", second_diverges)  # where the verb looks it up
+    monkeypatch.setattr(sample_verb, "draw_molecules", second_diverges)  # where the verb looks it up
     out = tmp_path / "m.sdf"
     assert main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "4", "--steps", "2", "--no-progress",
                  "--no-novelty", "--out", str(out)]) == 0

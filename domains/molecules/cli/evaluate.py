@@ -37,7 +37,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         first = read_molecules(args.samples[0])[:1]
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    args.samples = args.samples[0] if len(args.samples) == 1 else args.samples
     classifier = None
     if args.classifier:
         classifier = load_property_model(args.classifier, "property_classifier")

@@ -58,8 +58,8 @@ from ..evaluation.xtb_candidates import (
 )
 from ..evaluation.xtb_gap import SCALE_PATH as XTB_SCALE_PATH
 from ..evaluation.xtb_gap import GapScale, read_gap_scale
-from ..generation.bond_sampling import sample_bonded_molecules
-from ..generation.sampling import Guidance, draw_atom_counts, sample_molecules
+from ..generation.bond_sampling import draw_molecules
+from ..generation.sampling import Guidance, draw_atom_counts
 from ..generation.trajectory import DEFAULT_MOLECULES, TrajectoryRecorder, draw_strip_png, write_trajectories
 from ..models.diffusion import MoleculeDiffusion
 from ..models.property_model import PropertyPredictor, load_property_model, predict_properties
@@ -337,14 +337,9 @@ def sample_and_write(run: SampleRun) -> tuple[int, list[tuple], float]:
     # No autograd graph while sampling, restored on the way out (an in-process caller keeps its own mode).
     with torch.set_grad_enabled(False), MoleculeWriter(run.drawn_path or Path(args.out), chunk_size=args.batch_size,
                                                        bonds=args.bonds) as writer:
-        if run.module.model_kind == "bonds":  # its molecules carry their generated bonds: (z, pos, charges, bonds)
-            stream = sample_bonded_molecules(run.module, run.counts, args.sampler, args.steps, None, args.batch_size,
-                                             precision=args.precision, spacing=run.tags["spacing"], cond=run.cond,
-                                             guidance=run.guidance, compile_network=args.compile, seeds=run.seeds)
-        else:
-            stream = sample_molecules(run.module, run.counts, args.sampler, args.steps, None, args.batch_size, cond=run.cond,
-                                      guidance=run.guidance, precision=args.precision, spacing=run.tags["spacing"],
-                                      callback=run.recorder, compile_network=args.compile, seeds=run.seeds)
+        # a bond-aware model's molecules carry their generated bonds: (z, pos, charges, bonds)
+        stream = draw_molecules(run.module, run.counts, args.sampler, args.steps, None, args.batch_size, args.precision,
+                                args.compile, run.cond, run.guidance, run.tags["spacing"], run.seeds, run.recorder)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]

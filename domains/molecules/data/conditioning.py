@@ -107,11 +107,6 @@ class PropertyConditioning:
         mad = torch.as_tensor(self.mad, dtype=normalised.dtype, device=normalised.device)
         return normalised * mad + mean
 
-    @property
-    def width(self) -> int:
-        """The condition's width ``2P``: P normalised values, then P presence flags."""
-        return 2 * len(self.names)
-
     def condition(self, values: Tensor) -> Tensor:
         """The network's condition ``(G, 2P)`` for ``(G, P)`` targets in property units, NaN where a property
         is not asked for: the normalised values (0 where absent), then the presence flags (1 or 0)."""

@@ -21,8 +21,8 @@ import torch
 
 from ..data.conditioning import PropertyConditioning
 from ..data.qm9 import PROPERTY_NAMES, QM9Arrays
-from ..generation.bond_sampling import sample_bonded_molecules
-from ..generation.sampling import Guidance, sample_molecules
+from ..generation.bond_sampling import draw_molecules
+from ..generation.sampling import Guidance
 from ..models.property_model import PropertyPredictor, predict_properties
 from .metrics import evaluate_molecules
 
@@ -146,12 +146,7 @@ def evaluate_generator(module, classifier: PropertyPredictor, num: int, sampler:
     dropped = [j for j, n in enumerate(conditioning.names) if n not in asked]
     cond = conditioning.condition(values.index_fill(1, torch.tensor(dropped, dtype=torch.long), float("nan")))
     start = time.perf_counter()
-    if getattr(module, "model_kind", "") == "bonds":
-        stream = sample_bonded_molecules(module, counts, sampler, steps, gen, batch_size, precision=precision, cond=cond,
-                                         guidance=guidance)
-    else:
-        stream = sample_molecules(module, counts, sampler, steps, gen, batch_size, cond=cond, guidance=guidance,
-                                  precision=precision, compile_network=compile_network)
+    stream = draw_molecules(module, counts, sampler, steps, gen, batch_size, precision, compile_network, cond, guidance)
     molecules = [m[:2] for m in stream]  # atoms and positions: what the classifier and EDM's metric read
     seconds = time.perf_counter() - start
     predictions = predict_properties(classifier, molecules)

@@ -17,6 +17,11 @@ from .geometry import relaxation_summary
 from .metrics import evaluate_generated_bonds, evaluate_molecules
 
 
+def sample_paths(samples_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """One samples file, or the parts of one run, as a list of paths."""
+    return [samples_path] if isinstance(samples_path, (str, os.PathLike)) else list(samples_path)
+
+
 def read_samples(samples_path: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[tuple], list | None]:
     """The molecules of one samples file, or of the parts of one run (``sample molecules --shard``) in order, and
     their generated bonds where every file carries them (None otherwise).
@@ -25,7 +30,7 @@ def read_samples(samples_path: str | os.PathLike | Sequence[str | os.PathLike]) 
         MoleculeFileError: a file missing, malformed or empty, or two parts that hold the same run index (one part
             given twice, or parts of different runs).
     """
-    paths = [samples_path] if isinstance(samples_path, (str, os.PathLike)) else list(samples_path)
+    paths = sample_paths(samples_path)
     molecules, bonds, seen = [], [], {}
     for path in paths:
         part = read_molecules(path, with_charges=True)
@@ -92,7 +97,7 @@ def evaluate_file(
     shared = dict(molecules[0][2])
     for _, _, props, _ in molecules[1:]:
         shared = {k: v for k, v in shared.items() if props.get(k) == v}
-    paths = [samples_path] if isinstance(samples_path, (str, os.PathLike)) else list(samples_path)
+    paths = sample_paths(samples_path)
     results = {"samples": str(Path(paths[0])) if len(paths) == 1 else [str(Path(p)) for p in paths], **results,
                "novelty_reference": novelty_reference,
                "sample_properties": shared}

@@ -20,7 +20,7 @@ from sci_diffusion.samplers import get_sampler, sampler_times
 
 from ..chem.bond_types import NUM_BOND_CLASSES
 from ..data.atom_state import decode_atoms, decode_formal_charges
-from .sampling import PRECISIONS, Guidance, MoleculeGenerator, molecule_seeds, sample_molecules
+from .sampling import PRECISIONS, BatchCallback, Guidance, MoleculeGenerator, molecule_seeds, sample_molecules
 
 
 @torch.no_grad()
@@ -94,11 +94,18 @@ def _sample_batches(module, atom_counts, sample, times, seeds, batch_size, progr
             yield z, pos, decode_formal_charges(part, module.element_set), types
 
 
-def draw_unconditional(module: MoleculeGenerator, atom_counts: Sequence[int], sampler: str, steps: int,
-                       generator: torch.Generator | None = None, batch_size: int = 100,
-                       precision: str = "bf16", compile_network: bool = False) -> Iterator[tuple]:
-    """Unconditional molecules of any bundled kind: a bond-aware model's through :func:`sample_bonded_molecules`
-    (4-tuples with their bonds), the others' through ``sampling.sample_molecules``; the same per-molecule seeds."""
-    draw = sample_bonded_molecules if getattr(module, "model_kind", "") == "bonds" else sample_molecules
-    return draw(module, atom_counts, sampler, steps, generator, batch_size, precision=precision,
-                compile_network=compile_network)
+def draw_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], sampler: str, steps: int,
+                   generator: torch.Generator | None = None, batch_size: int = 100, precision: str = "bf16",
+                   compile_network: bool = False, cond: torch.Tensor | None = None, guidance: Guidance | None = None,
+                   spacing: str | None = None, seeds: Sequence[int] | None = None,
+                   callback: BatchCallback | None = None) -> Iterator[tuple]:
+    """Molecules of any kind of model, with the same per-molecule seeds: a bond-aware model's through
+    :func:`sample_bonded_molecules` (4-tuples with their bonds), the others' through ``sampling.sample_molecules``.
+    ``callback`` (watching the first batch form) is the atoms-only samplers'; a bond-aware model refuses it."""
+    shared = dict(precision=precision, compile_network=compile_network, cond=cond, guidance=guidance, spacing=spacing,
+                  seeds=seeds)
+    if getattr(module, "model_kind", "") == "bonds":
+        if callback is not None:
+            raise ValueError("The bond-aware model's sampler takes no callback (trajectories are the EDM model's).")
+        return sample_bonded_molecules(module, atom_counts, sampler, steps, generator, batch_size, **shared)
+    return sample_molecules(module, atom_counts, sampler, steps, generator, batch_size, callback=callback, **shared)
