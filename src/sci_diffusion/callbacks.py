@@ -64,20 +64,27 @@ class CpuTimeBudget(L.Callback):
     ``ModelCheckpoint`` folder the first time the CPU time spent passes each mark, so that a study
     can compare recipes at equal CPU time. Marks already passed by earlier legs are not saved again.
 
+    A warm start (``init_from`` a slim export, whose optimiser state and CPU clock are gone) gives the hours
+    already behind its weights as ``spent_hours``: a fresh run counts them as spent, so the budget, the marks and a
+    :class:`CpuTimeCooldown` go on from there (a run resumed from its own checkpoint counts what that holds).
+
     Args:
         hours: the budget in CPU-hours (core-hours).
         save_at: CPU-hour marks at which to save a checkpoint (each at most ``hours``).
+        spent_hours: CPU-hours spent on the starting weights before this run (0: a run from scratch).
     """
 
-    def __init__(self, hours: float, save_at: list[float] | None = None) -> None:
+    def __init__(self, hours: float, save_at: list[float] | None = None, spent_hours: float = 0.0) -> None:
         if hours <= 0:
             raise ValueError(f"The CPU-time budget must be positive, not {hours} hours.")
+        if not 0 <= spent_hours < hours:
+            raise ValueError(f"The CPU-hours already spent must lie in [0, {hours}), not {spent_hours}.")
         marks = sorted(float(m) for m in (save_at or []))
         if any(m <= 0 or m > hours for m in marks):
             raise ValueError(f"Each checkpoint mark must lie in (0, {hours}] CPU-hours, not {marks}.")
         self.hours = hours
-        self.save_at = marks
-        self._spent_before = 0.0  # CPU seconds of earlier legs (from the checkpoint)
+        self.save_at = [m for m in marks if m > spent_hours]
+        self._spent_before = 3600.0 * spent_hours  # CPU seconds of earlier legs (a checkpoint's replace these)
         self._start: float | None = None
 
     def spent_seconds(self) -> float:

@@ -185,6 +185,31 @@ def test_a_cpu_time_budget_saves_a_checkpoint_at_each_mark_once(tmp_path, monkey
     assert not (tmp_path / "ckpt" / "cpu_0.05h.ckpt").exists()  # passed in the first leg
 
 
+def test_a_warm_started_cpu_time_budget_counts_the_hours_behind_its_weights(tmp_path, monkeypatch):
+    """``spent_hours`` (a warm start from a slim export): the run stops after the remaining budget, not the whole,
+    saves only the marks past it, and its checkpoint holds the total, so a later leg goes on from there."""
+    import itertools
+
+    import sci_diffusion.callbacks as callbacks_module
+    from sci_diffusion.callbacks import CpuTimeBudget
+
+    clock = itertools.count(0.0, 60.0)
+    monkeypatch.setattr(callbacks_module.time, "process_time", lambda: next(clock))
+    L.seed_everything(0)
+    budget = CpuTimeBudget(hours=0.2, save_at=[0.05, 0.15], spent_hours=0.1)  # 360 s of 720 s left
+    assert budget.save_at == [0.15]
+    trainer = L.Trainer(max_steps=1000, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[budget, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+                        limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(MixtureDiffusion(hidden=16, ema_decay=0, val_num=10), MixtureDataModule(num_train=4096, batch_size=128))
+    assert 3 <= trainer.global_step <= 8  # about 360 s / 60 s per batch: the budget's remainder only
+    assert (tmp_path / "ckpt" / "cpu_0.15h.ckpt").is_file() and not (tmp_path / "ckpt" / "cpu_0.05h.ckpt").exists()
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]["CpuTimeBudget"]
+    assert saved["cpu_seconds"] >= 720
+    with pytest.raises(ValueError, match="already spent"):
+        CpuTimeBudget(hours=1.0, spent_hours=1.0)
+
+
 def test_a_cpu_time_budget_refuses_a_mark_past_its_budget():
     from sci_diffusion.callbacks import CpuTimeBudget
 
