@@ -189,8 +189,8 @@ class CategoricalDenoisingLoss(DenoisingLoss):
 
     categorical_weight: float = 1.0
 
-    def noise(self, batch: DiffusionBatch, generator: torch.Generator | None = None) -> NoisedBatch:
-        noised = super().noise(batch, generator)
+    def noise_at(self, batch: DiffusionBatch, t: Tensor, generator: torch.Generator | None = None) -> NoisedBatch:
+        noised = super().noise_at(batch, t, generator)
         noised.x_t = batch.space.categorical_forward(noised.x_t, batch.x0, noised.t, generator)
         return noised
 

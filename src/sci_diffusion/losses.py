@@ -101,10 +101,13 @@ class DenoisingLoss:
 
     def noise(self, batch: DiffusionBatch, generator: torch.Generator | None = None) -> NoisedBatch:
         """Steps 1-3: a time per sample, the noised state and the mask the loss averages in."""
-        x0, space = batch.x0, batch.space
         step = torch.randint(1, self.schedule.T + 1, (batch.num_samples,), generator=generator,
-                             device=_draw_device(generator, x0)).to(x0.device)
-        t = step.double() / self.schedule.T
+                             device=_draw_device(generator, batch.x0)).to(batch.x0.device)
+        return self.noise_at(batch, step.double() / self.schedule.T, generator)
+
+    def noise_at(self, batch: DiffusionBatch, t: Tensor, generator: torch.Generator | None = None) -> NoisedBatch:
+        """Steps 2-3 at given times ``t`` ``(num_samples,)`` float64 (a distillation loss picks its own)."""
+        x0, space = batch.x0, batch.space
         alpha, sigma = space.expand(self.schedule.alpha(t), x0), space.expand(self.schedule.sigma(t), x0)
         eps = space.noise(x0, generator)
         if self.coupling is not None:

@@ -27,12 +27,14 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
 
 from .callbacks import AdaptiveGradientClipping, CheckpointAtTrainEnd, LossCurvePlot, ema_with_warmup
-from .checkpoints import module_class_name, read_checkpoint, training_record
+from .checkpoints import file_sha256, load_module, module_class_name, read_checkpoint, training_record
 from .denoiser import PredictionDenoiser
+from .distillation import ProgressiveDistillationLoss, halve_grid
 from .errors import UserError
 from .losses import DenoisingLoss
 from .paths import noise_path
 from .state_spaces import StateSpace
+from .time_grids import time_grid
 
 
 @dataclass
@@ -87,6 +89,14 @@ class DiffusionModule(L.LightningModule):
         lr_warmup_steps: linear learning-rate warm-up.
         init_from: a trained checkpoint of this domain whose weights start training (a warm start,
             :meth:`start_from_checkpoint`); None: random initialisation.
+        distill_from: a trained checkpoint of this domain (the teacher) to distil: training is one round of
+            progressive distillation (``distillation.py``), the student starting from the teacher's weights unless
+            ``init_from`` says otherwise. None: ordinary training.
+        distill_steps: the student's step count, half the teacher's (default: half a distilled teacher's, else 32).
+        distill_spacing: the time spacing of the grid of a teacher that was not distilled itself (its ``2 x
+            distill_steps`` DDIM steps); a distilled teacher's grid is its own.
+        teacher_times, teacher_sha256: filled in from ``distill_from`` on the first construction and kept in the
+            checkpoint, so that a student loads without its teacher: the teacher's grid and file hash.
     """
 
     domain = "core"
@@ -112,6 +122,11 @@ class DiffusionModule(L.LightningModule):
         adaptive_gradient_clipping: bool = False,
         loss_weight_gamma: float | None = None,
         cond_group_dropout: float = 0.0,
+        distill_from: str | None = None,
+        distill_steps: int | None = None,
+        distill_spacing: str = "uniform",
+        teacher_times: list[float] | None = None,
+        teacher_sha256: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -119,6 +134,50 @@ class DiffusionModule(L.LightningModule):
         self.net = self.build_network()
         self.loss_fn = self.build_loss()
         self._initialised_from: str | None = None
+        if distill_from:
+            self.loss_fn = self.distillation_loss(self.loss_fn)
+
+    # ----- progressive distillation ----------------------------------------------------------
+    def distillation_loss(self, base: Callable[..., Tensor]) -> ProgressiveDistillationLoss:
+        """The loss of a distillation round (``distill_from``): ``base``, this model's own loss, draws the
+        forward process; the teacher's grid is read from its checkpoint once and kept in the hyperparameters."""
+        h = self.hparams
+        if h.get("teacher_times") is None:
+            teacher = read_checkpoint(h.distill_from)
+            if teacher["sci_diffusion"]["domain"] != self.domain:
+                raise UserError(f"distill_from {h.distill_from} holds a model of the "
+                                f"{teacher['sci_diffusion']['domain']!r} domain, not {self.domain!r}.")
+            own = teacher["sci_diffusion"]["config"].get("teacher_times")
+            if own is not None:  # a distilled teacher samples on its own grid
+                times = halve_grid(torch.tensor(own, dtype=torch.float64))
+                if h.distill_steps not in (None, (len(times) - 1) // 2):
+                    raise UserError(f"The teacher takes {len(times) - 1} steps, so its student takes "
+                                    f"{(len(times) - 1) // 2}, not {h.distill_steps}.")
+            else:
+                times = time_grid(self.schedule, 2 * (h.distill_steps or 32), h.distill_spacing)
+            h.teacher_times, h.teacher_sha256 = times.tolist(), file_sha256(h.distill_from)
+            h.distill_steps = (len(times) - 1) // 2
+            if not h.init_from:
+                h.init_from = h.distill_from  # the student starts as its teacher
+        return ProgressiveDistillationLoss(base, torch.tensor(h.teacher_times, dtype=torch.float64),
+                                           self.teacher_denoiser, getattr(base, "categorical_weight", 1.0))
+
+    @property
+    def sampling_times(self) -> Tensor | None:
+        """A distilled student's grid ``(distill_steps + 1,)`` float64 (every other point of its teacher's);
+        None for a model that was not distilled (``distillation.distilled_times`` picks the grid to sample on)."""
+        times = self.hparams.get("teacher_times")
+        return None if times is None else halve_grid(torch.tensor(times, dtype=torch.float64))
+
+    def teacher_denoiser(self, context: Any = None) -> Any:
+        """The teacher's denoiser for a batch's ``context``; the teacher (``distill_from``, EMA weights, frozen) is
+        loaded on the first call, beside the student but not part of it (no weights of it in the student's
+        checkpoint or optimiser)."""
+        teacher = self.__dict__.get("_teacher")
+        if teacher is None:
+            teacher = load_module(self.hparams.distill_from, self.domain).requires_grad_(False)
+            self.__dict__["_teacher"] = teacher
+        return teacher.to(self.device).denoiser(context)
 
     # ----- what a domain supplies -------------------------------------------------------------
     def build_network(self) -> torch.nn.Module:

@@ -82,11 +82,11 @@ def _denoise(denoiser: Denoiser, x: Tensor, t: Tensor, cond: Any) -> Tensor:
 
 
 def refuse_categorical(space: StateSpace, name: str) -> None:
-    """Refuse a state with categorical parts (``categorical.py``): only the ancestral steps of ``ddpm`` and
-    ``dpmpp2m_sde`` have a categorical form (a draw from ``p(x_s | x_t)``)."""
+    """Refuse a state with categorical parts (``categorical.py``): only ``ddpm``, ``dpmpp2m_sde`` and ``ddim`` step
+    them (a draw from ``p(x_s | x_t)``)."""
     if space.categorical:
         raise ValueError(f"The {name} sampler has no update for a categorical variable such as bond orders; "
-                         "use ddpm or dpmpp2m_sde.")
+                         "use ddpm, dpmpp2m_sde or ddim.")
 
 
 def ddpm_step(x: Tensor, x0: Tensor, a_t: float, s_t: float, a_s: float, s_s: float, noise: Tensor | None) -> Tensor:
@@ -128,13 +128,18 @@ def ddpm(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor
 def ddim(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace, *,
          cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
          callback: Callback | None = None, eta: float = 0.0) -> Tensor:
-    """DDIM (Song, Meng & Ermon 2021); ``eta = 0`` is deterministic, ``eta = 1`` is DDPM-like."""
-    refuse_categorical(space, "ddim")
+    """DDIM (Song, Meng & Ermon 2021); ``eta = 0`` is deterministic, ``eta = 1`` is DDPM-like.
+
+    Categorical rows (bond orders) have no deterministic update: they step ancestrally, a draw from ``p(x_s |
+    x_t)`` as in :func:`ddpm`, while the Gaussian entries follow DDIM given them (the probability-flow ODE of the
+    Gaussian part, with the categorical part's reverse jumps, keeps the joint marginals; a distilled student
+    samples so)."""
     x = x_T
     for step in grid_steps(schedule, times, progress, "ddim"):
         x0 = _denoise(denoiser, x, step.t, cond)
         noise = space.noise(x, generator) if eta > 0 else None
-        x = space.project(ddim_step(x, x0, step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s, eta, noise))
+        x_s = space.project(ddim_step(x, x0, step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s, eta, noise))
+        x = space.categorical_reverse(x, x0, x_s, step.t, step.s, generator)
         if callback:
             callback(step.index, float(step.s), x, x0)
     return x

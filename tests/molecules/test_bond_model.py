@@ -151,7 +151,7 @@ def test_an_ode_sampler_refuses_the_bonds_in_one_sentence(bond_checkpoint):
 def test_sample_molecules_writes_the_generated_bonds_and_refuses_an_ode_sampler(bond_checkpoint, tmp_path, capsys):
     """The CLI draws a bond-aware model with its own sampler path: each SDF record carries the bonds the
     model generated (read back equal to a direct draw with the same seed: with --atoms the CLI's generator
-    draws no sizes first); ddim is refused in one sentence."""
+    draws no sizes first); an ODE sampler without a categorical step is refused in one sentence."""
     out = tmp_path / "m.sdf"
     assert main(["sample", "molecules", "--ckpt", str(bond_checkpoint), "--num", "3", "--atoms", "6", "--steps", "3",
                  "--seed", "1", "--out", str(out)]) == 0
@@ -161,9 +161,29 @@ def test_sample_molecules_writes_the_generated_bonds_and_refuses_an_ode_sampler(
     assert len(written) == 3
     for bonds, (_, _, _, expected) in zip(written, direct):
         assert np.array_equal(np.asarray(bonds), expected)
-    assert main(["sample", "molecules", "--ckpt", str(bond_checkpoint), "--num", "1", "--sampler", "ddim",
+    assert main(["sample", "molecules", "--ckpt", str(bond_checkpoint), "--num", "1", "--sampler", "heun",
                  "--out", str(tmp_path / "x.sdf")]) == 2
-    assert "need a sampler with a categorical step: ddpm or dpmpp2m_sde, not ddim" in capsys.readouterr().err
+    assert "need a sampler with a categorical step (ddpm, dpmpp2m_sde, ddim), not heun" in capsys.readouterr().err
+
+
+def test_a_bond_model_distils_through_lightning_and_its_student_samples_only_as_distilled(bond_checkpoint, tmp_path,
+                                                                                          capsys):
+    """One round of progressive distillation of the bond-aware model (zero-CoM atoms, categorical bonds): the
+    student trains beside its teacher checkpoint, records its grid, and ``sample molecules`` draws it with ddim
+    at its step count, refusing another count in one sentence."""
+    student = BondMoleculeDiffusion(hidden=16, layers=2, val_molecules=0, distill_from=str(bond_checkpoint),
+                                    distill_steps=2)
+    assert student.hparams.init_from == str(bond_checkpoint)
+    student_file = fit_tiny(student, QM9BondDataModule(batch_size=4, limit=16), tmp_path / "student", steps=2)
+    loaded = load_module(str(student_file), domain="molecules")
+    assert len(loaded.sampling_times) == 3
+    out = tmp_path / "s.sdf"
+    assert main(["sample", "molecules", "--ckpt", str(student_file), "--num", "2", "--atoms", "5", "--steps", "2",
+                 "--sampler", "ddim", "--out", str(out)]) == 0
+    assert len(read_generated_bonds(out)) == 2
+    assert main(["sample", "molecules", "--ckpt", str(student_file), "--num", "2", "--steps", "50", "--sampler", "ddim",
+                 "--out", str(tmp_path / "t.sdf")]) == 2
+    assert "distilled for 2 steps; sample it with --steps 2, not 50" in capsys.readouterr().err
 
 
 def test_the_bundled_bond_model_is_what_model_bonds_samples(tmp_path, capsys):
@@ -200,7 +220,7 @@ def test_sample_without_model_draws_from_the_bond_aware_default_and_edm_stays_lo
                      "--out", str(out)]) == 0
         summary = json.loads(out.with_suffix(".sdf.json").read_text())
         assert summary["model"] == kind and summary["checkpoint"].endswith(file)
-    assert main(["sample", "molecules", "--sampler", "ddim", "--out", str(tmp_path / "d.sdf")]) == 2
+    assert main(["sample", "molecules", "--sampler", "heun", "--out", str(tmp_path / "d.sdf")]) == 2
     assert "--model edm samples with it" in capsys.readouterr().err
 
 

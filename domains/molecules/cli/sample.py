@@ -210,14 +210,14 @@ def load_generator(ckpt: Path, args: argparse.Namespace, conditional: bool) -> M
     return module
 
 
-BOND_SAMPLERS = ("ddpm", "dpmpp2m_sde")  # the samplers with a categorical step (sci_diffusion.samplers)
+BOND_SAMPLERS = ("ddpm", "dpmpp2m_sde", "ddim")  # the samplers with a categorical step (sci_diffusion.samplers)
 
 
 def refuse_for_bond_model(args: argparse.Namespace, ckpt: Path) -> None:
     """The flags the bond-aware model cannot serve yet, refused in one sentence before any sampling."""
     if args.sampler not in BOND_SAMPLERS:
         raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, whose bond orders need a sampler with a "
-                        f"categorical step: {' or '.join(BOND_SAMPLERS)}, not {args.sampler} (--model edm samples with it).")
+                        f"categorical step ({', '.join(BOND_SAMPLERS)}), not {args.sampler} (--model edm samples with it).")
     used = [flag for flag, on in (("--trajectory", args.trajectory), ("--trajectory-png", args.trajectory_png)) if on]
     if used:
         raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, which samples without {', '.join(used)} for now; "

@@ -14,9 +14,10 @@ import torch
 
 from sci_diffusion.compilation import compiled_forward
 from sci_diffusion.denoiser import isolate_failed_samples
+from sci_diffusion.distillation import distilled_times
 from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.guidance import ClassifierFreeGuidance, classifier_free_passes
-from sci_diffusion.samplers import get_sampler, sampler_times
+from sci_diffusion.samplers import get_sampler
 
 from ..chem.bond_types import NUM_BOND_CLASSES
 from ..data.atom_state import decode_atoms, decode_formal_charges
@@ -55,7 +56,7 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
     if guidance is not None:
         batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
     sample = get_sampler(sampler)
-    times = sampler_times(sampler, module.schedule, steps, spacing)
+    times = distilled_times(module, sampler, steps, spacing)
     device = next(module.parameters()).device
     seeds = molecule_seeds(generator, atom_counts, seeds)
     with compiled_forward(module.net, compile_network):

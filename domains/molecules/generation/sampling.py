@@ -15,10 +15,11 @@ from torch import Tensor
 
 from sci_diffusion.compilation import compiled_forward
 from sci_diffusion.denoiser import PredictionDenoiser, isolate_failed_samples
+from sci_diffusion.distillation import distilled_times
 from sci_diffusion.errors import UserError
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
-from sci_diffusion.samplers import get_sampler, sampler_times
+from sci_diffusion.samplers import get_sampler
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import StateSpace
 
@@ -242,7 +243,7 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
     if guidance is not None and cond is None:
         raise ValueError("Guidance needs a condition to guide towards.")
     sample = get_sampler(sampler)
-    times = sampler_times(sampler, module.schedule, steps, spacing)  # the grid is built once, outside the sampler
+    times = distilled_times(module, sampler, steps, spacing)  # the grid is built once, outside the sampler
     device = next(module.parameters()).device
     if guidance is not None:
         batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
