@@ -130,6 +130,32 @@ def test_a_subject_depends_on_the_seed_and_its_index_only(synthetic_set, synthes
     assert not np.array_equal(first, nib.load(synthetic_set / "1BS002" / "ct.nii.gz").get_fdata())
 
 
+def test_three_shards_write_exactly_the_subjects_of_one_run(synthesis_ckpt, tmp_path, capsys):
+    """``--shard K/N``: each part draws its subjects from the run's own seeds, so the three parts' folders hold
+    the run's ids and volumes, each once; a malformed or too fine split is refused in one sentence."""
+    common = ["--num", "3", "--seed", "5", "--steps", "2", "--ckpt", str(synthesis_ckpt)]
+    assert main(["synthesize", "medical", *common, "--out", str(tmp_path / "whole")]) == 0
+    parts = {}
+    for k in range(3):
+        out = tmp_path / f"part{k}"
+        assert main(["synthesize", "medical", *common, "--shard", f"{k}/3", "--out", str(out)]) == 0
+        info = json.loads((out / "dataset.json").read_text())
+        assert info["shard"] == {"part": k, "parts": 3, "run_subjects": 3}
+        parts.update({pid: out for pid in info["subjects"]})
+    whole = json.loads((tmp_path / "whole" / "dataset.json").read_text())["subjects"]
+    assert sorted(parts) == sorted(whole) and len(whole) == 3
+    for pid, out in parts.items():
+        for volume in ("ct", "mr", "labels"):
+            assert np.array_equal(nib.load(out / pid / f"{volume}.nii.gz").get_fdata(),
+                                  nib.load(tmp_path / "whole" / pid / f"{volume}.nii.gz").get_fdata())
+    capsys.readouterr()  # the progress bars so far
+    assert "should read K/N" in run_expecting_error(["synthesize", "medical", *common, "--shard", "3/3",
+                                                     "--out", str(tmp_path / "bad")], capsys)
+    assert "4 parts of 3 subjects" in run_expecting_error(["synthesize", "medical", *common, "--shard", "0/4",
+                                                           "--out", str(tmp_path / "bad")], capsys)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_the_nnunet_format_is_written_beside(synthesis_ckpt, tmp_path):
     out = tmp_path / "set"
     assert main(["synthesize", "medical", "--num", "1", "--out", str(out), "--steps", "1", "--format", "nnunet",

@@ -1,10 +1,15 @@
-"""translate's sampling trajectory (``translate --trajectory-png``)."""
+"""translate's sampling trajectory (``translate --trajectory-png``), and a folder of subjects (``--shard``)."""
+import json
+
+import nibabel as nib
 import numpy as np
 
 from sci_diffusion.cli import main
 from sci_diffusion_medical.translation.inputs import load_inputs
 from sci_diffusion_medical.translation.model import load_translation_model, slice_geometry
 from sci_diffusion_medical.translation.volume import slice_trajectory, translate_volume
+
+from .conftest import run_expecting_error
 
 
 def test_the_trajectory_ends_on_the_translated_slice(subject, residual_ckpt, tmp_path):
@@ -24,3 +29,32 @@ def test_the_trajectory_ends_on_the_translated_slice(subject, residual_ckpt, tmp
     assert main(["translate", "--mr", str(subject["mr"]), "--ckpt", str(residual_ckpt), "--steps", "2",
                  "--out", str(tmp_path / "sct.nii.gz"), "--trajectory-png", str(png)]) == 0
     assert png.stat().st_size > 1000
+
+
+def test_a_folder_of_subjects_translates_whole_or_in_parts_as_each_subject_alone(phantom_dir, subject, diffusion_ckpt,
+                                                                                  tmp_path, capsys):
+    """``translate --mr FOLDER``: every subject into ``<out>/<id>/sct.nii.gz`` (and its std for K = 2) exactly as
+    a one-volume run with its mask; ``--shard K/N`` parts write the whole run's volumes, each subject once."""
+    flags = ["--ckpt", str(diffusion_ckpt), "--samples", "2", "--steps", "2", "--seed", "4"]
+    assert main(["translate", "--mr", str(phantom_dir), "--out", str(tmp_path / "whole"), *flags]) == 0
+    record = json.loads((tmp_path / "whole" / "translation.json").read_text())
+    assert record["subjects"] == ["1BA001", "1BA002"] and record["run_subjects"] == 2
+    alone = tmp_path / "alone.nii.gz"
+    assert main(["translate", "--mr", str(subject["mr"]), "--mask", str(subject["mask"]), "--out", str(alone), *flags]) == 0
+    assert np.array_equal(nib.load(alone).get_fdata(), nib.load(tmp_path / "whole" / "1BA001" / "sct.nii.gz").get_fdata())
+    for k in range(2):
+        assert main(["translate", "--mr", str(phantom_dir), "--out", str(tmp_path / f"part{k}"), "--shard", f"{k}/2",
+                     *flags]) == 0
+    for k, pid in enumerate(["1BA001", "1BA002"]):
+        assert json.loads((tmp_path / f"part{k}" / "translation.json").read_text())["subjects"] == [pid]
+        for name in ("sct.nii.gz", "sct_std.nii.gz"):
+            assert np.array_equal(nib.load(tmp_path / f"part{k}" / pid / name).get_fdata(),
+                                  nib.load(tmp_path / "whole" / pid / name).get_fdata())
+    capsys.readouterr()
+    assert "3 parts of 2 subjects" in run_expecting_error(["translate", "--mr", str(phantom_dir), "--out",
+                                                           str(tmp_path / "bad"), "--shard", "0/3", *flags], capsys)
+    assert "--png names one file" in run_expecting_error(["translate", "--mr", str(phantom_dir), "--out",
+                                                          str(tmp_path / "bad"), "--png", "x.png", *flags], capsys)
+    assert "--shard splits a folder of subjects" in run_expecting_error(
+        ["translate", "--mr", str(subject["mr"]), "--out", str(tmp_path / "bad.nii.gz"), "--shard", "0/2", *flags], capsys)
+    assert not (tmp_path / "bad").exists()

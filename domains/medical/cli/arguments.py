@@ -38,7 +38,12 @@ def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mr", required=True, help="input T1 MR volume: .nii.gz/.nii, .mha/.mhd, .nrrd or a DICOM series folder; "
-                                            "resampled to the model's voxel size, and the sCT written back on its grid")
+                                            "resampled to the model's voxel size, and the sCT written back on its grid. "
+                                            "A folder of subjects (<id>/mr.nii.gz, with mask.nii.gz when present) writes "
+                                            "<out>/<id>/sct.nii.gz for each")
+    p.add_argument("--shard", metavar="K/N", help="with --mr FOLDER: translate only part K of N of its subjects (sorted by "
+                                                 "id; a SLURM array task, a torchrun rank); the parts' --out folders "
+                                                 "together are the whole run")
     p.add_argument("--out", required=True, help="output synthetic CT in HU (.nii.gz, .nii or .mha) on the MR's grid; a .json "
                                              "sidecar is written beside it")
     p.add_argument("--mask", help="body mask on the MR grid (any --mr format); derived from the MR (SynthRAD recipe) "
@@ -111,6 +116,9 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: SynthRAD layout <out>/<id>/{mr,ct,mask,labels}.nii.gz, "
                                              "dataset.json and contact_sheet.png")
     p.add_argument("--seed", type=int, default=0, help="subject i is drawn from the seed sequence (seed, i) (default 0)")
+    p.add_argument("--shard", metavar="K/N", help="write only part K of N of the run's --num subjects (a SLURM array task, "
+                                                 "a torchrun rank), each part to its own --out: the same subjects as the "
+                                                 "whole run, whose union the parts are")
     p.add_argument("--ckpt", help="paired synthesis checkpoint (default: the bundled one, checkpoints/README.md)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES,

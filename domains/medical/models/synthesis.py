@@ -142,7 +142,8 @@ def subject_generator(seed: int, index: int) -> torch.Generator:
 
 
 def iterate_subjects(model: PairedSliceSynthesis, num: int, seed: int = 0, steps: int = 50,
-                     sampler: str = "ddpm") -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """``(index, volumes)`` for subjects 1..num (``PairedSliceSynthesis.sample_volume``)."""
-    for index in range(1, num + 1):
+                     sampler: str = "ddpm", first: int = 1) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """``(index, volumes)`` for subjects ``first .. first + num - 1`` (``PairedSliceSynthesis.sample_volume``); each
+    from its own generator ``(seed, index)``, so part of a run draws the run's own subjects."""
+    for index in range(first, first + num):
         yield index, model.sample_volume(subject_generator(seed, index), steps=steps, sampler=sampler)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from sci_diffusion.atomic import check_writable, write_json
 from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 from sci_diffusion.errors import UserError
+from sci_diffusion.shards import shard_range
 
 from ..data.phantom import CT_BACKGROUND_HU, TISSUE_LABELS, patient_id
 from ..io.figures import contact_sheet
@@ -118,11 +119,13 @@ def resample_subject(volumes: dict[str, np.ndarray], affine: np.ndarray,
 def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.PathLike | None = None, seed: int = 0,
                             steps: int = 50, fmt: str = "synthrad", png: str | os.PathLike | None = None,
                             sampler: str = "ddpm", spacing_mm: float | None = None,
-                            progress: bool = True) -> dict[str, Any]:
+                            progress: bool = True, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Sample ``num`` subjects and write them (see the module docstring).
 
     Args:
         out: the data set's folder; it must not hold a data set already.
+        shard: ``(K, N)``: write only part K of N of the run's subjects (``sci_diffusion.shards``), the same
+            subjects, ids and volumes as the whole run's; the parts' folders together are the run.
         png: the contact sheet (default ``<out>/contact_sheet.png``).
         fmt: ``synthrad``, or ``nnunet`` for the nnU-Net v2 layout in ``<out>/nnunet`` as well.
         spacing_mm: write the subjects on this voxel size (``resample_subject``); None: the model's grid.
@@ -150,11 +153,15 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
     if spacing_mm is not None:
         record["generated_voxel_mm"] = voxel_mm
         voxel_mm = [float(spacing_mm)] * 3
+    part = shard_range(shard, num)
+    if shard is not None:
+        record["shard"] = {"part": shard[0], "parts": shard[1], "run_subjects": num}
     pairs, sheet, seconds = [], [], []
-    bar = tqdm(total=num, desc="synthetic subjects", unit="subject", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(part), desc="synthetic subjects", unit="subject", file=sys.stderr, disable=not progress)
     start = time.perf_counter()
     with torch.inference_mode():
-        for index, volumes in iterate_subjects(model, num, seed=seed, steps=steps, sampler=sampler):
+        for index, volumes in iterate_subjects(model, len(part), seed=seed, steps=steps, sampler=sampler,
+                                               first=part.start + 1):
             pid = patient_id(index, centre=SYNTHETIC_CENTRE)
             written_affine = affine
             if spacing_mm is not None:

@@ -34,6 +34,7 @@ from sci_diffusion.generators import per_sample_seeds
 from sci_diffusion.memory import release_freed_memory
 from sci_diffusion.report.command import check_report_path
 from sci_diffusion.samplers import resolve_spacing
+from sci_diffusion.shards import shard_range
 
 from ..chem.elements import QM9_ELEMENTS
 from ..chem.files import MoleculeWriter, copy_records, draw_grid_png
@@ -65,7 +66,7 @@ from ..models.diffusion import MoleculeDiffusion
 from ..models.property_model import PropertyPredictor, load_property_model, predict_properties
 from ..report.page import write_report
 from .inpainting import run_inpainting_sample
-from .sample_checks import check_sample_arguments, check_triage_arguments, refuse_triage_flags, shard_range
+from .sample_checks import check_sample_arguments, check_triage_arguments, refuse_triage_flags
 
 GRID_MOLECULES = 16  # drawn into --png
 

@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from sci_diffusion import shards
 from sci_diffusion.atomic import check_writable
 from sci_diffusion.errors import UserError
 from sci_diffusion.guidance import check_interval, classifier_free_passes
@@ -54,32 +55,14 @@ def check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
 
 
 def parse_shard(text: str | None, args: argparse.Namespace) -> tuple[int, int] | None:
-    """``--shard K/N`` as ``(K, N)``; UserError for another form, K outside 0..N-1, more parts than molecules, or a
-    flag that needs every molecule of the run in one process."""
-    if text is None:
-        return None
-    k_text, slash, n_text = text.partition("/")
-    try:
-        k, n = int(k_text), int(n_text)
-    except ValueError:
-        k = n = -1
-    if not slash or n < 1 or not 0 <= k < n:
-        raise UserError(f"--shard {text!r} should read K/N with 0 <= K < N, e.g. 0/4 for the first of four parts.")
-    if n > args.num:
-        raise UserError(f"--shard {text}: {n} parts of {args.num} molecules would leave some empty; use at most {args.num}.")
+    """``--shard K/N`` as ``(K, N)`` (``sci_diffusion.shards``); UserError also for a flag that needs every molecule
+    of the run in one process."""
+    shard = shards.parse_shard(text, args.num, "molecules")
     whole_run = [flag for flag, on in (("--oversample", args.oversample > 1), ("--top-png", args.top_png)) if on]
-    if whole_run:
+    if shard is not None and whole_run:
         raise UserError(f"--shard writes part of a run, and {whole_run[0]} chooses among all of its molecules: run "
                         "it without --shard.")
-    return k, n
-
-
-def shard_range(shard: tuple[int, int] | None, num: int) -> range:
-    """The indices of the molecules that ``shard`` ``(K, N)`` writes out of ``num``: the K-th of N near-equal runs."""
-    if shard is None:
-        return range(num)
-    k, n = shard
-    return range(k * num // n, (k + 1) * num // n)
+    return shard
 
 
 def check_xtb_arguments(args: argparse.Namespace, conditional: bool) -> None:
