@@ -29,7 +29,7 @@ from torch import Tensor
 from .callbacks import AdaptiveGradientClipping, CheckpointAtTrainEnd, LossCurvePlot, ema_with_warmup
 from .checkpoints import file_sha256, load_module, module_class_name, read_checkpoint, training_record
 from .denoiser import PredictionDenoiser
-from .distillation import ProgressiveDistillationLoss, halve_grid
+from .distillation import DISTILLED_SAMPLER, ProgressiveDistillationLoss, halve_grid
 from .errors import UserError
 from .losses import DenoisingLoss
 from .paths import noise_path
@@ -159,6 +159,10 @@ class DiffusionModule(L.LightningModule):
             h.distill_steps = (len(times) - 1) // 2
             if not h.init_from:
                 h.init_from = h.distill_from  # the student starts as its teacher
+        # kept apart too: a subclass's save_hyperparameters() after this __init__ merges its own arguments over
+        # these, and LightningCLI passes every argument (teacher_times=None, init_from=None); setup() restores them
+        self._distillation = {k: h[k] for k in ("teacher_times", "teacher_sha256", "distill_steps", "init_from")}
+        self._distillation.update(val_sampler=DISTILLED_SAMPLER, val_steps=h.distill_steps)  # validate as it samples
         return ProgressiveDistillationLoss(base, torch.tensor(h.teacher_times, dtype=torch.float64),
                                            self.teacher_denoiser, getattr(base, "categorical_weight", 1.0))
 
@@ -271,6 +275,7 @@ class DiffusionModule(L.LightningModule):
     # ----- a warm start ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        self.hparams.update(getattr(self, "_distillation", None) or {})  # see distillation_loss
         if stage == "fit":
             self.start_from_checkpoint()
 

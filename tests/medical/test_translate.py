@@ -9,7 +9,7 @@ from sci_diffusion_medical.translation.inputs import load_inputs
 from sci_diffusion_medical.translation.model import load_translation_model, slice_geometry
 from sci_diffusion_medical.translation.volume import slice_trajectory, translate_volume
 
-from .conftest import run_expecting_error
+from .conftest import run_expecting_error, tiny_fit
 
 
 def test_the_trajectory_ends_on_the_translated_slice(subject, residual_ckpt, tmp_path):
@@ -58,3 +58,21 @@ def test_a_folder_of_subjects_translates_whole_or_in_parts_as_each_subject_alone
     assert "--shard splits a folder of subjects" in run_expecting_error(
         ["translate", "--mr", str(subject["mr"]), "--out", str(tmp_path / "bad.nii.gz"), "--shard", "0/2", *flags], capsys)
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_residual_model_distils_and_its_student_translates_at_its_own_step_count(phantom_dir, subject, residual_ckpt,
+                                                                                      regression_ckpt, tmp_path, capsys):
+    """configs/medical/distill_residual.yaml: one round from the (tiny) residual model; the student translates with
+    its own step count by default and refuses another in one sentence."""
+    student = tiny_fit("distill_residual.yaml", phantom_dir, tmp_path / "fit", [
+        f"--model.distill_from={residual_ckpt}", f"--model.regression_ckpt={regression_ckpt}", "--model.distill_steps=2",
+        "--model.channels=[8,16,16]", "--model.attention_levels=[false,false,true]", "--model.num_head_channels=8",
+        "--model.norm_num_groups=8", "--model.val_slices=2", "--model.val_steps=1", "--data.phantom_subjects=0"])
+    out = tmp_path / "sct.nii.gz"
+    assert main(["translate", "--mr", str(subject["mr"]), "--mask", str(subject["mask"]), "--ckpt", str(student),
+                 "--out", str(out)]) == 0
+    assert json.loads((tmp_path / "sct.json").read_text())["steps"] == 2
+    capsys.readouterr()
+    assert "distilled for 2 steps; sample it with --steps 2, not 10" in run_expecting_error(
+        ["translate", "--mr", str(subject["mr"]), "--ckpt", str(student), "--steps", "10", "--out",
+         str(tmp_path / "b.nii.gz")], capsys)

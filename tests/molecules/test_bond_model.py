@@ -172,10 +172,10 @@ def test_a_bond_model_distils_through_lightning_and_its_student_samples_only_as_
     student trains beside its teacher checkpoint, records its grid, and ``sample molecules`` draws it with ddim
     at its step count, refusing another count in one sentence."""
     student = BondMoleculeDiffusion(hidden=16, layers=2, val_molecules=0, distill_from=str(bond_checkpoint),
-                                    distill_steps=2)
-    assert student.hparams.init_from == str(bond_checkpoint)
+                                    distill_steps=2, init_from=None, teacher_times=None)  # as LightningCLI passes them
     student_file = fit_tiny(student, QM9BondDataModule(batch_size=4, limit=16), tmp_path / "student", steps=2)
     loaded = load_module(str(student_file), domain="molecules")
+    assert loaded.hparams.init_from == str(bond_checkpoint)  # it started as its teacher
     assert len(loaded.sampling_times) == 3
     out = tmp_path / "s.sdf"
     assert main(["sample", "molecules", "--ckpt", str(student_file), "--num", "2", "--atoms", "5", "--steps", "2",

@@ -16,9 +16,10 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import Tensor
 
+from sci_diffusion.distillation import distilled_times
 from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
-from sci_diffusion.samplers import get_sampler, sampler_times
+from sci_diffusion.samplers import get_sampler
 from sci_diffusion.state_spaces import EuclideanSpace
 
 from ..data.transforms import unit_to_ct
@@ -200,6 +201,6 @@ class MRItoCTDiffusion(SliceTranslation, DiffusionUNet, DiffusionModule):
         if noise is None:
             noise = space.noise(mr[:, :1], generator)
         denoiser = self.denoiser(context=mr, clip=(-1.0, 1.0))
-        times = sampler_times(sampler, self.schedule, steps, spacing)
+        times = distilled_times(self, sampler, steps, spacing)
         return get_sampler(sampler)(denoiser, noise.to(mr), self.schedule, times, space, generator=generator,
                                     callback=callback)

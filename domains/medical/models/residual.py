@@ -33,10 +33,11 @@ import torch
 from torch import Tensor
 
 from sci_diffusion.checkpoints import module_class_name, read_checkpoint
+from sci_diffusion.distillation import distilled_times
 from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.losses import DenoisingLoss
 from sci_diffusion.module import DiffusionBatch
-from sci_diffusion.samplers import get_sampler, sampler_times
+from sci_diffusion.samplers import get_sampler
 from sci_diffusion.state_spaces import EuclideanSpace
 
 from .diffusion import MRItoCTDiffusion, slice_batch
@@ -246,7 +247,7 @@ class MRItoCTResidualDiffusion(MRItoCTDiffusion):
         if noise is None:
             noise = space.noise(mean, generator)
         as_ct = None if callback is None else (lambda i, s, x, x0: callback(i, s, mean + scale * x, mean + scale * x0))  # noqa: E731
-        times = sampler_times(sampler, self.schedule, steps, spacing)
+        times = distilled_times(self, sampler, steps, spacing)
         residual = get_sampler(sampler)(self.residual_denoiser(mr, mean, scale), noise.to(mr), self.schedule, times,
                                         space, generator=generator, callback=as_ct)
         return (mean + scale * residual).clamp(-1.0, 1.0)

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sci_diffusion.distillation import distilled_times
 from sci_diffusion.module import DiffusionBatch, DiffusionModule
-from sci_diffusion.samplers import get_sampler, sampler_times
+from sci_diffusion.samplers import get_sampler
 from sci_diffusion.state_spaces import EuclideanSpace
 
 from ..data.label_bits import bits_to_labels, label_bit_count
@@ -124,7 +125,7 @@ class PairedSliceSynthesis(DiffusionUNet, DiffusionModule):
         noise = space.noise(torch.empty(z_size, self.state_channels, x_size + top + bottom, y_size + left + right),
                             generator).to(self.device)
         denoiser = self.denoiser(context=slice_heights(z_size).to(self.device), clip=(-1.0, 1.0))
-        times = sampler_times(sampler, self.schedule, steps)
+        times = distilled_times(self, sampler, steps)
         x = get_sampler(sampler)(denoiser, noise, self.schedule, times, space, generator=generator).cpu()
         x = x[:, :, top:top + x_size, left:left + y_size]  # (Z, C, X, Y)
         labels = bits_to_labels(x[:, 2:], self.hparams.classes).movedim(0, -1).numpy().astype(np.uint8)

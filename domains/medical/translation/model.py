@@ -52,9 +52,11 @@ def training_spacing(module: torch.nn.Module) -> np.ndarray | None:
 
 
 def default_steps(module: torch.nn.Module) -> int:
-    """The sampler steps a model translates with when none are asked for: the step count it was
-    validated with in training (its ``val_steps``; 10 for the residual config, 20 for the plain one)."""
-    return int(module.hparams.get("val_steps") or 20)
+    """The sampler steps a model translates with when none are asked for: a distilled student's own count
+    (``sci_diffusion.distillation``), else the step count it was validated with in training (its ``val_steps``; 10
+    for the residual config, 20 for the plain one)."""
+    times = getattr(module, "sampling_times", None)
+    return len(times) - 1 if times is not None else int(module.hparams.get("val_steps") or 20)
 
 
 def slice_geometry(module: torch.nn.Module) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from sci_diffusion.atomic import check_writable
+from sci_diffusion.distillation import distilled_times
 from sci_diffusion.errors import UserError
 from sci_diffusion.samplers import resolve_spacing
 
@@ -136,7 +137,8 @@ def options_for_model(options: TranslationOptions, module: torch.nn.Module) -> T
     """The options checked against the loaded model, with its own step count filled in when ``steps`` is None.
 
     Raises:
-        UserError: what a deterministic (regression) model cannot do, in one sentence.
+        UserError: what a deterministic (regression) model cannot do, or a step count or sampler a distilled
+            student was not distilled for, in one sentence.
     """
     o = options
     steps = default_steps(module) if o.steps is None else o.steps
@@ -145,4 +147,6 @@ def options_for_model(options: TranslationOptions, module: torch.nn.Module) -> T
                         "it gives one answer, so use --samples 1 and no --uncertainty.")
     if o.trajectory_png is not None and is_deterministic(module):
         raise UserError("--trajectory-png needs a diffusion model: a regression model has no sampling trajectory.")
+    if not is_deterministic(module):
+        distilled_times(module, o.sampler, steps, o.spacing)  # a distilled student: its own steps and sampler only
     return replace(o, steps=steps)
