@@ -113,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--xtb-num", type=int, default=200,
                    help="molecules of each row relaxed with GFN2-xTB, the first of the --num (0: no geometry check)")
     p.add_argument("--no-readme", action="store_true", help="do not touch the README's headline row")
+    p.add_argument("--resume-from", metavar="SLIM.ckpt",
+                   help="one arm whose folder was lost (another machine): warm-start it from this slim export of it "
+                        "(sci-diffusion export), its clock at the CPU-hours the export records")
     args = p.parse_args(argv)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in args.arms if a not in ARMS]
@@ -122,7 +125,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.steps = [int(s) for s in args.steps.split(",")]
     if max(args.marks) > args.cpu_hours:
         p.error(f"a mark of {max(args.marks)} CPU-hours lies past the budget of {args.cpu_hours}.")
+    if args.resume_from:
+        args.resume_from = resume_point(p, args)
     return args
+
+
+def resume_point(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, float]:
+    """``--resume-from``'s file and the CPU-hours behind it (its export record's ``cpu_hours``)."""
+    path = Path(args.resume_from)
+    if len(args.arms) != 1:
+        p.error("--resume-from continues one arm; name it alone in --arms.")
+    if not path.is_file():
+        p.error(f"--resume-from {path} is not there.")
+    hours = torch.load(path, map_location="cpu", weights_only=False).get("sci_diffusion", {}).get("cpu_hours")
+    if hours is None or hours >= args.cpu_hours:
+        p.error(f"--resume-from {path} records no CPU-hours below the budget of {args.cpu_hours:g} (export a run with "
+                "a CpuTimeBudget).")
+    return path, float(hours)
 
 
 # ----- training ------------------------------------------------------------------------------------------
@@ -134,12 +153,19 @@ def mark_checkpoint(work: Path, arm: str, mark: float) -> Path:
     return checkpoint_folder(work, arm) / f"cpu_{mark:g}h.ckpt"
 
 
-def arm_config(arm: Arm, work: Path, hours: float, marks: list[float]) -> Path:
-    """The arm's config with the study's budget, marks and folders, written to ``<work>/<arm>/config.yaml``."""
+def arm_config(arm: Arm, work: Path, hours: float, marks: list[float],
+               resume: tuple[Path, float] | None = None) -> Path:
+    """The arm's config with the study's budget, marks and folders, written to ``<work>/<arm>/config.yaml``;
+    ``resume`` (a slim export and the CPU-hours behind it) warm-starts it from there."""
     cfg = yaml.safe_load((REPO / arm.config).read_text())
+    if resume is not None:
+        cfg["model"]["init_args"]["init_from"] = str(resume[0].resolve())
+        (work / arm.letter / "init_from.ckpt").unlink(missing_ok=True)
     for callback in cfg["trainer"]["callbacks"]:
         if callback["class_path"].endswith("CpuTimeBudget"):
             callback["init_args"].update(hours=hours, save_at=marks)
+            if resume is not None:
+                callback["init_args"]["spent_hours"] = resume[1]
         if callback["class_path"].endswith("CpuTimeCooldown"):  # to the budget (a branch: from its branch point)
             callback["init_args"].update(end_hours=hours)
             if arm.branch_from is not None:
@@ -168,11 +194,12 @@ def training_jobs(args: argparse.Namespace, work: Path) -> list[Job]:
         if mark_checkpoint(work, letter, args.marks[-1]).is_file():
             print(f"  arm {letter}: trained to {args.marks[-1]:g} CPU-hours already")
             continue
-        config = arm_config(ARMS[letter], work, args.cpu_hours, args.marks)
-        command = [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config", str(config)]
         last = checkpoint_folder(work, letter) / "last.ckpt"
+        resume = args.resume_from if not last.is_file() else None  # a lost arm's first leg on a new machine
+        config = arm_config(ARMS[letter], work, args.cpu_hours, args.marks, resume)
+        command = [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config", str(config)]
         branch = ARMS[letter].branch_from
-        if not last.is_file() and branch is not None:
+        if not last.is_file() and branch is not None and resume is None:
             last = mark_checkpoint(work, *branch)
             if not last.is_file():
                 raise SystemExit(f"Arm {letter} branches from arm {branch[0]} at {branch[1]:g} CPU-hours, and {last} "

@@ -146,11 +146,14 @@ def export_for_inference(src: str | Path, dst: str | Path, extra: dict | None = 
     """Write a slim copy of a training checkpoint: the (EMA) weights and the sci-diffusion record,
     without optimizer state or the raw weights. This is what ships inside the package.
 
-    ``extra`` is merged into the record (e.g. ``training_budget``)."""
+    ``extra`` is merged into the record (e.g. ``training_budget``); a run with a ``CpuTimeBudget`` also records the
+    CPU-hours behind the weights as ``cpu_hours``, so that training can go on from the slim copy (a warm start)."""
     ckpt = read_checkpoint(src)
+    spent = ckpt.get("callbacks", {}).get("CpuTimeBudget", {}).get("cpu_seconds")
+    hours = {} if spent is None else {"cpu_hours": round(spent / 3600.0, 4)}  # a warm start's CpuTimeBudget(spent_hours)
     slim = {"state_dict": {k: v.clone() for k, v in ckpt["state_dict"].items()},
             "sci_diffusion": {**ckpt["sci_diffusion"], "global_step": ckpt.get("global_step"),
-                              "epoch": ckpt.get("epoch"), "exported_from": Path(src).name, **(extra or {})}}
+                              "epoch": ckpt.get("epoch"), "exported_from": Path(src).name, **hours, **(extra or {})}}
     with atomic_path(dst, suffix=".ckpt") as tmp:
         torch.save(slim, tmp)
     return Path(dst)

@@ -206,6 +206,10 @@ def test_a_warm_started_cpu_time_budget_counts_the_hours_behind_its_weights(tmp_
     assert (tmp_path / "ckpt" / "cpu_0.15h.ckpt").is_file() and not (tmp_path / "ckpt" / "cpu_0.05h.ckpt").exists()
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]["CpuTimeBudget"]
     assert saved["cpu_seconds"] >= 720
+    from sci_diffusion.checkpoints import export_for_inference  # the slim copy records where the clock stood
+
+    slim = export_for_inference(tmp_path / "ckpt" / "last.ckpt", tmp_path / "slim.ckpt")
+    assert torch.load(slim, weights_only=False)["sci_diffusion"]["cpu_hours"] == round(saved["cpu_seconds"] / 3600, 4)
     with pytest.raises(ValueError, match="already spent"):
         CpuTimeBudget(hours=1.0, spent_hours=1.0)
 

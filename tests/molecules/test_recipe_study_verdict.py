@@ -75,3 +75,25 @@ def test_a_warm_started_arm_trains_from_a_copy_of_its_start_and_stays_out_of_the
     assert callbacks["CpuTimeBudget"] == {"hours": 10.0, "save_at": [9.0, 10.0], "spent_hours": 7.0}
     assert callbacks["CpuTimeCooldown"] == {"start_hours": 7.0, "end_hours": 10.0}
     assert not recipes.ARMS["j"].from_scratch and recipes.ARMS["f"].from_scratch and not recipes.ARMS["h"].from_scratch
+
+
+def test_a_lost_arm_goes_on_from_its_slim_export_with_its_clock(tmp_path):
+    """``--resume-from``: a new machine's first leg of arm j warm-starts from the committed export, its clock at the
+    CPU-hours the export records; an export without them, or two arms, is refused in one sentence."""
+    import pytest
+    import torch
+    import yaml
+
+    slim = tmp_path / "j_slim.ckpt"
+    torch.save({"state_dict": {}, "sci_diffusion": {"cpu_hours": 9.2}}, slim)
+    args = recipes.parse_args(["--arms", "j", "--cpu-hours", "10", "--marks", "9.5,10", "--resume-from", str(slim)])
+    (job,) = recipes.training_jobs(args, tmp_path / "work")
+    config = yaml.safe_load((tmp_path / "work" / "j" / "config.yaml").read_text())
+    assert (tmp_path / "work" / "j" / "init_from.ckpt").read_bytes() == slim.read_bytes()
+    (budget,) = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("CpuTimeBudget")]
+    assert budget["spent_hours"] == 9.2 and "--ckpt_path" not in job.command
+    torch.save({"state_dict": {}, "sci_diffusion": {}}, slim)
+    with pytest.raises(SystemExit):
+        recipes.parse_args(["--arms", "j", "--cpu-hours", "10", "--marks", "10", "--resume-from", str(slim)])
+    with pytest.raises(SystemExit):
+        recipes.parse_args(["--arms", "i,j", "--cpu-hours", "10", "--marks", "10", "--resume-from", str(slim)])
