@@ -143,7 +143,7 @@ def score(args: argparse.Namespace, work: Path) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict], legs: list[dict]) -> str:
+def render(rows: list[dict], rounds: list[float]) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     lines = ["| model | sampler | steps | molecules | mol. stable % (EDM) | valid % | V x U % | own bonds: stable % "
              "| mol/s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -151,10 +151,8 @@ def render(rows: list[dict], legs: list[dict]) -> str:
         lines.append(f"| {r['name']} | {r['sampler']} | {r['steps']} | {r['molecules']} | {pct(r['molecule_stability'])} "
                      f"| {pct(r['validity'])} | {pct(r['validity_x_uniqueness'])} "
                      f"| {pct(r['own_bonds_molecule_stability'])} | {r['molecules_per_second']:.1f} |")
-    spent = sum(leg["cpu_seconds"] for leg in legs) / 3600
-    lines.append(f"\nDistillation cost: {spent:.2f} CPU-hours in {len(legs)} legs "
-                 + ", ".join(f"round {leg['round']} ({leg['steps']} steps) {leg['cpu_seconds'] / 3600:.2f}"
-                             for leg in legs) + ".")
+    lines.append(f"\nDistillation cost: {sum(rounds):g} CPU-hours of training on one thread (each round's "
+                 f"CpuTimeBudget: {', '.join(f'{h:g}' for h in rounds)}), counted over all of a round's legs.")
     return "\n".join(lines)
 
 
@@ -167,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase in ("score", "both"):
         rows = score(args, work)
         legs = json.loads((work / "legs.json").read_text()) if (work / "legs.json").is_file() else []
-        markdown = render(rows, legs)
+        markdown = render(rows, args.rounds[:len([r for r in rows if r["name"].startswith("student")])])
         print(markdown)
         write_result(RESULT_NAME, {"rows": rows, "legs": legs, "num": args.num, "rounds_cpu_hours": args.rounds},
                      markdown, update_page=not args.no_readme)
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                                f"{100 * best['molecule_stability']:.1f} % stable, {100 * best['validity']:.1f} % valid, "
                                f"{best['molecules_per_second']:.1f} mol/s (teacher at 50 steps: "
                                f"{100 * ref['molecule_stability']:.1f} %) | MolTD 92.5 % at 12 steps "
-                               f"| {sum(leg['cpu_seconds'] for leg in legs) / 3600:.2f} CPU-h of distillation "
+                               f"| {sum(args.rounds[:len(students)]):g} CPU-hours of distillation, one thread "
                                "| [molecules_distillation](docs/results/molecules_distillation.md) |")
     return 0
 
