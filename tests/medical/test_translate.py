@@ -42,13 +42,13 @@ def test_a_folder_of_subjects_translates_whole_or_in_parts_as_each_subject_alone
     alone = tmp_path / "alone.nii.gz"
     assert main(["translate", "--mr", str(subject["mr"]), "--mask", str(subject["mask"]), "--out", str(alone), *flags]) == 0
     assert np.array_equal(nib.load(alone).get_fdata(), nib.load(tmp_path / "whole" / "1BA001" / "sct.nii.gz").get_fdata())
-    for k in range(2):
-        assert main(["translate", "--mr", str(phantom_dir), "--out", str(tmp_path / f"part{k}"), "--shard", f"{k}/2",
+    for k in range(2):  # the parts of a run write into one folder, each with its own record
+        assert main(["translate", "--mr", str(phantom_dir), "--out", str(tmp_path / "parts"), "--shard", f"{k}/2",
                      *flags]) == 0
     for k, pid in enumerate(["1BA001", "1BA002"]):
-        assert json.loads((tmp_path / f"part{k}" / "translation.json").read_text())["subjects"] == [pid]
+        assert json.loads((tmp_path / "parts" / f"translation_part{k}of2.json").read_text())["subjects"] == [pid]
         for name in ("sct.nii.gz", "sct_std.nii.gz"):
-            assert np.array_equal(nib.load(tmp_path / f"part{k}" / pid / name).get_fdata(),
+            assert np.array_equal(nib.load(tmp_path / "parts" / pid / name).get_fdata(),
                                   nib.load(tmp_path / "whole" / pid / name).get_fdata())
     capsys.readouterr()
     assert "3 parts of 2 subjects" in run_expecting_error(["translate", "--mr", str(phantom_dir), "--out",

@@ -39,7 +39,8 @@ def translate_folder(root: str | os.PathLike, out: str | os.PathLike, options: T
 
     Args:
         root: the subjects' folder.
-        out: the output folder; ``<out>/translation.json`` records the run (subjects, part, seconds).
+        out: the output folder; ``<out>/translation.json`` records the run (subjects, part, seconds), a part's
+            ``<out>/translation_part<K>of<N>.json``, so that the parts of a run may write into one folder.
         options: the translation's settings; the single-file ones (``SINGLE_FILE_OPTIONS``) must be unset.
         shard: ``K/N`` or None.
         mask: must be None (each subject's own ``mask`` is used); there only to be refused in one sentence.
@@ -65,7 +66,9 @@ def translate_folder(root: str | os.PathLike, out: str | os.PathLike, options: T
         written.append(subject["id"])
     record = {"subjects": written, "run_subjects": len(subjects), "seconds": round(time.perf_counter() - start, 1),
               "source": str(root)}
-    if shard is not None:
+    name = "translation.json"
+    if shard is not None:  # the parts may share one --out: each keeps its own record
         record["shard"] = shard
-    write_json(out / "translation.json", record)
-    return record
+        name = "translation_part{}of{}.json".format(*shard.split("/"))
+    write_json(out / name, record)
+    return {**record, "record": str(out / name)}
