@@ -33,7 +33,7 @@ from torch import Tensor
 from .errors import UserError
 from .losses import DenoisingLoss
 from .parameterisation import masked_mean_error
-from .samplers import ddim_step, sampler_times, step_coefficients
+from .samplers import ddim, sampler_times, step_coefficients
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
 
@@ -60,7 +60,8 @@ def halve_grid(times: Tensor) -> Tensor:
 def two_step_target(teacher: Denoiser, x_t: Tensor, times: tuple[Tensor, Tensor, Tensor], schedule: NoiseSchedule,
                     space: StateSpace, cond: Any = None, generator: torch.Generator | None = None,
                     clean: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """The student's data-estimate target for one step ``t -> t''`` from two teacher DDIM steps through ``t'``.
+    """The student's data-estimate target for one step ``t -> t''`` from two teacher DDIM steps through ``t'``
+    (the core's :func:`~sci_diffusion.samplers.ddim` on the grid ``(t, t', t'')``).
 
     Args:
         teacher: the teacher's denoiser ``D(x, t, cond) -> x0_hat`` (class probabilities on categorical rows).
@@ -71,27 +72,29 @@ def two_step_target(teacher: Denoiser, x_t: Tensor, times: tuple[Tensor, Tensor,
         cond: the condition both see.
         generator: for the draw of the categorical rows at ``t'``.
         clean: ``(known, x0)``: entries the network sees clean at every time (a conformer model's atom types),
-            put back after the teacher's first step.
+            put back in every state the teacher sees.
 
     Returns:
         ``x_t``'s shape: the target data estimate on Gaussian entries, the teacher's class probabilities at ``t``
         on categorical rows.
     """
     t, t_mid, t_next = times
+    denoise = teacher
+    if clean is not None:  # known entries stay clean in every state the teacher sees, as in training
+        known, x0 = clean[0].bool(), clean[1]
+
+        def denoise(x: Tensor, s: Tensor, c: Any = None) -> Tensor:
+            return teacher(torch.where(known.expand_as(x), x0, x), s, c)
+
+    first: list[Tensor] = []  # the teacher's estimate at t (callback of step 0)
+    x_next = ddim(denoise, x_t, schedule, torch.stack([t, t_mid, t_next]), space, cond=cond, generator=generator,
+                  callback=lambda i, s, x, x0: first.append(x0) if i == 0 else None)
     a_t, s_t, _ = step_coefficients(schedule, t)
-    a_m, s_m, _ = step_coefficients(schedule, t_mid)
     a_n, s_n, _ = step_coefficients(schedule, t_next)
-    x0_first = teacher(x_t, t.to(torch.float32), cond)
-    x_mid = space.project(ddim_step(x_t, x0_first, a_t, s_t, a_m, s_m, 0.0, None))
-    x_mid = space.categorical_reverse(x_t, x0_first, x_mid, t, t_mid, generator)
-    if clean is not None:
-        x_mid = torch.where(clean[0].expand_as(x_mid).bool(), clean[1], x_mid)
-    x0_second = teacher(x_mid, t_mid.to(torch.float32), cond)
-    x_next = space.project(ddim_step(x_mid, x0_second, a_m, s_m, a_n, s_n, 0.0, None))
     ratio = s_n / s_t
     target = (x_next - ratio * x_t) / (a_n - ratio * a_t)
     # categorical rows: the teacher's class probabilities (padding, also masked, is left out of both losses)
-    return torch.where(space.categorical_mask(x_t).bool(), x0_first, target)
+    return torch.where(space.categorical_mask(x_t).bool(), first[0], target)
 
 
 @dataclass
