@@ -33,7 +33,7 @@ from sci_diffusion_molecules.generation.sampling import draw_atom_counts
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from jobs import Job, run_jobs  # noqa: E402
-from reporting import RESULTS, replace_readme_row, write_result  # noqa: E402
+from reporting import replace_readme_row, saved_result, write_result  # noqa: E402
 
 RESULT_NAME = "molecules_distillation"
 CONFIG = REPO / "configs" / "molecules" / "distill_bonds.yaml"
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase in ("score", "both"):
         report(score(args, work), args)
     if args.phase == "report":
-        saved = json.loads((RESULTS / f"{RESULT_NAME}.json").read_text())
-        report(saved["rows"], args, {k: saved[k] for k in ("command", "machine", "date")})
+        saved, provenance = saved_result(RESULT_NAME)
+        report(saved["rows"], args, provenance)
     return 0
 
 

@@ -29,7 +29,7 @@ import resource
 import time
 
 import torch
-from reporting import RESULTS, write_result
+from reporting import PROVENANCE, RESULTS, write_result
 
 from sci_diffusion.checkpoints import bundled_checkpoint, load_module, read_checkpoint
 from sci_diffusion.memory import keep_freed_memory
@@ -375,7 +375,7 @@ def rerender(path: str, update_page: bool) -> None:
     record["targets"] = targets(record["rows"])
     markdown = render(record["rows"], record["training"], record["training_fp32"], record["training_budget"])
     print(markdown)
-    provenance = {k: record.pop(k) for k in ("command", "machine", "date")}
+    provenance = {k: record.pop(k) for k in PROVENANCE}
     record.pop("benchmark", None)
     write_result("molecules_qm9", record, markdown, update_page=update_page, provenance=provenance)
 

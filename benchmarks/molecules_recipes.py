@@ -45,7 +45,7 @@ from sci_diffusion_molecules.generation.sampling import draw_atom_counts
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from jobs import Job, run_jobs  # noqa: E402
-from reporting import RESULTS, replace_readme_row, write_result  # noqa: E402
+from reporting import RESULTS, replace_readme_row, saved_result, write_result  # noqa: E402
 
 RESULT_NAME = "molecules_recipes"
 XTB_FIELDS = ("median_drop_kcal_per_mol", "p90_drop_kcal_per_mol", "scored", "molecules", "unscorable_fraction")
@@ -430,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase in ("train", "both"):
         train(args, work)
     if args.phase == "report":
-        saved = json.loads((RESULTS / f"{RESULT_NAME}.json").read_text())
-        report(saved["rows"], saved.get("xtb_floor"), args, work, {k: saved[k] for k in ("command", "machine", "date")})
+        saved, provenance = saved_result(RESULT_NAME)
+        report(saved["rows"], saved.get("xtb_floor"), args, work, provenance)
     if args.phase in ("score", "both"):
         previous_file = RESULTS / f"{RESULT_NAME}.json"
         previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}

@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.profilers import SimpleProfiler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import write_result  # noqa: E402
+from reporting import PROVENANCE, write_result  # noqa: E402
 
 # SimpleProfiler actions. Lightning runs the forward pass and the backward pass inside the optimiser's
 # closure, so the optimiser's own share is its action's time less those two.
@@ -170,7 +170,7 @@ def main() -> int:
     args = p.parse_args()
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
-        provenance = {k: result[k] for k in ("command", "machine", "date")}
+        provenance = {k: result[k] for k in PROVENANCE}
         write_result(args.result_name, result, markdown(result, result.get("before")), provenance=provenance)
         return 0
     if args.threads:

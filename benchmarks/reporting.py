@@ -9,6 +9,7 @@ names its own blocks (``mri2ct_phantom.md`` holds ``mri2ct_phantom``, ``mri2ct_r
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -46,6 +47,16 @@ def command_line() -> str:
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(ROOT).as_posix() if script.is_relative_to(ROOT) else sys.argv[0]
     return " ".join(shlex.quote(a) for a in [shown, *sys.argv[1:]])
+
+
+PROVENANCE = ("command", "machine", "date")  # what write_result adds: the run that measured a result
+
+
+def saved_result(name: str) -> tuple[dict, dict]:
+    """A benchmark's saved ``results/<name>.json`` and its provenance (``PROVENANCE``), for re-rendering a run
+    without measuring it again (``write_result(..., provenance=...)``)."""
+    record = json.loads((RESULTS / f"{name}.json").read_text())
+    return record, {k: record[k] for k in PROVENANCE}
 
 
 def write_result(name: str, payload: dict, markdown: str, out: Path | None = None, update_page: bool = True,
