@@ -18,7 +18,8 @@ from .arguments import TRANSLATION_MODELS
 
 def run_translate(args: argparse.Namespace) -> int:
     check_report_path(args.report)  # refused before the translation, not after it
-    if args.report and holds_subjects(args.mr):
+    folder = holds_subjects(args.mr)  # a folder of subjects, not one volume (or DICOM series)
+    if args.report and folder:
         raise UserError("--report draws one subject's page; translate that subject alone for it.")
     ckpt = bundled_checkpoint("sci_diffusion_medical", TRANSLATION_MODELS[args.model]) if args.model else args.ckpt
     options = TranslationOptions(ckpt=ckpt, samples=args.samples, uncertainty=args.uncertainty, steps=args.steps,
@@ -26,7 +27,7 @@ def run_translate(args: argparse.Namespace) -> int:
                                  png=args.png, ct=args.ct, trajectory_png=args.trajectory_png,
                                  shared_noise=args.shared_noise, series=args.series, interval=args.interval,
                                  calibration=args.calibration, samples_out=args.samples_out)
-    if holds_subjects(args.mr):
+    if folder:
         record = translate_folder(args.mr, args.out, options, args.shard, args.mask)
         print(f"Wrote {len(record['subjects'])} SYNTHETIC CTs of {record['run_subjects']} subjects to {args.out}/<id>/"
               f"sct.nii.gz in {record['seconds']:.1f} s.")
