@@ -12,7 +12,7 @@ from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
 
 CONDITION_SOURCES = ("db",)
 MODEL_CHOICES = ("edm", "latent", "bonds")  # the bundled unconditional models, by MoleculeDiffusion.model_kind
-PRECISION_CHOICES = ("bf16", "fp32")  # generation.sampling.PRECISIONS, named here without importing torch
+PRECISION_CHOICES = ("auto", "bf16", "fp32")  # sci_diffusion.precision.PRECISION_CHOICES, named here without importing torch
 
 
 def available_cores() -> int:
@@ -58,8 +58,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                                         "(default, for a conditional run: the bundled gap classifier)")
     p.add_argument("--batch-size", type=int, default=100,
                    help="molecules sampled together (about 100 keeps a batch's edge tensors in cache)")
-    p.add_argument("--precision", default="bf16", choices=PRECISION_CHOICES,
-                   help="network arithmetic: bfloat16 autocast (fast on AVX512-BF16 CPUs) or float32")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="network arithmetic: bf16 (bfloat16 autocast), fp32, or auto (default): bf16 where the CPU "
+                        "has AVX512-BF16 or AMX, where it is the faster, fp32 elsewhere (sci_diffusion.precision); the "
+                        "summary records which ran")
     p.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile (needs a C++ compiler): compiled once per process "
                         "(seconds to a minute), then more molecules per second on a CPU: 1.1x for the EDM gap model, "

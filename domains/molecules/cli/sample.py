@@ -32,6 +32,7 @@ from sci_diffusion.compilation import compiler_missing
 from sci_diffusion.errors import UserError
 from sci_diffusion.generators import per_sample_seeds
 from sci_diffusion.memory import release_freed_memory
+from sci_diffusion.precision import resolve_precision
 from sci_diffusion.report.command import check_report_path
 from sci_diffusion.samplers import resolve_spacing
 from sci_diffusion.shards import shard_range
@@ -127,6 +128,7 @@ def run_sample(args: argparse.Namespace) -> int:
     """``sample molecules``: ``--num`` molecules to ``--out``, the candidates table beside it (.csv), the
     run's summary (.json) and the pictures and trajectory asked for; prints a short report."""
     check_report_path(args.report)  # refused before any sampling
+    args.precision = resolve_precision(args.precision)  # auto: bf16 where the CPU has bf16 instructions, else fp32
     if (args.smiles or args.fix_atoms) and args.shard:
         raise UserError("--shard splits a run of generated molecules; conformers and inpainting run without it.")
     if args.smiles or args.fix_atoms:

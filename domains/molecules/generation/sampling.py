@@ -19,6 +19,7 @@ from sci_diffusion.distillation import distilled_times
 from sci_diffusion.errors import UserError
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
+from sci_diffusion.precision import PRECISIONS
 from sci_diffusion.samplers import get_sampler
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import StateSpace
@@ -27,7 +28,6 @@ from ..chem.elements import ElementSet
 from ..data.atom_state import decode_atoms, decode_formal_charges
 from ..data.conditioning import PropertyConditioning
 
-PRECISIONS = ("bf16", "fp32")
 # callback(i, t, x_t, x0_hat, counts): the core samplers' callback plus the batch's atom counts.
 BatchCallback = Callable[[int, float, Tensor, Tensor, list[int]], None]
 
