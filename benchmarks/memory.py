@@ -1,9 +1,11 @@
 """Peak memory of the streaming verbs, run as a user runs them: one CLI process each.
 
 - ``sample molecules --num N`` with the bundled model and the CLI's defaults (dpmpp2m_sde, 50 steps,
-  bf16, batches of 100), for each N of ``--molecules``: the process's peak RSS, its seconds, and what
-  its summary says. The largest run's SDF is then scored by ``evaluate molecules`` (the EDM metric and
-  novelty), so that row is also the bundled model's quality on that many molecules.
+  --precision auto, batches of 100), for each N of ``--molecules``: the process's peak RSS, its seconds,
+  and what its summary says. ``N@S`` samples N molecules at S steps instead: memory does not depend on
+  the step count (the sampler keeps one batch's state and the previous step's estimate whatever the
+  count; ``1000 1000@10`` shows it), time does, so the largest runs can be measured at fewer steps.
+  The largest run's SDF is then scored by ``evaluate molecules`` (the EDM metric and novelty).
 - ``translate`` of one whole-head phantom at ``--translate-mm`` (1 mm: 192 x 224 x 192 voxels) with
   the bundled MRI-to-CT model, ``--samples`` samples of ``--steps`` steps.
 
@@ -11,6 +13,7 @@ Peak RSS is each child's ``ru_maxrss`` (``os.wait4``). A run that would start af
 ``--budget-minutes`` is skipped and listed as skipped.
 
     python benchmarks/memory.py --budget-minutes 40
+    python benchmarks/memory.py --budget-minutes 150 --molecules 1000 1000@10 100000@10
 """
 from __future__ import annotations
 
@@ -37,6 +40,15 @@ def run_child(argv: list[str], log: Path) -> dict:
             "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
+def molecule_run(text: str) -> tuple[int, int | None]:
+    """``"N"`` or ``"N@S"`` (``--molecules``): N molecules, at S sampler steps or the CLI's default (None)."""
+    num, _, steps = text.partition("@")
+    try:
+        return int(num), (int(steps) if steps else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or N@STEPS (e.g. 1000 or 100000@10)") from None
+
+
 def earlier_molecule_rows() -> list[dict]:
     """The molecule rows of the last run's ``results/memory.json``, each with the date it was measured."""
     path = ROOT / "benchmarks" / "results" / "memory.json"
@@ -48,8 +60,8 @@ def earlier_molecule_rows() -> list[dict]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-minutes", type=float, required=True, help="no run starts after this")
-    p.add_argument("--molecules", type=int, nargs="*", default=[1000, 10000],
-                   help="sample molecules --num values; none (`--molecules` alone) keeps the molecule rows of the last "
+    p.add_argument("--molecules", type=molecule_run, nargs="*", default=[(1000, None), (10000, None)],
+                   help="sample molecules --num values, N or N@STEPS (at STEPS sampler steps); none (`--molecules` alone) keeps the molecule rows of the last "
                         "run's results, marked with their date, and measures only translate")
     p.add_argument("--translate-mm", type=float, default=1.0, help="voxel size of the translated phantom (mm)")
     p.add_argument("--samples", type=int, default=1, help="translate --samples")
@@ -62,24 +74,26 @@ def molecule_rows(args: argparse.Namespace, work: Path, budget_left) -> list[dic
     """``sample molecules`` at each ``--molecules`` size, then ``evaluate molecules`` on the largest, each in a
     child process of its own (its peak RSS is the child's)."""
     rows = []
-    largest = max(args.molecules, default=0)
-    for num in sorted(args.molecules):
-        if not budget_left(f"sample molecules --num {num}"):
+    largest = max((num for num, _ in args.molecules), default=0)
+    for num, steps in sorted(args.molecules, key=lambda run: (run[0], run[1] or 0)):
+        name = f"{num}" if steps is None else f"{num}_at_{steps}"
+        if not budget_left(f"sample molecules --num {num}" + ("" if steps is None else f" --steps {steps}")):
             continue
-        sdf = work / f"molecules_{num}.sdf"
+        sdf = work / f"molecules_{name}.sdf"
+        step_flag = [] if steps is None else ["--steps", str(steps)]
         row = {"run": "sample molecules", "size": f"{num:,} molecules",
-               **run_child(["sample", "molecules", "--num", str(num), "--out", str(sdf), "--no-progress"],
-                           work / f"sample_{num}.log")}
+               **run_child(["sample", "molecules", "--num", str(num), *step_flag, "--out", str(sdf), "--no-progress"],
+                           work / f"sample_{name}.log")}
         summary = json.loads(Path(f"{sdf}.json").read_text())
         row.update({k: summary[k] for k in ("written", "failed_non_finite", "molecules_per_second", "stable_fraction",
                                               "valid_fraction", "sampler", "steps", "spacing", "precision")})
         rows.append(row)
         print(json.dumps(row), flush=True)
         if num == largest and budget_left(f"evaluate molecules on {num}"):
-            report = work / f"metrics_{num}.json"
+            report = work / f"metrics_{name}.json"
             evaluated = {"run": "evaluate molecules", "size": f"{num:,} molecules",
                          **run_child(["evaluate", "molecules", "--samples", str(sdf), "--out", str(report)],
-                                     work / f"evaluate_{num}.log")}
+                                     work / f"evaluate_{name}.log")}
             evaluated["metrics"] = json.loads(report.read_text())
             rows.append(evaluated)
             print(json.dumps(evaluated), flush=True)
