@@ -102,13 +102,19 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_audit_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--synthetic", required=True, help="folder of synthetic subjects (SynthRAD layout, any readable format)")
+    p.add_argument("--synthetic", required=True, help="folder of synthetic subjects (SynthRAD layout <id>/ct with optional "
+                                                     "mask and labels, any readable format)")
     p.add_argument("--train", required=True, help="folder of the generator's training subjects (SynthRAD layout)")
+    p.add_argument("--held-out", help="folder of real subjects the generator did not train on: their nearest-training "
+                                      "distances are the reference (default: leave-one-out within --train)")
     p.add_argument("--out", required=True, help="audit report (.json)")
-    p.add_argument("--png", help="draw the closest synthetic / training pairs here (.png)")
-    p.add_argument("--modality", choices=("ct", "mr"), default="ct", help="which volume of each subject to compare (default ct)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="correlation from which a synthetic volume is a near copy (default 0.95)")
+    p.add_argument("--png", help="draw the worst slice pairs of the most extreme synthetic subjects here (.png)")
+    p.add_argument("--percentile", type=float, default=5.0,
+                   help="flag a distance below this percentile of the reference distribution (0 < p < 50; default 5)")
+    p.add_argument("--spacing-mm", type=float, default=4.0,
+                   help="isotropic voxel size the subjects are compared at, in mm (default 4)")
+    p.add_argument("--box-mm", type=float, default=256.0,
+                   help="edge of the cube around each body's centroid that is compared, in mm (default 256)")
 
 
 def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:

@@ -138,13 +138,14 @@ def reliability_diagram(curves: dict[str, dict[str, list[float]]], out_png: str 
     return write_png(fig, out_png, dpi=100)
 
 
-def closest_pairs_panel(pairs: list[tuple[str, str, float]], synthetic: dict[str, np.ndarray],
-                        training: dict[str, np.ndarray], out_png: str | os.PathLike) -> Path:
-    """One row per (synthetic id, training id, correlation): the two middle axial slices (``{id: (X, Y)}``) side by side."""
-    fig, axes = pyplot().subplots(len(pairs), 2, figsize=(5, 2.6 * len(pairs)), squeeze=False)
-    for row, (sid, tid, c) in enumerate(pairs):
-        for col, (image, title) in enumerate(((synthetic[sid], f"synthetic {sid}"), (training[tid], f"training {tid}"))):
-            axes[row, col].imshow(np.rot90(image), cmap="gray")
-            axes[row, col].set_title(f"{title}" + (f"\nr = {c:.3f}" if col == 0 else ""), fontsize=8)
-            axes[row, col].axis("off")
-    return save_figure(fig, out_png, "SYNTHETIC vs nearest training subject", dpi=80)
+def closest_pairs_panel(rows: list[tuple[str, np.ndarray, str, np.ndarray]], out_png: str | os.PathLike) -> Path:
+    """One row per (synthetic title, synthetic axial slice (X, Y) in HU, training title, training slice (X, Y)):
+    the two slices side by side (``audit medical --png``: each subject's worst slice and its nearest training slice)."""
+    fig, axes = pyplot().subplots(max(1, len(rows)), 2, figsize=(5, 2.6 * max(1, len(rows))), squeeze=False)
+    for row, (syn_title, syn, train_title, train) in enumerate(rows):
+        for col, (image, title) in enumerate(((syn, syn_title), (train, train_title))):
+            axes[row, col].imshow(np.rot90(image), cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1])
+            axes[row, col].set_title(title, fontsize=7)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return save_figure(fig, out_png, "SYNTHETIC vs nearest training slice", dpi=80)
