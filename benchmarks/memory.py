@@ -61,8 +61,9 @@ def earlier_molecule_rows() -> list[dict]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-minutes", type=float, required=True, help="no run starts after this")
     p.add_argument("--molecules", type=molecule_run, nargs="*", default=[(1000, None), (10000, None)],
-                   help="sample molecules --num values, N or N@STEPS (at STEPS sampler steps); none (`--molecules` alone) keeps the molecule rows of the last "
-                        "run's results, marked with their date, and measures only translate")
+                   help="sample molecules --num values, N or N@STEPS (at STEPS sampler steps); none (`--molecules` "
+                        "alone) keeps the molecule rows of the last run's results, marked with their date, and measures "
+                        "only translate")
     p.add_argument("--translate-mm", type=float, default=1.0, help="voxel size of the translated phantom (mm)")
     p.add_argument("--samples", type=int, default=1, help="translate --samples")
     p.add_argument("--steps", type=int, default=5, help="translate --steps (memory does not depend on it)")

@@ -24,7 +24,8 @@ DOMAIN = Domain(
                 add_evaluate_arguments, f"{CLI}.evaluate:run_evaluate"),
         Command("synthesize", "medical", "Write a SYNTHETIC paired MR / CT / tissue-label data set (SynthRAD or nnU-Net layout).",
                 add_synthesize_arguments, f"{CLI}.synthesize:run_synthesize"),
-        Command("audit", "medical", "Memorisation audit: each synthetic subject's nearest training subject, and near copies.",
+        Command("audit", "medical", "Memorisation audit: synthetic subjects registered to their nearest training subjects, "
+                "per volume and per slice, flagged against held-out real subjects.",
                 add_audit_arguments, f"{CLI}.audit:run_audit"),
     ],
     Reporter("a synthetic CT that translate wrote (beside its .json sidecar), the .json of evaluate mri2ct, or a data "
