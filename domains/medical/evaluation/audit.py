@@ -53,9 +53,9 @@ from ..data.pairs import find_synthrad_pairs
 from ..io.figures import closest_pairs_panel
 from ..io.images import load_for_model
 from ..io.nifti import MedicalInputError
+from .body_cube import BACKGROUND_HU, body_centring, place_in_cube
 
 BODY_HU = -500.0
-BACKGROUND_HU = -1000.0
 MIRROR = np.diag([-1.0, 1.0, 1.0])  # left-right, across the sagittal plane (RAS x)
 REGISTRATION_POINTS = 4096  # coarse voxels of the fixed subject sampled by each registration step
 QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
@@ -196,15 +196,10 @@ def load_subject(pair: dict[str, str], settings: AuditSettings) -> Subject:
     body = loaded.arrays["mask"] > 0.5 if "mask" in loaded.arrays else body_from_ct(ct)
     if not body.any():
         raise MedicalInputError(f"{pair['ct']} has no body (an empty mask, or no voxel above {BODY_HU:g} HU).")
-    centroid = np.asarray(ndimage.center_of_mass(body))
     n = settings.box_voxels
-    offset = np.round((n - 1) / 2 - centroid).astype(int)
-
-    def place(volume: np.ndarray, fill: float) -> np.ndarray:  # whole-voxel shift into the cube: no interpolation
-        return ndimage.affine_transform(volume, np.eye(3), offset=-offset, output_shape=(n, n, n), order=0, cval=fill)
-
-    cube_ct, cube_body = place(ct, BACKGROUND_HU), place(body.astype(np.float32), 0.0)
-    labels = place(np.rint(loaded.arrays["labels"]).astype(np.int32), 0) if "labels" in pair else None
+    offset, centroid = body_centring(body, n)  # a whole-voxel shift into the cube: nothing is interpolated
+    cube_ct, cube_body = place_in_cube(ct, offset, n, BACKGROUND_HU), place_in_cube(body.astype(np.float32), offset, n, 0.0)
+    labels = place_in_cube(np.rint(loaded.arrays["labels"]).astype(np.int32), offset, n, 0) if "labels" in pair else None
     to_grid = np.eye(4)
     to_grid[:3, 3] = -offset
     return Subject(pair["id"], pair["ct"], cube_ct, cube_body, labels, loaded.affine @ to_grid,

@@ -2,8 +2,8 @@
 
 Each subject's CT is put on one grid first: the isotropic grid it was loaded on (``io.images.load_for_model``,
 RAS voxel order), placed in a cube of ``box_mm`` (default 256 mm: 64^3 voxels at 4 mm) whose centre is the body's
-centroid, rounded to a whole voxel so that nothing is interpolated (as the memorisation audit does,
-``audit.load_subject``); outside the field of view is -1000 HU. Two subjects' similarity is the SynthRAD2023 SSIM
+centroid, rounded to a whole voxel so that nothing is interpolated (``body_cube``, as the memorisation audit does);
+outside the field of view is -1000 HU. Two subjects' similarity is the SynthRAD2023 SSIM
 (``metrics.ssim``: CT clipped to [-1024, 3000] HU, shifted to be non-negative, data range 4024 HU, skimage's
 7-voxel window) averaged over the union of their two bodies, not over the whole cube, whose air would agree
 whatever the anatomy. The figure is the mean over all pairs of a set; the target is a synthetic mean within
@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
+from .body_cube import BACKGROUND_HU, body_centring, place_in_cube
 from .metrics import ssim
 
 BOX_MM = 256.0
-BACKGROUND_HU = -1000.0
 DIVERSITY_TOLERANCE = 0.1
 
 
@@ -28,13 +27,9 @@ def centred_cube(ct: np.ndarray, body: np.ndarray, spacing_mm: float, box_mm: fl
     into an (n, n, n) cube (n = ``box_mm / spacing_mm`` rounded) centred on the body's centroid: ``(ct float32
     with -1000 HU outside the field of view, body bool)``. What lies outside the cube is left out."""
     n = max(8, int(round(box_mm / spacing_mm)))
-    centroid = np.asarray(ndimage.center_of_mass(np.asarray(body, dtype=np.float32)))
-    offset = np.round((n - 1) / 2 - centroid).astype(int)
-
-    def place(volume: np.ndarray, fill: float) -> np.ndarray:
-        return ndimage.affine_transform(volume, np.eye(3), offset=-offset, output_shape=(n, n, n), order=0, cval=fill)
-
-    return place(np.asarray(ct, np.float32), BACKGROUND_HU), place(np.asarray(body, np.float32), 0.0) > 0.5
+    offset, _ = body_centring(body, n)
+    return (place_in_cube(np.asarray(ct, np.float32), offset, n, BACKGROUND_HU),
+            place_in_cube(np.asarray(body, np.float32), offset, n, 0.0) > 0.5)
 
 
 def pairwise_ssim(cubes: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[float]:
