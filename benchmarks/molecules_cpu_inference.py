@@ -35,24 +35,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import scatter
 
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.compilation import compiled_forward, compiler_missing
 from sci_diffusion_molecules.chem.stability import stable_atoms
-from sci_diffusion_molecules.data.bond_state import pair_rows, upper_pairs
+from sci_diffusion_molecules.data.bond_state import upper_pairs
 from sci_diffusion_molecules.data.qm9 import train_smiles
 from sci_diffusion_molecules.data.qm9_bonds import train_bond_smiles
 from sci_diffusion_molecules.evaluation.metrics import evaluate_generated
 from sci_diffusion_molecules.generation.bond_sampling import draw_molecules
 from sci_diffusion_molecules.generation.sampling import draw_atom_counts
-from sci_diffusion_molecules.models.egnn import _pair_geometry, fully_connected_edges
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reporting import ROOT, replace_readme_row, write_result  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "domains" / "molecules" / "checkpoints" / "qm9_bonds_x0.ckpt"
 BACKENDS = ("eager fp32", "eager bf16", "compiled", "onnxruntime", "int8 dynamic")
+ONNX_FILE = "bond_egnn.onnx"
 STABILITY_TOLERANCE = 0.01  # issue 32: adopt at equal quality, stability within 1 point
 
 
@@ -76,11 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class IndexedBondNetwork(nn.Module):
-    """``BondEGNN.forward`` with the batch's index tensors as inputs, so that it exports with dynamic sizes.
+    """``BondEGNN.forward_on_graph`` as a module whose inputs are all tensors, so that it exports with dynamic sizes.
 
-    Inputs: ``x_t`` ``(N + P, W)`` the stacked state, ``t`` ``(G,)``, ``batch`` ``(N,)``, ``edges`` ``(2, E)``,
-    ``edge_pairs`` ``(E,)`` (each edge's pair row), ``pairs`` ``(2, P)`` and ``counts`` ``(G,)`` float (atoms per
-    molecule); output as ``BondEGNN.forward``. Unconditional networks only (the bundled default).
+    Inputs: ``x_t`` ``(N + P, W)`` the stacked state, ``t`` ``(G,)``, ``batch`` ``(N,)`` and the batch's
+    ``BondEGNN.graph_indices``: ``edges`` ``(2, E)``, ``edge_pairs`` ``(E,)``, ``pairs`` ``(2, P)``, ``counts``
+    ``(G,)``; output as ``BondEGNN.forward``. Unconditional networks only (the bundled default).
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -91,31 +90,13 @@ class IndexedBondNetwork(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, batch: Tensor, edges: Tensor, edge_pairs: Tensor, pairs: Tensor,
                 counts: Tensor) -> Tensor:
-        net, egnn, num_atoms = self.net, self.net.egnn, batch.shape[0]
-        atoms, bonds = x_t[:num_atoms], x_t[num_atoms:, : net.bond_classes]
-        pos = atoms[:, :3]
-        h = egnn.embed(torch.cat([atoms[:, 3:3 + net.feature_dim], t[batch][:, None]], dim=1))
-        d2_input, _ = _pair_geometry(pos, edges)
-        x, edge_bonds = pos, bonds.index_select(0, edge_pairs)
-        for block in egnn.blocks:
-            h, x = block(h, x, edges, d2_input, edge_bonds)
-        vel = x - pos
-        vel = vel - (scatter(vel, batch, dim=0, dim_size=counts.shape[0], reduce="sum") / counts[:, None])[batch]
-        atom_out = torch.cat([vel, egnn.head(h)], dim=1)
-        h_i, h_j = h.index_select(0, pairs[0]), h.index_select(0, pairs[1])
-        d2 = (x.index_select(0, pairs[0]) - x.index_select(0, pairs[1])).pow(2).sum(1, keepdim=True)
-        d2_in = (pos.index_select(0, pairs[0]) - pos.index_select(0, pairs[1])).pow(2).sum(1, keepdim=True)
-        logits = net.bond_head(torch.cat([h_i + h_j, h_i * h_j, d2, d2_in, bonds], dim=1))
-        pad, width = nn.functional.pad, x_t.shape[1]
-        return torch.cat([pad(atom_out, (0, width - atom_out.shape[1])), pad(logits, (0, width - logits.shape[1]))])
+        return self.net.forward_on_graph(x_t, t, None, batch, edges, edge_pairs, pairs, counts)
 
 
-def indexed_inputs(x_t: Tensor, t: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, ...]:
+def indexed_inputs(net: nn.Module, x_t: Tensor, t: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, ...]:
     """The inputs of :class:`IndexedBondNetwork` for a ``BondEGNN`` call ``(x_t, t, None, batch, num_graphs)``."""
-    edges = fully_connected_edges(batch, num_graphs)
     t = (t.expand(num_graphs) if t.dim() == 0 else t).to(x_t.dtype)
-    counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1).to(x_t.dtype)
-    return x_t, t, batch, edges, pair_rows(edges, batch, num_graphs), upper_pairs(batch, num_graphs), counts
+    return x_t, t, batch, *net.graph_indices(batch, num_graphs)
 
 
 class OnnxRuntimeNetwork(nn.Module):
@@ -138,7 +119,7 @@ class OnnxRuntimeNetwork(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None, batch: Tensor, num_graphs: int) -> Tensor:
         feed = {n: a.detach().float().numpy() if a.is_floating_point() else a.numpy()
-                for n, a in zip(self.names, indexed_inputs(x_t.float(), t, batch, num_graphs))}
+                for n, a in zip(self.names, indexed_inputs(self.reference, x_t.float(), t, batch, num_graphs))}
         return torch.from_numpy(self.session.run(None, feed)[0]).to(x_t.dtype)
 
 
@@ -169,13 +150,11 @@ def export_onnx(net: nn.Module, example: tuple[Tensor, ...], path: Path) -> floa
     return time.perf_counter() - start
 
 
-def backend_network(name: str, net: nn.Module, example: tuple[Tensor, ...], work: Path, threads: int) -> nn.Module:
-    """The network ``name`` runs: ``net`` itself for the eager and compiled backends, else its stand-in."""
+def backend_network(name: str, net: nn.Module, work: Path, threads: int) -> nn.Module:
+    """The network ``name`` runs: ``net`` itself for the eager and compiled backends, else its stand-in (ONNX
+    Runtime reads this run's export of ``net``, ``work / ONNX_FILE``, written once by :func:`main`)."""
     if name == "onnxruntime":
-        path = work / "bond_egnn.onnx"
-        if not path.is_file():
-            export_onnx(net, example, path)
-        return OnnxRuntimeNetwork(net, path, threads)
+        return OnnxRuntimeNetwork(net, work / ONNX_FILE, threads)
     if name == "int8 dynamic":
         return QuantizedNetwork(net)
     return net
@@ -190,7 +169,7 @@ def example_batch(module, batch_size: int) -> tuple[tuple[Tensor, ...], tuple]:
     pairs = upper_pairs(batch, batch_size)
     x_t = torch.randn(len(batch) + pairs.shape[1], 3 + module.net.feature_dim, generator=g)
     t = torch.rand(batch_size, generator=g)
-    return indexed_inputs(x_t, t, batch, batch_size), (x_t, t, None, batch, batch_size)
+    return indexed_inputs(module.net, x_t, t, batch, batch_size), (x_t, t, None, batch, batch_size)
 
 
 def time_passes(call: Callable[[], Tensor], repeats: int) -> list[float]:
@@ -210,7 +189,7 @@ def speed_row(name: str, module, args: argparse.Namespace, work: Path) -> dict:
     """One backend's CPU time per pass on the fixed batch, and its largest deviation from eager fp32 there."""
     indexed, plain = example_batch(module, args.batch_size)
     torch.set_num_threads(args.threads)
-    net = backend_network(name, module.net, indexed, work, args.threads)
+    net = backend_network(name, module.net, work, args.threads)
     with torch.no_grad():
         reference = module.net(*plain)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "eager bf16")
@@ -231,8 +210,7 @@ def quality_row(name: str, module, counts: list[int], args: argparse.Namespace, 
     metric; ``stable`` holds each molecule's verdict, for the paired comparison."""
     torch.set_num_threads(args.sampling_threads)
     original = module.net
-    indexed, _ = example_batch(module, 4)
-    module.net = backend_network(name, original, indexed, work, args.sampling_threads)
+    module.net = backend_network(name, original, work, args.sampling_threads)
     try:
         start = time.perf_counter()
         molecules = list(draw_molecules(module, counts, "dpmpp2m_sde", 50, torch.Generator().manual_seed(0),
@@ -301,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     module = load_module(args.ckpt, domain="molecules").eval()
     backends = ["eager fp32"] + [b for b in args.backends if b != "eager fp32"]
+    if "onnxruntime" in backends:  # exported once per run, from this run's checkpoint
+        print(f"exported to ONNX in {export_onnx(module.net, example_batch(module, 4)[0], work / ONNX_FILE):.1f} s",
+              flush=True)
     speed = []
     for name in backends:
         speed.append(speed_row(name, module, args, work))

@@ -54,13 +54,26 @@ class BondEGNN(nn.Module):
             ``(N + P, W)``: the atoms' ``(N, 3 + F)`` EDM output, then the pairs' ``(P, K)`` bond logits, each
             block zero-padded to W.
         """
-        num_atoms = len(batch)
-        atoms, bonds = split_state(x_t, num_atoms, 3 + self.feature_dim)
+        return self.forward_on_graph(x_t, t, cond, batch, *self.graph_indices(batch, num_graphs))
+
+    @staticmethod
+    def graph_indices(batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The index tensors of a batch's molecules that :meth:`forward_on_graph` reads: ``edges`` ``(2, E)`` (every
+        ordered pair of a molecule), ``edge_pairs`` ``(E,)`` (each edge's unordered pair row), ``pairs`` ``(2, P)``
+        and ``counts`` ``(num_graphs,)`` long, the atoms per molecule."""
         edges = fully_connected_edges(batch, num_graphs)
-        edge_bonds = bonds.index_select(0, pair_rows(edges, batch, num_graphs))
+        return (edges, pair_rows(edges, batch, num_graphs), upper_pairs(batch, num_graphs),
+                torch.bincount(batch, minlength=num_graphs))
+
+    def forward_on_graph(self, x_t: Tensor, t: Tensor, cond: Tensor | None, batch: Tensor, edges: Tensor,
+                         edge_pairs: Tensor, pairs: Tensor, counts: Tensor) -> Tensor:
+        """:meth:`forward` with the batch's :meth:`graph_indices` given: no output shape then depends on the values
+        of ``batch``, so the network exports with dynamic sizes (``torch.onnx.export``)."""
+        num_atoms, num_graphs = batch.shape[0], counts.shape[0]  # shapes, not len(): they stay symbolic in an export
+        atoms, bonds = split_state(x_t, num_atoms, 3 + self.feature_dim)
+        edge_bonds = bonds.index_select(0, edge_pairs)
         h, x = self.egnn.trunk(atoms, t, cond, batch, num_graphs, edges, edge_bonds)
-        atom_out = self.egnn.output(h, x, atoms[:, :3], batch, num_graphs)
-        pairs = upper_pairs(batch, num_graphs)
+        atom_out = self.egnn.output(h, x, atoms[:, :3], batch, num_graphs, counts)
         h_i, h_j = h.index_select(0, pairs[0]), h.index_select(0, pairs[1])
         d2 = (x.index_select(0, pairs[0]) - x.index_select(0, pairs[1])).pow(2).sum(1, keepdim=True)
         d2_input = (atoms[pairs[0], :3] - atoms[pairs[1], :3]).pow(2).sum(1, keepdim=True)

@@ -211,9 +211,12 @@ class EGNN(nn.Module):
             h, x = block(h, x, edges, d2_input, edge_features)
         return h, x
 
-    def output(self, h: Tensor, x: Tensor, pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        """``(N, 3 + out_features)``: the displacement ``x - pos`` made zero-CoM per molecule, and the feature head."""
+    def output(self, h: Tensor, x: Tensor, pos: Tensor, batch: Tensor, num_graphs: int,
+               counts: Tensor | None = None) -> Tensor:
+        """``(N, 3 + out_features)``: the displacement ``x - pos`` made zero-CoM per molecule, and the feature head;
+        ``counts`` ``(num_graphs,)``, the atoms per molecule, when the caller has them (default: counted here)."""
         vel = x - pos
-        counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1).to(vel.dtype)[:, None]
+        counts = torch.bincount(batch, minlength=num_graphs) if counts is None else counts
+        counts = counts.clamp(min=1).to(vel.dtype)[:, None]
         vel = vel - (scatter(vel, batch, dim=0, dim_size=num_graphs, reduce="sum") / counts)[batch]
         return torch.cat([vel, self.head(h)], dim=1)
