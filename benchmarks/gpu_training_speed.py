@@ -1,7 +1,7 @@
 """Training speed of the default molecule recipe on one GPU, in QM9 epochs per minute (issue 32, section 3).
 
-    python benchmarks/gpu_training_speed.py --minutes 8 --out "$OUT"                 # a GPU machine
-    python benchmarks/gpu_training_speed.py --device cpu --minutes 0.2 --batch-size 8 --max-steps 5 --limit 200
+    python3 benchmarks/gpu_training_speed.py --minutes 7 --compile --cache-dir .gpu/cache/qm9 --out "$OUT"   # a GPU
+    python benchmarks/gpu_training_speed.py --device cpu --precision 32-true --minutes 1 --batch-size 8 --max-steps 5 --limit 200
 
 It trains the model and data of ``--config`` (default: the recipe of the bundled default, arm h: the
 bond-aware ``BondMoleculeDiffusion`` on ``QM9BondDataModule``, with the config's precision and gradient

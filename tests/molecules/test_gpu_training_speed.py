@@ -98,3 +98,14 @@ def test_the_training_loader_gives_full_batches_only():
     data = QM9BondDataModule(batch_size=8, limit=20)
     speed.fast_train_loader(data, pin_memory=False)
     assert [batch.num_graphs for batch in data.train_dataloader()] == [8, 8]
+
+
+def test_a_runs_json_comes_home_with_its_own_command_machine_and_date(run, tmp_path, monkeypatch):
+    r, out = run
+    pages = {}
+    monkeypatch.setitem(speed.write_result.__globals__, "RESULTS", tmp_path)
+    monkeypatch.setitem(speed.write_result.__globals__, "replace_results_block", lambda name, text: pages.update({name: text}))
+    assert speed.main(["--from-json", str(out / "gpu_training_speed.json")]) == 0
+    home = json.loads((tmp_path / "gpu_training_speed.json").read_text())
+    assert home == r  # the run's figures, command, machine and date, unchanged
+    assert pages["gpu_training_speed"].startswith(speed.render(r)) and r["command"] in pages["gpu_training_speed"]
