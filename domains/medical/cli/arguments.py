@@ -118,7 +118,12 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num", type=int, required=True, help="number of synthetic subjects")
+    p.add_argument("--num", type=int, help="number of synthetic subjects (with --labels: default one per label map)")
+    p.add_argument("--labels", metavar="DIR", help="a 3-D latent generator only: MR and CT for your own tissue label "
+                                                 "maps (DIR/<id>/labels.nii.gz or DIR/*.nii.gz, the model's tissue "
+                                                 "classes), resampled to the model's voxels and placed on its grid")
+    p.add_argument("--guidance", type=float, help="a 3-D latent generator only: classifier-free guidance weight on the "
+                                                 "labels (default: the model's; 1 is the plain conditional model)")
     p.add_argument("--out", required=True, help="output folder: SynthRAD layout <out>/<id>/{mr,ct,mask,labels}.nii.gz, "
                                              "dataset.json and contact_sheet.png")
     p.add_argument("--seed", type=int, default=0, help="subject i is drawn from the seed sequence (seed, i) (default 0)")
