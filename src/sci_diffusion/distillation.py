@@ -19,7 +19,8 @@ Categorical entries (bond orders, ``categorical.py``) have no deterministic step
 learns the teacher's class probabilities ``p(x_0 | x_t)`` (cross-entropy with the teacher's probabilities as soft
 labels, weighted as the student's own categorical loss), the teacher's classes at ``t'`` are drawn from its
 ``p(x_t' | x_t)``, and a sampler steps them ancestrally. A distilled student records its grid
-(``DiffusionModule.sampling_times``) and is sampled with ``ddim`` on that grid only (:func:`distilled_times`).
+(``DiffusionModule.sampling_times``) and is sampled with ``ddim`` on that grid only (:func:`distilled_times`; a
+consistency student, ``consistency.py``, with the ``consistency`` sampler on its own grid).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from torch import Tensor
 from .errors import UserError
 from .losses import DenoisingLoss
 from .parameterisation import masked_mean_error
-from .samplers import ddim, sampler_times, step_coefficients
+from .samplers import DISTILLED_SAMPLERS, SAMPLERS, ddim, sampler_times, step_coefficients
 from .schedules import NoiseSchedule
 from .state_spaces import StateSpace
 
@@ -55,6 +56,19 @@ def halve_grid(times: Tensor) -> Tensor:
         raise ValueError(f"A teacher grid of {steps} steps cannot be halved: progressive distillation needs an "
                          "even number of teacher steps (64, 32, ..., 2).")
     return times[::2].clone()
+
+
+def keep_clean(denoiser: Denoiser, clean: tuple[Tensor, Tensor] | None) -> Denoiser:
+    """``denoiser`` seeing the entries ``clean = (known, x0)`` holds clean (``x0``'s) in every state it is given, as
+    in training (a conformer model's atom types); ``denoiser`` itself when ``clean`` is None."""
+    if clean is None:
+        return denoiser
+    known, x0 = clean[0].bool(), clean[1]
+
+    def denoise(x: Tensor, s: Tensor, c: Any = None) -> Tensor:
+        return denoiser(torch.where(known.expand_as(x), x0, x), s, c)
+
+    return denoise
 
 
 def two_step_target(teacher: Denoiser, x_t: Tensor, times: tuple[Tensor, Tensor, Tensor], schedule: NoiseSchedule,
@@ -79,16 +93,9 @@ def two_step_target(teacher: Denoiser, x_t: Tensor, times: tuple[Tensor, Tensor,
         on categorical rows.
     """
     t, t_mid, t_next = times
-    denoise = teacher
-    if clean is not None:  # known entries stay clean in every state the teacher sees, as in training
-        known, x0 = clean[0].bool(), clean[1]
-
-        def denoise(x: Tensor, s: Tensor, c: Any = None) -> Tensor:
-            return teacher(torch.where(known.expand_as(x), x0, x), s, c)
-
     first: list[Tensor] = []  # the teacher's estimate at t (callback of step 0)
-    x_next = ddim(denoise, x_t, schedule, torch.stack([t, t_mid, t_next]), space, cond=cond, generator=generator,
-                  callback=lambda i, s, x, x0: first.append(x0) if i == 0 else None)
+    x_next = ddim(keep_clean(teacher, clean), x_t, schedule, torch.stack([t, t_mid, t_next]), space, cond=cond,
+                  generator=generator, callback=lambda i, s, x, x0: first.append(x0) if i == 0 else None)
     a_t, s_t, _ = step_coefficients(schedule, t)
     a_n, s_n, _ = step_coefficients(schedule, t_next)
     ratio = s_n / s_t
@@ -145,20 +152,26 @@ class ProgressiveDistillationLoss:
 
 def distilled_times(module: Any, sampler: str, steps: int, spacing: str | None = None) -> Tensor:
     """The time grid a run of ``sampler`` at ``steps`` uses with ``module``: a distilled student's own grid
-    (``module.sampling_times``), or the sampler's grid (``samplers.sampler_times``) for any other model.
+    (``module.sampling_times``; its sampler is ``module.distilled_sampler``, ``ddim`` for a progressive student,
+    ``consistency`` for a consistency student), or the sampler's grid (``samplers.sampler_times``) for any other
+    model.
 
     Raises:
-        UserError: a distilled student asked for another step count or sampler than it was distilled for (one
-            sentence, naming what it takes; the CLI prints it).
+        UserError: a distilled student asked for another step count or sampler than it was distilled for, or a
+            sampler for distilled students only (``samplers.DISTILLED_SAMPLERS``) asked of a model not distilled
+            for it (one sentence, naming what it takes; the CLI prints it).
     """
     times = getattr(module, "sampling_times", None)
     if times is None:
+        if sampler in DISTILLED_SAMPLERS:
+            raise UserError(f"The {sampler} sampler samples a {sampler}-distilled student only; choose one of "
+                            f"{', '.join(SAMPLERS)} for this model.")
         return sampler_times(sampler, module.schedule, steps, spacing)
-    distilled = len(times) - 1
+    distilled, kind = len(times) - 1, getattr(module, "distilled_sampler", None) or DISTILLED_SAMPLER
     if steps != distilled:
         raise UserError(f"This model was distilled for {distilled} steps; sample it with --steps {distilled}, "
                          f"not {steps}.")
-    if sampler != DISTILLED_SAMPLER:
-        raise UserError(f"This model was distilled for the {DISTILLED_SAMPLER} sampler; sample it with --sampler "
-                         f"{DISTILLED_SAMPLER}, not {sampler}.")
+    if sampler != kind:
+        raise UserError(f"This model was distilled for the {kind} sampler; sample it with --sampler {kind}, "
+                        f"not {sampler}.")
     return times.clone()

@@ -284,6 +284,27 @@ def pc(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, 
     return x
 
 
+def consistency(denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, space: StateSpace, *,
+                cond: Any = None, generator: torch.Generator | None = None, progress: bool = False,
+                callback: Callback | None = None) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, "Consistency Models", Algorithm 1) of a
+    consistency-distilled student (``consistency.py``): at each grid time ``t`` the data estimate ``x0 = f(x, t)``,
+    then a fresh draw of the forward process at the next time ``s``, ``x_s = alpha_s x0 + sigma_s z`` with ``z`` from
+    the space (so a zero centre of mass stays zero); categorical rows are drawn from ``q(x_s | x_0)`` with ``x0``'s
+    class probabilities. The last step (``s = 0``) returns the data estimate. One evaluation per step; for a
+    student only (``DISTILLED_SAMPLERS``): an ordinary denoiser's estimate is a posterior mean, not a sample."""
+    x = x_T
+    for step in grid_steps(schedule, times, progress, "consistency"):
+        x0 = _denoise(denoiser, x, step.t, cond)
+        x_s = step.alpha_s * x0
+        if step.sigma_s > 0:
+            x_s = x_s + step.sigma_s * space.noise(x, generator)
+        x = space.categorical_forward(space.project(x_s), x0, step.s, generator)
+        if callback:
+            callback(step.index, float(step.s), x, x0)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp2m": dpmpp2m,
                                                "dpmpp2m_sde": dpmpp2m_sde, "heun": heun, "pc": pc}
 
@@ -297,13 +318,20 @@ DEFAULT_SPACING: dict[str, str] = {"ddpm": "uniform", "ddim": "uniform", "dpmpp2
                                    "dpmpp2m_sde": "quadratic", "heun": "logsnr", "pc": "uniform"}
 assert tuple(DEFAULT_SPACING) == SAMPLER_NAMES
 
+# Samplers of distilled students only (``distillation.distilled_times`` refuses them for any other model), kept
+# out of SAMPLERS, which every model takes, and out of the CLI's SAMPLER_NAMES; with their default spacing.
+CONSISTENCY_SAMPLER = "consistency"
+DISTILLED_SAMPLERS: dict[str, Callable[..., Tensor]] = {CONSISTENCY_SAMPLER: consistency}
+DISTILLED_SPACING: dict[str, str] = {CONSISTENCY_SAMPLER: "uniform"}
+
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
-    """Look a sampler up by its CLI name (``ddpm``, ``ddim``, ``dpmpp2m``, ``dpmpp2m_sde``, ``heun``, ``pc``)."""
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"Unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}.") from None
+    """Look a sampler up by its CLI name (``ddpm``, ``ddim``, ``dpmpp2m``, ``dpmpp2m_sde``, ``heun``, ``pc``), or a
+    distilled student's (``consistency``, :data:`DISTILLED_SAMPLERS`)."""
+    found = SAMPLERS.get(name) or DISTILLED_SAMPLERS.get(name)
+    if found is None:
+        raise ValueError(f"Unknown sampler {name!r}; choose one of {', '.join([*SAMPLERS, *DISTILLED_SAMPLERS])}.")
+    return found
 
 
 def resolve_spacing(sampler: str, spacing: str | None = None) -> str:
@@ -316,7 +344,7 @@ def resolve_spacing(sampler: str, spacing: str | None = None) -> str:
     """
     get_sampler(sampler)
     if spacing is None:
-        return DEFAULT_SPACING[sampler]
+        return {**DEFAULT_SPACING, **DISTILLED_SPACING}[sampler]
     check_spacing(spacing)
     return spacing
 
