@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .callbacks import AdaptiveGradientClipping, CheckpointAtTrainEnd, LossCurvePlot, ema_with_warmup
 from .checkpoints import file_sha256, load_module, module_class_name, read_checkpoint, training_record
+from .consistency import CONSISTENCY_SAMPLER, ConsistencyDistillationLoss, sampling_grid
 from .denoiser import PredictionDenoiser
 from .distillation import DISTILLED_SAMPLER, ProgressiveDistillationLoss, halve_grid
 from .errors import UserError
@@ -35,6 +36,9 @@ from .losses import DenoisingLoss
 from .paths import noise_path
 from .state_spaces import StateSpace
 from .time_grids import time_grid
+
+DISTILL_METHODS = ("progressive", "consistency")
+CONSISTENCY_STEPS, CONSISTENCY_INTERVALS = 4, 32  # a consistency student's default step count and training grid
 
 
 @dataclass
@@ -90,13 +94,23 @@ class DiffusionModule(L.LightningModule):
         init_from: a trained checkpoint of this domain whose weights start training (a warm start,
             :meth:`start_from_checkpoint`); None: random initialisation.
         distill_from: a trained checkpoint of this domain (the teacher) to distil: training is one round of
-            progressive distillation (``distillation.py``), the student starting from the teacher's weights unless
-            ``init_from`` says otherwise. None: ordinary training.
-        distill_steps: the student's step count, half the teacher's (default: half a distilled teacher's, else 32).
+            progressive distillation (``distillation.py``) or consistency distillation (``consistency.py``, see
+            ``distill_method``), the student starting from the teacher's weights unless ``init_from`` says
+            otherwise. None: ordinary training.
+        distill_steps: the student's step count. Progressive: half the teacher's (default: half a distilled
+            teacher's, else 32). Consistency: the steps of the ``consistency`` sampler, a divisor of
+            ``distill_intervals`` (default 4).
         distill_spacing: the time spacing of the grid of a teacher that was not distilled itself (its ``2 x
-            distill_steps`` DDIM steps); a distilled teacher's grid is its own.
+            distill_steps`` DDIM steps, or ``distill_intervals``); a distilled teacher's grid is its own.
         teacher_times, teacher_sha256: filled in from ``distill_from`` on the first construction and kept in the
             checkpoint, so that a student loads without its teacher: the teacher's grid and file hash.
+        distill_method: ``progressive`` (Salimans & Ho) or ``consistency`` (Song et al. 2023, consistency
+            distillation: the student learns the teacher's probability-flow trajectories' origin on a grid of
+            ``distill_intervals`` teacher DDIM steps and samples with the ``consistency`` sampler).
+        distill_intervals: consistency only: the intervals ``N`` of the teacher's grid the student is trained on
+            (default 32; a progressive student as the teacher: its own grid).
+        distill_target_decay: consistency only: the target network's EMA decay ``mu`` (0: a stop-gradient copy of
+            the student; ``ConsistencyDistillationLoss``).
     """
 
     domain = "core"
@@ -127,6 +141,9 @@ class DiffusionModule(L.LightningModule):
         distill_spacing: str = "uniform",
         teacher_times: list[float] | None = None,
         teacher_sha256: str | None = None,
+        distill_method: str = "progressive",
+        distill_intervals: int | None = None,
+        distill_target_decay: float = 0.95,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -137,41 +154,93 @@ class DiffusionModule(L.LightningModule):
         if distill_from:
             self.loss_fn = self.distillation_loss(self.loss_fn)
 
-    # ----- progressive distillation ----------------------------------------------------------
-    def distillation_loss(self, base: Callable[..., Tensor]) -> ProgressiveDistillationLoss:
-        """The loss of a distillation round (``distill_from``): ``base``, this model's own loss, draws the
-        forward process; the teacher's grid is read from its checkpoint once and kept in the hyperparameters."""
+    # ----- distillation (progressive or consistency) -------------------------------------------
+    def distillation_loss(self, base: Callable[..., Tensor]) -> ProgressiveDistillationLoss | ConsistencyDistillationLoss:
+        """The loss of a distillation round (``distill_from``, ``distill_method``): ``base``, this model's own loss,
+        draws the forward process; the teacher's grid is read from its checkpoint once and kept in the
+        hyperparameters."""
         h = self.hparams
+        method = h.get("distill_method") or "progressive"
+        if method not in DISTILL_METHODS:
+            raise UserError(f"distill_method is one of {', '.join(DISTILL_METHODS)}, not {method!r}.")
         if h.get("teacher_times") is None:
             teacher = read_checkpoint(h.distill_from)
             if teacher["sci_diffusion"]["domain"] != self.domain:
                 raise UserError(f"distill_from {h.distill_from} holds a model of the "
                                 f"{teacher['sci_diffusion']['domain']!r} domain, not {self.domain!r}.")
-            own = teacher["sci_diffusion"]["config"].get("teacher_times")
-            if own is not None:  # a distilled teacher samples on its own grid
-                times = halve_grid(torch.tensor(own, dtype=torch.float64))
-                if h.distill_steps not in (None, (len(times) - 1) // 2):
-                    raise UserError(f"The teacher takes {len(times) - 1} steps, so its student takes "
-                                    f"{(len(times) - 1) // 2}, not {h.distill_steps}.")
-            else:
-                times = time_grid(self.schedule, 2 * (h.distill_steps or 32), h.distill_spacing)
+            config = teacher["sci_diffusion"]["config"]
+            if (config.get("teacher_times") is not None
+                    and (config.get("distill_method") or "progressive") == "consistency"):
+                raise UserError(f"distill_from {h.distill_from} is a consistency-distilled student, which has no "
+                                "DDIM steps to distil; distil its teacher instead.")
+            times, h.distill_steps = (self._consistency_grid if method == "consistency"
+                                      else self._progressive_grid)(config.get("teacher_times"))
             h.teacher_times, h.teacher_sha256 = times.tolist(), file_sha256(h.distill_from)
-            h.distill_steps = (len(times) - 1) // 2
             if not h.init_from:
                 h.init_from = h.distill_from  # the student starts as its teacher
         # kept apart too: a subclass's save_hyperparameters() after this __init__ merges its own arguments over
         # these, and LightningCLI passes every argument (teacher_times=None, init_from=None); setup() restores them
-        self._distillation = {k: h[k] for k in ("teacher_times", "teacher_sha256", "distill_steps", "init_from")}
-        self._distillation.update(val_sampler=DISTILLED_SAMPLER, val_steps=h.distill_steps)  # validate as it samples
-        return ProgressiveDistillationLoss(base, torch.tensor(h.teacher_times, dtype=torch.float64),
-                                           self.teacher_denoiser, getattr(base, "categorical_weight", 1.0))
+        self._distillation = {k: h.get(k) for k in ("teacher_times", "teacher_sha256", "distill_steps", "init_from",
+                                                    "distill_method", "distill_intervals")}
+        self._distillation.update(val_sampler=self.distilled_sampler, val_steps=h.distill_steps)  # as it samples
+        times = torch.tensor(h.teacher_times, dtype=torch.float64)
+        weight = getattr(base, "categorical_weight", 1.0)
+        if method == "consistency":
+            return ConsistencyDistillationLoss(base, times, self.teacher_denoiser, weight,
+                                               h.get("distill_target_decay", 0.95))
+        return ProgressiveDistillationLoss(base, times, self.teacher_denoiser, weight)
+
+    def _progressive_grid(self, own: list[float] | None) -> tuple[Tensor, int]:
+        """The teacher's ``2N``-step grid and the student's ``N`` for progressive distillation; ``own``: a distilled
+        teacher's own training grid, or None."""
+        h = self.hparams
+        if own is not None:  # a distilled teacher samples on its own grid
+            times = halve_grid(torch.tensor(own, dtype=torch.float64))
+            if h.distill_steps not in (None, (len(times) - 1) // 2):
+                raise UserError(f"The teacher takes {len(times) - 1} steps, so its student takes "
+                                f"{(len(times) - 1) // 2}, not {h.distill_steps}.")
+        else:
+            times = time_grid(self.schedule, 2 * (h.distill_steps or 32), h.distill_spacing)
+        return times, (len(times) - 1) // 2
+
+    def _consistency_grid(self, own: list[float] | None) -> tuple[Tensor, int]:
+        """The teacher's grid of ``N = distill_intervals`` DDIM steps (a progressive student's own grid) and the
+        consistency student's step count, which divides ``N``."""
+        h = self.hparams
+        if own is not None:  # a progressive student samples on its own grid only
+            times = halve_grid(torch.tensor(own, dtype=torch.float64))
+            if h.get("distill_intervals") not in (None, len(times) - 1):
+                raise UserError(f"The teacher takes {len(times) - 1} steps, so its consistency student is trained "
+                                f"on {len(times) - 1} intervals, not {h.distill_intervals}.")
+        else:
+            times = time_grid(self.schedule, h.get("distill_intervals") or CONSISTENCY_INTERVALS, h.distill_spacing)
+        h.distill_intervals, steps = len(times) - 1, h.distill_steps or CONSISTENCY_STEPS
+        try:
+            sampling_grid(times, steps)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        return times, steps
+
+    @property
+    def distilled_sampler(self) -> str | None:
+        """The sampler a distilled student takes (``ddim`` after progressive distillation, ``consistency`` after
+        consistency distillation); None for a model that was not distilled."""
+        if self.hparams.get("teacher_times") is None:
+            return None
+        return CONSISTENCY_SAMPLER if self.hparams.get("distill_method") == "consistency" else DISTILLED_SAMPLER
 
     @property
     def sampling_times(self) -> Tensor | None:
-        """A distilled student's grid ``(distill_steps + 1,)`` float64 (every other point of its teacher's);
-        None for a model that was not distilled (``distillation.distilled_times`` picks the grid to sample on)."""
+        """A distilled student's grid ``(distill_steps + 1,)`` float64 (every other point of a progressive
+        student's teacher's; every ``N / distill_steps``-th point of a consistency student's training grid); None
+        for a model that was not distilled (``distillation.distilled_times`` picks the grid to sample on)."""
         times = self.hparams.get("teacher_times")
-        return None if times is None else halve_grid(torch.tensor(times, dtype=torch.float64))
+        if times is None:
+            return None
+        times = torch.tensor(times, dtype=torch.float64)
+        if self.distilled_sampler == CONSISTENCY_SAMPLER:
+            return sampling_grid(times, self.hparams.get("distill_steps") or CONSISTENCY_STEPS)
+        return halve_grid(times)
 
     def teacher_denoiser(self, context: Any = None) -> Any:
         """The teacher's denoiser for a batch's ``context``; the teacher (``distill_from``, EMA weights, frozen) is
