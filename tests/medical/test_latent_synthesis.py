@@ -112,6 +112,20 @@ def test_the_kl_term_is_the_gaussian_kl_divergence():
     assert torch.allclose(kl_divergence(mu, sigma), exact.flatten(1).sum(1).mean(), atol=1e-5)
 
 
+def test_a_label_guided_decoder_draws_its_edges_from_the_label_map(latent_model, v2_dir):
+    """The images autoencoder of the default configuration sees the labels as it decodes: the same latent decoded
+    with another label map gives other images, and without a label map it refuses."""
+    images = latent_model.autoencoders["images"]
+    assert images.hparams.label_guided
+    volumes = load_paired_volumes(find_synthrad_pairs(v2_dir), classes=13)
+    with torch.no_grad():
+        z = images.encode(volumes.images[:1])
+        own, other = images.decode(z, volumes.labels[:1]), images.decode(z, volumes.labels[1:2])
+    assert not torch.allclose(own, other)
+    with pytest.raises(ValueError, match="needs the label maps"):
+        images.decode(z)
+
+
 # ----- the two stages ----------------------------------------------------------------------------------
 def test_the_first_training_copy_is_the_subject_itself(latent_model, v2_dir):
     volumes = load_paired_volumes(find_synthrad_pairs(v2_dir), classes=13)

@@ -81,23 +81,30 @@ def translation_panel(mr: np.ndarray, sct: np.ndarray, mask: np.ndarray, out_png
     save_figure(fig, out_png, f"SYNTHETIC  {title}  (axial slice {z})", dpi=100)
 
 
-def contact_sheet(subjects: list[tuple[str, dict[str, np.ndarray]]], out_png: str | os.PathLike, title: str = "") -> None:
-    """MR, CT and tissue labels side by side, one row per subject, axial and coronal, as a PNG.
+def contact_sheet(subjects: list[tuple[str, dict[str, np.ndarray]]], out_png: str | os.PathLike, title: str = "",
+                  classes: int = 10) -> None:
+    """MR, CT and tissue labels side by side, one row per subject, each in its axial, coronal and sagittal view
+    through the body's centre, as a PNG.
 
     Args:
         subjects: ``(id, {"mr": (X, Y, Z), "ct": (X, Y, Z) HU, "labels": (X, Y, Z) int})`` per row.
+        classes: the tissue classes, for the labels' colours (10 for phantom v1, 13 for v2).
     """
     plt = pyplot()
-    columns = [("MR", "mr", "gray", None), ("CT (HU)", "ct", "gray", CT_WINDOW_HU), ("labels", "labels", "tab10", (0, 9))]
-    rows = max(1, len(subjects))
-    fig, axes = plt.subplots(rows, 2 * len(columns), figsize=(2.2 * 2 * len(columns), 2.4 * rows), squeeze=False)
+    label_colours = ("tab10", (0, 9)) if classes <= 10 else ("tab20", (0, 19))
+    columns = [("MR", "mr", "gray", None), ("CT (HU)", "ct", "gray", CT_WINDOW_HU), ("labels", "labels", *label_colours)]
+    rows, views = max(1, len(subjects)), 3
+    fig, axes = plt.subplots(rows, views * len(columns), figsize=(2.0 * views * len(columns), 2.4 * rows),
+                             squeeze=False)
     for row, (pid, volumes) in enumerate(subjects):
         body = np.asarray(volumes["labels"]) > 0
         centre = [int(round(c.mean())) if body.any() else n // 2 for c, n in zip(np.nonzero(body), body.shape)]
         for col, (name, key, cmap, limits) in enumerate(columns):
             volume = np.asarray(volumes[key])
-            for view, (cut, label) in enumerate(((volume[:, :, centre[2]].T, "axial"), (volume[:, centre[1], :].T, "coronal"))):
-                ax = axes[row, 2 * col + view]
+            cuts = ((volume[:, :, centre[2]].T, "axial"), (volume[:, centre[1], :].T, "coronal"),
+                    (volume[centre[0], :, :].T, "sagittal"))
+            for view, (cut, label) in enumerate(cuts):
+                ax = axes[row, views * col + view]
                 ax.imshow(cut, cmap=cmap, origin="lower", vmin=None if limits is None else limits[0],
                           vmax=None if limits is None else limits[1], interpolation="nearest")
                 ax.set_title(f"{pid} {name} {label}", fontsize=7)

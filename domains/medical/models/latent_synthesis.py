@@ -90,7 +90,7 @@ class LatentVolumeSynthesis(DiffusionModule):
     domain = "medical"
 
     def __init__(self, label_autoencoder: str | None = None, image_autoencoder: str | None = None,
-                 autoencoder_configs: dict[str, dict[str, Any]] | None = None, channels: Sequence[int] = (32, 64, 64),
+                 autoencoder_configs: dict[str, dict[str, Any]] | None = None, channels: Sequence[int] = (24, 48, 48),
                  attention_levels: Sequence[bool] = (False, False, True), num_res_blocks: int = 1,
                  num_head_channels: int = 16, norm_num_groups: int = 8, copies: int = 16, guidance: float = 1.0,
                  grid: dict[str, Any] | None = None, latent_scale: list[float] | None = None, **kwargs: Any) -> None:
@@ -236,7 +236,7 @@ class LatentVolumeSynthesis(DiffusionModule):
         times = distilled_times(self, sampler, steps)
         z = get_sampler(sampler)(denoiser, self.latent_noise("images", generator), self.schedule, times,
                                  EuclideanSpace(), cond=cond, generator=generator)
-        return self.autoencoders["images"].decode(z / scale[1])[0]
+        return self.autoencoders["images"].decode(z / scale[1], labels[None].to(self.device))[0]
 
     @torch.no_grad()
     def sample_volume(self, generator: torch.Generator, steps: int = 50, sampler: str = "ddpm",

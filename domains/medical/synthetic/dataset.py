@@ -196,7 +196,7 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
             bar.update(1)
     bar.close()
     png = Path(png) if png is not None else out / "contact_sheet.png"
-    contact_sheet(sheet, png, title=f"subjects, seed {seed}, {sampler} {steps} steps")
+    contact_sheet(sheet, png, title=f"subjects, seed {seed}, {sampler} {steps} steps", classes=len(tissue_table(model)))
     write_json(out / "dataset.json", {
         **record, "subjects": [p["id"] for p in pairs], "spacing_mm": voxel_mm,
         "generated_shape": list(model.hparams.grid["shape"]),
