@@ -70,12 +70,13 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-from reporting import PROVENANCE, write_result  # noqa: E402
+from reporting import PROVENANCE, replace_readme_row, write_result  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 
 from sci_diffusion.checkpoints import file_sha256  # noqa: E402
 
 NAME = "gpu_training_speed"
+README_CELL = "Training speed on one GPU (issue 32: >= 100 QM9 epochs of the default recipe in 15 minutes on one H100)"
 DEFAULT_CONFIG = "configs/molecules/recipes/h_cooldown_gamma100.yaml"  # the bundled default's recipe (README)
 TARGET_EPOCHS, TARGET_MINUTES = 100, 15  # issue 32: at least 100 QM9 epochs in 15 minutes on one H100
 
@@ -335,6 +336,18 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
+def readme_row(r: dict) -> str:
+    """The README's results row of a run (its first cell is ``README_CELL``)."""
+    v, steady = r["verdict"], r["steady"] or {}
+    rate = steady.get("epochs_per_minute", r["epochs_per_minute"])
+    ours = (f"{rate:.2f} QM9 epochs per minute ({steady.get('samples_per_second', r['samples_per_second']):,.0f} "
+            f"molecules/s, batch {r['batch_size']}, compiled: {r['compiled'] or 'no'}) on {r['gpu'] or r['device']}: "
+            f"{v['epochs_in_target_minutes']:.1f} epochs in {v['target_minutes']} minutes"
+            f"{' (projected)' if v['projected'] else ''}, **{'meets' if v['meets_target'] else 'misses'} the target**")
+    return (f"| {README_CELL} | {ours} | none | {r['train_seconds'] / 60:.1f} minutes on the GPU | "
+            f"[gpu_training_speed](docs/results/gpu_training_speed.md), [how to run](docs/gpu.md) |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(p)
@@ -343,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(Path(args.from_json).read_text())
         payload = {k: v for k, v in record.items() if k not in (*PROVENANCE, "benchmark")}
         print(f"wrote {write_result(NAME, payload, render(record), provenance={k: record[k] for k in PROVENANCE})}")
+        replace_readme_row(README_CELL, readme_row(record))
         return 0
     result = train(args)
     out = Path(args.out)

@@ -105,7 +105,13 @@ def test_a_runs_json_comes_home_with_its_own_command_machine_and_date(run, tmp_p
     pages = {}
     monkeypatch.setitem(speed.write_result.__globals__, "RESULTS", tmp_path)
     monkeypatch.setitem(speed.write_result.__globals__, "replace_results_block", lambda name, text: pages.update({name: text}))
+    rows = {}
+    monkeypatch.setattr(speed, "replace_readme_row", lambda cell, row: rows.update({cell: row}) or True)
     assert speed.main(["--from-json", str(out / "gpu_training_speed.json")]) == 0
+    readme = (Path(speed.__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"| {speed.README_CELL} |" in readme  # the row the result replaces exists
+    row = rows[speed.README_CELL]
+    assert row.startswith(f"| {speed.README_CELL} | ") and f"{r['verdict']['epochs_in_target_minutes']:.1f} epochs" in row
     home = json.loads((tmp_path / "gpu_training_speed.json").read_text())
     assert home == r  # the run's figures, command, machine and date, unchanged
     assert pages["gpu_training_speed"].startswith(speed.render(r)) and r["command"] in pages["gpu_training_speed"]
