@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
+from sci_diffusion.names import DISTILLED_SAMPLER_NAMES, SAMPLER_NAMES, SPACINGS
 
 CONDITION_SOURCES = ("db",)
 MODEL_CHOICES = ("edm", "latent", "bonds")  # the bundled unconditional models, by MoleculeDiffusion.model_kind
@@ -29,10 +29,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "the atoms; the one for --trajectory and the ODE samplers) or latent (GeoLDM-style, "
                         "diffuses an autoencoder's latents); with --ckpt, the kind the checkpoint must hold")
     p.add_argument("--num", type=int, default=100, help="molecules to draw")
-    p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_NAMES,
+    p.add_argument("--sampler", default="dpmpp2m_sde", choices=SAMPLER_NAMES + DISTILLED_SAMPLER_NAMES,
                    help="dpmpp2m_sde (default): stochastic DPM-Solver++ on a quadratic time grid; at 50 steps "
                         "as many stable molecules as ancestral ddpm at 1000, far more than the ODE form dpmpp2m "
-                        "(see the benchmark)")
+                        "(see the benchmark); consistency: a consistency-distilled student's, at its own --steps")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (independent of the training T)")
     p.add_argument("--spacing", choices=SPACINGS, help="the sampler's time grid: uniform, quadratic or logsnr "
                                                         "(default: the sampler's own; dpmpp2m_sde: quadratic)")

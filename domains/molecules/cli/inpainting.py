@@ -18,6 +18,7 @@ import sci_diffusion
 from sci_diffusion.atomic import atomic_path, check_writable, write_json
 from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 from sci_diffusion.errors import UserError
+from sci_diffusion.names import DISTILLED_SAMPLER_NAMES
 
 from ..chem.elements import ATOM_TYPES
 from ..chem.files import MoleculeWriter
@@ -45,6 +46,9 @@ def check_inpainting_arguments(args: argparse.Namespace) -> None:
         raise UserError("Guidance does not combine with --smiles or --fix-atoms.")
     if args.model == "latent":
         raise UserError("--smiles and --fix-atoms need the EDM-style model, which diffuses atoms; drop --model latent.")
+    if args.sampler in DISTILLED_SAMPLER_NAMES:
+        raise UserError(f"The {args.sampler} sampler samples a {args.sampler}-distilled student only; --smiles and "
+                        "--fix-atoms sample an ordinary model with one of the others.")
     if args.resample < 1:
         raise UserError(f"--resample must be at least 1, got {args.resample}.")
     if args.smiles:

@@ -32,6 +32,7 @@ from sci_diffusion.compilation import compiler_missing
 from sci_diffusion.errors import UserError
 from sci_diffusion.generators import per_sample_seeds
 from sci_diffusion.memory import release_freed_memory
+from sci_diffusion.names import DISTILLED_SAMPLER_NAMES
 from sci_diffusion.precision import resolve_precision
 from sci_diffusion.report.command import check_report_path
 from sci_diffusion.samplers import resolve_spacing
@@ -214,11 +215,13 @@ def load_generator(ckpt: Path, args: argparse.Namespace, conditional: bool) -> M
 
 
 BOND_SAMPLERS = ("ddpm", "dpmpp2m_sde", "ddim")  # the samplers with a categorical step (sci_diffusion.samplers)
+# and the consistency sampler's (a categorical step too), which distilled_times leaves to a consistency student
+BOND_STUDENT_SAMPLERS = (*BOND_SAMPLERS, *DISTILLED_SAMPLER_NAMES)
 
 
 def refuse_for_bond_model(args: argparse.Namespace, ckpt: Path) -> None:
     """The flags the bond-aware model cannot serve yet, refused in one sentence before any sampling."""
-    if args.sampler not in BOND_SAMPLERS:
+    if args.sampler not in BOND_STUDENT_SAMPLERS:
         raise UserError(f"Checkpoint {ckpt} holds the bond-aware model, whose bond orders need a sampler with a "
                         f"categorical step ({', '.join(BOND_SAMPLERS)}), not {args.sampler} (--model edm samples with it).")
     used = [flag for flag, on in (("--trajectory", args.trajectory), ("--trajectory-png", args.trajectory_png)) if on]
