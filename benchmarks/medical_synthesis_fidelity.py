@@ -34,6 +34,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 NAME = "medical_synthesis_fidelity"
+# --result: the generator a run measures, each with its own JSON, page block and README row
+RESULTS = {"slice": (NAME, "Synthetic subjects, slice generator (issue 31 §3 fidelity against phantom v2)"),
+           "latent": (f"{NAME}_latent", "Synthetic subjects, 3-D latent generator (issue 31 §3 fidelity against phantom v2)")}
 AXES = ("sagittal", "coronal", "axial")
 
 
@@ -55,9 +58,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=5, help="synthetic subjects per synthesis part")
     p.add_argument("--samples", type=int, default=20_000, help="voxels per tissue and set for a Wasserstein distance")
     p.add_argument("--budget-minutes", type=float, default=120.0, help="no synthesis part starts after this")
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / f"{NAME}.json")
-    p.add_argument("--no-readme", action="store_true", help="do not touch docs/results (the JSON is still written)")
-    return p.parse_args(argv)
+    p.add_argument("--result", choices=tuple(RESULTS), default="slice",
+                   help="which generator's result this run is (its JSON, page block and README row): slice (the "
+                        "bundled default) or latent (the 3-D latent generator, --ckpt or --synthetic)")
+    p.add_argument("--json", type=Path, help="the result's JSON (default benchmarks/results/<result name>.json)")
+    p.add_argument("--no-readme", action="store_true", help="do not touch docs/results or the README (the JSON is "
+                                                          "still written)")
+    args = p.parse_args(argv)
+    args.json = args.json or REPO / "benchmarks" / "results" / f"{RESULTS[args.result][0]}.json"
+    return args
+
+
+def readme_row(result: dict, generator: dict, cell: str, subjects: int) -> str:
+    """The README's results row of a run: how many of the targets are met and the figures that say most."""
+    targets = result["targets"]
+    met = sum(bool(t["met"]) for t in targets.values())
+
+    def value(name: str, spec: str = ".0f") -> str:
+        return fmt(targets[name]["value"], spec) if name in targets else "-"
+
+    striping = " / ".join(value(f"no_striping_{axis}", ".2f") for axis in AXES)
+    ours = (f"**{met} of {len(targets)} targets met**; CT medians grey matter {value('grey_matter_ct')} HU, bone "
+            f"{value('bone_ct')} HU, sinus air {value('air_ct')} HU; brain in one piece {value('brain_in_one_piece', '.3f')}; "
+            f"neighbouring-slice difference / real (sagittal / coronal / axial) {striping}; CT SSIM between subjects "
+            f"{value('diversity', '.2f')} ({subjects} subjects, {generator.get('sampler')} {generator.get('steps')} steps)")
+    real = (f"real phantoms: grey matter {fmt(targets.get('grey_matter_ct', {}).get('real'))} HU, bone "
+            f"{fmt(targets.get('bone_ct', {}).get('real'))} HU, SSIM {fmt(targets.get('diversity', {}).get('real'), '.2f')}; "
+            "MAISI: downstream Dice gains of several points")
+    return f"| {cell} | {ours} | {real} | {training_budget(generator)} | [{NAME}](docs/results/{NAME}.md) |"
+
+
+def training_budget(generator: dict) -> str:
+    """The ``training_budget`` an exported generator records (``sci-diffusion export --budget``), else ``-``."""
+    from sci_diffusion.checkpoints import read_checkpoint
+
+    path = generator.get("checkpoint")
+    if not path or not Path(path).is_file():
+        return "-"
+    return str(read_checkpoint(path)["sci_diffusion"].get("training_budget", "-"))
 
 
 def write_reference(args: argparse.Namespace) -> Path:
@@ -168,7 +206,7 @@ def markdown(result: dict, args: argparse.Namespace, generator: dict, synthesis:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from reporting import write_result
+    from reporting import replace_readme_row, write_result
 
     from sci_diffusion_medical.evaluation.fidelity import measure_dataset
 
@@ -187,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                "generator": generator, "synthesis": synthesis, "measure_seconds": time.perf_counter() - start,
                "complete": synthesis is None or synthesis["skipped_parts"] == 0, **result}
     text = markdown(result, args, generator, synthesis)
-    write_result(NAME, json.loads(json.dumps(payload, default=float)), text, out=args.json,
+    name, cell = RESULTS[args.result]
+    write_result(name, json.loads(json.dumps(payload, default=float)), text, out=args.json,
                  update_page=not args.no_readme)
+    if not args.no_readme:
+        replace_readme_row(cell, readme_row(result, generator, cell, len(result["subjects"]["synthetic"])))
     print(text)
     print(f"\nWrote {args.json}" + ("" if args.no_readme else f" and the table of docs/results/{NAME}.md"))
     return 0

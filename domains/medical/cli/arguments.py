@@ -14,6 +14,8 @@ from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
 # translate --model NAME: the bundled checkpoint it names (BUNDLED_CHECKPOINTS keys of sci_diffusion_medical)
 TRANSLATION_MODELS = {"residual": "translation", "regression": "regression", "diffusion": "diffusion",
                       "residual-v2": "translation_v2", "regression-v2": "regression_v2"}
+# synthesize medical --model NAME: likewise
+SYNTHESIS_MODELS = {"slice": "synthesis", "latent": "latent_synthesis"}
 
 
 def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
@@ -130,7 +132,11 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", metavar="K/N", help="write only part K of N of the run's --num subjects (a SLURM array task, "
                                                  "a torchrun rank), each part to its own --out: the same subjects as the "
                                                  "whole run, whose union the parts are")
-    p.add_argument("--ckpt", help="paired synthesis checkpoint (default: the bundled one, checkpoints/README.md)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--ckpt", help="paired synthesis checkpoint (default: the bundled slice model, checkpoints/README.md)")
+    model.add_argument("--model", choices=tuple(SYNTHESIS_MODELS),
+                       help="a bundled generator instead of --ckpt: slice (default; phantom v1, 2-D slices with noise "
+                            "correlated along the volume) or latent (phantom v2, the labels-first 3-D latent generator)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES,
                    help="core sampler (default ddpm, ancestral; deterministic ones give noise-like slices on the bundled model)")
