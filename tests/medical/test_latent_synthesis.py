@@ -164,8 +164,10 @@ def test_a_users_label_map_is_kept_and_the_subject_depends_on_its_seed_only(late
 def test_synthesize_writes_a_marked_3d_latent_set_on_the_models_grid(latent_ckpt, latent_model, tmp_path):
     out = tmp_path / "set"
     assert main(["synthesize", "medical", "--num", "2", "--out", str(out), "--seed", "1", "--steps", "2",
-                 "--sampler", "ddim", "--ckpt", str(latent_ckpt)]) == 0
+                 "--sampler", "ddim", "--ckpt", str(latent_ckpt), "--format", "nnunet"]) == 0
     meta = json.loads((out / "dataset.json").read_text())
+    nnunet = json.loads(next((out / "nnunet").glob("*/dataset.json")).read_text())
+    assert nnunet["labels"]["mastoid_air"] == 12 and len(nnunet["labels"]) == 13  # the v2 tissue table travels
     assert "3-D latent" in meta["noise"] and "LatentVolumeSynthesis" in meta["generator"]
     assert meta["tissue_labels"]["12"] == "mastoid_air" and meta["generated_shape"] == latent_model.padded_shape()
     for pid in meta["subjects"]:
