@@ -21,6 +21,7 @@ BUNDLED_CHECKPOINTS = {
     "regression": "mri2ct_regression.ckpt",
     "diffusion": "mri2ct_phantom.ckpt",
     "synthesis": "paired_synthesis.ckpt",
+    "latent_synthesis": "latent_synthesis.ckpt",
     "translation_v2": "mri2ct_v2_residual.ckpt",
     "regression_v2": "mri2ct_v2_regression.ckpt",
 }
