@@ -31,8 +31,8 @@ def run_commands(work: Path) -> dict[str, list[str]]:
         "translate": ["translate", "--mr", str(work / "phantom" / "1BA001" / "mr.nii.gz"), "--mask",
                       str(work / "phantom" / "1BA001" / "mask.nii.gz"), "--steps", "2", "--seed", "0", "--samples", "2",
                       "--uncertainty", str(work / "sct_std.nii.gz"), "--out", str(work / "sct.nii.gz")],
-        "synthesize": ["synthesize", "medical", "--num", "1", "--seed", "0", "--steps", "3", "--out",
-                       str(work / "synthetic")],
+        "synthesize": ["synthesize", "medical", "--model", "slice", "--num", "1", "--seed", "0", "--steps", "3",
+                       "--out", str(work / "synthetic")],  # the default before the 3-D latent generator
     }
     for name, argv in commands.items():
         if main(argv) != 0:

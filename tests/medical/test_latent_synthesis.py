@@ -131,10 +131,10 @@ def test_the_first_training_copy_is_the_subject_itself(latent_model, v2_dir):
     volumes = load_paired_volumes(find_synthrad_pairs(v2_dir), classes=13)
     latents = latent_model.encode_copies(volumes, copies=2)
     assert latents.tensors[0].shape[0] == 4
-    assert torch.allclose(latents.tensors[0][0], latent_model.encode_labels(volumes.labels[:1])[0], atol=1e-4)
-    assert torch.allclose(latents.tensors[1][0], latent_model.autoencoders["images"].encode(volumes.images[:1])[0],
-                          atol=1e-4)
-    assert not torch.allclose(latents.tensors[0][1], latents.tensors[0][0])  # the second is an augmented copy
+    own = [latent_model.encode_labels(volumes.labels[:1])[0], latent_model.autoencoders["images"].encode(volumes.images[:1])[0]]
+    for encoded, alone in zip(latents.tensors, own):  # equal up to the convolutions' batch-size-dependent rounding
+        assert (encoded[0] - alone).abs().max() < 0.01 * alone.abs().max()
+        assert (encoded[1] - alone).abs().max() > 0.1 * alone.abs().max()  # the second is an augmented copy
 
 
 def test_the_images_stage_sees_its_label_map(latent_model):
@@ -206,8 +206,9 @@ def test_synthesize_draws_mr_and_ct_for_a_users_own_label_maps(latent_ckpt, late
     err = run_expecting_error(["synthesize", "medical", "--labels", str(v2_dir), "--num", "3", "--out",
                                str(tmp_path / "x"), "--ckpt", str(latent_ckpt)], capsys)
     assert "more subjects than the 2 label maps" in err
-    err = run_expecting_error(["synthesize", "medical", "--labels", str(v2_dir), "--out", str(tmp_path / "y")], capsys)
-    assert "need a 3-D latent generator" in err  # the bundled generator is the slice model
+    err = run_expecting_error(["synthesize", "medical", "--labels", str(v2_dir), "--out", str(tmp_path / "y"),
+                               "--model", "slice"], capsys)
+    assert "need a 3-D latent generator" in err
     bad = tmp_path / "bad"
     bad.mkdir()
     image = nib.load(v2_dir / volumes.ids[0] / "labels.nii.gz")

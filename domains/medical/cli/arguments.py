@@ -133,13 +133,15 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
                                                  "a torchrun rank), each part to its own --out: the same subjects as the "
                                                  "whole run, whose union the parts are")
     model = p.add_mutually_exclusive_group()
-    model.add_argument("--ckpt", help="paired synthesis checkpoint (default: the bundled slice model, checkpoints/README.md)")
+    model.add_argument("--ckpt", help="paired synthesis checkpoint (default: the bundled 3-D latent generator, "
+                                      "checkpoints/README.md)")
     model.add_argument("--model", choices=tuple(SYNTHESIS_MODELS),
-                       help="a bundled generator instead of --ckpt: slice (default; phantom v1, 2-D slices with noise "
-                            "correlated along the volume) or latent (phantom v2, the labels-first 3-D latent generator)")
+                       help="a bundled generator instead of --ckpt: latent (the default; phantom v2, labels first, "
+                            "3-D latents) or slice (the earlier one: phantom v1, 2-D slices with noise correlated "
+                            "along the volume)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES,
-                   help="core sampler (default ddpm, ancestral; deterministic ones give noise-like slices on the bundled model)")
+                   help="core sampler (default ddpm, ancestral; deterministic ones give noise-like slices on the slice model)")
     p.add_argument("--format", choices=("synthrad", "nnunet"), default="synthrad",
                    help="nnunet: also write the nnU-Net v2 layout (imagesTr, labelsTr, dataset.json) in <out>/nnunet")
     p.add_argument("--png", help="contact sheet (.png; default <out>/contact_sheet.png)")

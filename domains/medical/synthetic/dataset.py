@@ -51,13 +51,13 @@ NOISE = {  # what the provenance says about how a generator draws its subjects
 
 
 def load_synthesis_model(ckpt: str | os.PathLike | None = None) -> SynthesisModel:
-    """The paired synthesis model of ``ckpt`` (the bundled one when None): the slice model (``models.synthesis``) or
-    the 3-D latent generator (``models.latent_synthesis``), in eval mode on the CPU.
+    """The paired synthesis model of ``ckpt`` (when None, the bundled 3-D latent generator): the slice model
+    (``models.synthesis``) or the 3-D latent generator (``models.latent_synthesis``), in eval mode on the CPU.
 
     Raises:
         UserError: no such checkpoint, or one that holds another kind of model.
     """
-    path = Path(ckpt) if ckpt is not None else bundled_checkpoint("sci_diffusion_medical", "synthesis")
+    path = Path(ckpt) if ckpt is not None else bundled_checkpoint("sci_diffusion_medical", "latent_synthesis")
     if not path.is_file():
         raise UserError(f"No synthesis checkpoint at {path}; pass --ckpt with a trained paired synthesis model.")
     module = load_module(path, domain="medical")
@@ -166,7 +166,7 @@ def write_synthetic_dataset(out: str | os.PathLike, num: int, ckpt: str | os.Pat
     model = load_synthesis_model(ckpt)
     if (label_maps is not None or guidance is not None) and not isinstance(model, LatentVolumeSynthesis):
         raise UserError("--labels and --guidance need a 3-D latent generator (configs/medical/latent_synthesis.yaml); "
-                        f"{ckpt or 'the bundled model'} is a slice model.")
+                        f"{ckpt} is a slice model.")
     record = provenance(model, seed, steps, sampler)
     if guidance is not None:
         record["guidance"] = guidance
