@@ -70,6 +70,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from nibabel.affines import voxel_sizes
     from reporting import write_result
 
     from sci_diffusion.checkpoints import bundled_checkpoint, load_module
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = find_synthrad_pairs(args.root)
     _, held_out = split_patients([p["id"] for p in pairs], args.val_subjects, args.split_seed)
     grid = model.hparams.grid
-    voxel_mm = float(np.sqrt((np.asarray(grid["affine"])[:3, :3] ** 2).sum(axis=0))[0])
+    voxel_mm = float(voxel_sizes(np.asarray(grid["affine"]))[0])
     volumes = load_paired_volumes(pairs, grid["classes"], spacing_mm=voxel_mm, shape=model.padded_shape()).subset(held_out)
     result = {"checkpoint": str(path), "subjects": held_out, **reconstruct(model, volumes)}
     text = markdown(result)

@@ -8,7 +8,6 @@ import lightning as L
 import pytest
 import torch
 
-from sci_diffusion.categorical import CategoricalProcess, CategoricalSpace
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.consistency import ConsistencyDistillationLoss, consistency_function, sampling_grid
 from sci_diffusion.distillation import distilled_times
@@ -17,9 +16,11 @@ from sci_diffusion.gaussian_mixture import GaussianMixture, sliced_wasserstein
 from sci_diffusion.module import DiffusionBatch
 from sci_diffusion.samplers import consistency, ddim, ddim_step, get_sampler, sampler_times, step_coefficients
 from sci_diffusion.schedules import NoiseSchedule
-from sci_diffusion.state_spaces import EuclideanSpace, StackedSpace, ZeroCoMSpace
+from sci_diffusion.state_spaces import EuclideanSpace, ZeroCoMSpace
 from sci_diffusion.time_grids import time_grid
 from sci_diffusion.toy import MixtureDataModule, MixtureDiffusion
+
+from .bond_state import bond_state
 
 SCHEDULE = NoiseSchedule.from_name("cosine", 1000)
 
@@ -77,16 +78,8 @@ class _ZeroNetwork(torch.nn.Module):
 
 def test_categorical_rows_learn_the_teachers_class_probabilities():
     """Bond orders have no consistency function: their target is the teacher's ``p(x_0 | x_t)`` at ``t``."""
-    k, samples = 3, 4
-    process = CategoricalProcess.from_counts(torch.tensor([5.0, 3.0, 2.0]), SCHEDULE)
-    ids = torch.arange(samples)
-    space = StackedSpace([(EuclideanSpace(batch=ids, num_samples=samples), samples, 2),
-                          (CategoricalSpace(process, ids, samples), samples, k)])
-    x_t = space.noise(torch.zeros(2 * samples, k), torch.Generator().manual_seed(0))
-    probs = torch.softmax(torch.arange(samples * k, dtype=torch.float32).reshape(samples, k) / 5, dim=1)
-
-    def teacher(x, t, cond=None):
-        return torch.cat([torch.nn.functional.pad(0.5 * x[:samples, :2] + t, (0, k - 2)), probs])
+    samples = 4
+    space, x_t, probs, teacher = bond_state(SCHEDULE, samples=samples)
 
     student, times = _student(), time_grid(SCHEDULE, 4)
     student.net = _ZeroNetwork()  # any width: its data estimate is alpha_t x_t (v-prediction of 0)

@@ -6,7 +6,6 @@ import lightning as L
 import pytest
 import torch
 
-from sci_diffusion.categorical import CategoricalProcess, CategoricalSpace
 from sci_diffusion.checkpoints import file_sha256, load_module
 from sci_diffusion.distillation import ProgressiveDistillationLoss, distilled_times, halve_grid, two_step_target
 from sci_diffusion.errors import UserError
@@ -14,9 +13,11 @@ from sci_diffusion.gaussian_mixture import GaussianMixture, sliced_wasserstein
 from sci_diffusion.module import DiffusionBatch
 from sci_diffusion.samplers import ddim, ddim_step, sampler_times, step_coefficients
 from sci_diffusion.schedules import NoiseSchedule
-from sci_diffusion.state_spaces import EuclideanSpace, StackedSpace, ZeroCoMSpace
+from sci_diffusion.state_spaces import EuclideanSpace, ZeroCoMSpace
 from sci_diffusion.time_grids import time_grid
 from sci_diffusion.toy import MixtureDataModule, MixtureDiffusion
+
+from .bond_state import bond_state
 
 SCHEDULE = NoiseSchedule.from_name("cosine", 1000)
 
@@ -48,16 +49,8 @@ def test_one_ddim_step_to_the_target_lands_where_the_teachers_two_steps_land(int
 
 def test_categorical_rows_take_the_teachers_class_probabilities():
     """Bond orders have no deterministic step: there the target is the teacher's ``p(x_0 | x_t)`` at ``t``."""
-    k, samples = 3, 4
-    process = CategoricalProcess.from_counts(torch.tensor([5.0, 3.0, 2.0]), SCHEDULE)
-    ids = torch.arange(samples)
-    space = StackedSpace([(EuclideanSpace(batch=ids, num_samples=samples), samples, 2),
-                          (CategoricalSpace(process, ids, samples), samples, k)])
-    x_t = space.noise(torch.zeros(2 * samples, k), torch.Generator().manual_seed(0))
-    probs = torch.softmax(torch.arange(samples * k, dtype=torch.float32).reshape(samples, k) / 5, dim=1)
-
-    def teacher(x, t, cond=None):
-        return torch.cat([torch.nn.functional.pad(0.5 * x[:samples, :2] + t, (0, k - 2)), probs])
+    samples = 4
+    space, x_t, probs, teacher = bond_state(SCHEDULE, samples=samples)
 
     times = time_grid(SCHEDULE, 4)
     target = two_step_target(teacher, x_t, (times[0], times[1], times[2]), SCHEDULE, space,

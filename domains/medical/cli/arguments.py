@@ -8,7 +8,9 @@ names them by string, so they are imported only when their command runs.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from sci_diffusion.checkpoints import bundled_checkpoint
 from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
 
 # translate --model NAME: the bundled checkpoint it names (BUNDLED_CHECKPOINTS keys of sci_diffusion_medical)
@@ -16,6 +18,19 @@ TRANSLATION_MODELS = {"residual": "translation", "regression": "regression", "di
                       "residual-v2": "translation_v2", "regression-v2": "regression_v2"}
 # synthesize medical --model NAME: likewise
 SYNTHESIS_MODELS = {"slice": "synthesis", "latent": "latent_synthesis"}
+
+
+def add_checkpoint_choice(p: argparse.ArgumentParser, models: dict[str, str], ckpt_help: str, model_help: str) -> None:
+    """``--ckpt PATH`` or ``--model NAME`` (a key of ``models``), not both: a command's model (:func:`chosen_checkpoint`)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--ckpt", help=ckpt_help)
+    group.add_argument("--model", choices=tuple(models), help=model_help)
+
+
+def chosen_checkpoint(args: argparse.Namespace, models: dict[str, str]) -> str | Path | None:
+    """``--ckpt``, or the bundled file ``--model`` names (``models``: name -> ``BUNDLED_CHECKPOINTS`` key); None: neither
+    was given, and the command takes its default."""
+    return bundled_checkpoint("sci_diffusion_medical", models[args.model]) if args.model else args.ckpt
 
 
 def add_phantom_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,13 +65,13 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
                                              "sidecar is written beside it")
     p.add_argument("--mask", help="body mask on the MR grid (any --mr format); derived from the MR (SynthRAD recipe) "
                                    "when absent")
-    model = p.add_mutually_exclusive_group()
-    model.add_argument("--ckpt", help="model checkpoint (residual, plain diffusion or regression); default: the bundled "
-                                      "residual diffusion model (checkpoints/README.md)")
-    model.add_argument("--model", choices=tuple(TRANSLATION_MODELS),
-                       help="a bundled model instead of --ckpt: residual (default; phantom v1), regression, diffusion "
-                            "(phantom v1), or residual-v2 and regression-v2 (trained on phantom v2 with random contrasts; "
-                            "residual-v2 ships an interval calibration for --samples 8, ddim, 10 steps)")
+    add_checkpoint_choice(
+        p, TRANSLATION_MODELS,
+        ckpt_help="model checkpoint (residual, plain diffusion or regression); default: the bundled residual diffusion "
+                  "model (checkpoints/README.md)",
+        model_help="a bundled model instead of --ckpt: residual (default; phantom v1), regression, diffusion "
+                   "(phantom v1), or residual-v2 and regression-v2 (trained on phantom v2 with random contrasts; "
+                   "residual-v2 ships an interval calibration for --samples 8, ddim, 10 steps)")
     p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
     p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz or .mha; "
                                           "needs --samples >= 2)")
@@ -132,13 +147,11 @@ def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", metavar="K/N", help="write only part K of N of the run's --num subjects (a SLURM array task, "
                                                  "a torchrun rank), each part to its own --out: the same subjects as the "
                                                  "whole run, whose union the parts are")
-    model = p.add_mutually_exclusive_group()
-    model.add_argument("--ckpt", help="paired synthesis checkpoint (default: the bundled 3-D latent generator, "
-                                      "checkpoints/README.md)")
-    model.add_argument("--model", choices=tuple(SYNTHESIS_MODELS),
-                       help="a bundled generator instead of --ckpt: latent (the default; phantom v2, labels first, "
-                            "3-D latents) or slice (the earlier one: phantom v1, 2-D slices with noise correlated "
-                            "along the volume)")
+    add_checkpoint_choice(
+        p, SYNTHESIS_MODELS,
+        ckpt_help="paired synthesis checkpoint (default: the bundled 3-D latent generator, checkpoints/README.md)",
+        model_help="a bundled generator instead of --ckpt: latent (the default; phantom v2, labels first, 3-D latents) "
+                   "or slice (the earlier one: phantom v1, 2-D slices with noise correlated along the volume)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     p.add_argument("--sampler", default="ddpm", choices=SAMPLER_NAMES,
                    help="core sampler (default ddpm, ancestral; deterministic ones give noise-like slices on the slice model)")

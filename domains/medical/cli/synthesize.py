@@ -4,14 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sci_diffusion.checkpoints import bundled_checkpoint
 from sci_diffusion.errors import UserError
 from sci_diffusion.report.command import check_report_path
 from sci_diffusion.shards import parse_shard
 
 from ..report.page import write_dataset_report
 from ..synthetic.dataset import list_label_maps, write_synthetic_dataset
-from .arguments import SYNTHESIS_MODELS
+from .arguments import SYNTHESIS_MODELS, chosen_checkpoint
 
 
 def run_synthesize(args: argparse.Namespace) -> int:
@@ -25,7 +24,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
     if label_maps is not None and num > len(label_maps):
         raise UserError(f"--num {num} asks for more subjects than the {len(label_maps)} label maps in {args.labels}.")
     shard = parse_shard(args.shard, num, "subjects") if num >= 1 else None
-    ckpt = bundled_checkpoint("sci_diffusion_medical", SYNTHESIS_MODELS[args.model]) if args.model else args.ckpt
+    ckpt = chosen_checkpoint(args, SYNTHESIS_MODELS)
     info = write_synthetic_dataset(args.out, num, ckpt=ckpt, seed=args.seed, steps=args.steps,
                                    fmt=args.format, png=args.png, sampler=args.sampler, spacing_mm=args.spacing,
                                    shard=shard, label_maps=label_maps[:num] if label_maps else None,

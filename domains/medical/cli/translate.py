@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sci_diffusion.checkpoints import bundled_checkpoint
 from sci_diffusion.errors import UserError
 from sci_diffusion.report.command import check_report_path
 
@@ -13,7 +12,7 @@ from ..report.page import write_translation_report
 from ..translation.folder import holds_subjects, translate_folder
 from ..translation.options import TranslationOptions, interval_paths
 from ..translation.translate import translate_file
-from .arguments import TRANSLATION_MODELS
+from .arguments import TRANSLATION_MODELS, chosen_checkpoint
 
 
 def run_translate(args: argparse.Namespace) -> int:
@@ -21,7 +20,7 @@ def run_translate(args: argparse.Namespace) -> int:
     folder = holds_subjects(args.mr)  # a folder of subjects, not one volume (or DICOM series)
     if args.report and folder:
         raise UserError("--report draws one subject's page; translate that subject alone for it.")
-    ckpt = bundled_checkpoint("sci_diffusion_medical", TRANSLATION_MODELS[args.model]) if args.model else args.ckpt
+    ckpt = chosen_checkpoint(args, TRANSLATION_MODELS)
     options = TranslationOptions(ckpt=ckpt, samples=args.samples, uncertainty=args.uncertainty, steps=args.steps,
                                  sampler=args.sampler, spacing=args.spacing, seed=args.seed, batch_size=args.batch_size,
                                  png=args.png, ct=args.ct, trajectory_png=args.trajectory_png,

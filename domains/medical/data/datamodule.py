@@ -37,6 +37,19 @@ def split_patients(ids: Sequence[str], val_subjects: int, seed: int = 0) -> tupl
     return sorted(train), sorted(val)
 
 
+def split_subject_folder(root: str, val_subjects: int, split_seed: int) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """``(pairs, train_ids, val_ids)`` of a SynthRAD-layout folder (``find_synthrad_pairs``, ``split_patients``).
+
+    Raises:
+        MedicalInputError: too few subjects to hold ``val_subjects`` out.
+    """
+    pairs = find_synthrad_pairs(root)
+    if len(pairs) <= val_subjects:
+        raise MedicalInputError(f"{root} holds {len(pairs)} subjects, too few to hold out {val_subjects}.")
+    train_ids, val_ids = split_patients([p["id"] for p in pairs], val_subjects, split_seed)
+    return pairs, train_ids, val_ids
+
+
 def write_phantoms_if_missing(root: str, subjects: int, spacing_mm: float, seed: int, version: int = 1,
                               contrast: str = "t1") -> None:
     """Fill ``root`` with ``subjects`` head phantoms of ``version`` (1, or 2 with its ``contrast`` family) when it does
@@ -182,10 +195,7 @@ class PairedSynthesisDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         h = self.hparams
-        pairs = find_synthrad_pairs(h.root)
-        if len(pairs) <= h.val_subjects:
-            raise MedicalInputError(f"{h.root} holds {len(pairs)} subjects, too few to hold out {h.val_subjects}.")
-        train_ids, val_ids = split_patients([p["id"] for p in pairs], h.val_subjects, h.split_seed)
+        pairs, train_ids, val_ids = split_subject_folder(h.root, h.val_subjects, h.split_seed)
         common = dict(spacing_mm=h.spacing_mm, divisible=h.divisible)
         self.train_set = PairedVolumeSlices([p for p in pairs if p["id"] in train_ids], flip=h.flip, **common)
         self.val_set = PairedVolumeSlices([p for p in pairs if p["id"] in val_ids], **common) if val_ids else None

@@ -19,9 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..io.nifti import MedicalInputError
-from .datamodule import split_patients, write_phantoms_if_missing
-from .pairs import find_synthrad_pairs
+from .datamodule import split_subject_folder, write_phantoms_if_missing
 from .volumes import PairedVolumes, load_paired_volumes, random_crop
 
 
@@ -82,10 +80,7 @@ class PairedVolumeDataModule(L.LightningDataModule):
         if self.train_volumes is not None:
             return
         h = self.hparams
-        pairs = find_synthrad_pairs(h.root)
-        if len(pairs) <= h.val_subjects:
-            raise MedicalInputError(f"{h.root} holds {len(pairs)} subjects, too few to hold out {h.val_subjects}.")
-        train_ids, val_ids = split_patients([p["id"] for p in pairs], h.val_subjects, h.split_seed)
+        pairs, train_ids, val_ids = split_subject_folder(h.root, h.val_subjects, h.split_seed)
         volumes = load_paired_volumes(pairs, classes=h.classes, spacing_mm=h.spacing_mm, divisible=h.divisible)
         self.train_volumes = volumes.subset(train_ids)
         self.val_volumes = volumes.subset(val_ids) if val_ids else None

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor
 from torch.utils.data import TensorDataset
@@ -50,7 +49,7 @@ from ..data.phantom import CT_BACKGROUND_HU
 from ..data.transforms import unit_to_ct
 from ..data.volumes import PairedVolumes, augmented_copy, unpad, unpadded_region
 from ..io.nifti import MedicalInputError
-from .unet import check_unet_size
+from .unet import check_unet_size, monai_timesteps
 from .volume_autoencoder import VolumeAutoencoder
 
 STAGES = ("labels", "images")
@@ -139,8 +138,7 @@ class LatentVolumeSynthesis(DiffusionModule):
         """Network output for the stage ``context`` (``labels`` or ``images``): ``x_t (B, C, x, y, z)``, ``t`` in
         [0, 1]; the images stage's ``cond`` is the scaled label latent ``(B, C_L, x, y, z)`` (None: zeros, the
         dropped condition)."""
-        t = t.to(x_t.device, torch.float32)
-        timesteps = (t.expand(x_t.shape[0]) if t.dim() == 0 else t) * self.schedule.T
+        timesteps = monai_timesteps(t, x_t, self.schedule.T)
         if context == "images":
             if cond is None:
                 cond = x_t.new_zeros(x_t.shape[0], self.latent_widths["labels"], *x_t.shape[2:])
@@ -151,8 +149,8 @@ class LatentVolumeSynthesis(DiffusionModule):
     @torch.no_grad()
     def encode_labels(self, labels: Tensor) -> Tensor:
         """Unscaled label latents ``(B, C_L, x, y, z)`` of padded label maps ``(B, X, Y, Z)``."""
-        classes = self.hparams.autoencoder_configs["labels"]["classes"]
-        return self.autoencoders["labels"].encode(F.one_hot(labels.long(), classes).movedim(-1, 1).float())
+        autoencoder = self.autoencoders["labels"]
+        return autoencoder.encode(autoencoder.one_hot(labels))
 
     @torch.no_grad()
     def encode_copies(self, volumes: PairedVolumes, copies: int, seed: int = 0, chunk: int = 4) -> TensorDataset:

@@ -24,6 +24,13 @@ def check_unet_size(channels: Sequence[int], attention_levels: Sequence[bool]) -
         raise ValueError("channels and attention_levels must have the same length.")
 
 
+def monai_timesteps(t: Tensor, x_t: Tensor, steps: int) -> Tensor:
+    """MONAI's ``timesteps`` ``(B,)`` float32 for the core's time ``t`` in [0, 1] (0-d or ``(B,)``) of a batch
+    ``x_t (B, ...)``: ``t * T`` (``steps`` = T, the schedule's)."""
+    t = t.to(x_t.device, torch.float32)
+    return (t.expand(x_t.shape[0]) if t.dim() == 0 else t) * steps
+
+
 class DiffusionUNet:
     """A mixin (before the core's ``DiffusionModule``) for a model whose network is a 2-D MONAI
     ``DiffusionModelUNet`` sized by the hyperparameters ``channels``, ``attention_levels``,
@@ -46,6 +53,5 @@ class DiffusionUNet:
         )
 
     def unet_timesteps(self, t: Tensor, x_t: Tensor) -> Tensor:
-        """MONAI's ``timesteps`` ``(B,)`` float32 for the core's time ``t`` in [0, 1] (0-d or ``(B,)``): ``t * T``."""
-        t = t.to(x_t.device, torch.float32)
-        return (t.expand(x_t.shape[0]) if t.dim() == 0 else t) * self.schedule.T
+        """MONAI's ``timesteps`` for this model's schedule (:func:`monai_timesteps`)."""
+        return monai_timesteps(t, x_t, self.schedule.T)

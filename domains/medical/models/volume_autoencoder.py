@@ -64,6 +64,7 @@ class VolumeAutoencoder(L.LightningModule):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}.")
         self.save_hyperparameters()
+        self.classes = classes  # a plain attribute: nested in a model LightningCLI builds, hparams come back empty
         width = classes if kind == "labels" else 2
         self.net = AutoencoderKL(spatial_dims=3, in_channels=width, out_channels=width, channels=tuple(channels),
                                  latent_channels=latent_channels, num_res_blocks=(num_res_blocks,) * len(channels),
@@ -97,7 +98,7 @@ class VolumeAutoencoder(L.LightningModule):
 
     def one_hot(self, labels: Tensor) -> Tensor:
         """``(B, classes, X, Y, Z)`` float one-hot of label maps ``(B, X, Y, Z)``."""
-        return F.one_hot(labels.long(), self.hparams.classes).movedim(-1, 1).float()
+        return F.one_hot(labels.long(), self.classes).movedim(-1, 1).float()
 
     def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Class logits ``(B, classes, X, Y, Z)`` or images ``(B, 2, X, Y, Z)`` (clamped to [-1, 1]) of latents; a

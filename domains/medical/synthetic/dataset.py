@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from nibabel.affines import voxel_sizes
 from tqdm.auto import tqdm
 
 from sci_diffusion.atomic import check_writable, write_json
@@ -247,7 +248,7 @@ def read_label_map(path: Path, model: LatentVolumeSynthesis) -> torch.Tensor:
         UserError: labels outside the model's classes, or a head larger than the model's grid.
     """
     grid = model.hparams.grid
-    voxel_mm = np.sqrt((np.asarray(grid["affine"])[:3, :3] ** 2).sum(axis=0)).tolist()
+    voxel_mm = voxel_sizes(np.asarray(grid["affine"])).tolist()
     data = model_grid_transform(["labels"], voxel_mm)(LoadAnyImaged(["labels"])({"labels": str(path)}))
     labels = data["labels"].as_tensor()[0].round().long()
     if int(labels.min()) < 0 or int(labels.max()) >= grid["classes"]:
