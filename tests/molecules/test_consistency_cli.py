@@ -83,7 +83,7 @@ def test_the_student_refuses_another_step_count_or_sampler_in_one_sentence(stude
     assert f"distilled for {STEPS} steps; sample it with --steps {STEPS}, not 3." in err
     err = refusal([*base, "--sampler", "ddim", "--steps", str(STEPS)], capsys)
     assert "distilled for the consistency sampler; sample it with --sampler consistency, not ddim." in err
-    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no file, not even an empty .partial
 
 
 def test_ordinary_models_refuse_the_consistency_sampler_in_one_sentence(teacher, tiny_checkpoint, tmp_path, capsys):

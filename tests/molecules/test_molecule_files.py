@@ -57,6 +57,14 @@ def test_interrupted_writer_never_leaves_a_file_under_the_final_name(tmp_path, m
     assert len(read_molecules_from_partial(path)) == 10
 
 
+def test_writer_refused_before_its_first_molecule_leaves_no_file(tmp_path):
+    path = tmp_path / "samples.sdf"
+    with pytest.raises(ValueError):
+        with MoleculeWriter(path):
+            raise ValueError("refused before sampling")
+    assert list(tmp_path.iterdir()) == []
+
+
 def read_molecules_from_partial(path):
     partial = path.with_name(path.name + ".partial")
     renamed = partial.with_name("salvaged" + path.suffix)

@@ -159,8 +159,8 @@ class MoleculeWriter:
 
     Records go to ``path + ".partial"``, flushed every ``chunk_size`` molecules;
     ``close()`` renames that file to ``path``. If the writing is interrupted, the
-    ``.partial`` file keeps the chunks already flushed and ``path`` is never half
-    written. SDF records carry a 3D conformer, EDM bonds and the properties as SD
+    ``.partial`` file keeps the chunks already flushed (and is removed if it holds none) and ``path`` is
+    never half written. SDF records carry a 3D conformer, EDM bonds and the properties as SD
     fields; XYZ records carry the properties as ``key=value`` in the comment line. ``bonds``
     (``"edm"`` or ``"rdkit"``) picks the rule for the SDF bond block (see ``bonds.to_rdkit_mol``);
     a molecule written with its own bonds (a bond-aware model's) carries those instead, marked
@@ -226,6 +226,8 @@ class MoleculeWriter:
         else:  # keep what was flushed in .partial; never publish a half file under the final name
             self.flush()
             self._file.close()
+            if self.count == 0:  # a refusal before the first molecule: nothing to salvage, no empty file left
+                self.partial_path.unlink(missing_ok=True)
 
 
 def _sdf_record(z, pos, properties: Mapping[str, object], bonds: str = "edm", charges=None, bond_types=None) -> str:
