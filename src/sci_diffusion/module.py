@@ -392,3 +392,10 @@ class DiffusionModule(L.LightningModule):
     # ----- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["sci_diffusion"] = training_record(self, self.domain)
+        target = getattr(self.loss_fn, "target", None)
+        if target is not None:  # a consistency round's target network theta^-: a resumed round goes on with it
+            checkpoint["consistency_target"] = {name: w.detach().cpu() for name, w in target.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "consistency_target" in checkpoint and isinstance(self.loss_fn, ConsistencyDistillationLoss):
+            self.loss_fn.target = dict(checkpoint["consistency_target"])

@@ -247,6 +247,10 @@ def test_a_consistency_round_trains_from_a_teacher_checkpoint_records_its_kind_a
     assert student.loss_fn.target is not None  # the target network followed the student
     student_file = tmp_path / "student.ckpt"
     trainer.save_checkpoint(student_file)
+    resumed = MixtureDiffusion(**options, distill_intervals=8, distill_steps=2)  # a later leg: fit --ckpt_path
+    resumed.on_load_checkpoint(torch.load(student_file, weights_only=False))
+    assert resumed.loss_fn.target.keys() == student.loss_fn.target.keys()
+    assert all(torch.equal(resumed.loss_fn.target[k], w) for k, w in student.loss_fn.target.items())
 
     teacher_file.unlink()
     loaded = load_module(student_file)
