@@ -151,15 +151,21 @@ def describe(synthetic: list[dict], real: list[dict], seed: int = 0) -> dict[str
 
 
 # ----- the downstream evaluation -----------------------------------------------------------------
-def evaluate_downstream(ckpt: Path, test_dir: Path, out: Path) -> dict[str, float]:
-    """Translate every test subject with ``ckpt`` and score it (SynthRAD2023 metrics in the body mask)."""
+def score_translations(ckpt: Path, test_dir: Path, out: Path) -> dict[str, Any]:
+    """Translate every test subject with ``ckpt`` into ``out`` and score it (SynthRAD2023 metrics in the body mask,
+    ``evaluate_directory``'s report: per patient under ``patients``, MAE in HU)."""
     from sci_diffusion_medical.data.pairs import find_synthrad_pairs
     from sci_diffusion_medical.evaluation.directory import evaluate_directory
     from sci_diffusion_medical.translation.translate import translate_file
 
     for pair in find_synthrad_pairs(test_dir):
         translate_file(pair["mr"], out / f"{pair['id']}.nii.gz", mask=pair["mask"], ckpt=str(ckpt))
-    report = evaluate_directory(out, test_dir, out / "metrics.json")
+    return evaluate_directory(out, test_dir, out / "metrics.json")
+
+
+def evaluate_downstream(ckpt: Path, test_dir: Path, out: Path) -> dict[str, float]:
+    """Translate every test subject with ``ckpt`` and score it: the means over subjects."""
+    report = score_translations(ckpt, test_dir, out)
     return {"mae_hu": report["mean"]["mae"], "psnr_db": report["mean"]["psnr"], "ssim": report["mean"]["ssim"],
             "mae_hu_std_over_subjects": report["std"]["mae"]}
 

@@ -35,7 +35,7 @@ def test_a_folder_of_subjects_translates_whole_or_in_parts_as_each_subject_alone
                                                                                   tmp_path, capsys):
     """``translate --mr FOLDER``: every subject into ``<out>/<id>/sct.nii.gz`` (and its std for K = 2) exactly as
     a one-volume run with its mask; ``--shard K/N`` parts write the whole run's volumes, each subject once."""
-    flags = ["--ckpt", str(diffusion_ckpt), "--samples", "2", "--steps", "2", "--seed", "4"]
+    flags = ["--ckpt", str(diffusion_ckpt), "--samples", "2", "--steps", "1", "--seed", "4"]
     assert main(["translate", "--mr", str(phantom_dir), "--out", str(tmp_path / "whole"), *flags]) == 0
     record = json.loads((tmp_path / "whole" / "translation.json").read_text())
     assert record["subjects"] == ["1BA001", "1BA002"] and record["run_subjects"] == 2
