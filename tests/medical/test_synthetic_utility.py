@@ -159,6 +159,24 @@ def test_the_report_reads_a_planted_gain_from_unit_records():
     assert not msu.targets(comparisons)["dice_gain_n2"]["met"]
 
 
+def test_the_page_and_the_readme_row_are_written_from_the_report():
+    args = msu.parse_args(["--bootstrap", "200"])
+    cells, comparisons = msu.summarise(fabricated_results(0.05), args, [f"1BT{j:03d}" for j in range(1, 13)])
+    report = {"settings": {"n_real": args.n_real, "seeds": args.seeds, "pool_subjects": 20, "test_subjects": 12,
+                           "synthetic": 10, "generator_cpu_hours": args.generator_cpu_hours, "downstream_cpu_hours": 0.05,
+                           "steps": 50, "sampler": "ddpm"},
+              "protocol": {"as_the_issue_asks": True}, "units_done": 90, "units_planned": 90, "targets_met": "2 of 6",
+              "targets": msu.targets(comparisons), "cells": cells, "comparisons": comparisons, "dice_per_tissue": {}}
+    row = msu.readme_row(report)
+    assert row.startswith(f"| {msu.README_CELL} | **2 of 6 targets met**") and row.count(" | ") == 4
+    assert f"n 2: {cells['segmentation/n2/real']['mean']:.3f} / " in row
+    assert any(line.startswith(f"| {msu.README_CELL} |") for line in (ROOT / "README.md").read_text().splitlines())
+    page = (ROOT / "docs" / "results" / "medical_synthetic_utility.md").read_text()
+    assert f"<!-- results:{msu.NAME} -->" in page and f"<!-- /results:{msu.NAME} -->" in page
+    text = msu.markdown(report)
+    assert "| segmentation/n2/real+synthetic - real | 5.00 |" in text and "| met |" in text
+
+
 # ----- Dice per tissue and the segmentation model ------------------------------------------------------------
 def test_dice_per_tissue_on_a_hand_made_case():
     reference = torch.zeros(4, 4, 4, dtype=torch.long)
