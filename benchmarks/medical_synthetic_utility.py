@@ -36,6 +36,8 @@ about 2.5 CPU-s, translating one 0.5): generators 9 x (0.5 CPU-h + about 0.03 st
 synthesis about 9 x (10 subjects x 12 s + start) = 0.35 CPU-h, downstream 54 x (0.05 CPU-h + about 35 CPU-s of start
 and evaluation) = 3.2 CPU-h: about 8.3 CPU-hours, 4.2 hours of wall time on 2 free cores. It runs in sessions: the
 same command again goes on from the units already done (``--budget-minutes`` stops it cleanly between units).
+Scaling: each 0.1 CPU-h more per generator adds 0.9 CPU-h to the study, each 0.01 CPU-h more per downstream
+model 0.54. At 0.5 CPU-h a generator gets about a quarter of the bundled one's 1.9 CPU-h (on 38 heads).
 
     python benchmarks/medical_synthetic_utility.py --work-dir /work/utility31 --phase all \\
         --generator-cpu-hours 0.15,0.15,0.2 --downstream-cpu-hours 0.05 --jobs 2 --budget-minutes 240
