@@ -31,24 +31,24 @@ from .schedules import NoiseSchedule
 __all__ = ["SPACINGS", "check_spacing", "logsnr_times", "quadratic_times", "time_grid", "uniform_times"]
 
 
-def uniform_times(steps: int, t_min: float) -> Tensor:
-    """``steps + 1`` times uniform in t from 1 to ``t_min``; float64."""
-    return torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+def uniform_times(steps: int, t_min: float, start: float = 1.0) -> Tensor:
+    """``steps + 1`` times uniform in t from ``start`` to ``t_min``; float64."""
+    return torch.linspace(start, t_min, steps + 1, dtype=torch.float64)
 
 
-def quadratic_times(steps: int, t_min: float) -> Tensor:
-    """``steps + 1`` times uniform in sqrt(t) from 1 to ``t_min``; float64."""
-    return torch.linspace(1.0, t_min ** 0.5, steps + 1, dtype=torch.float64) ** 2
+def quadratic_times(steps: int, t_min: float, start: float = 1.0) -> Tensor:
+    """``steps + 1`` times uniform in sqrt(t) from ``start`` to ``t_min``; float64."""
+    return torch.linspace(start ** 0.5, t_min ** 0.5, steps + 1, dtype=torch.float64) ** 2
 
 
-def logsnr_times(schedule: NoiseSchedule, steps: int, t_min: float) -> Tensor:
-    """``steps + 1`` times uniform in the schedule's ``lambda`` from ``lambda(1)`` (or ``lambda(1 - t_min)`` where
-    ``lambda(1) = -inf``: a flow path) to ``lambda(t_min)``, the first time set to 1."""
-    start = float(schedule.log_snr(1.0))
-    start = start if math.isfinite(start) else float(schedule.log_snr(1.0 - t_min))
-    lam = torch.linspace(start, float(schedule.log_snr(t_min)), steps + 1, dtype=torch.float64)
+def logsnr_times(schedule: NoiseSchedule, steps: int, t_min: float, start: float = 1.0) -> Tensor:
+    """``steps + 1`` times uniform in the schedule's ``lambda`` from ``lambda(start)`` (or ``lambda(1 - t_min)`` where
+    ``lambda(1) = -inf``: a flow path) to ``lambda(t_min)``, the first time set to ``start``."""
+    first = float(schedule.log_snr(start))
+    first = first if math.isfinite(first) else float(schedule.log_snr(1.0 - t_min))
+    lam = torch.linspace(first, float(schedule.log_snr(t_min)), steps + 1, dtype=torch.float64)
     times = schedule.t_from_log_snr(lam)
-    times[0], times[-1] = 1.0, t_min  # the inverse is exact only to rounding at the ends
+    times[0], times[-1] = start, t_min  # the inverse is exact only to rounding at the ends
     return times
 
 
@@ -59,22 +59,25 @@ def check_spacing(spacing: str) -> None:
         raise ValueError(f"Unknown time spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
 
 
-def time_grid(schedule: NoiseSchedule, steps: int, spacing: str = "uniform") -> Tensor:
-    """The ``(steps + 1,)`` float64 grid from 1 to 0 for a sampler taking ``steps`` steps.
+def time_grid(schedule: NoiseSchedule, steps: int, spacing: str = "uniform", start: float = 1.0) -> Tensor:
+    """The ``(steps + 1,)`` float64 grid from ``start`` (1: pure noise) to 0 for a sampler taking ``steps`` steps.
 
     Points ``0 .. steps - 1`` (where the network is evaluated) are DPM-Solver's
-    ``get_time_steps(spacing, 1, 1/T, steps - 1)`` and lie in ``[1/T, 1]``; the last point is 0.
+    ``get_time_steps(spacing, start, 1/T, steps - 1)`` and lie in ``[1/T, start]``; the last point is 0. A
+    ``start`` below 1 is the grid of a sampler that begins part-way, from a noised sample (``restart.py``).
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"A sampler needs a whole number of steps, at least 1, not {steps!r}.")
     check_spacing(spacing)
     t_min, zero = 1.0 / schedule.T, torch.zeros(1, dtype=torch.float64)
+    if not t_min < start <= 1.0:
+        raise ValueError(f"A time grid starts in (1/T, 1] = ({t_min:g}, 1], not at {start!r}.")
     if steps == 1:
-        return torch.cat([torch.ones(1, dtype=torch.float64), zero])
+        return torch.tensor([start, 0.0], dtype=torch.float64)
     if spacing == "uniform":
-        times = uniform_times(steps - 1, t_min)
+        times = uniform_times(steps - 1, t_min, start)
     elif spacing == "quadratic":
-        times = quadratic_times(steps - 1, t_min)
+        times = quadratic_times(steps - 1, t_min, start)
     else:
-        times = logsnr_times(schedule, steps - 1, t_min)
+        times = logsnr_times(schedule, steps - 1, t_min, start)
     return torch.cat([times, zero])

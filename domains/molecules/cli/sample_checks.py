@@ -10,6 +10,7 @@ from sci_diffusion import shards
 from sci_diffusion.atomic import check_writable
 from sci_diffusion.errors import UserError
 from sci_diffusion.guidance import check_interval, classifier_free_passes
+from sci_diffusion.restart import Restarts
 
 from ..data.conditioning import parse_targets
 from ..evaluation.geometry import XtbUnavailableError, tblite_calculator_class
@@ -51,7 +52,19 @@ def check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
         raise UserError("Guidance needs a target: add --condition NAME=VALUE or --condition-from db.")
     check_xtb_arguments(args, conditional)
     args.shard = parse_shard(args.shard, args)
+    args.restart_plan = parse_restarts(args)
     return targets
+
+
+def parse_restarts(args: argparse.Namespace) -> Restarts | None:
+    """``--restarts K --restart-time T --restart-steps N`` as a ``Restarts`` (None for K = 0); UserError otherwise."""
+    if args.restart_steps < 1:
+        raise UserError(f"--restart-steps must be positive, not {args.restart_steps}.")
+    try:
+        plan = Restarts(args.restarts, args.restart_time, args.restart_steps)
+    except ValueError as err:
+        raise UserError(f"--restarts / --restart-time: {err}") from None
+    return plan if plan.count else None
 
 
 def parse_shard(text: str | None, args: argparse.Namespace) -> tuple[int, int] | None:

@@ -20,7 +20,8 @@ from sci_diffusion.errors import UserError
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
 from sci_diffusion.precision import PRECISIONS
-from sci_diffusion.samplers import get_sampler
+from sci_diffusion.restart import Restarts
+from sci_diffusion.samplers import get_sampler, resolve_spacing
 from sci_diffusion.schedules import NoiseSchedule
 from sci_diffusion.state_spaces import StateSpace
 
@@ -173,6 +174,24 @@ def guided_denoiser(module: MoleculeGenerator, batch: Tensor, num_graphs: int, s
     return denoiser
 
 
+def with_restarts(sample: Callable[..., torch.Tensor], restarts: Restarts | None, module: MoleculeGenerator,
+                  sampler: str, spacing: str | None) -> Callable[..., torch.Tensor]:
+    """``sample`` followed by ``restarts`` (on the sampler's own time spacing), or ``sample`` itself without them.
+
+    Raises:
+        UserError: restarts asked of a distilled student (it samples its own grid only), or from a time the model's
+            grid cannot start at (one sentence).
+    """
+    if restarts is None or restarts.count == 0:
+        return sample
+    if getattr(module, "sampling_times", None) is not None:
+        raise UserError("A distilled student samples only its own grid, so it takes no restarts; restart its teacher.")
+    try:
+        return restarts.wrap(sample, module.schedule, resolve_spacing(sampler, spacing))
+    except ValueError as err:
+        raise UserError(f"Restarts from t = {restarts.t_max:g}: {err}") from None
+
+
 def molecule_seeds(generator: torch.Generator | None, atom_counts: Sequence[int], seeds: Sequence[int] | None) -> list[int]:
     """One seed per molecule: ``seeds`` as given (ValueError unless one per atom count), else drawn from ``generator``."""
     if seeds is None:
@@ -199,7 +218,8 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
                      cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                      progress: bool = False, precision: str = "bf16",
                      spacing: str | None = None, callback: BatchCallback | None = None,
-                     compile_network: bool = False, seeds: Sequence[int] | None = None) -> Iterator[tuple]:
+                     compile_network: bool = False, seeds: Sequence[int] | None = None,
+                     restarts: Restarts | None = None) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size, and for a
     model with formal charges ``(atomic_numbers, positions, formal_charges (n,))``.
 
@@ -234,6 +254,8 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
         seeds: molecule i's own seed (``generators.per_sample_seeds``), one per atom count; None: drawn from
             ``generator`` first. A part of a run (``sample molecules --shard``) passes the whole run's seeds of its
             molecules, so that they come out as they do in the whole run.
+        restarts: restart sampling from the end (``sci_diffusion.restart.Restarts``): each molecule, once drawn,
+            carried forward to ``restarts.t_max`` and sampled back ``restarts.count`` times; None: none.
         compile_network: run the network through ``torch.compile`` (``sci_diffusion.compilation``; needs
             a C++ compiler): seconds to compile once per process, then about 1.1x the molecules per second
             on this CPU (``benchmarks/molecules_conditional.py --compile`` measures it).
@@ -242,7 +264,7 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
     if guidance is not None and cond is None:
         raise ValueError("Guidance needs a condition to guide towards.")
-    sample = get_sampler(sampler)
+    sample = with_restarts(get_sampler(sampler), restarts, module, sampler, spacing)
     times = distilled_times(module, sampler, steps, spacing)  # the grid is built once, outside the sampler
     device = next(module.parameters()).device
     if guidance is not None:
