@@ -124,7 +124,8 @@ def test_four_distilled_steps_reach_the_teachers_fifty_step_distance(monkeypatch
     monkeypatch.setattr(distillation, "two_step_target",
                         lambda teacher, x_t, times, *a, **k: right(teacher, x_t, (times[0], times[0], times[2]), *a, **k))
     broken = copy.deepcopy(teacher)
-    assert distance(broken, _distil_rounds(broken, gmm, rounds=4, steps=400)) > 0.8 * teacher_4
+    # half the rounds' steps: the broken student starts as the teacher, at teacher_4, and only learns its one step
+    assert distance(broken, _distil_rounds(broken, gmm, rounds=4, steps=200)) > 0.8 * teacher_4
 
 
 def test_a_distillation_round_trains_from_a_teacher_checkpoint_and_the_student_records_its_grid(tmp_path):
