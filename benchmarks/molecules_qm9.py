@@ -369,15 +369,19 @@ def targets(rows: list[dict]) -> list[dict]:
 
 
 def rerender(path: str, update_page: bool) -> None:
-    """Rewrite a saved run's results block and derived fields from its own rows (no sampling)."""
+    """Rewrite a saved run's results block and derived fields from its own rows (no sampling): the sampler table of
+    ``molecules_qm9``, or a ``--models`` comparison under its own ``--result-name``."""
     with open(path) as fh:
         record = json.load(fh)
-    record["targets"] = targets(record["rows"])
-    markdown = render(record["rows"], record["training"], record["training_fp32"], record["training_budget"])
+    name = record.pop("benchmark", None) or "molecules_qm9"
+    if "training" in record:  # the sampler table
+        record["targets"] = targets(record["rows"])
+        markdown = render(record["rows"], record["training"], record["training_fp32"], record["training_budget"])
+    else:
+        markdown = render_models(record["rows"], record.get("parallel", False))
     print(markdown)
     provenance = {k: record.pop(k) for k in PROVENANCE}
-    record.pop("benchmark", None)
-    write_result("molecules_qm9", record, markdown, update_page=update_page, provenance=provenance)
+    write_result(name, record, markdown, update_page=update_page, provenance=provenance)
 
 
 if __name__ == "__main__":
