@@ -60,8 +60,8 @@ def test_a_branch_arm_starts_from_its_parents_mark_and_cools_down_from_there_to_
 
 
 def test_a_warm_started_arm_trains_from_a_copy_of_its_start_and_stays_out_of_the_equal_time_race(tmp_path):
-    """Arm j starts from the bundled export of h: the study copies it into j's folder (so a later leg finds the same
-    weights after the bundled file is replaced), its clock starts at the 7 hours behind it, its cooldown runs to the
+    """Arm j starts from the slim export of h (bundled until j replaced it, kept in benchmarks/resume): the study copies
+    it into j's folder (so a later leg finds the same weights whatever happens to the file), its clock starts at the 7 hours behind it, its cooldown runs to the
     budget, and it is not a from-scratch arm."""
     import yaml
 
@@ -70,7 +70,7 @@ def test_a_warm_started_arm_trains_from_a_copy_of_its_start_and_stays_out_of_the
     config = yaml.safe_load((tmp_path / "j" / "config.yaml").read_text())
     kept = tmp_path / "j" / "init_from.ckpt"
     assert config["model"]["init_args"]["init_from"] == str(kept)
-    assert kept.read_bytes() == (ROOT / "domains" / "molecules" / "checkpoints" / "qm9_bonds_x0.ckpt").read_bytes()
+    assert kept.read_bytes() == (ROOT / "benchmarks" / "resume" / "qm9_bonds_h_7h.ckpt").read_bytes()
     callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
     assert callbacks["CpuTimeBudget"] == {"hours": 10.0, "save_at": [9.0, 10.0], "spent_hours": 7.0}
     assert callbacks["CpuTimeCooldown"] == {"start_hours": 7.0, "end_hours": 10.0}

@@ -38,9 +38,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                                                         "(default: the sampler's own; dpmpp2m_sde: quadratic)")
     p.add_argument("--restarts", type=int, default=0, metavar="K",
                    help="restart sampling from the end (Xu et al. 2023): carry each finished molecule forward to "
-                        "--restart-time and sample it back, K times; on the bundled default K = 2 from 0.15 lowers "
-                        "the GFN2-xTB relaxation energy of its molecules (README), at --restart-steps network passes "
-                        "more per restart (default 0: none)")
+                        "--restart-time and sample it back, K times; on the bundled default K = 4 from 0.15 lowers "
+                        "the median GFN2-xTB relaxation energy of its molecules from 8.1 to 4.8 kcal/mol (README), at "
+                        "--restart-steps network passes more per restart (default 0: none)")
     p.add_argument("--restart-time", type=float, default=0.15, metavar="T",
                    help="the diffusion time in (1/T, 1] each restart carries a molecule forward to (default 0.15)")
     p.add_argument("--restart-steps", type=int, default=10, metavar="N",
