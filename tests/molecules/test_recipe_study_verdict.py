@@ -61,8 +61,8 @@ def test_a_branch_arm_starts_from_its_parents_mark_and_cools_down_from_there_to_
 
 def test_a_warm_started_arm_trains_from_a_copy_of_its_start_and_stays_out_of_the_equal_time_race(tmp_path):
     """Arm j starts from the slim export of h (bundled until j replaced it, kept in benchmarks/resume): the study copies
-    it into j's folder (so a later leg finds the same weights whatever happens to the file), its clock starts at the 7 hours behind it, its cooldown runs to the
-    budget, and it is not a from-scratch arm."""
+    it into j's folder (so a later leg finds the same weights whatever happens to the file), its clock starts at the
+    7 hours behind it, its cooldown runs to the budget, and it is not a from-scratch arm."""
     import yaml
 
     (job,) = recipes.training_jobs(recipes.parse_args(["--arms", "j", "--cpu-hours", "10", "--marks", "9,10"]), tmp_path)
