@@ -32,7 +32,13 @@ from sci_diffusion.checkpoints import bundled_checkpoint, file_sha256, load_modu
 from sci_diffusion.restart import Restarts
 from sci_diffusion_molecules.data.qm9 import train_smiles
 from sci_diffusion_molecules.data.qm9_bonds import train_bond_smiles
-from sci_diffusion_molecules.evaluation.geometry import qm9_relaxation_floor, relax_molecule, summarise
+from sci_diffusion_molecules.evaluation.geometry import (
+    XtbUnavailableError,
+    qm9_relaxation_floor,
+    relax_molecule,
+    summarise,
+    tblite_calculator_class,
+)
 from sci_diffusion_molecules.evaluation.metrics import evaluate_generated
 from sci_diffusion_molecules.generation.bond_sampling import draw_molecules
 from sci_diffusion_molecules.generation.sampling import draw_atom_counts
@@ -121,6 +127,10 @@ def paired_change(plain: list[float | None], restarted: list[float | None], seed
 
 
 def measure(args: argparse.Namespace) -> dict:
+    try:
+        tblite_calculator_class()  # as relaxation_summary does: fail before sampling, not after the first setting
+    except XtbUnavailableError as err:
+        raise SystemExit(str(err)) from None
     torch.set_num_threads(args.threads)
     ckpt = Path(args.ckpt or bundled_checkpoint("sci_diffusion_molecules", "unconditional"))
     module = load_module(str(ckpt), domain="molecules").eval()
