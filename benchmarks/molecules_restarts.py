@@ -1,21 +1,23 @@
-"""Restart sampling and the geometry of generated molecules (issue 28's GFN2-xTB target).
+"""Restart sampling, polishing and the geometry of generated molecules (issue 28's GFN2-xTB target).
 
 The same molecules (sizes and per-molecule seeds from ``--seed``) are drawn by one checkpoint (default: the bundled
-default of ``sample molecules``) with ``dpmpp2m_sde`` at ``--steps``, once plainly and once per restart setting
-(``sci_diffusion.restart``: each finished molecule carried forward to ``t`` and sampled back in ``n`` steps, ``K``
-times; ``sample molecules --restarts K --restart-time t --restart-steps n``). Each setting is scored with EDM's metric
+default of ``sample molecules``) with ``dpmpp2m_sde`` at ``--steps``, once plainly and once per setting. A setting is
+``none``, restarts ``K@txn`` (``sci_diffusion.restart``: each finished molecule carried forward to ``t`` and sampled
+back in ``n`` steps, ``K`` times; ``sample molecules --restarts K --restart-time t --restart-steps n``), polishing
+``pN@t`` (``sci_diffusion.polish``: the denoiser applied ``N`` times to the coordinates at time ``t``; ``sample
+molecules --polish N --polish-time t``), or restarts then polishing, ``K@txn+pN@t``. Each setting is scored with EDM's metric
 and MiDi's (its own bonds) over ``--num`` molecules, and with the geometry check, the GFN2-xTB relaxation energy
 (``evaluation/geometry.py``), over the first ``--xtb-num``, beside the same check on as many real QM9 molecules
 (the floor; issue 28's target: a median within 3 kcal/mol of it).
 
-A restart setting starts from the same main pass as the plain row (the same seeds), so the drops pair molecule by
-molecule: on the molecules scorable in both, a one-sided Wilcoxon signed-rank test (restarts lower the drop) and a
+A setting starts from the same main pass as the plain row (the same seeds), so the drops pair molecule by
+molecule: on the molecules scorable in both, a one-sided Wilcoxon signed-rank test (the setting lowers the drop) and a
 bootstrap 95 % interval of the change of the median drop (2,000 resamples of the molecules).
 
 Writes benchmarks/results/<--result-name>.json (per-molecule drops included), its table in
 docs/results/molecules_recipes.md and the README row "Geometry of generated molecules".
 
-    python benchmarks/molecules_restarts.py --num 1000 --xtb-num 200 --settings none,2@0.15x10
+    python benchmarks/molecules_restarts.py --num 1000 --xtb-num 200 --settings none,2@0.15x10,p20@0.02
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torch
 from scipy.stats import wilcoxon
 
 from sci_diffusion.checkpoints import bundled_checkpoint, file_sha256, load_module, read_checkpoint
+from sci_diffusion.polish import Polish
 from sci_diffusion.restart import Restarts
 from sci_diffusion_molecules.data.qm9 import train_smiles
 from sci_diffusion_molecules.data.qm9_bonds import train_bond_smiles
@@ -51,20 +54,33 @@ TARGET_KCAL = 3.0  # issue 28: the median drop within 3 kcal/mol of real QM9 geo
 METRICS = ("atom_stability", "molecule_stability", "validity", "uniqueness", "novelty")
 
 
-def parse_setting(text: str) -> Restarts | None:
-    """``none`` or ``K@TxN`` (K restarts from time T, N steps back each) as a ``Restarts`` or None."""
-    if text == "none":
-        return None
+Setting = tuple[Restarts | None, Polish | None]
+
+
+def parse_setting(text: str) -> Setting:
+    """``none``, ``K@TxN`` (K restarts from time T, N steps back each), ``pN@T`` (N polishing iterations at time T) or
+    ``K@TxN+pN@T`` as ``(restarts, polish)``, either None when absent."""
+    restarts = polish = None
     try:
-        count, rest = text.split("@")
-        t_max, steps = rest.split("x")
-        return Restarts(int(count), float(t_max), int(steps))
+        for part in ([] if text == "none" else text.split("+")):
+            if part.startswith("p"):
+                iterations, t = part[1:].split("@")
+                polish = Polish(int(iterations), float(t))
+            else:
+                count, rest = part.split("@")
+                t_max, steps = rest.split("x")
+                restarts = Restarts(int(count), float(t_max), int(steps))
     except ValueError as err:
-        raise SystemExit(f"--settings: {text!r} is not 'none' or K@TxN, e.g. 2@0.15x10 ({err}).") from None
+        raise SystemExit(f"--settings: {text!r} is not 'none', K@TxN, pN@T or K@TxN+pN@T, e.g. 2@0.15x10+p20@0.02 "
+                         f"({err}).") from None
+    return restarts, polish
 
 
-def setting_name(restarts: Restarts | None) -> str:
-    return "none" if restarts is None else f"{restarts.count}@{restarts.t_max:g}x{restarts.steps}"
+def setting_name(setting: Setting) -> str:
+    restarts, polish = setting
+    parts = ([f"{restarts.count}@{restarts.t_max:g}x{restarts.steps}"] if restarts else []) + (
+        [f"p{polish.iterations}@{polish.t:g}"] if polish else [])
+    return "+".join(parts) or "none"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt", help="a molecules checkpoint (default: the bundled default of sample molecules)")
     p.add_argument("--num", type=int, default=1000, help="molecules per setting")
     p.add_argument("--steps", type=int, default=50, help="dpmpp2m_sde steps of the main pass")
-    p.add_argument("--settings", default="none,2@0.15x10", help="comma-separated: none or K@TxN")
+    p.add_argument("--settings", default="none,2@0.15x10", help="comma-separated: none, K@TxN, pN@T or K@TxN+pN@T")
     p.add_argument("--xtb-num", type=int, default=200, help="molecules relaxed with GFN2-xTB per setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100)
@@ -83,23 +99,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-readme", action="store_true")
     args = p.parse_args(argv)
     args.settings = [parse_setting(s.strip()) for s in args.settings.split(",")]
-    if args.settings[0] is not None:
-        raise SystemExit("--settings must start with none: the restart rows are paired with the plain one.")
+    if args.settings[0] != (None, None):
+        raise SystemExit("--settings must start with none: the other rows are paired with the plain one.")
     return args
 
 
-def score_setting(module, counts: list[int], restarts: Restarts | None, args: argparse.Namespace,
+def score_setting(module, counts: list[int], setting: Setting, args: argparse.Namespace,
                   references: tuple[frozenset, frozenset]) -> dict:
-    """Draw the run's molecules with ``restarts`` and score them (metrics, speed, per-molecule xTB drops)."""
+    """Draw the run's molecules with ``setting`` (restarts, polish) and score them (metrics, speed, per-molecule xTB
+    drops)."""
+    restarts, polish = setting
     start = time.perf_counter()
     molecules = list(draw_molecules(module, counts, "dpmpp2m_sde", args.steps, torch.Generator().manual_seed(args.seed),
-                                    args.batch_size, precision="fp32", restarts=restarts))
+                                    args.batch_size, precision="fp32", restarts=restarts, polish=polish))
     seconds = time.perf_counter() - start
     metrics = evaluate_generated(molecules, *references)
     relaxations = [relax_molecule(m[0], m[1]) for m in molecules[:args.xtb_num]]
     geometry = summarise(relaxations)
-    row = {"setting": setting_name(restarts), "passes_per_molecule": args.steps + (restarts.function_evaluations()
-                                                                                   if restarts else 0),
+    passes = args.steps + sum(plan.function_evaluations() for plan in setting if plan is not None)
+    row = {"setting": setting_name(setting), "passes_per_molecule": passes,
            "molecules": len(molecules), "molecules_per_second": round(len(molecules) / seconds, 2),
            **{k: metrics[k] for k in METRICS},
            "generated_bonds": {k: metrics["generated_bonds"][k] for k in ("molecule_stability", "validity")}
@@ -113,8 +131,8 @@ def score_setting(module, counts: list[int], restarts: Restarts | None, args: ar
 
 
 def paired_change(plain: list[float | None], restarted: list[float | None], seed: int = 0) -> dict:
-    """The change of the drop on the molecules scorable in both: median of ``restarted`` minus median of ``plain``
-    with a bootstrap 95 % interval, and the one-sided Wilcoxon p-value that restarts lower it."""
+    """The change of the drop on the molecules scorable in both: median of ``restarted`` (any setting) minus median
+    of ``plain`` with a bootstrap 95 % interval, and the one-sided Wilcoxon p-value that the setting lowers it."""
     pairs = np.array([(a, b) for a, b in zip(plain, restarted) if a is not None and b is not None])
     if len(pairs) < 10:
         return {"pairs": len(pairs)}
@@ -138,11 +156,11 @@ def measure(args: argparse.Namespace) -> dict:
     bonded = getattr(module, "model_kind", "") == "bonds"
     references = (train_smiles(), train_bond_smiles() if bonded else None)
     started, rows = time.perf_counter(), []
-    for restarts in args.settings:
+    for setting in args.settings:
         if rows and time.perf_counter() - started > 60 * args.budget_minutes:
-            print(f"  {setting_name(restarts)}: not run, the {args.budget_minutes:g}-minute budget is spent")
+            print(f"  {setting_name(setting)}: not run, the {args.budget_minutes:g}-minute budget is spent")
             continue
-        rows.append(score_setting(module, counts, restarts, args, references))
+        rows.append(score_setting(module, counts, setting, args, references))
         if len(rows) > 1:
             rows[-1]["paired_with_plain"] = paired_change(rows[0]["drops_kcal_per_mol"], rows[-1]["drops_kcal_per_mol"])
     floor = qm9_relaxation_floor(args.xtb_num)
@@ -159,12 +177,13 @@ def verdict(row: dict, floor: float) -> str:
 
 def markdown(result: dict) -> str:
     floor = result["qm9_floor"]["median_drop_kcal_per_mol"]
-    lines = [f"Restart sampling on `{result['checkpoint']}` (sha256 {result['checkpoint_sha256']}), dpmpp2m_sde "
+    lines = [f"Restarts and polishing on `{result['checkpoint']}` (sha256 {result['checkpoint_sha256']}), dpmpp2m_sde "
              f"{result['steps']} steps, the same {result['rows'][0]['molecules']:,} molecules per setting (seed "
              f"{result['seed']}); GFN2-xTB on the first {result['xtb_num']}. Real QM9 (the floor): median drop "
              f"{floor:.2f} kcal/mol (p90 {result['qm9_floor']['p90_drop_kcal_per_mol']:.2f}).", "",
-             "| restarts (K@t x n) | network passes | molecules/s | stable % | valid % | own bonds: stable / valid % "
-             "| xTB drop median / p90 (unscorable) | median - real | target (<= 3) | change vs none (95 %), Wilcoxon p |",
+             "| setting (restarts K@t x n, polish pN@t) | network passes | molecules/s | stable % | valid % "
+             "| own bonds: stable / valid % | xTB drop median / p90 (unscorable) | median - real | target (<= 3) "
+             "| change vs none (95 %), Wilcoxon p |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         x, own, pair = r["xtb"], r.get("generated_bonds") or {}, r.get("paired_with_plain") or {}
@@ -181,7 +200,7 @@ def markdown(result: dict) -> str:
 
 def readme_row(result: dict) -> str:
     floor, rows = result["qm9_floor"]["median_drop_kcal_per_mol"], result["rows"]
-    cells = "; ".join(f"{'plain' if r['setting'] == 'none' else 'restarts ' + r['setting']}: "
+    cells = "; ".join(f"{'plain' if r['setting'] == 'none' else r['setting']}: "
                       f"{r['xtb']['median_drop_kcal_per_mol']:.1f} kcal/mol ({verdict(r, floor)}; "
                       f"{100 * r['molecule_stability']:.1f} % stable)" for r in rows)
     return (f"| {README_ROW} | median drop on relaxation, the bundled default, {result['steps']} steps, first "

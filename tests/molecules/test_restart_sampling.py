@@ -1,7 +1,7 @@
-"""``sample molecules --restarts K``: restart sampling from the end (``sci_diffusion.restart``) for the bundled
-bond-aware default and the EDM-style model: each molecule stays its own (the same whatever its batch, from its own
-seed), the restarts move it, the records say how it was drawn, and bad settings or a distilled student are refused in
-one sentence."""
+"""``sample molecules --restarts K`` and ``--polish N``: restart sampling from the end (``sci_diffusion.restart``) and
+polishing (``sci_diffusion.polish``) for the bundled bond-aware default and the EDM-style model: each molecule stays its
+own (the same whatever its batch, from its own seed), the restarts move it, polishing moves its atoms and keeps its
+bonds, the records say how it was drawn, and bad settings or a distilled student are refused in one sentence."""
 import json
 
 import numpy as np
@@ -10,6 +10,7 @@ import torch
 
 from sci_diffusion.checkpoints import bundled_checkpoint, load_module
 from sci_diffusion.cli import main
+from sci_diffusion.polish import Polish
 from sci_diffusion.restart import Restarts
 from sci_diffusion_molecules.generation.bond_sampling import draw_molecules
 
@@ -57,4 +58,29 @@ def test_the_cli_restarts_records_them_and_refuses_bad_settings(tmp_path, capsys
 def test_a_distilled_student_takes_no_restarts(student, tmp_path, capsys):  # noqa: F811 (fixture)
     err = refusal(["sample", "molecules", "--ckpt", str(student), "--num", "1", "--atoms", "5", "--steps", "2",
                    "--sampler", "consistency", "--restarts", "1", "--out", str(tmp_path / "s.sdf"), *QUIET], capsys)
-    assert "takes no restarts; restart its teacher" in err
+    assert "takes no restarts or polishing; ask them of its teacher" in err
+
+
+def test_polishing_moves_the_atoms_a_little_and_keeps_the_bonds_and_elements(default_model):
+    def draw(polish):
+        return list(draw_molecules(default_model, [14, 9], "dpmpp2m_sde", 10, torch.Generator().manual_seed(5), 2,
+                                   precision="fp32", polish=polish))  # the coordinates only (columns=3)
+
+    plain, polished = draw(None), draw(Polish(iterations=3, t=0.02))
+    for a, b in zip(plain, polished):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[3], b[3])  # elements and generated bonds kept
+        shift = np.abs(a[1] - b[1]).max()
+        assert 1e-3 < shift < 0.5, shift  # Angstrom: it moved the atoms, and only a little
+        assert np.abs(b[1].mean(0)).max() < 1e-4  # zero centre of mass kept
+
+
+def test_the_cli_polishes_records_it_and_refuses_bad_settings(tmp_path, capsys):
+    out = tmp_path / "p.sdf"
+    base = ["sample", "molecules", "--num", "2", "--steps", "4", "--out", str(out), *QUIET]
+    assert main([*base, "--polish", "3", "--polish-time", "0.05"]) == 0
+    assert json.loads(out.with_suffix(".sdf.json").read_text())["polish"] == "3 at t = 0.05"
+    bad = tmp_path / "bad"
+    base = ["sample", "molecules", "--num", "2", "--steps", "4", "--out", str(bad / "p.sdf"), *QUIET]
+    assert "whole number >= 0" in refusal([*base, "--polish", "-1"], capsys)
+    assert "time in (0, 1)" in refusal([*base, "--polish", "2", "--polish-time", "1"], capsys)
+    assert not bad.exists() or list(bad.iterdir()) == []

@@ -45,6 +45,12 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="the diffusion time in (1/T, 1] each restart carries a molecule forward to (default 0.15)")
     p.add_argument("--restart-steps", type=int, default=10, metavar="N",
                    help="sampler steps of each restart's way back (default 10)")
+    p.add_argument("--polish", type=int, default=0, metavar="N",
+                   help="after sampling (and any restarts), apply the denoiser N times to the coordinates at "
+                        "--polish-time, so that each molecule climbs to a mode of the learned density "
+                        "(sci_diffusion.polish); N network passes more (default 0: none)")
+    p.add_argument("--polish-time", type=float, default=0.02, metavar="T",
+                   help="the diffusion time in (0, 1) of the polishing iterations (default 0.02)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--atoms", type=int, help="atoms per molecule (default: drawn from the training histogram)")
     p.add_argument("--condition", nargs="+", action="extend", metavar="NAME=VALUE",

@@ -327,6 +327,8 @@ def record_tags(args: argparse.Namespace, ckpt: Path, module: MoleculeDiffusion,
     if args.restart_plan is not None:
         plan = args.restart_plan
         tags["restarts"] = f"{plan.count} from t = {plan.t_max:g}, {plan.steps} steps each"
+    if args.polish_plan is not None:
+        tags["polish"] = f"{args.polish_plan.iterations} at t = {args.polish_plan.t:g}"
     if conditional:
         tags.update({"guidance": args.guidance, "gradient_guidance": args.gradient_guidance})
         if args.guidance_interval:
@@ -349,7 +351,7 @@ def sample_and_write(run: SampleRun) -> tuple[int, list[tuple], float]:
         # a bond-aware model's molecules carry their generated bonds: (z, pos, charges, bonds)
         stream = draw_molecules(run.module, run.counts, args.sampler, args.steps, None, args.batch_size, args.precision,
                                 args.compile, run.cond, run.guidance, run.tags["spacing"], run.seeds, run.recorder,
-                                args.restart_plan)
+                                args.restart_plan, args.polish_plan)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]

@@ -10,6 +10,7 @@ from sci_diffusion import shards
 from sci_diffusion.atomic import check_writable
 from sci_diffusion.errors import UserError
 from sci_diffusion.guidance import check_interval, classifier_free_passes
+from sci_diffusion.polish import Polish
 from sci_diffusion.restart import Restarts
 
 from ..data.conditioning import parse_targets
@@ -53,6 +54,7 @@ def check_sample_arguments(args: argparse.Namespace) -> dict[str, float] | None:
     check_xtb_arguments(args, conditional)
     args.shard = parse_shard(args.shard, args)
     args.restart_plan = parse_restarts(args)
+    args.polish_plan = parse_polish(args)
     return targets
 
 
@@ -65,6 +67,15 @@ def parse_restarts(args: argparse.Namespace) -> Restarts | None:
     except ValueError as err:
         raise UserError(f"--restarts / --restart-time: {err}") from None
     return plan if plan.count else None
+
+
+def parse_polish(args: argparse.Namespace) -> Polish | None:
+    """``--polish N --polish-time T`` as a ``Polish`` (None for N = 0); UserError otherwise."""
+    try:
+        plan = Polish(args.polish, args.polish_time)
+    except ValueError as err:
+        raise UserError(f"--polish / --polish-time: {err}") from None
+    return plan if plan.iterations else None
 
 
 def parse_shard(text: str | None, args: argparse.Namespace) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ from sci_diffusion.denoiser import isolate_failed_samples
 from sci_diffusion.distillation import distilled_times
 from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.guidance import ClassifierFreeGuidance, classifier_free_passes
+from sci_diffusion.polish import Polish
 from sci_diffusion.restart import Restarts
 from sci_diffusion.samplers import get_sampler
 
@@ -29,7 +30,7 @@ from .sampling import (
     MoleculeGenerator,
     molecule_seeds,
     sample_molecules,
-    with_restarts,
+    with_finishing,
 )
 
 
@@ -39,15 +40,17 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
                             progress: bool = False, precision: str = "bf16",
                             spacing: str | None = None, cond: torch.Tensor | None = None,
                             guidance: Guidance | None = None, compile_network: bool = False,
-                            seeds: Sequence[int] | None = None, restarts: Restarts | None = None) -> Iterator[tuple]:
+                            seeds: Sequence[int] | None = None, restarts: Restarts | None = None,
+                            polish: Polish | None = None) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom, formal_charges (n,) or None, bond_types (n, n))``
     for each requested size: ``sampling.sample_molecules``'s molecule (``evaluation/metrics.evaluate_molecules``
     reads its first three items) with the generated bond classes (``chem/bond_types.BOND_CLASSES``) of every
     atom pair as a symmetric int64 matrix; formal charges are None for a model without them.
 
     Args are ``sample_molecules``' (``restarts`` too: a restart draws the bonds forward by their own process and
-    back with the atoms): molecule i's noise comes from its own generator, seeded from ``generator``, so
-    it is the same whatever ``batch_size``. ``cond`` ``(len(atom_counts), 2P)`` are a conditional model's rows
+    back with the atoms; ``polish`` moves the atoms' coordinates only, the bonds keep their classes): molecule i's
+    noise comes from its own generator, seeded from ``generator``, so it is the same whatever ``batch_size``.
+    ``cond`` ``(len(atom_counts), 2P)`` are a conditional model's rows
     (``PropertyConditioning.condition``); ``guidance`` may be classifier-free (its two passes as two network calls:
     the pairs follow the atoms in the state, so two molecules' copies do not stack into one batch; the bonds' class
     probabilities are extrapolated too, then clipped and renormalised by the categorical step), not gradient
@@ -65,7 +68,7 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
         raise ValueError("The bond-aware model takes classifier-free guidance only, not gradient guidance.")
     if guidance is not None:
         batch_size = max(1, batch_size // classifier_free_passes(guidance.scale))
-    sample = with_restarts(get_sampler(sampler), restarts, module, sampler, spacing)  # the bonds restart too
+    sample = with_finishing(get_sampler(sampler), restarts, polish, module, sampler, spacing)  # bonds restart too
     times = distilled_times(module, sampler, steps, spacing)
     device = next(module.parameters()).device
     seeds = molecule_seeds(generator, atom_counts, seeds)
@@ -109,12 +112,13 @@ def draw_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], sample
                    generator: torch.Generator | None = None, batch_size: int = 100, precision: str = "bf16",
                    compile_network: bool = False, cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                    spacing: str | None = None, seeds: Sequence[int] | None = None,
-                   callback: BatchCallback | None = None, restarts: Restarts | None = None) -> Iterator[tuple]:
+                   callback: BatchCallback | None = None, restarts: Restarts | None = None,
+                   polish: Polish | None = None) -> Iterator[tuple]:
     """Molecules of any kind of model, with the same per-molecule seeds: a bond-aware model's through
     :func:`sample_bonded_molecules` (4-tuples with their bonds), the others' through ``sampling.sample_molecules``.
     ``callback`` (watching the first batch form) is the atoms-only samplers'; a bond-aware model refuses it."""
     shared = dict(precision=precision, compile_network=compile_network, cond=cond, guidance=guidance, spacing=spacing,
-                  seeds=seeds, restarts=restarts)
+                  seeds=seeds, restarts=restarts, polish=polish)
     if getattr(module, "model_kind", "") == "bonds":
         if callback is not None:
             raise ValueError("The bond-aware model's sampler takes no callback (trajectories are the EDM model's).")

@@ -7,7 +7,7 @@ sample at validation).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -19,6 +19,7 @@ from sci_diffusion.distillation import distilled_times
 from sci_diffusion.errors import UserError
 from sci_diffusion.generators import PerSampleGenerator, per_sample_seeds
 from sci_diffusion.guidance import ClassifierFreeGuidance, PropertyGradientGuidance, classifier_free_passes
+from sci_diffusion.polish import Polish
 from sci_diffusion.precision import PRECISIONS
 from sci_diffusion.restart import Restarts
 from sci_diffusion.samplers import get_sampler, resolve_spacing
@@ -174,22 +175,26 @@ def guided_denoiser(module: MoleculeGenerator, batch: Tensor, num_graphs: int, s
     return denoiser
 
 
-def with_restarts(sample: Callable[..., torch.Tensor], restarts: Restarts | None, module: MoleculeGenerator,
-                  sampler: str, spacing: str | None) -> Callable[..., torch.Tensor]:
-    """``sample`` followed by ``restarts`` (on the sampler's own time spacing), or ``sample`` itself without them.
+def with_finishing(sample: Callable[..., torch.Tensor], restarts: Restarts | None, polish: Polish | None,
+                   module: MoleculeGenerator, sampler: str, spacing: str | None) -> Callable[..., torch.Tensor]:
+    """``sample`` followed by ``restarts`` (on the sampler's own time spacing), then by ``polish`` of the coordinates
+    only (the state's first 3 columns: the elements stay those the sampler drew); ``sample`` itself without them.
 
     Raises:
-        UserError: restarts asked of a distilled student (it samples its own grid only), or from a time the model's
-            grid cannot start at (one sentence).
+        UserError: restarts or polishing asked of a distilled student (it samples its own grid only), or restarts from
+            a time the model's grid cannot start at (one sentence).
     """
-    if restarts is None or restarts.count == 0:
-        return sample
-    if getattr(module, "sampling_times", None) is not None:
-        raise UserError("A distilled student samples only its own grid, so it takes no restarts; restart its teacher.")
-    try:
-        return restarts.wrap(sample, module.schedule, resolve_spacing(sampler, spacing))
-    except ValueError as err:
-        raise UserError(f"Restarts from t = {restarts.t_max:g}: {err}") from None
+    restarting = restarts is not None and restarts.count > 0
+    polishing = polish is not None and polish.iterations > 0
+    if (restarting or polishing) and getattr(module, "sampling_times", None) is not None:
+        raise UserError("A distilled student samples only its own grid, so it takes no restarts or polishing; "
+                        "ask them of its teacher.")
+    if restarting:
+        try:
+            sample = restarts.wrap(sample, module.schedule, resolve_spacing(sampler, spacing))
+        except ValueError as err:
+            raise UserError(f"Restarts from t = {restarts.t_max:g}: {err}") from None
+    return replace(polish, columns=3).wrap(sample) if polishing else sample
 
 
 def molecule_seeds(generator: torch.Generator | None, atom_counts: Sequence[int], seeds: Sequence[int] | None) -> list[int]:
@@ -219,7 +224,7 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
                      progress: bool = False, precision: str = "bf16",
                      spacing: str | None = None, callback: BatchCallback | None = None,
                      compile_network: bool = False, seeds: Sequence[int] | None = None,
-                     restarts: Restarts | None = None) -> Iterator[tuple]:
+                     restarts: Restarts | None = None, polish: Polish | None = None) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom)`` for each requested size, and for a
     model with formal charges ``(atomic_numbers, positions, formal_charges (n,))``.
 
@@ -256,6 +261,8 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
             molecules, so that they come out as they do in the whole run.
         restarts: restart sampling from the end (``sci_diffusion.restart.Restarts``): each molecule, once drawn,
             carried forward to ``restarts.t_max`` and sampled back ``restarts.count`` times; None: none.
+        polish: denoiser iterations at a small time after the sampler and restarts (``sci_diffusion.polish.Polish``):
+            the coordinates climb to a mode of the blurred density; None: none.
         compile_network: run the network through ``torch.compile`` (``sci_diffusion.compilation``; needs
             a C++ compiler): seconds to compile once per process, then about 1.1x the molecules per second
             on this CPU (``benchmarks/molecules_conditional.py --compile`` measures it).
@@ -264,7 +271,7 @@ def sample_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], samp
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
     if guidance is not None and cond is None:
         raise ValueError("Guidance needs a condition to guide towards.")
-    sample = with_restarts(get_sampler(sampler), restarts, module, sampler, spacing)
+    sample = with_finishing(get_sampler(sampler), restarts, polish, module, sampler, spacing)
     times = distilled_times(module, sampler, steps, spacing)  # the grid is built once, outside the sampler
     device = next(module.parameters()).device
     if guidance is not None:
