@@ -5,7 +5,9 @@ default of ``sample molecules``) with ``dpmpp2m_sde`` at ``--steps``, once plain
 ``none``, restarts ``K@txn`` (``sci_diffusion.restart``: each finished molecule carried forward to ``t`` and sampled
 back in ``n`` steps, ``K`` times; ``sample molecules --restarts K --restart-time t --restart-steps n``), polishing
 ``pN@t`` (``sci_diffusion.polish``: the denoiser applied ``N`` times to the coordinates at time ``t``; ``sample
-molecules --polish N --polish-time t``), or restarts then polishing, ``K@txn+pN@t``. Each setting is scored with EDM's metric
+molecules --polish N --polish-time t``), or restarts then polishing, ``K@txn+pN@t``; a setting ending in ``+expert``
+lets ``--expert`` (a low-noise expert, ``sample molecules --expert``) answer the network calls at its times. Each
+setting is scored with EDM's metric
 and MiDi's (its own bonds) over ``--num`` molecules, and with the geometry check, the GFN2-xTB relaxation energy
 (``evaluation/geometry.py``), over the first ``--xtb-num``, beside the same check on as many real QM9 molecules
 (the floor; issue 28's target: a median within 3 kcal/mol of it).
@@ -44,7 +46,7 @@ from sci_diffusion_molecules.evaluation.geometry import (
 )
 from sci_diffusion_molecules.evaluation.metrics import evaluate_generated
 from sci_diffusion_molecules.generation.bond_sampling import draw_molecules
-from sci_diffusion_molecules.generation.sampling import draw_atom_counts
+from sci_diffusion_molecules.generation.sampling import Expert, draw_atom_counts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reporting import replace_readme_row, saved_result, write_result  # noqa: E402
@@ -54,15 +56,17 @@ TARGET_KCAL = 3.0  # issue 28: the median drop within 3 kcal/mol of real QM9 geo
 METRICS = ("atom_stability", "molecule_stability", "validity", "uniqueness", "novelty")
 
 
-Setting = tuple[Restarts | None, Polish | None]
+Setting = tuple[Restarts | None, Polish | None, bool]
 
 
 def parse_setting(text: str) -> Setting:
-    """``none``, ``K@TxN`` (K restarts from time T, N steps back each), ``pN@T`` (N polishing iterations at time T) or
-    ``K@TxN+pN@T`` as ``(restarts, polish)``, either None when absent."""
+    """``none``, ``K@TxN`` (K restarts from time T, N steps back each), ``pN@T`` (N polishing iterations at time T),
+    ``K@TxN+pN@T``, any of them ``+expert``, as ``(restarts, polish, with the expert)``, None when absent."""
     restarts = polish = None
+    parts = [] if text == "none" else text.split("+")
+    expert = "expert" in parts
     try:
-        for part in ([] if text == "none" else text.split("+")):
+        for part in (p for p in parts if p != "expert"):
             if part.startswith("p"):
                 iterations, t = part[1:].split("@")
                 polish = Polish(int(iterations), float(t))
@@ -73,13 +77,13 @@ def parse_setting(text: str) -> Setting:
     except ValueError as err:
         raise SystemExit(f"--settings: {text!r} is not 'none', K@TxN, pN@T or K@TxN+pN@T, e.g. 2@0.15x10+p20@0.02 "
                          f"({err}).") from None
-    return restarts, polish
+    return restarts, polish, expert
 
 
 def setting_name(setting: Setting) -> str:
-    restarts, polish = setting
+    restarts, polish, expert = setting
     parts = ([f"{restarts.count}@{restarts.t_max:g}x{restarts.steps}"] if restarts else []) + (
-        [f"p{polish.iterations}@{polish.t:g}"] if polish else [])
+        [f"p{polish.iterations}@{polish.t:g}"] if polish else []) + (["expert"] if expert else [])
     return "+".join(parts) or "none"
 
 
@@ -88,7 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt", help="a molecules checkpoint (default: the bundled default of sample molecules)")
     p.add_argument("--num", type=int, default=1000, help="molecules per setting")
     p.add_argument("--steps", type=int, default=50, help="dpmpp2m_sde steps of the main pass")
-    p.add_argument("--settings", default="none,2@0.15x10", help="comma-separated: none, K@TxN, pN@T or K@TxN+pN@T")
+    p.add_argument("--settings", default="none,2@0.15x10",
+                   help="comma-separated: none, K@TxN, pN@T or K@TxN+pN@T, each optionally +expert")
+    p.add_argument("--expert", help="a low-noise expert checkpoint for the +expert settings (sample molecules --expert)")
     p.add_argument("--xtb-num", type=int, default=200, help="molecules relaxed with GFN2-xTB per setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100)
@@ -99,24 +105,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-readme", action="store_true")
     args = p.parse_args(argv)
     args.settings = [parse_setting(s.strip()) for s in args.settings.split(",")]
-    if args.settings[0] != (None, None):
+    if args.settings[0] != (None, None, False):
         raise SystemExit("--settings must start with none: the other rows are paired with the plain one.")
+    if any(expert for _, _, expert in args.settings) and not args.expert:
+        raise SystemExit("A +expert setting needs --expert CKPT, a low-noise expert of the model.")
     return args
 
 
 def score_setting(module, counts: list[int], setting: Setting, args: argparse.Namespace,
-                  references: tuple[frozenset, frozenset]) -> dict:
-    """Draw the run's molecules with ``setting`` (restarts, polish) and score them (metrics, speed, per-molecule xTB
-    drops)."""
-    restarts, polish = setting
+                  references: tuple[frozenset, frozenset], expert: Expert | None) -> dict:
+    """Draw the run's molecules with ``setting`` (restarts, polish, the expert) and score them (metrics, speed,
+    per-molecule xTB drops)."""
+    restarts, polish, with_expert = setting
     start = time.perf_counter()
     molecules = list(draw_molecules(module, counts, "dpmpp2m_sde", args.steps, torch.Generator().manual_seed(args.seed),
-                                    args.batch_size, precision="fp32", restarts=restarts, polish=polish))
+                                    args.batch_size, precision="fp32", restarts=restarts, polish=polish,
+                                    expert=expert if with_expert else None))
     seconds = time.perf_counter() - start
     metrics = evaluate_generated(molecules, *references)
     relaxations = [relax_molecule(m[0], m[1]) for m in molecules[:args.xtb_num]]
     geometry = summarise(relaxations)
-    passes = args.steps + sum(plan.function_evaluations() for plan in setting if plan is not None)
+    passes = args.steps + sum(plan.function_evaluations() for plan in (restarts, polish) if plan is not None)
     row = {"setting": setting_name(setting), "passes_per_molecule": passes,
            "molecules": len(molecules), "molecules_per_second": round(len(molecules) / seconds, 2),
            **{k: metrics[k] for k in METRICS},
@@ -155,16 +164,23 @@ def measure(args: argparse.Namespace) -> dict:
     counts = draw_atom_counts(module.atom_count_histogram, args.num, torch.Generator().manual_seed(args.seed))
     bonded = getattr(module, "model_kind", "") == "bonds"
     references = (train_smiles(), train_bond_smiles() if bonded else None)
+    expert = None
+    if args.expert:
+        late = load_module(args.expert, domain="molecules").eval()
+        expert = Expert(late, float(late.hparams.get("loss_max_time", 1.0)))
     started, rows = time.perf_counter(), []
     for setting in args.settings:
         if rows and time.perf_counter() - started > 60 * args.budget_minutes:
             print(f"  {setting_name(setting)}: not run, the {args.budget_minutes:g}-minute budget is spent")
             continue
-        rows.append(score_setting(module, counts, setting, args, references))
+        rows.append(score_setting(module, counts, setting, args, references, expert))
         if len(rows) > 1:
             rows[-1]["paired_with_plain"] = paired_change(rows[0]["drops_kcal_per_mol"], rows[-1]["drops_kcal_per_mol"])
     floor = qm9_relaxation_floor(args.xtb_num)
     return {"checkpoint": str(ckpt), "checkpoint_sha256": file_sha256(ckpt),
+            **({"expert": args.expert, "expert_sha256": file_sha256(Path(args.expert)), "expert_below": expert.below,
+                "expert_training_budget": read_checkpoint(Path(args.expert))["sci_diffusion"].get("training_budget")}
+               if expert else {}),
             "training_budget": read_checkpoint(ckpt)["sci_diffusion"].get("training_budget"),
             "steps": args.steps, "seed": args.seed, "xtb_num": args.xtb_num, "rows": rows,
             "qm9_floor": {k: v for k, v in floor.items() if k not in ("method", "convergence")}}
@@ -175,12 +191,21 @@ def verdict(row: dict, floor: float) -> str:
     return "-" if median is None else ("met" if median - floor <= TARGET_KCAL else "not met")
 
 
+def expert_line(result: dict) -> str:
+    """The caption's sentence on the +expert rows' low-noise expert, if the run had one."""
+    if "expert" not in result:
+        return ""
+    return (f" The +expert rows: the low-noise expert `{result['expert']}` (sha256 {result['expert_sha256']}) answers at "
+            f"t <= {result['expert_below']:g}; its budget: {result['expert_training_budget']}.")
+
+
 def markdown(result: dict) -> str:
     floor = result["qm9_floor"]["median_drop_kcal_per_mol"]
     lines = [f"Restarts and polishing on `{result['checkpoint']}` (sha256 {result['checkpoint_sha256']}), dpmpp2m_sde "
              f"{result['steps']} steps, the same {result['rows'][0]['molecules']:,} molecules per setting (seed "
              f"{result['seed']}); GFN2-xTB on the first {result['xtb_num']}. Real QM9 (the floor): median drop "
-             f"{floor:.2f} kcal/mol (p90 {result['qm9_floor']['p90_drop_kcal_per_mol']:.2f}).", "",
+             f"{floor:.2f} kcal/mol (p90 {result['qm9_floor']['p90_drop_kcal_per_mol']:.2f}).{expert_line(result)}",
+             "",
              "| setting (restarts K@t x n, polish pN@t) | network passes | molecules/s | stable % | valid % "
              "| own bonds: stable / valid % | xTB drop median / p90 (unscorable) | median - real | target (<= 3) "
              "| change vs none (95 %), Wilcoxon p |",

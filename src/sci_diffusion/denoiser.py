@@ -65,3 +65,27 @@ def isolate_failed_samples(network: Callable[..., Tensor], space: StateSpace) ->
         return out.masked_fill(failed, float("nan"))
 
     return isolated
+
+
+class LowNoiseExpert:
+    """Two denoisers over one run: ``expert`` at times ``t <= below``, ``base`` above (the experts of eDiff-I,
+    Balaji et al. 2022). The expert is a model trained on the low-noise end only (``losses.DenoisingLoss.max_time``),
+    so all of its capacity goes to the fine detail a run settles last (a molecule's bond lengths and angles); the
+    samplers, restarts (``restart.py``) and polishing (``polish.py``) call it as any denoiser.
+
+    Args:
+        base, expert: denoisers ``D(x_t, t, cond) -> x0_hat`` of the same state.
+        below: the time at and under which the expert answers, in ``(0, 1)``: at most the ``max_time`` it was
+            trained to, where it knows nothing above.
+    """
+
+    def __init__(self, base: Denoiser, expert: Denoiser, below: float) -> None:
+        if not 0.0 < below < 1.0:
+            raise ValueError(f"The low-noise expert answers below a time in (0, 1), not {below!r}.")
+        self.base, self.expert, self.below = base, expert, below
+
+    def __call__(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        if t.dim() != 0:
+            raise ValueError("The low-noise expert switches on one time per call, a 0-d t, as the samplers pass it.")
+        # t comes as float32 (0.15 is 0.15000000596): a tolerance far under any grid spacing
+        return (self.expert if float(t) <= self.below + 1e-6 else self.base)(x_t, t, cond)

@@ -18,6 +18,7 @@ regression error lives in it, in this order:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,9 @@ class DenoisingLoss:
             rotation- and permutation-aligned coupling for flow matching), returning noise of ``eps``'s shape
             that still lies in the batch's space; None: independent noise, as the diffusion's forward process
             has it. Only the noise changes, never the data.
+        max_time: times are drawn from ``(0, max_time]`` only (the grid steps ``1 .. ceil(max_time T)``): 1 trains
+            every noise level; 0.15 a low-noise expert (Balaji et al. 2022, eDiff-I's experts), which samples only
+            the last stretch of a run (``denoiser.LowNoiseExpert``), so all of its training goes to fine detail.
     """
 
     schedule: GaussianPath
@@ -80,9 +84,12 @@ class DenoisingLoss:
     group_dropout: float = 0.0
     coupling: Callable[[Tensor, Tensor, DiffusionBatch], Tensor] | None = None
     weighting_gamma: float | None = None  # the weighting's gamma (``loss_weight``); None: its default
+    max_time: float = 1.0
 
     def __post_init__(self) -> None:
         check_prediction(self.schedule, self.prediction)
+        if not 0.0 < self.max_time <= 1.0:
+            raise ValueError(f"A loss draws its times from (0, max_time] with max_time in (0, 1], not {self.max_time!r}.")
 
     def __call__(self, model: DiffusionModule, batch: DiffusionBatch, generator: torch.Generator | None = None) -> Tensor:
         """The mean loss over ``batch`` (a 0-d tensor); ``generator`` fixes every draw (validation)."""
@@ -101,7 +108,8 @@ class DenoisingLoss:
 
     def noise(self, batch: DiffusionBatch, generator: torch.Generator | None = None) -> NoisedBatch:
         """Steps 1-3: a time per sample, the noised state and the mask the loss averages in."""
-        step = torch.randint(1, self.schedule.T + 1, (batch.num_samples,), generator=generator,
+        last = max(1, math.ceil(self.max_time * self.schedule.T - 1e-9))
+        step = torch.randint(1, last + 1, (batch.num_samples,), generator=generator,
                              device=_draw_device(generator, batch.x0)).to(batch.x0.device)
         return self.noise_at(batch, step.double() / self.schedule.T, generator)
 

@@ -80,6 +80,8 @@ class DiffusionModule(L.LightningModule):
         loss_weighting: ``none``, ``min_snr``, ``clipped_snr`` or ``snr``, applied for the network's prediction type
             (see ``parameterisation.loss_weight``).
         loss_weight_gamma: the weighting's gamma (Min-SNR's gamma, the clipped SNR's ceiling); None: its default.
+        loss_max_time: train on times in ``(0, loss_max_time]`` only (``losses.DenoisingLoss.max_time``): a
+            low-noise expert; 1 (default) trains every time.
         lr, weight_decay, amsgrad: AdamW settings (EDM trains with ``amsgrad``).
         adaptive_gradient_clipping: clip each step's gradient norm at 1.5 x mean + 2 x std of the last 50 norms, as
             EDM does (``callbacks.AdaptiveGradientClipping``); leave the trainer's ``gradient_clip_val`` unset then.
@@ -144,6 +146,7 @@ class DiffusionModule(L.LightningModule):
         distill_method: str = "progressive",
         distill_intervals: int | None = None,
         distill_target_decay: float = 0.95,
+        loss_max_time: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -266,7 +269,8 @@ class DiffusionModule(L.LightningModule):
         loss (the MRI-to-CT regression's L1)."""
         h = self.hparams
         return self.loss_class(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout,
-                               weighting_gamma=h.get("loss_weight_gamma"), group_dropout=h.get("cond_group_dropout", 0.0))
+                               weighting_gamma=h.get("loss_weight_gamma"), group_dropout=h.get("cond_group_dropout", 0.0),
+                               max_time=h.get("loss_max_time", 1.0))
 
     @property
     def condition_groups(self) -> int:

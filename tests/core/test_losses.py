@@ -59,6 +59,23 @@ def test_times_are_drawn_uniformly_from_the_training_grid():
     assert abs(float(steps.mean()) - 500.5) < 10 and abs(float(steps.std()) - 288.7) < 10
 
 
+def test_a_low_noise_expert_draws_its_times_from_the_start_of_the_grid_only():
+    """``max_time = 0.15``: steps uniform on 1..150 (mean 75.5, sd 43.3), none later; a module passes its
+    ``loss_max_time`` on, and a max_time outside (0, 1] is refused in one sentence."""
+    from sci_diffusion.toy import MixtureDiffusion
+
+    x0 = torch.zeros(20000, 1)
+    model = OracleModel(x0, "x0")
+    DenoisingLoss(SCHEDULE, "x0", max_time=0.15)(model, DiffusionBatch(x0, EuclideanSpace()),
+                                                  torch.Generator().manual_seed(0))
+    steps = (model.times[0].double() * 1000).round()
+    assert steps.min() == 1 and steps.max() == 150
+    assert abs(float(steps.mean()) - 75.5) < 2 and abs(float(steps.std()) - 43.3) < 2
+    assert MixtureDiffusion(hidden=8, val_num=0, loss_max_time=0.15).loss_fn.max_time == 0.15
+    with pytest.raises(ValueError, match=r"max_time in \(0, 1\]"):
+        DenoisingLoss(SCHEDULE, "x0", max_time=0.0)
+
+
 def test_condition_dropout_applies_in_training_only_at_its_rate():
     x0, cond = torch.randn(4000, 2), torch.ones(4000, 2)
     batch = DiffusionBatch(x0, EuclideanSpace(), cond=cond)

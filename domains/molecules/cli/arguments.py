@@ -51,6 +51,13 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "(sci_diffusion.polish); N network passes more (default 0: none)")
     p.add_argument("--polish-time", type=float, default=0.02, metavar="T",
                    help="the diffusion time in (0, 1) of the polishing iterations (default 0.02)")
+    p.add_argument("--expert", metavar="CKPT",
+                   help="a low-noise expert of the model (a bond-aware model trained on late times only, "
+                        "configs/molecules/recipes/expert_low_noise.yaml) that answers every network call at "
+                        "t <= --expert-below: the run's last steps, its restarts and its polishing")
+    p.add_argument("--expert-below", type=float, metavar="T",
+                   help="the time in (0, 1) at and under which --expert answers (default: the latest time it was "
+                        "trained on, its loss_max_time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--atoms", type=int, help="atoms per molecule (default: drawn from the training histogram)")
     p.add_argument("--condition", nargs="+", action="extend", metavar="NAME=VALUE",

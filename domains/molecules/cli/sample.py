@@ -62,7 +62,7 @@ from ..evaluation.xtb_candidates import (
 from ..evaluation.xtb_gap import SCALE_PATH as XTB_SCALE_PATH
 from ..evaluation.xtb_gap import GapScale, read_gap_scale
 from ..generation.bond_sampling import draw_molecules
-from ..generation.sampling import Guidance, draw_atom_counts
+from ..generation.sampling import Expert, Guidance, draw_atom_counts
 from ..generation.trajectory import DEFAULT_MOLECULES, TrajectoryRecorder, draw_strip_png, write_trajectories
 from ..models.diffusion import MoleculeDiffusion
 from ..models.property_model import PropertyPredictor, load_property_model, predict_properties
@@ -121,6 +121,7 @@ class SampleRun:
     drawn_path: Path | None = None  # --oversample: where every drawn molecule goes (--out gets the kept ones)
     xtb_molecules: dict[int, tuple] = field(default_factory=dict)  # --xtb: index -> (z, pos, charges), to relax
     relax_asked: int | None = None  # --xtb: how many molecules relax_candidates chose to relax
+    expert: Expert | None = None  # --expert: the low-noise expert that answers at t <= --expert-below
     first: int = 0  # --shard: the run index of the part's first molecule (records and table rows carry run indices)
     seeds: list[int] = field(default_factory=list)  # each molecule's seed, from --seed (generators.per_sample_seeds)
 
@@ -140,6 +141,7 @@ def run_sample(args: argparse.Namespace) -> int:
     conditional = targets is not None or args.condition_from is not None
     ckpt = choose_checkpoint(args, targets, conditional)
     module = load_generator(ckpt, args, conditional)
+    expert = load_expert(args, module)
     asked = args.num
     args.num *= args.oversample  # --oversample: draw F times as many, keep --num of them (keep_closest_by_xtb)
     gen = torch.Generator().manual_seed(args.seed)
@@ -159,7 +161,10 @@ def run_sample(args: argparse.Namespace) -> int:
         raise UserError(problem)
     run = SampleRun(args, ckpt, module, conditional, targets, counts, values, cond, guidance, candidates, recorder,
                     record_tags(args, ckpt, module, conditional), read_gap_scale() if args.xtb else None,
-                    drawn_file(args.out) if args.oversample > 1 else None, first=part.start, seeds=seeds)
+                    drawn_file(args.out) if args.oversample > 1 else None, first=part.start, seeds=seeds,
+                    expert=expert)
+    if expert is not None:
+        run.tags["expert"] = f"{args.expert} (sha256 {expert.module.checkpoint_hash}) at t <= {expert.below:g}"
     failed, drawn, seconds = sample_and_write(run)
     if run.xtb_scale is not None:
         seconds += relax_candidates(run, asked)
@@ -212,6 +217,28 @@ def load_generator(ckpt: Path, args: argparse.Namespace, conditional: bool) -> M
     if kind == "bonds":
         refuse_for_bond_model(args, ckpt)
     return module
+
+
+def load_expert(args: argparse.Namespace, module: MoleculeDiffusion) -> Expert | None:
+    """``--expert CKPT`` as an ``Expert`` of ``module``: a bond-aware model of the same atom features, trained on
+    late times only; it answers at ``t <= --expert-below`` (default: its ``loss_max_time``). None without it."""
+    if not args.expert:
+        return None
+    if getattr(module, "model_kind", None) != "bonds" or getattr(module, "sampling_times", None) is not None:
+        raise UserError("--expert serves the bond-aware model's own sampler; this run's model is another kind or a "
+                        "distilled student.")
+    expert = load_module(args.expert, domain="molecules")
+    trained_below = float(expert.hparams.get("loss_max_time", 1.0))
+    if getattr(expert, "model_kind", None) != "bonds" or expert.state_features != module.state_features:
+        raise UserError(f"--expert {args.expert} is not a bond-aware model of the same atom features as the model.")
+    if trained_below >= 1.0:
+        raise UserError(f"--expert {args.expert} was trained on every time, so it is no low-noise expert "
+                        "(configs/molecules/recipes/expert_low_noise.yaml trains one).")
+    below = trained_below if args.expert_below is None else args.expert_below
+    if not 0.0 < below <= trained_below:
+        raise UserError(f"--expert-below must lie in (0, {trained_below:g}], the times the expert was trained on, "
+                        f"not {below:g}.")
+    return Expert(expert.eval(), below)
 
 
 BOND_SAMPLERS = ("ddpm", "dpmpp2m_sde", "ddim")  # the samplers with a categorical step (sci_diffusion.samplers)
@@ -351,7 +378,7 @@ def sample_and_write(run: SampleRun) -> tuple[int, list[tuple], float]:
         # a bond-aware model's molecules carry their generated bonds: (z, pos, charges, bonds)
         stream = draw_molecules(run.module, run.counts, args.sampler, args.steps, None, args.batch_size, args.precision,
                                 args.compile, run.cond, run.guidance, run.tags["spacing"], run.seeds, run.recorder,
-                                args.restart_plan, args.polish_plan)
+                                args.restart_plan, args.polish_plan, run.expert)
         progress = tqdm(total=args.num, desc="molecules", disable=not args.progress)
         for first in range(0, args.num, args.batch_size):
             chunk = [next(stream) for _ in range(min(args.batch_size, args.num - first))]

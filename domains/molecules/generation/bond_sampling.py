@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sci_diffusion.compilation import compiled_forward
-from sci_diffusion.denoiser import isolate_failed_samples
+from sci_diffusion.denoiser import LowNoiseExpert, isolate_failed_samples
 from sci_diffusion.distillation import distilled_times
 from sci_diffusion.generators import PerSampleGenerator
 from sci_diffusion.guidance import ClassifierFreeGuidance, classifier_free_passes
@@ -26,6 +26,7 @@ from ..data.atom_state import decode_atoms, decode_formal_charges
 from .sampling import (
     PRECISIONS,
     BatchCallback,
+    Expert,
     Guidance,
     MoleculeGenerator,
     molecule_seeds,
@@ -41,14 +42,15 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
                             spacing: str | None = None, cond: torch.Tensor | None = None,
                             guidance: Guidance | None = None, compile_network: bool = False,
                             seeds: Sequence[int] | None = None, restarts: Restarts | None = None,
-                            polish: Polish | None = None) -> Iterator[tuple]:
+                            polish: Polish | None = None, expert: Expert | None = None) -> Iterator[tuple]:
     """Yield ``(atomic_numbers (n,), positions (n, 3) Angstrom, formal_charges (n,) or None, bond_types (n, n))``
     for each requested size: ``sampling.sample_molecules``'s molecule (``evaluation/metrics.evaluate_molecules``
     reads its first three items) with the generated bond classes (``chem/bond_types.BOND_CLASSES``) of every
     atom pair as a symmetric int64 matrix; formal charges are None for a model without them.
 
     Args are ``sample_molecules``' (``restarts`` too: a restart draws the bonds forward by their own process and
-    back with the atoms; ``polish`` moves the atoms' coordinates only, the bonds keep their classes): molecule i's
+    back with the atoms; ``polish`` moves the atoms' coordinates only, the bonds keep their classes; ``expert``, a
+    low-noise expert, answers the network calls at its times, restarts and polishing included): molecule i's
     noise comes from its own generator, seeded from ``generator``, so it is the same whatever ``batch_size``.
     ``cond`` ``(len(atom_counts), 2P)`` are a conditional model's rows
     (``PropertyConditioning.condition``); ``guidance`` may be classifier-free (its two passes as two network calls:
@@ -74,11 +76,11 @@ def sample_bonded_molecules(module: MoleculeGenerator, atom_counts: Sequence[int
     seeds = molecule_seeds(generator, atom_counts, seeds)
     with compiled_forward(module.net, compile_network):
         yield from _sample_batches(module, atom_counts, sample, times, seeds, batch_size, progress, precision, cond,
-                                   guidance, device)
+                                   guidance, device, expert)
 
 
 def _sample_batches(module, atom_counts, sample, times, seeds, batch_size, progress, precision, cond, guidance,
-                    device) -> Iterator[tuple]:
+                    device, expert: Expert | None = None) -> Iterator[tuple]:
     """:func:`sample_bonded_molecules`' loop over batches of ``batch_size`` molecules, its arguments checked."""
     atom_width = 3 + module.state_features
     for start in range(0, len(atom_counts), batch_size):
@@ -90,6 +92,8 @@ def _sample_batches(module, atom_counts, sample, times, seeds, batch_size, progr
         generators = PerSampleGenerator(seeds[start:start + num_graphs], device)
         x_T = space.noise(torch.zeros(num_atoms + sum(pair_counts), space.width, device=device), generators)
         denoiser = module.denoiser(context=(batch, num_graphs))
+        if expert is not None:
+            denoiser = LowNoiseExpert(denoiser, expert.module.denoiser(context=(batch, num_graphs)), expert.below)
         if guidance is not None:
             denoiser = ClassifierFreeGuidance(denoiser, guidance.scale, interval=guidance.interval)
         denoiser = isolate_failed_samples(denoiser, space)
@@ -113,14 +117,18 @@ def draw_molecules(module: MoleculeGenerator, atom_counts: Sequence[int], sample
                    compile_network: bool = False, cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                    spacing: str | None = None, seeds: Sequence[int] | None = None,
                    callback: BatchCallback | None = None, restarts: Restarts | None = None,
-                   polish: Polish | None = None) -> Iterator[tuple]:
+                   polish: Polish | None = None, expert: Expert | None = None) -> Iterator[tuple]:
     """Molecules of any kind of model, with the same per-molecule seeds: a bond-aware model's through
     :func:`sample_bonded_molecules` (4-tuples with their bonds), the others' through ``sampling.sample_molecules``.
-    ``callback`` (watching the first batch form) is the atoms-only samplers'; a bond-aware model refuses it."""
+    ``callback`` (watching the first batch form) is the atoms-only samplers'; a bond-aware model refuses it. A low-noise
+    ``expert`` is the bond-aware model's for now; the others refuse it."""
     shared = dict(precision=precision, compile_network=compile_network, cond=cond, guidance=guidance, spacing=spacing,
                   seeds=seeds, restarts=restarts, polish=polish)
     if getattr(module, "model_kind", "") == "bonds":
         if callback is not None:
             raise ValueError("The bond-aware model's sampler takes no callback (trajectories are the EDM model's).")
-        return sample_bonded_molecules(module, atom_counts, sampler, steps, generator, batch_size, **shared)
+        return sample_bonded_molecules(module, atom_counts, sampler, steps, generator, batch_size, expert=expert,
+                                       **shared)
+    if expert is not None:
+        raise ValueError("A low-noise expert samples with the bond-aware model only, for now.")
     return sample_molecules(module, atom_counts, sampler, steps, generator, batch_size, callback=callback, **shared)

@@ -206,6 +206,15 @@ def molecule_seeds(generator: torch.Generator | None, atom_counts: Sequence[int]
     return list(seeds)
 
 
+@dataclass(frozen=True)
+class Expert:
+    """A low-noise expert (``sci_diffusion.denoiser.LowNoiseExpert``) of the model a run samples: ``module``, a model
+    of the same kind and state trained on times up to its ``loss_max_time`` only, answers at ``t <= below``."""
+
+    module: Any
+    below: float
+
+
 @dataclass
 class _BatchWatch:
     """The core samplers' ``callback(i, t, x_t, x0_hat)`` that passes the batch's atom counts on."""

@@ -75,7 +75,8 @@ class BondMoleculeDiffusion(MoleculeDiffusion):
         h = self.hparams
         return CategoricalDenoisingLoss(self.schedule, h.prediction, h.loss_type, h.loss_weighting, h.cond_dropout,
                                         weighting_gamma=h.get("loss_weight_gamma"), categorical_weight=h.bond_weight,
-                                        group_dropout=h.get("cond_group_dropout", 0.0))
+                                        group_dropout=h.get("cond_group_dropout", 0.0),
+                                        max_time=h.get("loss_max_time", 1.0))
 
     @property
     def bond_process(self) -> CategoricalProcess:
