@@ -179,7 +179,8 @@ def measure(args: argparse.Namespace) -> dict:
     floor = qm9_relaxation_floor(args.xtb_num)
     return {"checkpoint": str(ckpt), "checkpoint_sha256": file_sha256(ckpt),
             **({"expert": args.expert, "expert_sha256": file_sha256(Path(args.expert)), "expert_below": expert.below,
-                "expert_training_budget": read_checkpoint(Path(args.expert))["sci_diffusion"].get("training_budget")}
+                "expert_training_budget": read_checkpoint(Path(args.expert))["sci_diffusion"].get("training_budget"),
+                "expert_cpu_hours": read_checkpoint(Path(args.expert))["sci_diffusion"].get("cpu_hours")}
                if expert else {}),
             "training_budget": read_checkpoint(ckpt)["sci_diffusion"].get("training_budget"),
             "steps": args.steps, "seed": args.seed, "xtb_num": args.xtb_num, "rows": rows,
@@ -223,6 +224,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def readme_budget(result: dict) -> str:
+    """The README row's training cell: the bundled default's, and the +expert rows' expert's when there is one."""
+    if "expert" not in result:
+        return "none beyond the bundled default's"
+    hours = result.get("expert_cpu_hours")  # (results from before it was recorded: the checkpoint's own record)
+    if hours is None:
+        hours = read_checkpoint(Path(result["expert"]))["sci_diffusion"].get("cpu_hours")
+    return (f"the bundled default's; the +expert rows' low-noise expert (`{Path(result['expert']).name}`, t <= "
+            f"{result['expert_below']:g}): {hours:.2f} CPU-hours more")
+
+
 def readme_row(result: dict) -> str:
     floor, rows = result["qm9_floor"]["median_drop_kcal_per_mol"], result["rows"]
     cells = "; ".join(f"{'plain' if r['setting'] == 'none' else r['setting']}: "
@@ -230,7 +242,7 @@ def readme_row(result: dict) -> str:
                       f"{100 * r['molecule_stability']:.1f} % stable)" for r in rows)
     return (f"| {README_ROW} | median drop on relaxation, the bundled default, {result['steps']} steps, first "
             f"{result['xtb_num']} of {rows[0]['molecules']:,}: {cells}; real QM9 {floor:.1f} (target: within 3) | "
-            "Megalodon 3.17 kcal/mol, SemlaFlow 32.96 (GEOM-Drugs) | none beyond the bundled default's | "
+            f"Megalodon 3.17 kcal/mol, SemlaFlow 32.96 (GEOM-Drugs) | {readme_budget(result)} | "
             f"[{result['benchmark']}](docs/results/molecules_recipes.md) |")
 
 

@@ -18,6 +18,7 @@ BUNDLED_CHECKPOINTS = {
     "edm": "qm9_edm_small.ckpt",
     "latent": "qm9_geoldm_small.ckpt",
     "bonds": "qm9_bonds_x0.ckpt",
+    "bonds_expert": "qm9_bonds_x0_expert.ckpt",  # the low-noise expert of "bonds" (sample molecules --expert bundled)
     "gap": "qm9_edm_small_cond_gap.ckpt",
     "classifier": "qm9_gap_classifier.ckpt",
     "regressor": "qm9_gap_regressor.ckpt",

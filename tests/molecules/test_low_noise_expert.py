@@ -48,3 +48,11 @@ def test_the_cli_samples_with_an_expert_records_it_and_refuses_bad_ones(teacher,
     assert "must lie in (0, 0.15]" in refusal([*base, "--expert", str(expert), "--expert-below", "0.3",
                                                 "--out", str(bad)], capsys)
     assert not bad.parent.exists() or list(bad.parent.iterdir()) == []
+
+
+def test_the_bundled_default_samples_with_its_bundled_expert(tmp_path):
+    out = tmp_path / "b.sdf"
+    assert main(["sample", "molecules", "--num", "2", "--steps", "4", "--expert", "bundled", "--out", str(out),
+                 *QUIET]) == 0
+    expert = json.loads(out.with_suffix(".sdf.json").read_text())["expert"]
+    assert "qm9_bonds_x0_expert.ckpt" in expert and expert.endswith("at t <= 0.15")

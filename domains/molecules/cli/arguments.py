@@ -54,7 +54,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expert", metavar="CKPT",
                    help="a low-noise expert of the model (a bond-aware model trained on late times only, "
                         "configs/molecules/recipes/expert_low_noise.yaml) that answers every network call at "
-                        "t <= --expert-below: the run's last steps, its restarts and its polishing")
+                        "t <= --expert-below: the run's last steps, its restarts and its polishing; 'bundled': the "
+                        "bundled default's (qm9_bonds_x0_expert.ckpt)")
     p.add_argument("--expert-below", type=float, metavar="T",
                    help="the time in (0, 1) at and under which --expert answers (default: the latest time it was "
                         "trained on, its loss_max_time)")

@@ -220,13 +220,16 @@ def load_generator(ckpt: Path, args: argparse.Namespace, conditional: bool) -> M
 
 
 def load_expert(args: argparse.Namespace, module: MoleculeDiffusion) -> Expert | None:
-    """``--expert CKPT`` as an ``Expert`` of ``module``: a bond-aware model of the same atom features, trained on
-    late times only; it answers at ``t <= --expert-below`` (default: its ``loss_max_time``). None without it."""
+    """``--expert CKPT`` (``bundled``: the bundled default's, ``qm9_bonds_x0_expert.ckpt``) as an ``Expert`` of
+    ``module``: a bond-aware model of the same atom features, trained on late times only; it answers at
+    ``t <= --expert-below`` (default: its ``loss_max_time``). None without it."""
     if not args.expert:
         return None
     if getattr(module, "model_kind", None) != "bonds" or getattr(module, "sampling_times", None) is not None:
         raise UserError("--expert serves the bond-aware model's own sampler; this run's model is another kind or a "
                         "distilled student.")
+    if args.expert == "bundled":  # the bundled default's own expert
+        args.expert = str(bundled_checkpoint("sci_diffusion_molecules", "bonds_expert"))
     expert = load_module(args.expert, domain="molecules")
     trained_below = float(expert.hparams.get("loss_max_time", 1.0))
     if getattr(expert, "model_kind", None) != "bonds" or expert.state_features != module.state_features:
