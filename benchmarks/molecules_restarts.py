@@ -33,6 +33,7 @@ import torch
 from scipy.stats import wilcoxon
 
 from sci_diffusion.checkpoints import bundled_checkpoint, file_sha256, load_module, read_checkpoint
+from sci_diffusion.errors import UserError
 from sci_diffusion.polish import Polish
 from sci_diffusion.restart import Restarts
 from sci_diffusion_molecules.data.qm9 import train_smiles
@@ -164,10 +165,10 @@ def measure(args: argparse.Namespace) -> dict:
     counts = draw_atom_counts(module.atom_count_histogram, args.num, torch.Generator().manual_seed(args.seed))
     bonded = getattr(module, "model_kind", "") == "bonds"
     references = (train_smiles(), train_bond_smiles() if bonded else None)
-    expert = None
-    if args.expert:
-        late = load_module(args.expert, domain="molecules").eval()
-        expert = Expert(late, float(late.hparams.get("loss_max_time", 1.0)))
+    try:
+        expert = Expert.of(module, load_module(args.expert, domain="molecules")) if args.expert else None
+    except UserError as err:
+        raise SystemExit(str(err)) from None
     started, rows = time.perf_counter(), []
     for setting in args.settings:
         if rows and time.perf_counter() - started > 60 * args.budget_minutes:
@@ -178,13 +179,17 @@ def measure(args: argparse.Namespace) -> dict:
             rows[-1]["paired_with_plain"] = paired_change(rows[0]["drops_kcal_per_mol"], rows[-1]["drops_kcal_per_mol"])
     floor = qm9_relaxation_floor(args.xtb_num)
     return {"checkpoint": str(ckpt), "checkpoint_sha256": file_sha256(ckpt),
-            **({"expert": args.expert, "expert_sha256": file_sha256(Path(args.expert)), "expert_below": expert.below,
-                "expert_training_budget": read_checkpoint(Path(args.expert))["sci_diffusion"].get("training_budget"),
-                "expert_cpu_hours": read_checkpoint(Path(args.expert))["sci_diffusion"].get("cpu_hours")}
-               if expert else {}),
+            **(expert_record(args.expert, expert) if expert else {}),
             "training_budget": read_checkpoint(ckpt)["sci_diffusion"].get("training_budget"),
             "steps": args.steps, "seed": args.seed, "xtb_num": args.xtb_num, "rows": rows,
             "qm9_floor": {k: v for k, v in floor.items() if k not in ("method", "convergence")}}
+
+
+def expert_record(path: str, expert: Expert) -> dict:
+    """The result's fields on the +expert rows' expert: its file, hash, time and training budget (its own record)."""
+    record = expert.module.checkpoint_record
+    return {"expert": path, "expert_sha256": expert.module.checkpoint_hash, "expert_below": expert.below,
+            "expert_training_budget": record.get("training_budget"), "expert_cpu_hours": record.get("cpu_hours")}
 
 
 def verdict(row: dict, floor: float) -> str:

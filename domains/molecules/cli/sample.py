@@ -160,11 +160,9 @@ def run_sample(args: argparse.Namespace) -> int:
     if problem:
         raise UserError(problem)
     run = SampleRun(args, ckpt, module, conditional, targets, counts, values, cond, guidance, candidates, recorder,
-                    record_tags(args, ckpt, module, conditional), read_gap_scale() if args.xtb else None,
+                    record_tags(args, ckpt, module, conditional, expert), read_gap_scale() if args.xtb else None,
                     drawn_file(args.out) if args.oversample > 1 else None, first=part.start, seeds=seeds,
                     expert=expert)
-    if expert is not None:
-        run.tags["expert"] = f"{args.expert} (sha256 {expert.module.checkpoint_hash}) at t <= {expert.below:g}"
     failed, drawn, seconds = sample_and_write(run)
     if run.xtb_scale is not None:
         seconds += relax_candidates(run, asked)
@@ -220,28 +218,13 @@ def load_generator(ckpt: Path, args: argparse.Namespace, conditional: bool) -> M
 
 
 def load_expert(args: argparse.Namespace, module: MoleculeDiffusion) -> Expert | None:
-    """``--expert CKPT`` (``bundled``: the bundled default's, ``qm9_bonds_x0_expert.ckpt``) as an ``Expert`` of
-    ``module``: a bond-aware model of the same atom features, trained on late times only; it answers at
-    ``t <= --expert-below`` (default: its ``loss_max_time``). None without it."""
+    """``--expert CKPT`` (``bundled``: the bundled default's, ``qm9_bonds_x0_expert.ckpt``) as the ``Expert`` of
+    ``module`` that answers at ``t <= --expert-below`` (``Expert.of`` checks both); None without it."""
     if not args.expert:
         return None
-    if getattr(module, "model_kind", None) != "bonds" or getattr(module, "sampling_times", None) is not None:
-        raise UserError("--expert serves the bond-aware model's own sampler; this run's model is another kind or a "
-                        "distilled student.")
     if args.expert == "bundled":  # the bundled default's own expert
         args.expert = str(bundled_checkpoint("sci_diffusion_molecules", "bonds_expert"))
-    expert = load_module(args.expert, domain="molecules")
-    trained_below = float(expert.hparams.get("loss_max_time", 1.0))
-    if getattr(expert, "model_kind", None) != "bonds" or expert.state_features != module.state_features:
-        raise UserError(f"--expert {args.expert} is not a bond-aware model of the same atom features as the model.")
-    if trained_below >= 1.0:
-        raise UserError(f"--expert {args.expert} was trained on every time, so it is no low-noise expert "
-                        "(configs/molecules/recipes/expert_low_noise.yaml trains one).")
-    below = trained_below if args.expert_below is None else args.expert_below
-    if not 0.0 < below <= trained_below:
-        raise UserError(f"--expert-below must lie in (0, {trained_below:g}], the times the expert was trained on, "
-                        f"not {below:g}.")
-    return Expert(expert.eval(), below)
+    return Expert.of(module, load_module(args.expert, domain="molecules"), args.expert_below)
 
 
 BOND_SAMPLERS = ("ddpm", "dpmpp2m_sde", "ddim")  # the samplers with a categorical step (sci_diffusion.samplers)
@@ -348,8 +331,10 @@ def trajectory_recorder(args: argparse.Namespace, module: MoleculeDiffusion,
     return TrajectoryRecorder(module, (args.trajectory_molecules or DEFAULT_MOLECULES) if args.trajectory else 1, cond=cond)
 
 
-def record_tags(args: argparse.Namespace, ckpt: Path, module: MoleculeDiffusion, conditional: bool) -> dict:
-    """The fields every written record carries: how it was sampled, from which checkpoint, and SYNTHETIC."""
+def record_tags(args: argparse.Namespace, ckpt: Path, module: MoleculeDiffusion, conditional: bool,
+                expert: Expert | None = None) -> dict:
+    """The fields every written record carries: how it was sampled, from which checkpoint (and low-noise expert),
+    and SYNTHETIC."""
     tags = {"sampler": args.sampler, "steps": args.steps, "spacing": resolve_spacing(args.sampler, args.spacing),
             "seed": args.seed, "precision": args.precision, "compiled": int(args.compile),
             "checkpoint": str(ckpt), "checkpoint_sha256": module.checkpoint_hash,
@@ -359,6 +344,8 @@ def record_tags(args: argparse.Namespace, ckpt: Path, module: MoleculeDiffusion,
         tags["restarts"] = f"{plan.count} from t = {plan.t_max:g}, {plan.steps} steps each"
     if args.polish_plan is not None:
         tags["polish"] = f"{args.polish_plan.iterations} at t = {args.polish_plan.t:g}"
+    if expert is not None:
+        tags["expert"] = f"{args.expert} (sha256 {expert.module.checkpoint_hash}) at t <= {expert.below:g}"
     if conditional:
         tags.update({"guidance": args.guidance, "gradient_guidance": args.gradient_guidance})
         if args.guidance_interval:

@@ -214,6 +214,31 @@ class Expert:
     module: Any
     below: float
 
+    @classmethod
+    def of(cls, model: MoleculeGenerator, expert: Any, below: float | None = None) -> Expert:
+        """``expert`` (a loaded module) as the low-noise expert of ``model``, answering at ``t <= below`` (None: the
+        latest time it was trained on, its ``loss_max_time``).
+
+        Raises:
+            UserError: ``model`` is not a bond-aware model sampled on its own grid, ``expert`` is not a bond-aware
+                model of the same atom features, was trained on every time, or ``below`` lies outside its times.
+        """
+        if getattr(model, "model_kind", None) != "bonds" or getattr(model, "sampling_times", None) is not None:
+            raise UserError("A low-noise expert serves the bond-aware model's own sampler; this run's model is another "
+                            "kind or a distilled student.")
+        if getattr(expert, "model_kind", None) != "bonds" or expert.state_features != model.state_features:
+            raise UserError(f"The expert {expert.checkpoint_path} is not a bond-aware model of the same atom features as "
+                            "the model.")
+        trained_below = float(expert.hparams.get("loss_max_time", 1.0))
+        if trained_below >= 1.0:
+            raise UserError(f"The expert {expert.checkpoint_path} was trained on every time, so it is no low-noise "
+                            "expert (configs/molecules/recipes/expert_low_noise.yaml trains one).")
+        below = trained_below if below is None else below
+        if not 0.0 < below <= trained_below:
+            raise UserError(f"The expert's time (--expert-below) must lie in (0, {trained_below:g}], the times it was "
+                            f"trained on, not {below:g}.")
+        return cls(expert.eval(), below)
+
 
 @dataclass
 class _BatchWatch:
