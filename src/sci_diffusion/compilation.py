@@ -6,9 +6,13 @@ loops, which also allocate fewer large temporaries. On the bundled gap model thi
 molecules per second (``benchmarks/molecules_conditional.py --compile`` prints both rates), on the bond-aware
 default 1.3x (``benchmarks/molecules_qm9.py --models ... --compile``: 43.3 against 33.7 at 20 steps on 2 cores). The first
 call compiles (20-30 s on 2 cores with a cold cache; Inductor keeps the result in its on-disk cache,
-so a later process on the same machine starts in seconds), and every later call reuses the compiled
-code: ``dynamic=True`` lets the number of atoms and edges change from batch to batch without
-recompiling.
+so a later process on the same machine starts in seconds). Shapes are left to Dynamo's automatic dynamic
+shapes: the first batch compiles with its own sizes, the first batch of other sizes compiles once more with
+those sizes symbolic (the number of atoms and edges), and every later batch reuses that code.
+``dynamic=True`` instead makes every size symbolic from the start, the state's width too, and with it
+torch 2.13's Inductor miscompiles any six-block bond-aware network on the Xeon of 2026-12-07 (AVX-512,
+no AMX; the CPU before it compiled the same code): an ``UnboundLocalError`` on one of its buffers, and with
+``inplace_buffers`` off, coordinates 1.9 Angstrom off the plain network's.
 
 Only inference uses it: the network's weights are not frozen into the code, so a compiled network is
 the same function of the same parameters, up to float rounding.
@@ -57,7 +61,7 @@ def compiled_forward(network: nn.Module, enabled: bool = True) -> Iterator[nn.Mo
         raise RuntimeError(problem)
     compiled = getattr(network, _COMPILED_ATTRIBUTE, None)
     if compiled is None:
-        compiled = torch.compile(network.forward, dynamic=True)
+        compiled = torch.compile(network.forward)  # automatic dynamic shapes (module docstring)
         object.__setattr__(network, _COMPILED_ATTRIBUTE, compiled)
     network.forward = compiled  # an instance attribute: nn.Module.__call__ finds it before the class's forward
     try:
