@@ -86,9 +86,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "has AVX512-BF16 or AMX, where it is the faster, fp32 elsewhere (sci_diffusion.precision); the "
                         "summary records which ran")
     p.add_argument("--compile", action="store_true",
-                   help="run the network through torch.compile (needs a C++ compiler): compiled once per process "
-                        "(seconds to a minute), then more molecules per second on a CPU: 1.1x for the EDM gap model, "
-                        "1.3x for the bond-aware default (README)")
+                   help="run the network through torch.compile (needs a C++ compiler): compiled for the first batch and "
+                        "once more for the next batch size (each seconds to a minute), then more molecules per second "
+                        "on a CPU: 1.1x for the EDM gap model, 1.3x for the bond-aware default (README)")
     p.add_argument("--shard", metavar="K/N",
                    help="write only part K (0 to N-1) of N equal parts of the --num molecules: exactly the molecules, "
                         "with their indices, that one run of --num writes there (sizes, targets and each molecule's "
