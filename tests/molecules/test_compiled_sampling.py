@@ -22,6 +22,7 @@ def draw(module, compile_network: bool) -> list[tuple]:
                                  compile_network=compile_network))
 
 
+@pytest.mark.slow  # 70 s: two compiles of the guided network; the six-block test below keeps --compile in CI
 @needs_compiler
 def test_the_compiled_network_draws_the_plain_networks_molecules_and_compiles_once(conditional_checkpoint):
     module = load_module(conditional_checkpoint).eval()
@@ -67,3 +68,8 @@ def test_the_compiled_bond_aware_network_draws_the_plain_networks_molecules_and_
     for (z, pos, _, bonds), (z_c, pos_c, _, bonds_c) in zip(*runs, strict=True):
         assert torch.equal(torch.as_tensor(z), torch.as_tensor(z_c)) and (bonds == bonds_c).all()
         assert torch.allclose(torch.as_tensor(pos_c), torch.as_tensor(pos), atol=1e-4)
+    assert "forward" not in vars(module.net)  # the block restored the class's forward
+    with compiled_forward(module.net) as first:
+        kept = first.forward
+    with compiled_forward(module.net) as second:
+        assert second.forward is kept  # the next block reuses the compiled function
