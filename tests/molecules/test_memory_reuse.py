@@ -8,11 +8,11 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import ctypes, resource, sys, torch
-    from sci_diffusion.memory import keep_freed_memory
+    from sci_diffusion.memory import M_MMAP_THRESHOLD, keep_freed_memory
     if sys.argv[1] == "tuned":
         assert keep_freed_memory()
     if sys.argv[1] == "unkept":  # every tensor above 1 MiB mmapped and unmapped on free, threshold fixed
-        assert ctypes.CDLL(None).mallopt(-3, 1 << 20) == 1  # M_MMAP_THRESHOLD
+        assert ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20) == 1
     from sci_diffusion_molecules.models.egnn import EGNN
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
