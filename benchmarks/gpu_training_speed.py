@@ -10,8 +10,10 @@ budget of ``--minutes``, as fast as this script knows how:
 
 - bf16 autocast (the config's ``bf16-mixed``) and TF32 for what runs in float32;
 - AdamW with ``fused=True`` (one kernel for all weights), the module's own optimiser and warm-up otherwise;
-- ``torch.compile`` of the network's ``forward_on_graph`` (``--compile``; ``dynamic=True``), the part of the
-  step whose shapes follow from the batch's sizes alone;
+- ``torch.compile`` of the network's ``forward_on_graph`` (``--compile``; Dynamo's automatic dynamic shapes:
+  the first batch compiles with its sizes, the second once more with the atom, pair and edge counts symbolic),
+  the part of the step whose shapes follow from the batch's sizes alone (``dynamic=True``, every size symbolic
+  from the start, miscompiles six-block bond networks on one CPU: ``sci_diffusion/compilation.py``);
 - PyG collation in ``--workers`` DataLoader processes, pinned memory and non-blocking copies to the GPU,
   full batches only (``drop_last``).
 
@@ -20,7 +22,7 @@ E and molecule count G all fixed; the network builds its edge and pair indices f
 ``repeat_interleave`` (``egnn.fully_connected_edges``, ``bond_state.upper_pairs``), whose output size the host
 must read, and its EGNN is a sparse one (scatter over edges), so a padded dense ``[G, 29]`` layout is another
 network and padding inside the sparse layout needs filler molecules and masks through the loss. Both are
-model changes; this script changes no model code, so ``--compile`` uses dynamic shapes and there are no CUDA
+model changes; this script changes no model code, so ``--compile`` uses symbolic shapes and there are no CUDA
 graphs (they would record one graph per batch shape).
 
 It reports steps/s, samples (molecules)/s and **epochs per minute** (molecules trained / the training split's
@@ -170,7 +172,7 @@ def compile_network(network: torch.nn.Module, mode: str) -> str:
     attribute, so the state dict and the checkpoint are unchanged. Returns the compiled method's name."""
     name = "forward_on_graph" if hasattr(network, "forward_on_graph") else "forward"
     torch._dynamo.config.suppress_errors = True  # a compiler that fails falls back to eager: the run goes on
-    setattr(network, name, torch.compile(getattr(network, name), dynamic=True, mode=mode))
+    setattr(network, name, torch.compile(getattr(network, name), mode=mode))
     return name
 
 
