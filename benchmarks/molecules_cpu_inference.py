@@ -21,11 +21,17 @@ Quality: ``--num`` molecules drawn through each backend with the same sizes and 
 1 point of eager fp32.
 
     python benchmarks/molecules_cpu_inference.py --num 1000 --budget-minutes 90
+    python benchmarks/molecules_cpu_inference.py --from-json benchmarks/results/molecules_cpu_inference.json
+
+``--from-json`` measures nothing: it rewrites a saved run's page block and README row from the run's own rows,
+with the settings (batch size, threads, repeats, molecules) of its recorded command.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import shlex
 import statistics
 import sys
 import time
@@ -47,7 +53,7 @@ from sci_diffusion_molecules.generation.bond_sampling import draw_molecules
 from sci_diffusion_molecules.generation.sampling import draw_atom_counts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import ROOT, replace_readme_row, write_result  # noqa: E402
+from reporting import PROVENANCE, ROOT, replace_readme_row, write_result  # noqa: E402
 
 DEFAULT_CKPT = ROOT / "domains" / "molecules" / "checkpoints" / "qm9_bonds_x0.ckpt"
 BACKENDS = ("eager fp32", "eager bf16", "compiled", "onnxruntime", "int8 dynamic")
@@ -64,9 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7, help="timed passes per backend (after 2 warm-up passes)")
     p.add_argument("--num", type=int, default=1000, help="molecules drawn per backend for the quality check")
     p.add_argument("--sampling-threads", type=int, default=2)
-    p.add_argument("--budget-minutes", type=float, required=True, help="no quality run starts after this")
+    p.add_argument("--budget-minutes", type=float, help="no quality run starts after this (required to measure)")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--from-json", metavar="RESULT_JSON", help="measure nothing: re-render a saved run's page block "
+                   "and README row from its own rows, with the settings of its recorded command")
     args = p.parse_args(argv)
+    if args.budget_minutes is None and not args.from_json:
+        p.error("--budget-minutes is required to measure (or give --from-json to re-render a saved run)")
     args.backends = [b.strip() for b in args.backends.split(",")]
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
@@ -269,8 +279,33 @@ def render(speed: list[dict], quality: list[dict], decided: dict[str, dict], arg
     return "\n".join(lines)
 
 
+def rerender(path: str, update_readme: bool) -> int:
+    """Rewrite a saved run's results block (and README row) from its rows, its provenance kept; the table's
+    settings (batch size, threads, repeats, molecules) are those of the run's recorded command."""
+    record = json.loads(Path(path).read_text())
+    provenance = {k: record.pop(k) for k in PROVENANCE}
+    record.pop("benchmark", None)
+    recorded = parse_args(shlex.split(provenance["command"])[2:])  # "python benchmarks/...py --flags ..."
+    record["verdicts"] = verdicts(record["speed"], record["quality"])
+    markdown = render_record(record, recorded)
+    print(markdown)
+    write_result("molecules_cpu_inference", record, markdown, provenance=provenance)
+    if update_readme:
+        replace_readme_row("CPU inference backends (issue 32)", readme_row(record, recorded))
+    return 0
+
+
+def render_record(record: dict, args: argparse.Namespace) -> str:
+    """The page block of a run: the table, and the backends whose quality the budget left out."""
+    skipped = record["skipped_quality"]
+    return render(record["speed"], record["quality"], record["verdicts"], args) + (
+        f"\n\nQuality skipped (budget spent): {', '.join(skipped)}." if skipped else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return rerender(args.from_json, update_readme=not args.no_readme)
     if "compiled" in args.backends and compiler_missing():
         args.backends.remove("compiled")
         print(f"skipping compiled: {compiler_missing()}", flush=True)
@@ -294,21 +329,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         quality.append(quality_row(name, module, counts, args, work))
         print({k: v for k, v in quality[-1].items() if k != "stable"}, flush=True)
-    decided = verdicts(speed, quality)
-    markdown = render(speed, quality, decided, args) + (f"\n\nQuality skipped (budget spent): {', '.join(skipped)}."
-                                                       if skipped else "")
-    write_result("molecules_cpu_inference", {"checkpoint": args.ckpt, "speed": speed, "quality": quality,
-                                             "verdicts": decided, "skipped_quality": skipped},
-                 markdown, update_page=not args.no_readme)
+    record = {"checkpoint": args.ckpt, "speed": speed, "quality": quality, "verdicts": verdicts(speed, quality),
+              "skipped_quality": skipped}
+    write_result("molecules_cpu_inference", record, render_record(record, args), update_page=not args.no_readme)
     if not args.no_readme:
-        fastest = max((b for b in decided if decided[b].get("adopt")), key=lambda b: decided[b]["speedup"], default=None)
-        replace_readme_row("CPU inference backends (issue 32)", readme_row(speed, decided, fastest, args))
+        replace_readme_row("CPU inference backends (issue 32)", readme_row(record, args))
     return 0
 
 
-def readme_row(speed: list[dict], decided: dict[str, dict], fastest: str | None, args: argparse.Namespace) -> str:
+def readme_row(record: dict, args: argparse.Namespace) -> str:
+    speed, decided = record["speed"], record["verdicts"]
+    fastest = max((b for b in decided if decided[b].get("adopt")), key=lambda b: decided[b]["speedup"], default=None)
     cells = "; ".join(f"{r['backend']} {decided[r['backend']]['speedup']:.2f}x" for r in speed[1:])
-    adopted = f"adopted: {fastest}" if fastest else "none adopted (none faster at equal stability)"
+    if not record["quality"]:
+        adopted = "quality not measured yet, so none adopted"
+    else:
+        adopted = f"adopted: {fastest}" if fastest else "none adopted (none faster at equal stability)"
     return (f"| CPU inference backends (issue 32) | speed of one pass against eager fp32 ({args.threads} thread): {cells}; "
             f"{adopted} | none | the bundled default | [molecules_cpu_inference](docs/results/molecules_cpu_inference.md) |")
 
