@@ -15,15 +15,13 @@ block in docs/results/molecules_distillation.md and the README row.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from sci_diffusion.checkpoints import export_for_inference, load_module
+from sci_diffusion.checkpoints import load_module
 from sci_diffusion_molecules.data.qm9 import train_smiles
 from sci_diffusion_molecules.data.qm9_bonds import train_bond_smiles
 from sci_diffusion_molecules.evaluation.metrics import evaluate_generated
@@ -32,7 +30,7 @@ from sci_diffusion_molecules.generation.sampling import draw_atom_counts
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from jobs import Job, run_jobs  # noqa: E402
+from distillation_rounds import student_file, train_rounds  # noqa: E402
 from reporting import replace_readme_row, saved_result, write_result  # noqa: E402
 
 RESULT_NAME = "molecules_distillation"
@@ -65,46 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def student_file(work: Path, steps: int) -> Path:
-    return work / f"student_{steps}.ckpt"
-
-
-def round_config(work: Path, k: int, teacher: Path, steps: int, hours: float) -> Path:
-    """Round ``k``'s config: the shared one with this round's teacher, step count, budget and folders."""
-    cfg = yaml.safe_load(CONFIG.read_text())
-    cfg["model"]["init_args"].update(distill_from=str(teacher), distill_steps=steps)
-    for callback in cfg["trainer"]["callbacks"]:
-        if callback["class_path"].endswith("CpuTimeBudget"):
-            callback["init_args"]["hours"] = hours
-        if callback["class_path"].endswith("ModelCheckpoint"):
-            callback["init_args"]["dirpath"] = str(work / f"round_{k}" / "checkpoints")
-    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(work / f"round_{k}"), name="log")
-    out = work / f"round_{k}" / "config.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return out
-
-
 def train(args: argparse.Namespace, work: Path) -> None:
-    """Each round not yet exported: fit (resumed from its ``last.ckpt``), then export; rounds run in order."""
-    teacher, steps = Path(args.teacher).resolve(), args.teacher_steps
-    for k, hours in enumerate(args.rounds, start=1):
-        steps //= 2
-        out = student_file(work, steps)
-        if not out.is_file():
-            command = [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config",
-                       str(round_config(work, k, teacher, steps, hours))]
-            last = work / f"round_{k}" / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                command += ["--ckpt_path", str(last)]
-            facts = run_jobs([Job(f"round_{k}", command)], work, 1)[f"round_{k}"].facts
-            legs = work / "legs.json"
-            record = json.loads(legs.read_text()) if legs.is_file() else []
-            legs.write_text(json.dumps(record + [{"round": k, "steps": steps, **facts}], indent=1))
-            export_for_inference(last, out, {"training_budget": f"progressive distillation round {k} of "
-                                             f"{Path(args.teacher).name} ({args.teacher_steps} DDIM steps), "
-                                             f"{hours:g} CPU-hours on one thread; student of {teacher.name}"})
-        teacher = out
+    """Each round not yet exported: fit (resumed from its ``last.ckpt``), then export (``distillation_rounds``)."""
+    train_rounds(CONFIG, Path(args.teacher), args.teacher_steps, args.rounds, work)
 
 
 def score_row(name: str, ckpt: Path, sampler: str, steps: int, args: argparse.Namespace) -> dict:

@@ -175,9 +175,10 @@ def registration_floor_row(set_name: str, root: Path, work: Path, args: argparse
 
 
 def evaluate_model(name: str, fact: dict, sets: dict[str, Path], work: Path, args: argparse.Namespace,
-                   deadline: float) -> dict[str, Any]:
-    """One model through steps 3-4: translate the calibration and test subjects, fit the calibration on the first,
-    score the others with it; ``{test set: {"report": evaluate_directory's, "translation": translate_set's}}``."""
+                   deadline: float, test_sets: tuple[str, ...] = TEST_SETS) -> dict[str, Any]:
+    """One model through steps 3-4: translate the calibration and ``test_sets`` subjects, fit the calibration on the
+    first, score the others with it; ``{set: {"report": evaluate_directory's, "translation": translate_set's}}``.
+    ``name`` names its prediction folders and calibration file under ``work``."""
     import torch
 
     from sci_diffusion_medical.data.pairs import find_synthrad_pairs
@@ -189,7 +190,7 @@ def evaluate_model(name: str, fact: dict, sets: dict[str, Path], work: Path, arg
     kind = fact["kind"] if "kind" in fact else name
     out: dict[str, Any] = {}
     calibration = work / "calibration" / f"{name}.json"
-    for set_name in ("calibration", *TEST_SETS):
+    for set_name in ("calibration", *test_sets):
         folder = work / "predictions" / set_name.replace(" ", "_") / name
         done = translate_set(module, kind, find_synthrad_pairs(sets[set_name]), folder, args, deadline)
         if not done["seconds"]:
@@ -296,14 +297,17 @@ def targets(rows: list[dict], interval: float) -> dict[str, Any]:
     return out
 
 
-def markdown(rows: list[dict], tests: list[dict], verdicts: dict, args: argparse.Namespace) -> str:
-    def f(cell: dict, fmt: str, scale: float = 1.0) -> str:
-        m, lo, hi = (cell.get(k) for k in ("mean", "low", "high"))
-        if m is None or (isinstance(m, float) and math.isnan(m)):
-            return "-"
-        ci = "" if lo is None or math.isnan(lo) else f" [{scale * lo:{fmt}}, {scale * hi:{fmt}}]"
-        return f"{scale * m:{fmt}}{ci}"
+def interval_cell(cell: dict, fmt: str, scale: float = 1.0) -> str:
+    """A table cell of a ``mean_with_interval`` value: ``mean [low, high]`` (times ``scale``), or ``-`` without one."""
+    m, lo, hi = (cell.get(k) for k in ("mean", "low", "high"))
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "-"
+    ci = "" if lo is None or math.isnan(lo) else f" [{scale * lo:{fmt}}, {scale * hi:{fmt}}]"
+    return f"{scale * m:{fmt}}{ci}"
 
+
+def markdown(rows: list[dict], tests: list[dict], verdicts: dict, args: argparse.Namespace) -> str:
+    f = interval_cell
     lines = ["| test set | model | K | subjects | MAE (HU) | bone MAE | sinus MAE | ambiguous % (samples; CT) | gradient "
              f"ratio | {100 * args.interval:g} % interval covers (mean width, HU) | rank χ² | [min, max] covers | "
              "CRPS (HU) | s / volume |",
