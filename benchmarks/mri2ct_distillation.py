@@ -60,7 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the phantoms' seed (mri2ct_v2's)")
     p.add_argument("--work-dir", default="runs/mri2ct_distillation", help="rounds, logs, phantoms and predictions (kept)")
     p.add_argument("--no-readme", action="store_true", help="do not touch docs/results or the README")
+    p.add_argument("--rows", help="score only these rows, e.g. teacher@10,student@2 (default: all; two processes "
+                   "may score different rows at once, and a later run reads every finished row back)")
     args = p.parse_args(argv)
+    args.rows = None if args.rows is None else {r.strip() for r in args.rows.split(",") if r.strip()}
     args.rounds = [float(h) for h in args.rounds.split(",") if h.strip()]
     args.test_sets = tuple(s.strip() for s in args.test_sets.split(",") if s.strip())
     if not args.rounds or min(args.rounds) <= 0:
@@ -68,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.teacher_steps % 2 ** len(args.rounds):
         p.error(f"{args.teacher_steps} teacher steps cannot be halved {len(args.rounds)} times; "
                 f"give --teacher-steps a multiple of {2 ** len(args.rounds)}.")
+    known = {f"teacher@{args.reference_steps}", *(f"{who}@{k}" for k in student_steps(args) for who in ("teacher", "student"))}
+    if args.rows is not None and not args.rows <= known:
+        p.error(f"--rows names {', '.join(sorted(args.rows - known))}; this run's rows are {', '.join(sorted(known))}.")
     unknown = [s for s in args.test_sets if s not in TEST_SETS]
     if unknown or not args.test_sets:
         p.error(f"--test-sets takes names from: {', '.join(TEST_SETS)}.")
@@ -112,7 +118,8 @@ def score(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         settings.append((f"student {steps}", student_file(work, steps), steps))
     rows = []
     for name, ckpt, steps in settings:
-        rows += scored_rows(name, ckpt, steps, sets, work, args, deadline)
+        if args.rows is None or f"{name.split()[0]}@{steps}" in args.rows:
+            rows += scored_rows(name, ckpt, steps, sets, work, args, deadline)
     return rows
 
 

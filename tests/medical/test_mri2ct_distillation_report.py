@@ -70,7 +70,8 @@ def test_a_round_config_carries_its_teacher_steps_budget_folders_and_overrides(t
 def test_bad_arguments_are_refused_in_one_sentence(capsys):
     for argv, words in ((["--rounds", "0.5,0.5,0.5", "--teacher-steps", "6"], "cannot be halved 3 times"),
                         (["--test-sets", "elsewhere"], "--test-sets takes names from"),
-                        (["--teacher", "no_such.ckpt"], "--teacher no_such.ckpt is not there")):
+                        (["--teacher", "no_such.ckpt"], "--teacher no_such.ckpt is not there"),
+                        (["--rows", "teacher@10,student@3"], "--rows names student@3; this run's rows are")):
         with pytest.raises(SystemExit) as stop:
             bench.parse_args(argv)
         assert stop.value.code == 2 and words in capsys.readouterr().err
