@@ -168,11 +168,14 @@ def verdicts(rows: list[dict], reference_steps: int) -> dict[str, Any]:
         ids = sorted(set(student["per_subject"]["mae_hu"]) & set(teacher["per_subject"]["mae_hu"]))
         mae = paired_comparison([student["per_subject"]["mae_hu"][i] for i in ids],
                                 [teacher["per_subject"]["mae_hu"][i] for i in ids])
+        crps = paired_comparison([student["per_subject"]["crps_hu"][i] for i in ids],
+                                 [teacher["per_subject"]["crps_hu"][i] for i in ids])
         coverage = student["interval_coverage"]["mean"] - teacher["interval_coverage"]["mean"]
         out[set_name] = {"student_steps": student["steps"], "mae_difference_hu": mae["mean_difference"],
                          "mae_difference_interval": mae["difference_interval"], "subjects": mae["n"],
                          "mae_met": mae["mean_difference"] <= MAE_TOLERANCE_HU,
-                         "coverage_difference": coverage, "coverage_met": abs(coverage) <= COVERAGE_TOLERANCE}
+                         "coverage_difference": coverage, "coverage_met": abs(coverage) <= COVERAGE_TOLERANCE,
+                         "crps_difference_hu": crps["mean_difference"], "crps_difference_interval": crps["difference_interval"]}
         out[set_name]["met"] = out[set_name]["mae_met"] and out[set_name]["coverage_met"]
     return out
 
@@ -183,12 +186,18 @@ def render(rows: list[dict], decided: dict[str, Any], rounds: list[float], args:
              f"{100 * args.interval:g} % interval calibrated (split conformal) on {args.subjects_calibration} t1 and "
              f"{args.subjects_calibration} pd subjects of its own; means over subjects with bootstrap 95 % intervals.", "",
              f"| test set | model | steps | subjects | MAE (HU) | {100 * args.interval:g} % interval covers (mean width, HU) "
-             "| [min, max] covers | CRPS (HU) | s / volume |", "|---|---|---|---|---|---|---|---|---|"]
+             "| [min, max] covers | CRPS (HU) | a sample's gradient ratio | samples' ambiguous % | s / volume |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['test_set']} | {r['model']} | {r['steps']} | {r['subjects']} | {f(r['mae_hu'], '.1f')} | "
                      f"{f(r['interval_coverage'], '.1f', 100)} ({f(r['interval_width_hu'], '.0f')}) | "
                      f"{f(r['minmax_coverage'], '.1f', 100)} | {f(r['crps_hu'], '.1f')} | "
+                     f"{f(r['gradient_ratio_sample'], '.2f')} | {f(r['ambiguous_samples'], '.1f', 100)} | "
                      f"{f(r['seconds_per_volume'], '.1f')} |")
+    k = args.samples
+    lines.append(f"\n[min, max] of K = {k} samples covers {100 * (k - 1) / (k + 1):.1f} % when the samples are calibrated; "
+                 "the gradient ratio is a sample's mean gradient magnitude inside the body over the CT's (1: as "
+                 "textured as CT); ambiguous: true bone and air voxels a sample puts at -500 to +300 HU.")
     lines.append(f"\nDistillation cost: {sum(rounds):g} CPU-hours of training on one thread (each round's "
                  f"CpuTimeBudget: {', '.join(f'{h:g}' for h in rounds)}), counted over all of a round's legs.")
     lines.append(f"\nTarget (issue 32): the last student's MAE at most {MAE_TOLERANCE_HU:g} HU above the teacher's "
@@ -199,7 +208,8 @@ def render(rows: list[dict], decided: dict[str, Any], rounds: list[float], args:
                      f"MAE {v['mae_difference_hu']:+.1f} HU [{v['mae_difference_interval'][0]:+.1f}, "
                      f"{v['mae_difference_interval'][1]:+.1f}] over {v['subjects']} subjects "
                      f"({'met' if v['mae_met'] else 'not met'}), coverage {100 * v['coverage_difference']:+.1f} points "
-                     f"({'met' if v['coverage_met'] else 'not met'})")
+                     f"({'met' if v['coverage_met'] else 'not met'}); CRPS {v['crps_difference_hu']:+.1f} HU "
+                     f"[{v['crps_difference_interval'][0]:+.1f}, {v['crps_difference_interval'][1]:+.1f}] (not a target)")
     return "\n".join(lines)
 
 

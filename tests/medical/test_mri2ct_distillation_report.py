@@ -20,7 +20,8 @@ SUBJECTS = [f"1AA{i:03d}" for i in range(1, 13)]
 
 def row(model: str, steps: int, mae: list[float], coverage: float, test_set: str = "in-domain") -> dict:
     return {"test_set": test_set, "model": model, "steps": steps,
-            "per_subject": {"mae_hu": dict(zip(SUBJECTS, mae))}, "interval_coverage": {"mean": coverage}}
+            "per_subject": {"mae_hu": dict(zip(SUBJECTS, mae)), "crps_hu": dict(zip(SUBJECTS, [0.8 * m for m in mae]))},
+            "interval_coverage": {"mean": coverage}}
 
 
 TEACHER = [140.0 + i for i in range(12)]
@@ -39,6 +40,7 @@ def test_the_last_student_is_judged_against_the_teacher_at_its_reference_steps(s
     assert v["student_steps"] == 2 and v["subjects"] == 12
     assert v["mae_difference_hu"] == pytest.approx(shift)
     assert v["coverage_difference"] == pytest.approx(coverage - 0.90)
+    assert v["crps_difference_hu"] == pytest.approx(0.8 * shift)  # reported beside the target, not part of it
     assert (v["mae_met"], v["coverage_met"], v["met"]) == (mae_met, coverage_met, mae_met and coverage_met)
 
 
