@@ -224,13 +224,31 @@ def report(rows: list[dict], args: argparse.Namespace, provenance: dict | None =
                                          "reference_steps": args.reference_steps, "samples": args.samples}),
                  markdown, update_page=not args.no_readme, provenance=provenance)
     if decided and not args.no_readme:
-        home = decided.get("in-domain") or next(iter(decided.values()))
-        cell = "; ".join(f"{s}: MAE {v['mae_difference_hu']:+.1f} HU, coverage {100 * v['coverage_difference']:+.1f} "
-                         f"points ({'met' if v['met'] else 'not met'})" for s, v in decided.items())
-        replace_readme_row(README_ROW, f"| {README_ROW} | {home['student_steps']} DDIM steps against the teacher's "
-                           f"{args.reference_steps}, K = {args.samples}: {cell} | none (target: within 2 HU, coverage "
-                           f"within 3 points) | {sum(rounds):g} CPU-hours of distillation, one thread "
-                           "| [mri2ct_distillation](docs/results/molecules_distillation.md) |")
+        replace_readme_row(README_ROW, readme_row(rows, decided, rounds, args))
+
+
+def readme_row(rows: list[dict], decided: dict[str, Any], rounds: list[float], args: argparse.Namespace) -> str:
+    """The README's row: per test set, the last student beside the teacher at the reference steps and at its own."""
+    def cells(set_name: str, v: dict) -> str:
+        by = {(r["model"], r["steps"]): r for r in rows if r["test_set"] == set_name}
+        student = by[(f"student {v['student_steps']}", v["student_steps"])]
+        teacher, own = by.get(("teacher", args.reference_steps)), by.get(("teacher", v["student_steps"]))
+        text = (f"{set_name} ({student['subjects']} phantoms): MAE {student['mae_hu']['mean']:.1f} HU "
+                f"(teacher {teacher['mae_hu']['mean']:.1f}), "
+                f"90 % interval covers {100 * student['interval_coverage']['mean']:.1f} % "
+                f"({100 * teacher['interval_coverage']['mean']:.1f}), CRPS {student['crps_hu']['mean']:.1f} HU "
+                f"({teacher['crps_hu']['mean']:.1f}), {'met' if v['met'] else 'not met'}")
+        if own is not None:
+            text += (f"; the teacher's own {v['student_steps']} steps: CRPS {own['crps_hu']['mean']:.1f} HU, "
+                     f"[min, max] of K covers {100 * own['minmax_coverage']['mean']:.0f} % "
+                     f"(student {100 * student['minmax_coverage']['mean']:.0f} %)")
+        return text
+
+    steps = next(iter(decided.values()))["student_steps"]
+    return (f"| {README_ROW} | {steps} DDIM steps against the teacher's {args.reference_steps}, K = {args.samples}: "
+            + "; ".join(cells(s, v) for s, v in decided.items())
+            + f" | none (target: within 2 HU, coverage within 3 points) | {sum(rounds):g} CPU-hours of "
+            "distillation, one thread | [mri2ct_distillation](docs/results/molecules_distillation.md) |")
 
 
 def main(argv: list[str] | None = None) -> int:

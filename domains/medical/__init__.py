@@ -24,4 +24,5 @@ BUNDLED_CHECKPOINTS = {
     "latent_synthesis": "latent_synthesis.ckpt",
     "translation_v2": "mri2ct_v2_residual.ckpt",
     "regression_v2": "mri2ct_v2_regression.ckpt",
+    "translation_v2_2steps": "mri2ct_v2_residual_2steps.ckpt",
 }

@@ -117,3 +117,21 @@ def test_the_bundled_v2_residual_model_serves_intervals_only_as_it_was_calibrate
     err = run_expecting_error([*base, "--model", "regression-v2", "--out", str(tmp_path / "b.nii.gz")], capsys)
     assert "needs --calibration" in err and "mri2ct_v2_regression.ckpt" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_bundled_two_step_student_translates_at_its_steps_with_its_own_calibration(phantom_dir, tmp_path, capsys):
+    """``translate --model residual-v2-2steps``: the distilled student of residual-v2 (issue 32) takes its 2 DDIM steps
+    by default, refuses the teacher's 10 in one sentence, and its shipped calibration serves ``--interval`` at K = 8."""
+    from sci_diffusion.checkpoints import bundled_checkpoint
+    from sci_diffusion_medical.translation.calibration import calibration_beside, read_calibration
+
+    base = ["translate", "--mr", str(phantom_dir / "1BA001" / "mr.nii.gz"), "--mask",
+            str(phantom_dir / "1BA001" / "mask.nii.gz"), "--model", "residual-v2-2steps"]
+    err = run_expecting_error([*base, "--steps", "10", "--out", str(tmp_path / "a.nii.gz")], capsys)
+    assert "distilled for 2 steps; sample it with --steps 2, not 10" in err and not (tmp_path / "a.nii.gz").exists()
+    ckpt = bundled_checkpoint("sci_diffusion_medical", "translation_v2_2steps")
+    calibration = read_calibration(calibration_beside(ckpt))
+    assert (calibration.samples, calibration.sampler, calibration.steps) == (8, "ddim", 2)
+    out = tmp_path / "sct.nii.gz"
+    assert main([*base, "--samples", "2", "--out", str(out), "--batch-size", "64"]) == 0
+    assert out.is_file() and json.loads((tmp_path / "sct.json").read_text())["steps"] == 2

@@ -15,7 +15,8 @@ from sci_diffusion.names import SAMPLER_NAMES, SPACINGS
 
 # translate --model NAME: the bundled checkpoint it names (BUNDLED_CHECKPOINTS keys of sci_diffusion_medical)
 TRANSLATION_MODELS = {"residual": "translation", "regression": "regression", "diffusion": "diffusion",
-                      "residual-v2": "translation_v2", "regression-v2": "regression_v2"}
+                      "residual-v2": "translation_v2", "regression-v2": "regression_v2",
+                      "residual-v2-2steps": "translation_v2_2steps"}
 # synthesize medical --model NAME: likewise
 SYNTHESIS_MODELS = {"slice": "synthesis", "latent": "latent_synthesis"}
 
@@ -71,7 +72,8 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
                   "model (checkpoints/README.md)",
         model_help="a bundled model instead of --ckpt: residual (default; phantom v1), regression, diffusion "
                    "(phantom v1), or residual-v2 and regression-v2 (trained on phantom v2 with random contrasts; "
-                   "residual-v2 ships an interval calibration for --samples 8, ddim, 10 steps)")
+                   "residual-v2 ships an interval calibration for --samples 8, ddim, 10 steps), or residual-v2-2steps "
+                   "(residual-v2 distilled to 2 ddim steps, its calibration for --samples 8)")
     p.add_argument("--samples", type=int, default=1, help="K diffusion samples; the output is their mean (default 1)")
     p.add_argument("--uncertainty", help="write the per-voxel std over the K samples (HU) here (.nii.gz or .mha; "
                                           "needs --samples >= 2)")
