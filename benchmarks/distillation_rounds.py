@@ -8,15 +8,49 @@ leg's wall time, CPU time and peak memory go to ``<work>/legs.json``.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jobs import Job, run_jobs
+from reporting import saved_result
 
 from sci_diffusion.checkpoints import export_for_inference
+
+
+def parse_rounds(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.rounds`` (``"0.25,0.25"``) as CPU-hours per round, checked positive and that ``args.teacher_steps``
+    halves once per round; a bad value exits through ``p.error`` in one sentence."""
+    args.rounds = [float(h) for h in args.rounds.split(",") if h.strip()]
+    if not args.rounds or min(args.rounds) <= 0:
+        p.error("--rounds takes positive CPU-hours, one per round (e.g. 0.25,0.25,0.5).")
+    if args.teacher_steps % 2 ** len(args.rounds):
+        p.error(f"{args.teacher_steps} teacher steps cannot be halved {len(args.rounds)} times; "
+                f"give --teacher-steps a multiple of {2 ** len(args.rounds)}.")
+
+
+def student_steps(teacher_steps: int, rounds: int) -> list[int]:
+    """The step count of each round's student: the teacher's steps halved once per round."""
+    return [teacher_steps // 2 ** k for k in range(1, rounds + 1)]
+
+
+def run_phases(args: argparse.Namespace, result_name: str, train: Callable, score: Callable, report: Callable) -> int:
+    """A distillation benchmark's ``--phase``: ``train(args, work)``, then ``report(score(args, work), args)``, or
+    ``report`` alone from the saved ``results/<result_name>.json`` with its provenance."""
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if args.phase in ("train", "both"):
+        train(args, work)
+    if args.phase in ("score", "both"):
+        report(score(args, work), args)
+    if args.phase == "report":
+        saved, provenance = saved_result(result_name)
+        report(saved["rows"], args, provenance)
+    return 0
 
 
 def student_file(work: Path, steps: int) -> Path:
@@ -47,10 +81,8 @@ def round_config(config: Path, work: Path, k: int, teacher: Path, steps: int, ho
 def train_rounds(config: Path, teacher: Path, teacher_steps: int, rounds: list[float], work: Path,
                  overrides: dict[str, dict[str, Any]] | None = None) -> None:
     """Each round not yet exported: fit (resumed from its ``last.ckpt``), then export; rounds run in order."""
-    first, steps = teacher.resolve(), teacher_steps
-    teacher = first
-    for k, hours in enumerate(rounds, start=1):
-        steps //= 2
+    first = teacher = teacher.resolve()
+    for k, (hours, steps) in enumerate(zip(rounds, student_steps(teacher_steps, len(rounds))), start=1):
         out = student_file(work, steps)
         if not out.is_file():
             command = [sys.executable, "-m", "sci_diffusion.cli", "fit", "--config",

@@ -30,8 +30,8 @@ from sci_diffusion_molecules.generation.sampling import draw_atom_counts
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from distillation_rounds import student_file, train_rounds  # noqa: E402
-from reporting import replace_readme_row, saved_result, write_result  # noqa: E402
+from distillation_rounds import parse_rounds, run_phases, student_file, student_steps, train_rounds  # noqa: E402
+from reporting import replace_readme_row, write_result  # noqa: E402
 
 RESULT_NAME = "molecules_distillation"
 CONFIG = REPO / "configs" / "molecules" / "distill_bonds.yaml"
@@ -52,12 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="threads for sampling")
     p.add_argument("--no-readme", action="store_true", help="do not touch the README's row")
     args = p.parse_args(argv)
-    args.rounds = [float(h) for h in args.rounds.split(",") if h.strip()]
-    if not args.rounds or min(args.rounds) <= 0:
-        p.error("--rounds takes positive CPU-hours, one per round (e.g. 0.25,0.25,0.5).")
-    if args.teacher_steps % 2 ** len(args.rounds):
-        p.error(f"{args.teacher_steps} teacher steps cannot be halved {len(args.rounds)} times; "
-                f"give --teacher-steps a multiple of {2 ** len(args.rounds)}.")
+    parse_rounds(p, args)
     if not Path(args.teacher).is_file():
         p.error(f"The teacher {args.teacher} is not there.")
     return args
@@ -94,9 +89,7 @@ def score(args: argparse.Namespace, work: Path) -> list[dict]:
     teacher = Path(args.teacher)
     rows = [score_row("teacher", teacher, "dpmpp2m_sde", 50, args),
             score_row("teacher", teacher, "ddim", args.teacher_steps, args)]
-    steps = args.teacher_steps
-    for _ in args.rounds:
-        steps //= 2
+    for steps in student_steps(args.teacher_steps, len(args.rounds)):
         if not student_file(work, steps).is_file():
             print(f"No student of {steps} steps yet (train first); it is left out.", file=sys.stderr)
             break
@@ -139,17 +132,7 @@ def report(rows: list[dict], args: argparse.Namespace, provenance: dict | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    work = Path(args.work_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    if args.phase in ("train", "both"):
-        train(args, work)
-    if args.phase in ("score", "both"):
-        report(score(args, work), args)
-    if args.phase == "report":
-        saved, provenance = saved_result(RESULT_NAME)
-        report(saved["rows"], args, provenance)
-    return 0
+    return run_phases(parse_args(argv), RESULT_NAME, train, score, report)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from distillation_rounds import student_file, train_rounds  # noqa: E402
+from distillation_rounds import parse_rounds, run_phases, student_file, student_steps, train_rounds  # noqa: E402
 from mri2ct_phantom import json_safe  # noqa: E402
-from mri2ct_v2 import PHANTOM_SETS, TEST_SETS, ensure_v2_phantoms, evaluate_model, interval_cell, make_row, set_folders  # noqa: E402
-from reporting import replace_readme_row, saved_result, write_result  # noqa: E402
+from mri2ct_v2 import TEST_SETS, evaluate_model, interval_cell, make_row, write_phantom_sets  # noqa: E402
+from reporting import replace_readme_row, write_result  # noqa: E402
 
 RESULT_NAME = "mri2ct_distillation"
 CONFIG = REPO / "configs" / "medical" / "distill_residual.yaml"
@@ -64,14 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "may score different rows at once, and a later run reads every finished row back)")
     args = p.parse_args(argv)
     args.rows = None if args.rows is None else {r.strip() for r in args.rows.split(",") if r.strip()}
-    args.rounds = [float(h) for h in args.rounds.split(",") if h.strip()]
     args.test_sets = tuple(s.strip() for s in args.test_sets.split(",") if s.strip())
-    if not args.rounds or min(args.rounds) <= 0:
-        p.error("--rounds takes positive CPU-hours, one per round (e.g. 0.5,0.5).")
-    if args.teacher_steps % 2 ** len(args.rounds):
-        p.error(f"{args.teacher_steps} teacher steps cannot be halved {len(args.rounds)} times; "
-                f"give --teacher-steps a multiple of {2 ** len(args.rounds)}.")
-    known = {f"teacher@{args.reference_steps}", *(f"{who}@{k}" for k in student_steps(args) for who in ("teacher", "student"))}
+    parse_rounds(p, args)
+    students = student_steps(args.teacher_steps, len(args.rounds))
+    known = {f"teacher@{args.reference_steps}", *(f"{who}@{k}" for k in students for who in ("teacher", "student"))}
     if args.rows is not None and not args.rows <= known:
         p.error(f"--rows names {', '.join(sorted(args.rows - known))}; this run's rows are {', '.join(sorted(known))}.")
     unknown = [s for s in args.test_sets if s not in TEST_SETS]
@@ -83,35 +79,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def student_steps(args: argparse.Namespace) -> list[int]:
-    """The step count of each round's student: the teacher's steps halved once per round."""
-    return [args.teacher_steps // 2 ** k for k in range(1, len(args.rounds) + 1)]
-
-
 def train(args: argparse.Namespace, work: Path) -> None:
     overrides = {"model": {"regression_ckpt": str(Path(args.regression).resolve())},
                  "data": {"root": str(work / "phantoms_train")}}
     train_rounds(CONFIG, Path(args.teacher), args.teacher_steps, args.rounds, work, overrides)
 
 
-def phantom_sets(args: argparse.Namespace, work: Path) -> dict[str, Path]:
-    """The calibration and test sets of ``mri2ct_v2`` (same generator, seeds and ids), written once under ``work``."""
-    counts = {"calibration": args.subjects_calibration, **{name: args.subjects_test for name in args.test_sets}}
-    sets = {}
-    for name, count in counts.items():
-        root, folders = set_folders(work, name)
-        for folder, (contrast, offset, centre) in zip(folders, PHANTOM_SETS[name]):
-            ensure_v2_phantoms(folder, count, args.spacing, args.seed + offset, contrast, centre)
-        sets[name] = root
-    return sets
-
-
 def score(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """The rows: the teacher at the reference steps and at the last student's, then each student at its own."""
-    sets, deadline = phantom_sets(args, work), time.perf_counter() + 60.0 * args.budget_minutes
-    last = student_steps(args)[-1]
+    counts = {"calibration": args.subjects_calibration, **{name: args.subjects_test for name in args.test_sets}}
+    sets = write_phantom_sets(work, counts, args.spacing, args.seed)  # mri2ct_v2's subjects, seeds and ids
+    deadline = time.perf_counter() + 60.0 * args.budget_minutes
+    last = student_steps(args.teacher_steps, len(args.rounds))[-1]
     settings = [("teacher", Path(args.teacher), args.reference_steps), ("teacher", Path(args.teacher), last)]
-    for steps in student_steps(args):
+    for steps in student_steps(args.teacher_steps, len(args.rounds)):
         if not student_file(work, steps).is_file():
             print(f"No student of {steps} steps yet (train first); it is left out.", file=sys.stderr)
             break
@@ -136,9 +117,10 @@ def scored_rows(name: str, ckpt: Path, steps: int, sets: dict[str, Path], work: 
     key = {"checkpoint_sha256": file_sha256(ckpt), "steps": steps, "test_sets": list(args.test_sets),
            **{k: getattr(args, k) for k in ROW_SETTINGS}}
     saved = work / "rows" / f"{label}.json"
-    if saved.is_file() and json.loads(saved.read_text())["key"] == key:
+    earlier = json.loads(saved.read_text()) if saved.is_file() else None
+    if earlier is not None and earlier["key"] == key:
         print(f"{label}: scored before with the same checkpoint and settings; read back from {saved}", flush=True)
-        return json.loads(saved.read_text())["rows"]
+        return earlier["rows"]
     row_args = argparse.Namespace(**{**vars(args), "steps": steps})
     results = evaluate_model(label, {"checkpoint": str(ckpt), "kind": "residual"}, sets, work, row_args, deadline,
                              args.test_sets)
@@ -252,17 +234,7 @@ def readme_row(rows: list[dict], decided: dict[str, Any], rounds: list[float], a
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    work = Path(args.work_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    if args.phase in ("train", "both"):
-        train(args, work)
-    if args.phase in ("score", "both"):
-        report(score(args, work), args)
-    if args.phase == "report":
-        saved, provenance = saved_result(RESULT_NAME)
-        report(saved["rows"], args, provenance)
-    return 0
+    return run_phases(parse_args(argv), RESULT_NAME, train, score, report)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,17 @@ def set_folders(work: Path, name: str) -> tuple[Path, list[Path]]:
     return root, [root / family for family, _, _ in families]
 
 
+def write_phantom_sets(work: Path, counts: dict[str, int], spacing: float, seed: int) -> dict[str, Path]:
+    """Each set named in ``counts`` (``PHANTOM_SETS`` keys) with that many subjects per contrast family, written under
+    ``work`` unless already there (``ensure_v2_phantoms``); returns each set's root."""
+    roots = {}
+    for name, count in counts.items():
+        roots[name], folders = set_folders(work, name)
+        for folder, (contrast, offset, centre) in zip(folders, PHANTOM_SETS[name]):
+            ensure_v2_phantoms(folder, count, spacing, seed + offset, contrast, centre)
+    return roots
+
+
 def write_registration_floor(set_name: str, root: Path, folder: Path, args: argparse.Namespace) -> None:
     """Each subject of a one-family test set redrawn from its seed and its CT as the MR sees it
     (``phantom_v2.ct_as_the_mr_sees_it``) written as its prediction ``<folder>/<id>.nii.gz``; the redrawn CT must
@@ -345,14 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    folders = {name: set_folders(work, name) for name in PHANTOM_SETS}
-    sets = {name: root for name, (root, _) in folders.items()}
     counts = {"train": args.subjects_train, "calibration": args.subjects_calibration,
               **{name: args.subjects_test for name in TEST_SETS}}
-    for name, families in PHANTOM_SETS.items():
-        if name != "train" or not args.checkpoint:
-            for folder, (contrast, offset, centre) in zip(folders[name][1], families):
-                ensure_v2_phantoms(folder, counts[name], args.spacing, args.seed + offset, contrast, centre)
+    sets = {name: set_folders(work, name)[0] for name in PHANTOM_SETS}
+    write_phantom_sets(work, {n: c for n, c in counts.items() if n != "train" or not args.checkpoint}, args.spacing,
+                       args.seed)  # given checkpoints need no training phantoms
     facts = models(args, work, sets["train"])
     rows = [registration_floor_row(set_name, sets[set_name], work, args) for set_name in TEST_SETS]
     deadline = time.perf_counter() + 60.0 * args.budget_minutes

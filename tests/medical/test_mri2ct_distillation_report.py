@@ -55,7 +55,9 @@ def test_subjects_are_paired_by_id_not_by_position():
 
 
 def test_a_round_config_carries_its_teacher_steps_budget_folders_and_overrides(tmp_path):
-    from distillation_rounds import round_config
+    from distillation_rounds import round_config, student_steps
+
+    assert student_steps(64, 3) == [32, 16, 8] and student_steps(8, 2) == [4, 2]  # each round halves its teacher's
 
     out = round_config(bench.CONFIG, tmp_path, 2, tmp_path / "student_4.ckpt", 2, 0.25,
                        {"model": {"regression_ckpt": "R.ckpt"}, "data": {"root": str(tmp_path / "phantoms")}})
