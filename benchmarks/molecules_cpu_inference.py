@@ -145,6 +145,16 @@ class QuantizedNetwork(nn.Module):
         return self.quantized(*args)
 
 
+def onnx_missing() -> str | None:
+    """Why the onnxruntime backend cannot run here (a module of the ``[onnx]`` extra is absent), or None."""
+    import importlib.util
+
+    absent = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if absent:
+        return f"{', '.join(absent)} not installed (pip install -e '.[onnx]')"
+    return None
+
+
 def export_onnx(net: nn.Module, example: tuple[Tensor, ...], path: Path) -> float:
     """Export :class:`IndexedBondNetwork` of ``net`` to ``path`` with dynamic atom, edge, pair and molecule counts;
     returns the seconds it took."""
@@ -309,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     if "compiled" in args.backends and compiler_missing():
         args.backends.remove("compiled")
         print(f"skipping compiled: {compiler_missing()}", flush=True)
+    if "onnxruntime" in args.backends and onnx_missing():
+        args.backends.remove("onnxruntime")
+        print(f"skipping onnxruntime: {onnx_missing()}", flush=True)
     deadline = time.perf_counter() + 60 * args.budget_minutes
     work = ROOT / "runs" / "benchmarks" / "cpu_inference"
     work.mkdir(parents=True, exist_ok=True)

@@ -77,3 +77,12 @@ def test_measuring_needs_a_budget(capsys):
     with pytest.raises(SystemExit) as stop:
         inference.parse_args(["--num", "10"])
     assert stop.value.code == 2 and "--budget-minutes is required" in capsys.readouterr().err
+
+
+def test_a_missing_onnx_extra_is_named_in_one_sentence(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a))
+    assert inference.onnx_missing() == "onnxscript not installed (pip install -e '.[onnx]')"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert inference.onnx_missing() is None
