@@ -1,17 +1,12 @@
 """The sampling profile (benchmarks/molecules_sampling_profile.py): its clock times the functions it names and
 puts them back, and one run's stages add up to the CLI's sampling loop, with one network pass per step and batch."""
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-_spec = importlib.util.spec_from_file_location("molecules_sampling_profile",
-                                               ROOT / "benchmarks" / "molecules_sampling_profile.py")
-profile = sys.modules["molecules_sampling_profile"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(profile)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import molecules_sampling_profile as profile  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 
 class Counter:
