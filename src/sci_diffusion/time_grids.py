@@ -14,6 +14,9 @@ Spacings (``SPACINGS``):
 
 - ``"uniform"``: uniform in t (DPM-Solver's ``time_uniform``; DDPM/DDIM practice);
 - ``"quadratic"``: uniform in sqrt(t), so the steps crowd near t = 0 (``time_quadratic``);
+- ``"cubic"``: uniform in t^(1/3), crowding them more (not DPM-Solver's: ``time_quadratic`` with the third power);
+  on the bundled bond-aware molecule model it lifts 8-step molecule stability over ``"quadratic"``
+  (``benchmarks/molecules_time_grids.py``);
 - ``"logsnr"``: uniform in ``lambda = log(alpha/sigma)`` (``logSNR``, DPM-Solver's advice for its
   solvers). A path that reaches pure noise at t = 1 (rectified flow, ``paths.py``) has ``lambda(1) = -inf``:
   its grid is uniform in ``lambda`` from ``lambda(1 - 1/T)``, the mirror of its end at ``1/T``, and starts at 1.
@@ -28,7 +31,9 @@ from torch import Tensor
 from .names import SPACINGS
 from .schedules import NoiseSchedule
 
-__all__ = ["SPACINGS", "check_spacing", "logsnr_times", "quadratic_times", "time_grid", "uniform_times"]
+__all__ = ["SPACINGS", "check_spacing", "logsnr_times", "power_times", "time_grid", "uniform_times"]
+
+POWERS = {"quadratic": 2, "cubic": 3}  # the spacings uniform in t^(1/power)
 
 
 def uniform_times(steps: int, t_min: float, start: float = 1.0) -> Tensor:
@@ -36,9 +41,9 @@ def uniform_times(steps: int, t_min: float, start: float = 1.0) -> Tensor:
     return torch.linspace(start, t_min, steps + 1, dtype=torch.float64)
 
 
-def quadratic_times(steps: int, t_min: float, start: float = 1.0) -> Tensor:
-    """``steps + 1`` times uniform in sqrt(t) from ``start`` to ``t_min``; float64."""
-    return torch.linspace(start ** 0.5, t_min ** 0.5, steps + 1, dtype=torch.float64) ** 2
+def power_times(steps: int, t_min: float, start: float = 1.0, power: int = 2) -> Tensor:
+    """``steps + 1`` times uniform in t^(1/power) from ``start`` to ``t_min`` (power 2: sqrt(t)); float64."""
+    return torch.linspace(start ** (1 / power), t_min ** (1 / power), steps + 1, dtype=torch.float64) ** power
 
 
 def logsnr_times(schedule: NoiseSchedule, steps: int, t_min: float, start: float = 1.0) -> Tensor:
@@ -76,8 +81,8 @@ def time_grid(schedule: NoiseSchedule, steps: int, spacing: str = "uniform", sta
         return torch.tensor([start, 0.0], dtype=torch.float64)
     if spacing == "uniform":
         times = uniform_times(steps - 1, t_min, start)
-    elif spacing == "quadratic":
-        times = quadratic_times(steps - 1, t_min, start)
+    elif spacing in POWERS:
+        times = power_times(steps - 1, t_min, start, POWERS[spacing])
     else:
         times = logsnr_times(schedule, steps - 1, t_min, start)
     return torch.cat([times, zero])

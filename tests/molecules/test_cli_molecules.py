@@ -32,13 +32,14 @@ def test_sample_writes_a_tagged_sdf_that_reads_back(tiny_checkpoint, tmp_path, c
 def test_spacing_flag_changes_the_time_grid_and_is_recorded(tiny_checkpoint, tmp_path):
     """--spacing reaches the sampler: the same seed on another grid gives other molecules."""
     drawn = {}
-    for spacing in ("quadratic", "logsnr"):
+    for spacing in ("quadratic", "cubic", "logsnr"):
         out = tmp_path / f"{spacing}.xyz"
         assert main(["sample", "molecules", "--ckpt", str(tiny_checkpoint), "--num", "2", "--steps", "3", "--atoms", "6",
                      "--spacing", spacing, "--out", str(out), "--no-progress"]) == 0
         assert json.loads((tmp_path / f"{spacing}.xyz.json").read_text())["spacing"] == spacing
         drawn[spacing] = read_molecules(out)
-    assert all(abs(a[1] - b[1]).max() > 1e-3 for a, b in zip(drawn["quadratic"], drawn["logsnr"]))
+    for other in ("cubic", "logsnr"):
+        assert all(abs(a[1] - b[1]).max() > 1e-3 for a, b in zip(drawn["quadratic"], drawn[other]))
 
 
 def test_same_seed_gives_the_same_molecules(tiny_checkpoint, tmp_path):

@@ -83,7 +83,7 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
                    help="start every slice of a sample from the same noise, for slices that agree with each other")
     p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES, help="core sampler (default ddim)")
     p.add_argument("--spacing", choices=SPACINGS, help="the sampler's time grid (not the voxel size): uniform, "
-                                                        "quadratic or logsnr (default: the sampler's own; ddim: uniform)")
+                                                        "quadratic, cubic or logsnr (default: the sampler's own; ddim: uniform)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per network call (default 16)")
     p.add_argument("--png", help="write an MR / sCT / CT / |error| / std panel here (.png)")
