@@ -80,9 +80,7 @@ def test_measuring_needs_a_budget(capsys):
 
 
 def test_a_missing_onnx_extra_is_named_in_one_sentence(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else object())
     assert inference.onnx_missing() == "onnxscript not installed (pip install -e '.[onnx]')"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert inference.onnx_missing() is None
