@@ -319,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
         return rerender(args.from_json, update_readme=not args.no_readme)
-    if set(COMPILED) & set(args.backends) and compiler_missing():
+    if set(COMPILED) & set(args.backends) and (problem := compiler_missing()):
         args.backends = [b for b in args.backends if b not in COMPILED]
-        print(f"skipping the compiled backends: {compiler_missing()}", flush=True)
-    if "onnxruntime" in args.backends and onnx_missing():
+        print(f"skipping the compiled backends: {problem}", flush=True)
+    if "onnxruntime" in args.backends and (problem := onnx_missing()):
         args.backends.remove("onnxruntime")
-        print(f"skipping onnxruntime: {onnx_missing()}", flush=True)
+        print(f"skipping onnxruntime: {problem}", flush=True)
     deadline = time.perf_counter() + 60 * args.budget_minutes
     work = ROOT / "runs" / "benchmarks" / "cpu_inference"
     work.mkdir(parents=True, exist_ok=True)

@@ -90,9 +90,9 @@ def score(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     counts = {"calibration": args.subjects_calibration, **{name: args.subjects_test for name in args.test_sets}}
     sets = write_phantom_sets(work, counts, args.spacing, args.seed)  # mri2ct_v2's subjects, seeds and ids
     deadline = time.perf_counter() + 60.0 * args.budget_minutes
-    last = student_steps(args.teacher_steps, len(args.rounds))[-1]
-    settings = [("teacher", Path(args.teacher), args.reference_steps), ("teacher", Path(args.teacher), last)]
-    for steps in student_steps(args.teacher_steps, len(args.rounds)):
+    students = student_steps(args.teacher_steps, len(args.rounds))
+    settings = [("teacher", Path(args.teacher), args.reference_steps), ("teacher", Path(args.teacher), students[-1])]
+    for steps in students:
         if not student_file(work, steps).is_file():
             print(f"No student of {steps} steps yet (train first); it is left out.", file=sys.stderr)
             break
@@ -148,10 +148,8 @@ def verdicts(rows: list[dict], reference_steps: int) -> dict[str, Any]:
         if student is None or teacher is None:
             continue
         ids = sorted(set(student["per_subject"]["mae_hu"]) & set(teacher["per_subject"]["mae_hu"]))
-        mae = paired_comparison([student["per_subject"]["mae_hu"][i] for i in ids],
-                                [teacher["per_subject"]["mae_hu"][i] for i in ids])
-        crps = paired_comparison([student["per_subject"]["crps_hu"][i] for i in ids],
-                                 [teacher["per_subject"]["crps_hu"][i] for i in ids])
+        mae, crps = (paired_comparison([student["per_subject"][metric][i] for i in ids],  # subject by subject
+                                       [teacher["per_subject"][metric][i] for i in ids]) for metric in ("mae_hu", "crps_hu"))
         coverage = student["interval_coverage"]["mean"] - teacher["interval_coverage"]["mean"]
         out[set_name] = {"student_steps": student["steps"], "mae_difference_hu": mae["mean_difference"],
                          "mae_difference_interval": mae["difference_interval"], "subjects": mae["n"],
