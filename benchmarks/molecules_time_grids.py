@@ -22,7 +22,7 @@ import torch
 
 from sci_diffusion.checkpoints import load_module
 from sci_diffusion.names import SPACINGS
-from sci_diffusion.precision import resolve_precision
+from sci_diffusion.precision import PRECISION_CHOICES, resolve_precision
 from sci_diffusion_molecules.chem.stability import stable_atoms
 from sci_diffusion_molecules.data.qm9 import train_smiles
 from sci_diffusion_molecules.data.qm9_bonds import train_bond_smiles
@@ -81,11 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spacings", nargs="+", choices=SPACINGS, default=["quadratic", "cubic"])
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--precision", default="auto", help="auto (bf16 where the CPU has bf16 instructions), bf16, fp32")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="auto (bf16 where the CPU has bf16 instructions), bf16, fp32")
     p.add_argument("--no-readme", action="store_true", help="write the JSON only, not the page's table")
     args = p.parse_args(argv)
     if args.num < 1 or min(args.steps) < 1:
         p.error("--num and every --steps must be at least 1.")
+    if not Path(args.ckpt).is_file():
+        p.error(f"The checkpoint {args.ckpt} is not there.")
     return args
 
 

@@ -3,6 +3,8 @@ same step count, on the same molecules, and leaves the default's own rows withou
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import molecules_time_grids as grids  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
@@ -19,3 +21,10 @@ def test_each_spacing_is_compared_with_the_default_grid_at_its_own_step_count():
     assert rows[1]["difference_to_reference"][1] > 0  # ten molecules gained and none lost: the interval excludes 0
     assert rows[3]["difference_to_reference"] == [0.0, 0.0, 0.0]
     assert "difference_to_reference" not in rows[0] and "difference_to_reference" not in rows[2]
+
+
+def test_a_missing_checkpoint_or_unknown_precision_is_one_sentence(capsys):
+    for argv, said in ((["--ckpt", "/no/such.ckpt"], "is not there"), (["--precision", "fp16"], "invalid choice")):
+        with pytest.raises(SystemExit) as exit:
+            grids.parse_args(argv)
+        assert exit.value.code == 2 and said in capsys.readouterr().err
