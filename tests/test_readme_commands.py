@@ -1,4 +1,4 @@
-"""Every command the README and docs/command_line.md show parses with the real command line: a renamed
+"""Every command the README, docs/command_line.md and docs/scaling.md show parses with the real command line: a renamed
 flag or command cannot leave the documentation stale."""
 import re
 import shlex
@@ -9,7 +9,7 @@ import pytest
 from sci_diffusion.cli import LIGHTNING_VERBS, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", ROOT / "docs" / "command_line.md"]
+PAGES = [ROOT / "README.md", ROOT / "docs" / "command_line.md", ROOT / "docs" / "scaling.md"]
 
 
 def documented_commands(page: Path) -> list[str]:
@@ -33,9 +33,9 @@ def documented_commands(page: Path) -> list[str]:
 COMMANDS = [(page.relative_to(ROOT).as_posix(), c) for page in PAGES for c in documented_commands(page)]
 
 
-def test_both_pages_show_commands():
+def test_every_page_shows_commands():
     pages = {page for page, _ in COMMANDS}
-    assert pages == {"README.md", "docs/command_line.md"}
+    assert pages == {"README.md", "docs/command_line.md", "docs/scaling.md"}
     assert len(COMMANDS) > 40
 
 
