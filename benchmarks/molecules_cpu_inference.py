@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [b for b in args.backends if b not in BACKENDS]
     if unknown:
         p.error(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    if not args.from_json and not Path(args.ckpt).is_file():
+        p.error(f"The checkpoint {args.ckpt} is not there.")
     return args
 
 

@@ -10,6 +10,7 @@ stop 41: quadratic 61.4 %, t^(1/2.5) 71.8, cubic 69.8, t^(1/3.5) 70.6, t^(1/4) 6
 ones that chose it.
 
     python benchmarks/molecules_time_grids.py --steps 4 8 12 20 50 --num 1000
+    python benchmarks/molecules_time_grids.py --steps 20 50 --num 10000 --seed 2 --result-name molecules_time_grids_10k
 """
 from __future__ import annotations
 
@@ -84,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="auto (bf16 where the CPU has bf16 instructions), bf16, fp32")
     p.add_argument("--no-readme", action="store_true", help="write the JSON only, not the page's table")
+    p.add_argument("--result-name", default="molecules_time_grids",
+                   help="benchmarks/results/<name>.json and the page's block of that name (a run at other sizes "
+                        "keeps the default table)")
     args = p.parse_args(argv)
     if args.num < 1 or min(args.steps) < 1:
         p.error("--num and every --steps must be at least 1.")
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = with_differences(rows)
     markdown = render(rows, args.seed, precision)
     print(markdown)
-    write_result("molecules_time_grids", {"num": args.num, "seed": args.seed, "precision": precision, "rows": rows},
+    write_result(args.result_name, {"num": args.num, "seed": args.seed, "precision": precision, "rows": rows},
                  markdown, update_page=not args.no_readme)
     return 0
 

@@ -79,6 +79,13 @@ def test_measuring_needs_a_budget(capsys):
     assert stop.value.code == 2 and "--budget-minutes is required" in capsys.readouterr().err
 
 
+def test_a_missing_checkpoint_is_one_sentence_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        inference.parse_args(["--budget-minutes", "1", "--ckpt", str(tmp_path / "gone.ckpt")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "gone.ckpt is not there" in err and "Traceback" not in err
+
+
 def test_a_missing_onnx_extra_is_named_in_one_sentence(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else object())
     assert inference.onnx_missing() == "onnxscript not installed (pip install -e '.[onnx]')"

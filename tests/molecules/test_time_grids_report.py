@@ -28,3 +28,25 @@ def test_a_missing_checkpoint_or_unknown_precision_is_one_sentence(capsys):
         with pytest.raises(SystemExit) as exit:
             grids.parse_args(argv)
         assert exit.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_run_writes_under_its_result_name_and_keeps_the_default_table(monkeypatch, tmp_path):
+    class Stub:
+        atom_count_histogram = {5: 1, 9: 3}
+
+        def eval(self):
+            return self
+
+    written = {}
+    monkeypatch.setattr(grids, "load_module", lambda ckpt, domain: Stub())
+    monkeypatch.setattr(grids, "draw_atom_counts", lambda histogram, num, generator: [9] * num)
+    monkeypatch.setattr(grids, "grid_row", lambda module, counts, steps, spacing, seed, precision: {
+        "steps": steps, "spacing": spacing, "molecules": len(counts), "molecule_stability": 0.5, "validity": 0.9,
+        "own_bonds_stability": 0.6, "stable": [True, False] * (len(counts) // 2)})
+    monkeypatch.setattr(grids, "write_result", lambda name, record, markdown, update_page: written.update(
+        {name: record}))
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    assert grids.main(["--ckpt", str(ckpt), "--steps", "50", "--num", "4", "--result-name", "grids_10k"]) == 0
+    assert list(written) == ["grids_10k"] and written["grids_10k"]["num"] == 4
+    assert grids.parse_args(["--ckpt", str(ckpt)]).result_name == "molecules_time_grids"
