@@ -4,9 +4,10 @@
 # whatever an earlier session left. Run it in a work folder that survives between sessions:
 #   cd WORK && OMP_NUM_THREADS=1 nohup nice -n 5 /path/to/repo/scripts/train_evaluation_classifiers.sh &
 # For each property (default: alpha homo lumo mu Cv; the gap classifier is bundled), in order:
+#   - its finished export benchmarks/resume/qm9_property_classifier_<p>.ckpt is committed: skip it;
 #   - its run folder runs/qm9_property_classifier_<p>/ holds a last.ckpt: resume it (--ckpt_path last); a run
 #     that has spent its budget stops at its first step, and the next property starts;
-#   - else, for alpha, the whole checkpoint committed in benchmarks/resume/ (a machine that lost WORK);
+#   - else a whole mid-way checkpoint benchmarks/resume/qm9_property_classifier_<p>_last.ckpt (a machine that lost WORK);
 #   - else from scratch.
 # Learning rates are EDM's: 1e-3 for homo and lumo (and gap), 5e-4 for alpha, mu and Cv. On a CPU without
 # bf16 instructions (no avx512_bf16 / amx_tile in /proc/cpuinfo) it trains in fp32.
@@ -29,7 +30,9 @@ for p in "${properties[@]}"; do
     lr=$(rate "$p")
     name=qm9_property_classifier_$p
     resume=()
-    if compgen -G "runs/$name/version_*/checkpoints/last*.ckpt" > /dev/null; then
+    if [ -f "$repo/benchmarks/resume/$name.ckpt" ]; then  # finished and exported (sci-diffusion export)
+        echo "$p: done, exported to benchmarks/resume/$name.ckpt"; continue
+    elif compgen -G "runs/$name/version_*/checkpoints/last*.ckpt" > /dev/null; then
         resume=(--ckpt_path last)
     elif [ -f "$repo/benchmarks/resume/${name}_last.ckpt" ]; then
         resume=(--ckpt_path "$repo/benchmarks/resume/${name}_last.ckpt")
