@@ -38,3 +38,9 @@ def test_the_results_index_lists_every_result_and_links_every_study_page():
     not_run = sorted(blocks - files)
     for name in not_run:  # the index says which blocks have no result yet, and no more
         assert re.search(rf"`{name}`[^|;]*not run yet", index), name
+
+
+def test_the_readme_names_every_result():
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json") if p.stem not in readme)
+    assert not missing, missing
